@@ -1,0 +1,4 @@
+"""Molecules: parsing, canonical forms, fingerprints, computed descriptors, similarity.
+
+Nothing here imports the rest of molserve.
+"""

@@ -1,0 +1,1 @@
+"""Datasets: the ones bundled in installed packages, user CSV/SDF files, splits."""

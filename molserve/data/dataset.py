@@ -1,0 +1,166 @@
+"""A labelled molecular dataset, and readers for CSV/TSV and SDF files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rdkit import Chem
+
+TASKS = ("regression", "classification")
+
+
+@dataclass
+class Dataset:
+    """Molecules (as given) and one label each, with what a manifest must say about them."""
+
+    name: str
+    smiles: list[str]
+    labels: list[float]
+    task: str
+    units: str
+    description: str
+    source: str
+    licence: str
+    checksum: str  # sha256 of the source file(s) the rows were read from
+    label_names: tuple[str, str] | None = None  # classification: (negative, positive)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}")
+        if len(self.smiles) != len(self.labels):
+            raise ValueError("smiles and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.smiles)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "rows": len(self),
+            "task": self.task,
+            "units": self.units,
+            "description": self.description,
+            "source": self.source,
+            "licence": self.licence,
+            "sha256": self.checksum,
+            "label_names": list(self.label_names) if self.label_names else None,
+            **self.extra,
+        }
+
+
+def sha256_of(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_label(value: str, task: str, positive: str | None = None) -> float | None:
+    """A float label, or None when the cell is empty or unreadable.
+
+    Classification labels may be 0/1, true/false, or `positive` vs anything else.
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    if task == "classification":
+        lowered = text.lower()
+        if positive is not None:
+            return 1.0 if text == positive else 0.0
+        if lowered in {"1", "1.0", "true", "yes", "active", "+"}:
+            return 1.0
+        if lowered in {"0", "0.0", "false", "no", "inactive", "-"}:
+            return 0.0
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def iter_table(path: Path) -> Iterator[dict[str, str]]:
+    """Rows of a CSV or TSV file as dicts (the delimiter is sniffed from the header)."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        header = handle.readline()
+        delimiter = "\t" if header.count("\t") > header.count(",") else ","
+        handle.seek(0)
+        yield from csv.DictReader(handle, delimiter=delimiter)
+
+
+def iter_sdf(path: Path) -> Iterator[dict[str, str]]:
+    """Records of an SDF file as dicts of their properties plus `smiles` (or `_error`)."""
+    supplier = Chem.SDMolSupplier(str(path), sanitize=True, removeHs=True)
+    for index, mol in enumerate(supplier):
+        if mol is None:
+            yield {"_error": f"record {index + 1} could not be read", "smiles": ""}
+            continue
+        record = {key: str(value) for key, value in mol.GetPropsAsDict().items()}
+        record["smiles"] = Chem.MolToSmiles(mol)
+        yield record
+
+
+def read_rows(path: Path) -> Iterator[dict[str, str]]:
+    suffix = path.suffix.lower()
+    if suffix in {".sdf", ".sd"}:
+        return iter_sdf(path)
+    if suffix in {".csv", ".tsv", ".txt"}:
+        return iter_table(path)
+    raise ValueError(f"unsupported file type {suffix!r}: use .csv, .tsv or .sdf")
+
+
+def load_table(
+    path: str | Path,
+    *,
+    smiles_col: str,
+    label_col: str,
+    task: str,
+    name: str | None = None,
+    units: str = "",
+    description: str = "",
+    positive_label: str | None = None,
+    licence: str = "user-supplied",
+) -> Dataset:
+    """A Dataset from a user's CSV/TSV/SDF file; rows with no usable label are skipped."""
+    path = Path(path)
+    smiles: list[str] = []
+    labels: list[float] = []
+    skipped = 0
+    first = True
+    for row in read_rows(path):
+        if first:
+            for column in (smiles_col, label_col):
+                if column not in row and not (column == smiles_col and "smiles" in row):
+                    raise ValueError(
+                        f"column {column!r} not found in {path.name}; columns: {sorted(row)}"
+                    )
+            first = False
+        text = row.get(smiles_col) or row.get("smiles") or ""
+        label = parse_label(row.get(label_col, ""), task, positive_label)
+        if not text or label is None:
+            skipped += 1
+            continue
+        smiles.append(text)
+        labels.append(label)
+    if not smiles:
+        raise ValueError(f"no rows with both a SMILES and a usable label in {path.name}")
+    return Dataset(
+        name=name or path.stem,
+        smiles=smiles,
+        labels=labels,
+        task=task,
+        units=units,
+        description=description or f"user dataset {path.name}",
+        source=str(path.resolve()),
+        licence=licence,
+        checksum=sha256_of(path),
+        extra={"rows_without_label": skipped},
+    )

@@ -1,0 +1,84 @@
+"""Held-out metrics, in plain numpy (no scikit-learn import in any serving process)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), 1-based."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    boundaries = np.flatnonzero(np.diff(sorted_values)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(values)]])
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return ranks
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, R2 and Spearman rho.
+
+    >>> regression_metrics(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 3.0]))["rmse"]
+    0.0
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    residual = y_true - y_pred
+    total = float(np.sum((y_true - y_true.mean()) ** 2))
+    spearman = float(np.corrcoef(_ranks(y_true), _ranks(y_pred))[0, 1]) if len(y_true) > 2 else 0.0
+    return {
+        "rmse": float(np.sqrt(np.mean(residual**2))),
+        "mae": float(np.mean(np.abs(residual))),
+        "r2": float(1.0 - np.sum(residual**2) / total) if total > 0 else 0.0,
+        "spearman": spearman if np.isfinite(spearman) else 0.0,
+        "n": int(len(y_true)),
+    }
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve via the rank-sum identity (ties count one half)."""
+    y_true = np.asarray(y_true) > 0.5
+    n_pos = int(y_true.sum())
+    n_neg = len(y_true) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _ranks(np.asarray(score, dtype=np.float64))
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    y_true = np.asarray(y_true) > 0.5
+    if not y_true.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    hits = y_true[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].sum() / hits.sum())
+
+
+def classification_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str, float]:
+    y_true = np.asarray(y_true, dtype=np.float64)
+    p = np.clip(np.asarray(probability, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return {
+        "roc_auc": roc_auc(y_true, p),
+        "pr_auc": average_precision(y_true, p),
+        "accuracy": float(np.mean((p >= 0.5) == (y_true > 0.5))),
+        "brier": float(np.mean((p - y_true) ** 2)),
+        "log_loss": float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))),
+        "positive_fraction": float(y_true.mean()),
+        "n": int(len(y_true)),
+    }
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray, points: int = 50) -> dict[str, list[float]]:
+    """A thinned ROC curve (false and true positive rates) for plotting."""
+    y_true = np.asarray(y_true) > 0.5
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    hits = y_true[order]
+    tpr = np.concatenate([[0.0], np.cumsum(hits) / max(1, hits.sum())])
+    fpr = np.concatenate([[0.0], np.cumsum(~hits) / max(1, (~hits).sum())])
+    keep = np.unique(np.linspace(0, len(tpr) - 1, min(points, len(tpr))).astype(int))
+    return {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}

@@ -1,0 +1,192 @@
+"""The model registry: a directory of immutable, versioned artifacts.
+
+Layout: `<root>/<endpoint>/v<N>/` holds `manifest.json` and the files it lists with their
+sha256. A version is written in a staging directory and renamed into place in one step, so a
+reader never sees a half-written artifact, and a crash leaves only staging debris (swept on the
+next write). Loading verifies every checksum; a file that does not match is refused.
+Only safe formats are stored: JSON, CSV, ONNX, numpy arrays without pickle, safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+_ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+SAFE_SUFFIXES = {".json", ".csv", ".onnx", ".npz", ".npy", ".safetensors", ".txt"}
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that is missing, incomplete, unsafe or fails its checksum."""
+
+
+def validate_endpoint_name(name: str) -> str:
+    if not _ENDPOINT_NAME.match(name):
+        raise ValueError(
+            f"endpoint name {name!r} must be lowercase letters, digits, '_' or '-' "
+            "(at most 64 characters, starting with a letter or digit)"
+        )
+    return name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    endpoint: str
+    version: int
+    path: Path
+    manifest: dict
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "unknown")
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest.get("files", {}):
+            raise ArtifactError(f"{self.endpoint} v{self.version} has no file {name!r}")
+        return self.path / name
+
+    def verify(self) -> None:
+        """Check every listed file's sha256; raise ArtifactError naming the first mismatch."""
+        for name, meta in self.manifest.get("files", {}).items():
+            path = self.path / name
+            if not path.is_file():
+                raise ArtifactError(f"{self.endpoint} v{self.version}: {name} is missing")
+            if sha256_file(path) != meta["sha256"]:
+                raise ArtifactError(
+                    f"{self.endpoint} v{self.version}: {name} does not match its checksum; "
+                    "the artifact was modified after it was written and will not be loaded"
+                )
+
+
+class Registry:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def endpoints(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and self.versions(p.name)
+        )
+
+    def versions(self, endpoint: str) -> list[Artifact]:
+        folder = self.root / endpoint
+        if not folder.is_dir():
+            return []
+        found = []
+        for child in folder.iterdir():
+            match = _VERSION_DIR.match(child.name)
+            manifest_path = child / "manifest.json"
+            if match and manifest_path.is_file():
+                try:
+                    manifest = json.loads(manifest_path.read_text())
+                except (OSError, json.JSONDecodeError):
+                    continue
+                found.append(Artifact(endpoint, int(match.group(1)), child, manifest))
+        return sorted(found, key=lambda a: a.version)
+
+    def all_artifacts(self) -> list[Artifact]:
+        return [a for endpoint in self.endpoints() for a in self.versions(endpoint)]
+
+    def latest(self, endpoint: str, kind: str | None = None) -> Artifact | None:
+        candidates = [a for a in self.versions(endpoint) if kind is None or a.kind == kind]
+        return candidates[-1] if candidates else None
+
+    def get(self, endpoint: str, version: int) -> Artifact:
+        for artifact in self.versions(endpoint):
+            if artifact.version == version:
+                return artifact
+        raise ArtifactError(f"no version {version} of endpoint {endpoint!r}")
+
+    def write(self, endpoint: str, files: dict[str, bytes | Path], manifest: dict) -> Artifact:
+        """Store a new version atomically and return it."""
+        validate_endpoint_name(endpoint)
+        for name in files:
+            if "/" in name or name.startswith(".") or Path(name).suffix not in SAFE_SUFFIXES:
+                raise ArtifactError(f"refusing to store {name!r}: not a safe artifact format")
+        staging_root = self.root / ".staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        self._sweep_staging(staging_root)
+        staging = staging_root / uuid.uuid4().hex
+        staging.mkdir()
+        try:
+            listed = {}
+            for name, content in files.items():
+                target = staging / name
+                if isinstance(content, Path):
+                    shutil.copyfile(content, target)
+                else:
+                    target.write_bytes(content)
+                with open(target, "rb") as handle:
+                    os.fsync(handle.fileno())
+                listed[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
+            (self.root / endpoint).mkdir(parents=True, exist_ok=True)
+            for _ in range(100):
+                current = self.versions(endpoint)
+                version = (current[-1].version + 1) if current else 1
+                full = {
+                    **manifest,
+                    "endpoint": endpoint,
+                    "version": version,
+                    "files": listed,
+                }
+                full.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+                manifest_path = staging / "manifest.json"
+                manifest_path.write_text(json.dumps(full, indent=2, sort_keys=True))
+                with open(manifest_path, "rb") as handle:
+                    os.fsync(handle.fileno())
+                try:
+                    os.rename(staging, self.root / endpoint / f"v{version}")
+                except OSError:
+                    continue  # another writer took this number; take the next
+                _fsync_dir(self.root / endpoint)
+                return Artifact(endpoint, version, self.root / endpoint / f"v{version}", full)
+            raise ArtifactError(f"could not allocate a version for {endpoint!r}")
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, endpoint: str, version: int) -> None:
+        artifact = self.get(endpoint, version)
+        trash = self.root / ".staging" / f"deleted-{uuid.uuid4().hex}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(artifact.path, trash)  # disappears atomically for readers
+        shutil.rmtree(trash, ignore_errors=True)
+
+    @staticmethod
+    def _sweep_staging(staging_root: Path, older_than_s: float = 3600.0) -> None:
+        now = time.time()
+        for child in staging_root.iterdir():
+            try:
+                if now - child.stat().st_mtime > older_than_s:
+                    shutil.rmtree(child, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -74,6 +74,17 @@ def _reason_from_log(messages: list[str]) -> str:
     return first
 
 
+def _parse_quietly(text: str) -> Chem.Mol | list[str]:
+    """The molecule, or RDKit's log lines explaining why there is none."""
+    _local.messages = []
+    try:
+        mol = Chem.MolFromSmiles(text)
+        messages = _local.messages
+    finally:
+        _local.messages = None
+    return messages if mol is None else mol
+
+
 def parse_smiles(smiles: str) -> ParsedMolecule:
     """Parse and sanitize one SMILES; raise InvalidSmiles with RDKit's reason.
 
@@ -91,12 +102,20 @@ def parse_smiles(smiles: str) -> ParsedMolecule:
         )
     space = re.search(r"\s", text)
     if space:
-        # RDKit would read the rest as a name and silently predict for the first word.
+        # RDKit reads text after whitespace as a name and would silently answer for the first
+        # word alone: report RDKit's own reason if that word is invalid, else the whitespace.
+        first = _parse_quietly(text[: space.start()])
+        if isinstance(first, list):
+            raise InvalidSmiles(smiles, _reason_from_log(first))
         raise InvalidSmiles(
             smiles, f"whitespace inside the SMILES at position {space.start()}; "
             "send one molecule per entry"
         )
-    _local.messages = []
+    result = _parse_quietly(text)
+    if isinstance(result, list):
+        raise InvalidSmiles(smiles, _reason_from_log(result))
+    mol = result
+    heavy = mol.GetNumHeavyAtoms()
     try:
         mol = Chem.MolFromSmiles(text)
         messages = _local.messages

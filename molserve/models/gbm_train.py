@@ -48,7 +48,7 @@ PROFILES = {
             {"num_leaves": 63, "min_data_in_leaf": 5},
         ),
         feature_sets=((), tuple(CHEAP_DESCRIPTORS)),
-        learning_rate=0.05,
+        learning_rate=0.1,
         max_rounds=1000,
         early_stopping=50,
         ensemble_size=5,
@@ -165,7 +165,8 @@ def train_endpoint(
     x = columns(best["descriptor_names"])
     members = []
     for member in range(settings.ensemble_size):
-        report(f"ensemble member {member + 1}/{settings.ensemble_size}", 0.6 + 0.3 * member / settings.ensemble_size)
+        fraction = 0.6 + 0.3 * member / settings.ensemble_size
+        report(f"ensemble member {member + 1}/{settings.ensemble_size}", fraction)
         params = _lgb_params(
             dataset.task, best["config"], settings.learning_rate, seed + 1 + member, settings.threads, True
         )
@@ -202,7 +203,8 @@ def train_endpoint(
         manifest_metrics = {
             "test": test,
             "valid": M.regression_metrics(y[va], mean[va]),
-            "baseline_test": {"model": f"ridge (alpha={alpha})", **M.regression_metrics(y[te], baseline_pred)},
+            "baseline_test": {"model": f"ridge (alpha={alpha})",
+                              **M.regression_metrics(y[te], baseline_pred)},
             "primary": "rmse",
         }
         parity = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
@@ -257,7 +259,8 @@ def train_endpoint(
             "learning_rate": settings.learning_rate,
             "profile": profile,
             "search": search_log,
-            "output": "raw margin per member; sigmoid applied at serving" if dataset.task == "classification" else "value per member",
+            "output": ("raw margin per member; sigmoid applied at serving"
+                       if dataset.task == "classification" else "value per member"),
         },
         "uncertainty": calibration,
         "applicability_domain": {

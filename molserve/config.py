@@ -1,0 +1,30 @@
+"""Settings, read once from the environment (prefix MOLSERVE_) or a .env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
+
+    registry: Path = Field(Path("registry"), description="Model registry directory.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body.")
+    api_key: str | None = Field(None, description="Key for write routes (training, deleting).")
+    require_key_for_reads: bool = Field(False, description="Also require the key for reads.")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty.")
+    onnx_threads: int = Field(1, ge=1, description="onnxruntime threads per fast model.")
+    inline_batch: int = Field(
+        16, description="Batches up to this size run on the event loop; larger ones in a thread."
+    )
+    log_json: bool = False
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The HTTP gateway: routes, tier routing, validation, metrics. Never imports torch."""

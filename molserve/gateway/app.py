@@ -1,0 +1,159 @@
+"""The gateway application: wiring of settings, tiers, routes, errors and metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+
+from molserve import __version__
+from molserve.config import Settings
+from molserve.gateway.observability import GatewayMetrics
+from molserve.gateway.predictor import Predictor, RequestError
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.routes import endpoints, health, models, predict
+from molserve.registry.store import Registry
+
+log = logging.getLogger("molserve.gateway")
+
+DESCRIPTION = """
+Predictions of molecular properties and bioactivities from SMILES.
+
+Every answer names the model, its version and the tier that produced it (`fast`: fingerprint
+gradient-boosted ensembles in the gateway; `computed`: exact RDKit values), with units, an
+uncertainty estimate and an applicability-domain score.
+"""
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "the request body is not valid"
+
+
+class BodyLimit:
+    """Reject bodies larger than the limit with 413 before they are read into memory."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        body = (b'{"error":"body_too_large","message":"request body exceeds '
+                + str(self.limit).encode() + b' bytes"}')
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch,
+                          onnx_threads=settings.onnx_threads)
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started = time.perf_counter()
+        predictor.load()
+        metrics.models_loaded.set(len(predictor.fast.models))
+        for name, model in predictor.fast.models.items():
+            metrics.model_load_seconds.labels(name).set(model.load_seconds)
+        log.info("loaded %d fast models in %.3f s", len(predictor.fast.models),
+                 time.perf_counter() - started)
+        # The alert catalog takes ~20 ms to build: do it off the startup path.
+        from molserve.chem.descriptors import warm_up
+
+        threading.Thread(target=warm_up, daemon=True).start()
+        yield
+
+    app = FastAPI(
+        title="molserve",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JSONResponse,
+    )
+    app.state.settings = settings
+    app.state.predictor = predictor
+    app.state.metrics = metrics
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, error: RequestError) -> JSONResponse:
+        body = {"error": error.code, "message": error.message}
+        if error.details is not None:
+            body["details"] = error.details
+        return JSONResponse(body, status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in error.errors()]
+        return JSONResponse(
+            {"error": "invalid_request", "message": _validation_message(error), "details": details},
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unexpected error %s on %s", incident, request.url.path)
+        return JSONResponse(
+            {"error": "internal_error",
+             "message": f"the server failed on this request (incident {incident}); it has been logged"},
+            status_code=500,
+        )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    for module in (predict, endpoints, models, health):
+        app.include_router(module.router)
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

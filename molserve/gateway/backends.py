@@ -1,0 +1,119 @@
+"""The tiers behind one interface: given canonical molecules and an endpoint, return values
+with provenance. The fast tier and computed properties run in-process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rdkit import Chem
+
+from molserve.chem import descriptors
+from molserve.chem.features import FeatureBatch, FeatureSpec, featurize
+from molserve.models.gbm_runtime import FastModel, descriptor_union
+from molserve.registry.store import ArtifactError, Registry
+
+log = logging.getLogger("molserve.gateway")
+
+
+@dataclass
+class MoleculeBatch:
+    """Distinct, valid molecules of one request, with features computed at most once per spec."""
+
+    canonical_smiles: list[str]
+    mols: list[Chem.Mol]
+    _features: dict[FeatureSpec, FeatureBatch] = field(default_factory=dict)
+
+    def features(self, spec: FeatureSpec) -> FeatureBatch:
+        if spec not in self._features:
+            self._features[spec] = featurize(self.mols, spec)
+        return self._features[spec]
+
+
+class ComputedBackend:
+    tier = "computed"
+
+    def endpoints(self) -> list[str]:
+        return list(descriptors.COMPUTED)
+
+    def info(self, name: str) -> dict[str, Any]:
+        prop = descriptors.COMPUTED[name]
+        return {
+            "name": name, "kind": "computed", "task": "computed", "units": prop.units,
+            "description": prop.description, "tiers": ["computed"],
+            "models": [descriptors.provenance(name)],
+        }
+
+    def predict(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
+        prov = descriptors.provenance(endpoint)
+        units = descriptors.COMPUTED[endpoint].units
+        return [
+            {"value": descriptors.compute(endpoint, mol), "units": units, "kind": "computed",
+             "provenance": prov}
+            for mol in batch.mols
+        ]
+
+
+class FastBackend:
+    """Fast-tier models (ONNX tree ensembles), the newest version of each endpoint."""
+
+    tier = "fast"
+
+    def __init__(self, registry: Registry, threads: int = 1) -> None:
+        self.registry = registry
+        self.threads = threads
+        self.models: dict[str, FastModel] = {}
+        self.load_errors: dict[str, str] = {}
+        self.shared_spec: FeatureSpec | None = None
+
+    def load(self) -> None:
+        models: dict[str, FastModel] = {}
+        errors: dict[str, str] = {}
+        for endpoint in self.registry.endpoints():
+            artifact = self.registry.latest(endpoint, kind="gbm")
+            if artifact is None:
+                continue
+            try:
+                models[endpoint] = FastModel.load(artifact, threads=self.threads)
+            except (ArtifactError, OSError, ValueError, KeyError) as error:
+                errors[endpoint] = str(error)
+                log.error("not serving %s: %s", endpoint, error)
+        self.models = models
+        self.load_errors = errors
+        self.shared_spec = descriptor_union(
+            [m for m in models.values() if (m.spec.radius, m.spec.n_bits) == (2, 2048)]
+        )
+
+    def endpoints(self) -> list[str]:
+        return sorted(self.models)
+
+    def info(self, name: str) -> dict[str, Any]:
+        model = self.models[name]
+        manifest = model.manifest
+        return {
+            "name": name, "kind": "predicted", "task": manifest["task"],
+            "units": manifest["units"], "description": manifest["description"],
+            "tiers": ["fast"],
+            "models": [{
+                **model.provenance(),
+                "dataset": manifest["dataset"],
+                "split": manifest["split"],
+                "metrics": manifest["metrics"],
+                "applicability_domain": manifest["applicability_domain"],
+                "uncertainty": manifest["uncertainty"],
+            }],
+        }
+
+    def predict(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
+        model = self.models[endpoint]
+        spec = self.shared_spec
+        if spec is None or (model.spec.radius, model.spec.n_bits) != (spec.radius, spec.n_bits):
+            spec = model.spec
+        features = batch.features(spec)
+        return model.predict(model.columns_from(features.matrix, spec), features.on_bits)
+
+
+def nan_safe(value: float) -> float | None:
+    return None if value is None or not np.isfinite(value) else value

@@ -1,0 +1,17 @@
+"""GET /v1/endpoints: what can be asked, with the data and held-out metrics behind it."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.schemas import EndpointInfo
+from molserve.gateway.security import require_read
+
+router = APIRouter(tags=["endpoints"])
+
+
+@router.get("/v1/endpoints", response_model=list[EndpointInfo], dependencies=[Depends(require_read)],
+            summary="List every endpoint with task, units, training data and held-out metrics")
+async def list_endpoints(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.predictor.endpoint_info())

@@ -1,0 +1,49 @@
+"""Liveness, readiness, Prometheus metrics, and the health shape older clients expect."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from molserve.gateway.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Models are loaded and requests can be answered")
+async def readyz(request: Request) -> JSONResponse:
+    predictor = request.app.state.predictor
+    ready = predictor.loaded_at is not None and bool(predictor.fast.models)
+    body = {
+        "ready": ready,
+        "fast_models": predictor.fast.endpoints(),
+        "load_errors": predictor.fast.load_errors,
+    }
+    if not ready:
+        body["message"] = ("no fast-tier model is loaded; run `molserve bootstrap` (or `make serve`)"
+                           " to train the bundled models")
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/health", summary="Health in the shape clients of the older API expect")
+async def legacy_health(request: Request) -> dict:
+    predictor = request.app.state.predictor
+    loaded = predictor.fast.endpoints()
+    return {
+        "status": "healthy" if loaded else "degraded",
+        "models_loaded": len(loaded),
+        "model_type": "lightgbm ensemble (onnx), fast tier" if loaded else "none",
+        "available_targets": loaded,
+        "computed_properties": predictor.computed.endpoints(),
+    }

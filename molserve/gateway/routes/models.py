@@ -1,0 +1,58 @@
+"""Registry views and changes: list versions, reload, delete (writes need the API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from molserve.gateway.predictor import RequestError
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.security import require_key, require_read
+from molserve.registry.store import ArtifactError
+
+router = APIRouter(tags=["models"])
+
+
+def _summary(artifact) -> dict:
+    m = artifact.manifest
+    return {
+        "endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
+        "tier": m.get("tier"), "created": m.get("created"), "task": m.get("task"),
+        "metrics": (m.get("metrics") or {}).get("test"), "dataset": (m.get("dataset") or {}).get("name"),
+    }
+
+
+@router.get("/v1/models", dependencies=[Depends(require_read)], summary="Registered model versions")
+async def list_models(request: Request) -> JSONResponse:
+    registry = request.app.state.predictor.registry
+    return JSONResponse([_summary(a) for a in registry.all_artifacts()])
+
+
+@router.get("/v1/models/{endpoint}/{version}", dependencies=[Depends(require_read)],
+            summary="One version's full manifest")
+async def get_model(endpoint: str, version: int, request: Request) -> JSONResponse:
+    try:
+        artifact = request.app.state.predictor.registry.get(endpoint, version)
+    except ArtifactError as error:
+        raise RequestError(404, "not_found", str(error)) from None
+    return JSONResponse(artifact.manifest)
+
+
+@router.post("/v1/models/reload", dependencies=[Depends(require_key)],
+             summary="Load the newest version of every endpoint (after training)")
+async def reload_models(request: Request) -> JSONResponse:
+    predictor = request.app.state.predictor
+    predictor.load()
+    request.app.state.metrics.models_loaded.set(len(predictor.fast.models))
+    return JSONResponse({"loaded": predictor.fast.endpoints(), "errors": predictor.fast.load_errors})
+
+
+@router.delete("/v1/models/{endpoint}/{version}", dependencies=[Depends(require_key)],
+               summary="Delete one model version and reload")
+async def delete_model(endpoint: str, version: int, request: Request) -> JSONResponse:
+    predictor = request.app.state.predictor
+    try:
+        predictor.registry.delete(endpoint, version)
+    except ArtifactError as error:
+        raise RequestError(404, "not_found", str(error)) from None
+    predictor.load()
+    return JSONResponse({"deleted": {"endpoint": endpoint, "version": version}})

@@ -1,0 +1,40 @@
+"""POST /v1/predict."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
+from molserve.gateway.security import require_read
+
+router = APIRouter(tags=["predict"])
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    summary="Predict endpoints for a batch of SMILES",
+    dependencies=[Depends(require_read)],
+)
+async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+    """Answers every input in order. An unreadable SMILES gets a per-molecule `error` with
+    RDKit's reason and the rest are answered; duplicates (same canonical SMILES) are computed
+    once. Each answer carries units, uncertainty, applicability domain and provenance."""
+    state = request.app.state
+    predictor = state.predictor
+    predictor.check_size(len(body.molecules))
+    if len(body.molecules) <= state.settings.inline_batch:
+        result = predictor.predict(body.molecules, body.endpoints)
+    else:
+        result = await run_in_threadpool(predictor.predict, body.molecules, body.endpoints)
+    metrics = state.metrics
+    metrics.batch_size.observe(len(body.molecules))
+    if result["n_errors"]:
+        metrics.invalid_molecules.inc(result["n_errors"])
+    for name in result["endpoints"]:
+        tier = "computed" if name in predictor.computed.endpoints() else "fast"
+        metrics.predictions.labels(name, tier).inc(result["n_unique"])
+    return JSONResponse(result)

@@ -1,0 +1,102 @@
+"""Request and response schemas of the public API, declared once for validation and OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EXAMPLE_MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles"]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"molecules": EXAMPLE_MOLECULES, "endpoints": ["solubility", "bbb_penetration"]},
+                {"molecules": ["c1ccccc1O"], "endpoints": ["logp_crippen", "tpsa", "qed"]},
+            ]
+        },
+    )
+
+    molecules: list[str] = Field(
+        ..., min_length=1, description="SMILES strings, one molecule each; answered in order."
+    )
+    endpoints: list[str] | None = Field(
+        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint."
+    )
+    tier: Literal["auto", "fast", "transformer"] = Field(
+        "auto", description="Which tier should answer; `auto` picks the best healthy one."
+    )
+
+
+class Uncertainty(BaseModel):
+    std: float = Field(..., description="Spread of the ensemble members.")
+    interval: list[float] = Field(..., description="Prediction interval (regression) or member "
+                                  "probability range (classification).")
+    confidence: float | None = Field(None, description="Nominal coverage of the interval.")
+    method: str
+
+
+class ApplicabilityDomain(BaseModel):
+    max_similarity: float = Field(..., description="Max Tanimoto similarity to the training set.")
+    in_domain: bool
+    threshold: float
+    nearest_training_smiles: str | None = None
+
+
+class Provenance(BaseModel):
+    model_id: str
+    version: int | str
+    tier: Literal["fast", "transformer", "computed"]
+    kind: str | None = None
+    trained: str | None = None
+    method: str | None = None
+    software: str | None = None
+    degraded: bool | None = Field(None, description="True when a preferred tier could not answer.")
+    degraded_reason: str | None = None
+
+
+class EndpointAnswer(BaseModel):
+    value: Any = Field(..., description="The prediction, or the computed value.")
+    units: str
+    kind: Literal["predicted", "computed"]
+    label: str | None = None
+    uncertainty: Uncertainty | None = None
+    applicability_domain: ApplicabilityDomain | None = None
+    provenance: Provenance
+    error: str | None = None
+
+
+class MoleculeResult(BaseModel):
+    index: int
+    input: str
+    canonical_smiles: str | None = None
+    error: str | None = Field(None, description="Why this molecule could not be read.")
+    predictions: dict[str, EndpointAnswer] = Field(default_factory=dict)
+
+
+class PredictResponse(BaseModel):
+    results: list[MoleculeResult]
+    endpoints: list[str]
+    n_molecules: int
+    n_errors: int
+    n_unique: int = Field(..., description="Distinct molecules actually computed.")
+    elapsed_ms: float
+
+
+class EndpointInfo(BaseModel):
+    name: str
+    kind: Literal["predicted", "computed"]
+    task: str
+    units: str
+    description: str
+    tiers: list[str]
+    models: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+    details: Any | None = None

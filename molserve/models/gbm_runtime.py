@@ -1,0 +1,144 @@
+"""Serve a fast-tier model from its registry artifact with onnxruntime (no LightGBM import).
+
+`FastModel.predict` turns a feature matrix into per-molecule answers: value, uncertainty,
+applicability domain and provenance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from molserve.chem.features import CHEAP_DESCRIPTORS, FeatureSpec
+from molserve.chem.similarity import SimilarityIndex
+from molserve.registry.store import Artifact, ArtifactError
+
+
+@dataclass
+class FastModel:
+    artifact: Artifact
+    spec: FeatureSpec
+    session: Any
+    index: SimilarityIndex
+    train_smiles: list[str]
+    load_seconds: float
+
+    @property
+    def endpoint(self) -> str:
+        return self.artifact.endpoint
+
+    @property
+    def manifest(self) -> dict:
+        return self.artifact.manifest
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @classmethod
+    def load(cls, artifact: Artifact, threads: int = 1) -> FastModel:
+        import onnxruntime as ort
+
+        started = time.perf_counter()
+        if artifact.kind != "gbm":
+            raise ArtifactError(f"{artifact.endpoint} v{artifact.version} is not a fast-tier model")
+        artifact.verify()
+        spec = FeatureSpec.from_dict(artifact.manifest["features"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(
+            str(artifact.file("model.onnx")), options, providers=["CPUExecutionProvider"]
+        )
+        with np.load(artifact.file("ad_index.npz"), allow_pickle=False) as arrays:
+            index = SimilarityIndex.from_arrays({k: arrays[k] for k in arrays.files}, spec.n_bits)
+        train_smiles = artifact.file("train_smiles.txt").read_text().split()
+        return cls(artifact, spec, session, index, train_smiles, time.perf_counter() - started)
+
+    def columns_from(self, matrix: np.ndarray, source: FeatureSpec) -> np.ndarray:
+        """Select this model's columns from a matrix featurized with the wider `source` spec."""
+        if source == self.spec:
+            return matrix
+        if (source.radius, source.n_bits) != (self.spec.radius, self.spec.n_bits):
+            raise ValueError("fingerprint settings differ; featurize for this model separately")
+        positions = [source.descriptors.index(d) for d in self.spec.descriptors]
+        keep = list(range(source.n_bits)) + [source.n_bits + p for p in positions]
+        return matrix[:, keep]
+
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"features": np.ascontiguousarray(features, dtype=np.float32)})[0]
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "model_id": self.manifest["model_id"],
+            "version": self.artifact.version,
+            "tier": "fast",
+            "kind": "gbm-ensemble",
+            "trained": self.manifest.get("created"),
+        }
+
+    def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[dict[str, Any]]:
+        """One answer per row of `features` (already in this model's column layout)."""
+        raw = self.raw_scores(features).astype(np.float64)
+        provenance = self.provenance()
+        ad = self.manifest["applicability_domain"]
+        threshold = float(ad["threshold"])
+        calibration = self.manifest["uncertainty"]
+        units = self.manifest["units"]
+        answers = []
+        for row in range(raw.shape[0]):
+            similarity, nearest = self.index.nearest(on_bits[row])
+            domain = {
+                "max_similarity": round(similarity, 4),
+                "in_domain": bool(similarity >= threshold),
+                "threshold": round(threshold, 4),
+                "nearest_training_smiles": self.train_smiles[nearest] if nearest >= 0 else None,
+            }
+            members = raw[row]
+            if self.task == "classification":
+                probabilities = 1.0 / (1.0 + np.exp(-members))
+                p = float(probabilities.mean())
+                names = self.manifest.get("label_names") or ["negative", "positive"]
+                answer = {
+                    "value": round(p, 4),
+                    "units": units,
+                    "label": names[1] if p >= 0.5 else names[0],
+                    "uncertainty": {
+                        "std": round(float(probabilities.std()), 4),
+                        "interval": [round(float(probabilities.min()), 4),
+                                     round(float(probabilities.max()), 4)],
+                        "method": calibration["method"],
+                    },
+                }
+            else:
+                mean = float(members.mean())
+                std = float(members.std())
+                half = calibration["quantile"] * (std + calibration["stabilizer"])
+                answer = {
+                    "value": round(mean, 4),
+                    "units": units,
+                    "uncertainty": {
+                        "std": round(std, 4),
+                        "interval": [round(mean - half, 4), round(mean + half, 4)],
+                        "confidence": calibration["confidence"],
+                        "method": calibration["method"],
+                    },
+                }
+            answer["kind"] = "predicted"
+            answer["applicability_domain"] = domain
+            answer["provenance"] = provenance
+            answers.append(answer)
+        return answers
+
+
+def descriptor_union(models: list[FastModel]) -> FeatureSpec | None:
+    """One feature spec that covers every model sharing the default fingerprint settings."""
+    if not models:
+        return None
+    wanted = {d for m in models for d in m.spec.descriptors}
+    ordered = tuple(d for d in CHEAP_DESCRIPTORS if d in wanted)
+    return FeatureSpec(radius=models[0].spec.radius, n_bits=models[0].spec.n_bits, descriptors=ordered)

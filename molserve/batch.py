@@ -96,7 +96,7 @@ def _worker_init(registry: str, chunk_size: int) -> None:
     from molserve.gateway.predictor import Predictor
     from molserve.registry.store import Registry
 
-    _worker_predictor = Predictor(Registry(registry), max_batch=chunk_size, onnx_threads=1)
+    _worker_predictor = Predictor(Registry(registry), max_batch=chunk_size)
     _worker_predictor.load()
 
 
@@ -149,8 +149,7 @@ def predict_file(
     from molserve.gateway.predictor import Predictor
     from molserve.registry.store import Registry
 
-    predictor = Predictor(Registry(settings.registry), max_batch=chunk_size,
-                          onnx_threads=settings.onnx_threads)
+    predictor = Predictor(Registry(settings.registry), max_batch=chunk_size)
     predictor.load()
     if not predictor.predicted_endpoints and endpoints is None:
         raise ValueError(f"no models in {settings.registry}; run `molserve bootstrap` first")

@@ -19,7 +19,6 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="Key for write routes (training, deleting).")
     require_key_for_reads: bool = Field(False, description="Also require the key for reads.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty.")
-    onnx_threads: int = Field(1, ge=1, description="onnxruntime threads per fast model.")
     inline_batch: int = Field(
         16, description="Batches up to this size run on the event loop; larger ones in a thread."
     )

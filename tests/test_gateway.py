@@ -149,5 +149,5 @@ def test_model_listing_and_manifest(app_client):
     listing = app_client.get("/v1/models").json()
     assert {m["endpoint"] for m in listing} >= {"solubility", "logbb"}
     manifest = app_client.get("/v1/models/logbb/1").json()
-    assert manifest["kind"] == "gbm" and manifest["files"]["model.onnx"]["sha256"]
+    assert manifest["kind"] == "gbm" and manifest["files"]["trees.safetensors"]["sha256"]
     assert app_client.get("/v1/models/logbb/99").status_code == 404

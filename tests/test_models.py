@@ -1,42 +1,68 @@
 import lightgbm as lgb
 import numpy as np
-import onnxruntime as ort
+import pytest
 
-from molserve.models.metrics import average_precision, classification_metrics, regression_metrics, roc_auc
-from molserve.models.onnx_trees import boosters_to_onnx
+from molserve.models.metrics import (
+    average_precision,
+    classification_metrics,
+    regression_metrics,
+    roc_auc,
+)
+from molserve.models.trees import TreeEnsemble, from_lightgbm
 
 
-def _data(seed=0):
+def _data(seed=0, n=600, width=40):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 4, size=(600, 40)).astype(np.float32)
-    x[:, 3] = rng.normal(size=600).astype(np.float32)
-    y = 2 * x[:, 0] - x[:, 3] + rng.normal(scale=0.3, size=600) + 5
+    x = rng.integers(0, 4, size=(n, width)).astype(np.float32)
+    x[:, 3] = rng.normal(size=n).astype(np.float32)
+    y = 2 * x[:, 0] - x[:, 3] + rng.normal(scale=0.3, size=n) + 5
     return x, y
 
 
-def test_onnx_ensemble_reproduces_lightgbm_regressors():
+@pytest.mark.parametrize("num_leaves", [4, 15, 63])
+def test_flat_trees_reproduce_lightgbm_ensembles(tmp_path, num_leaves):
     x, y = _data()
     members = [
         lgb.train({"objective": "regression", "verbose": -1, "use_missing": False, "seed": s,
-                   "bagging_fraction": 0.8, "bagging_freq": 1, "num_leaves": 15},
+                   "bagging_fraction": 0.8, "bagging_freq": 1, "num_leaves": num_leaves},
                   lgb.Dataset(x, y), 60)
         for s in range(3)
     ]
-    session = ort.InferenceSession(boosters_to_onnx(members, 40), providers=["CPUExecutionProvider"])
-    out = session.run(None, {"features": x})[0]
+    ensemble = from_lightgbm(members)
+    ensemble.save(tmp_path / "t.safetensors")
+    loaded = TreeEnsemble.load(tmp_path / "t.safetensors")
     expected = np.stack([m.predict(x, raw_score=True) for m in members], axis=1)
-    assert out.shape == (600, 3)
-    assert np.abs(out - expected).max() < 1e-4
+    scores = loaded.raw_scores(x)
+    assert scores.shape == (600, 3)
+    assert np.abs(scores - expected).max() < 1e-9
+    # One row at a time gives the same numbers as the batch.
+    assert np.abs(loaded.raw_scores(x[:1]) - expected[:1]).max() < 1e-9
 
 
-def test_onnx_reproduces_lightgbm_classifier_margins():
+def test_flat_trees_reproduce_classifier_margins_at_split_boundaries():
     x, y = _data(1)
     labels = (y > np.median(y)).astype(float)
     booster = lgb.train({"objective": "binary", "verbose": -1, "use_missing": False},
                         lgb.Dataset(x, labels), 40)
-    session = ort.InferenceSession(boosters_to_onnx([booster], 40), providers=["CPUExecutionProvider"])
-    margin = session.run(None, {"features": x})[0][:, 0]
-    assert np.abs(margin - booster.predict(x, raw_score=True)).max() < 1e-4
+    ensemble = from_lightgbm([booster])
+    # Inputs exactly at and next to every threshold exercise the <= comparison.
+    probe = np.repeat(x[:50], 3, axis=0).copy()
+    internal = np.flatnonzero(np.isfinite(ensemble.threshold))[:50]
+    for row, node in enumerate(internal):
+        t = ensemble.threshold[node]
+        probe[3 * row, ensemble.feature[node]] = t
+        probe[3 * row + 1, ensemble.feature[node]] = np.nextafter(t, np.float32(np.inf))
+        probe[3 * row + 2, ensemble.feature[node]] = np.nextafter(t, np.float32(-np.inf))
+    margin = ensemble.raw_scores(probe)[:, 0]
+    assert np.abs(margin - booster.predict(probe, raw_score=True)).max() < 1e-9
+
+
+def test_a_single_leaf_tree_is_handled():
+    x = np.zeros((20, 3), dtype=np.float32)
+    booster = lgb.train({"objective": "regression", "verbose": -1, "use_missing": False,
+                         "min_data_in_leaf": 1}, lgb.Dataset(x, np.full(20, 2.5)), 3)
+    ensemble = from_lightgbm([booster])
+    assert np.allclose(ensemble.raw_scores(x[:2])[:, 0], booster.predict(x[:2], raw_score=True))
 
 
 def test_metrics_known_values():

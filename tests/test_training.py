@@ -11,7 +11,8 @@ def test_every_bundled_endpoint_is_registered_with_a_complete_manifest(trained_r
         manifest = artifact.manifest
         assert manifest["dataset"]["sha256"] and manifest["dataset"]["licence"]
         assert manifest["split"]["method"] == "scaffold"
-        assert set(manifest["files"]) == {"model.onnx", "ad_index.npz", "data.csv", "train_smiles.txt"}
+        assert set(manifest["files"]) == {"trees.safetensors", "ad_index.safetensors", "data.csv",
+                                          "train_smiles.txt", "lightgbm_members.txt"}
         assert manifest["metrics"]["test"]["n"] == manifest["split"]["sizes"]["test"]
         assert "baseline_test" in manifest["metrics"]
         artifact.verify()

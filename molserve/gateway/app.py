@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -82,8 +81,7 @@ class _TooLarge(Exception):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch,
-                          onnx_threads=settings.onnx_threads)
+    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -95,10 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.model_load_seconds.labels(name).set(model.load_seconds)
         log.info("loaded %d fast models in %.3f s", len(predictor.fast.models),
                  time.perf_counter() - started)
-        # The alert catalog takes ~20 ms to build: do it off the startup path.
-        from molserve.chem.descriptors import warm_up
-
-        threading.Thread(target=warm_up, daemon=True).start()
+        # The structural-alert catalog (about 11 MB, 20 ms) is built on first use, not here.
         yield
 
     app = FastAPI(

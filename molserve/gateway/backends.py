@@ -61,9 +61,8 @@ class FastBackend:
 
     tier = "fast"
 
-    def __init__(self, registry: Registry, threads: int = 1) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.threads = threads
         self.models: dict[str, FastModel] = {}
         self.load_errors: dict[str, str] = {}
         self.shared_spec: FeatureSpec | None = None
@@ -76,7 +75,7 @@ class FastBackend:
             if artifact is None:
                 continue
             try:
-                models[endpoint] = FastModel.load(artifact, threads=self.threads)
+                models[endpoint] = FastModel.load(artifact)
             except (ArtifactError, OSError, ValueError, KeyError) as error:
                 errors[endpoint] = str(error)
                 log.error("not serving %s: %s", endpoint, error)

@@ -24,10 +24,10 @@ class RequestError(Exception):
 
 
 class Predictor:
-    def __init__(self, registry: Registry, *, max_batch: int = 1000, onnx_threads: int = 1) -> None:
+    def __init__(self, registry: Registry, *, max_batch: int = 1000) -> None:
         self.registry = registry
         self.max_batch = max_batch
-        self.fast = FastBackend(registry, threads=onnx_threads)
+        self.fast = FastBackend(registry)
         self.computed = ComputedBackend()
         self.loaded_at: float | None = None
 

@@ -1,4 +1,4 @@
-"""Serve a fast-tier model from its registry artifact with onnxruntime (no LightGBM import).
+"""Serve a fast-tier model from its registry artifact (numpy only; no LightGBM import).
 
 `FastModel.predict` turns a feature matrix into per-molecule answers: value, uncertainty,
 applicability domain and provenance.
@@ -14,6 +14,7 @@ import numpy as np
 
 from molserve.chem.features import CHEAP_DESCRIPTORS, FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
+from molserve.models.trees import TreeEnsemble
 from molserve.registry.store import Artifact, ArtifactError
 
 
@@ -21,7 +22,7 @@ from molserve.registry.store import Artifact, ArtifactError
 class FastModel:
     artifact: Artifact
     spec: FeatureSpec
-    session: Any
+    trees: TreeEnsemble
     index: SimilarityIndex
     train_smiles: list[str]
     load_seconds: float
@@ -39,25 +40,19 @@ class FastModel:
         return self.manifest["task"]
 
     @classmethod
-    def load(cls, artifact: Artifact, threads: int = 1) -> FastModel:
-        import onnxruntime as ort
+    def load(cls, artifact: Artifact) -> FastModel:
+        from safetensors.numpy import load_file
 
         started = time.perf_counter()
         if artifact.kind != "gbm":
             raise ArtifactError(f"{artifact.endpoint} v{artifact.version} is not a fast-tier model")
         artifact.verify()
         spec = FeatureSpec.from_dict(artifact.manifest["features"])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            str(artifact.file("model.onnx")), options, providers=["CPUExecutionProvider"]
-        )
-        with np.load(artifact.file("ad_index.npz"), allow_pickle=False) as arrays:
-            index = SimilarityIndex.from_arrays({k: arrays[k] for k in arrays.files}, spec.n_bits)
+        trees = TreeEnsemble.from_arrays(load_file(str(artifact.file("trees.safetensors"))))
+        index = SimilarityIndex.from_arrays(load_file(str(artifact.file("ad_index.safetensors"))),
+                                            spec.n_bits)
         train_smiles = artifact.file("train_smiles.txt").read_text().split()
-        return cls(artifact, spec, session, index, train_smiles, time.perf_counter() - started)
+        return cls(artifact, spec, trees, index, train_smiles, time.perf_counter() - started)
 
     def columns_from(self, matrix: np.ndarray, source: FeatureSpec) -> np.ndarray:
         """Select this model's columns from a matrix featurized with the wider `source` spec."""
@@ -70,7 +65,7 @@ class FastModel:
         return matrix[:, keep]
 
     def raw_scores(self, features: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"features": np.ascontiguousarray(features, dtype=np.float32)})[0]
+        return self.trees.raw_scores(features)
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -1,7 +1,9 @@
 """Train a fast-tier model: curated data, scaffold split, LightGBM ensemble chosen on
-validation, conformal intervals, applicability domain, ONNX export, registry write.
+validation, conformal intervals, applicability domain, registry write.
 
-Imports LightGBM and ONNX, so it runs in the CLI or a job process, never in the gateway.
+Imports LightGBM, so it runs in the CLI or a job process, never in the gateway. The ensemble is
+stored twice: as flat tree arrays (safetensors) that the gateway evaluates with numpy, and in
+LightGBM's own text format for anyone who wants to inspect it with LightGBM.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from molserve.data.dataset import Dataset
 from molserve.data.splits import random_split, scaffold_split
 from molserve.models import metrics as M
 from molserve.models.baseline import ridge_baseline
-from molserve.models.onnx_trees import boosters_to_onnx
+from molserve.models.trees import from_lightgbm
 from molserve.registry.store import Artifact, Registry
 
 Progress = Callable[[str, float], None]
@@ -44,8 +46,9 @@ class TrainingProfile:
 PROFILES = {
     "standard": TrainingProfile(
         grid=(
-            {"num_leaves": 15, "min_data_in_leaf": 10},
-            {"num_leaves": 63, "min_data_in_leaf": 5},
+            # Depth is bounded because serving cost grows with the deepest tree.
+            {"num_leaves": 15, "max_depth": 6, "min_data_in_leaf": 10},
+            {"num_leaves": 63, "max_depth": 10, "min_data_in_leaf": 5},
         ),
         feature_sets=((), tuple(CHEAP_DESCRIPTORS)),
         learning_rate=0.1,
@@ -55,7 +58,7 @@ PROFILES = {
     ),
     # For tests: the same pipeline with a smaller search.
     "quick": TrainingProfile(
-        grid=({"num_leaves": 15, "min_data_in_leaf": 10},),
+        grid=({"num_leaves": 15, "max_depth": 6, "min_data_in_leaf": 10},),
         feature_sets=(tuple(CHEAP_DESCRIPTORS),),
         learning_rate=0.15,
         max_rounds=120,
@@ -173,7 +176,9 @@ def train_endpoint(
         members.append(lgb.train(params, lgb.Dataset(x[tr], y[tr]), num_boost_round=best["rounds"]))
 
     report("calibrating and evaluating", 0.92)
-    raw = np.stack([m.predict(x, raw_score=True) for m in members], axis=1)
+    ensemble = from_lightgbm(members)
+    # Scored with the evaluator the gateway serves, so manifest metrics are the served model's.
+    raw = ensemble.raw_scores(x)
     index = SimilarityIndex.build([features.on_bits[i] for i in tr], spec.n_bits)
     max_sim, _ = index.nearest_many([features.on_bits[i] for i in range(n)])
     # In domain: at least as similar to training as the least similar 5% of validation molecules.
@@ -227,9 +232,13 @@ def train_endpoint(
         parity = {"roc": M.roc_curve(y[te], mean[te])}
 
     report("exporting", 0.96)
-    onnx_bytes = boosters_to_onnx(members, spec.width, name=f"{endpoint}_gbm")
-    ad_buffer = io.BytesIO()
-    np.savez(ad_buffer, **index.arrays())
+    from safetensors.numpy import save
+
+    trees_bytes = save(ensemble.arrays(), metadata={"endpoint": endpoint, "format": "trees-1"})
+    ad_bytes = save(index.arrays(), metadata={"n_bits": str(spec.n_bits)})
+    lightgbm_text = "".join(
+        f"# member {i}\n{m.model_to_string()}\n" for i, m in enumerate(members)
+    )
     table = io.StringIO()
     table.write("canonical_smiles,label,split\n")
     side = np.empty(n, dtype=object)
@@ -252,7 +261,9 @@ def train_endpoint(
         "split": {"method": split, "seed": seed, "sizes": {k: len(v) for k, v in splits.items()}},
         "features": spec.to_dict(),
         "model": {
-            "library": f"lightgbm {lgb.__version__}, served as ONNX TreeEnsembleRegressor",
+            "library": f"lightgbm {lgb.__version__}; served from flat tree arrays with numpy",
+            "trees": ensemble.n_trees,
+            "depth": ensemble.depth,
             "ensemble_size": len(members),
             "rounds": best["rounds"],
             "params": best["config"],
@@ -275,8 +286,9 @@ def train_endpoint(
     artifact = registry.write(
         endpoint,
         {
-            "model.onnx": onnx_bytes,
-            "ad_index.npz": ad_buffer.getvalue(),
+            "trees.safetensors": trees_bytes,
+            "ad_index.safetensors": ad_bytes,
+            "lightgbm_members.txt": lightgbm_text.encode(),
             "data.csv": table.getvalue().encode(),
             "train_smiles.txt": train_smiles.encode(),
         },

@@ -21,7 +21,7 @@ from pathlib import Path
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
-SAFE_SUFFIXES = {".json", ".csv", ".onnx", ".npz", ".npy", ".safetensors", ".txt"}
+SAFE_SUFFIXES = {".json", ".csv", ".onnx", ".safetensors", ".txt"}
 
 
 class ArtifactError(RuntimeError):

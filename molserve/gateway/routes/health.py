@@ -43,7 +43,7 @@ async def legacy_health(request: Request) -> dict:
     return {
         "status": "healthy" if loaded else "degraded",
         "models_loaded": len(loaded),
-        "model_type": "lightgbm ensemble (onnx), fast tier" if loaded else "none",
+        "model_type": "lightgbm ensemble (numpy trees), fast tier" if loaded else "none",
         "available_targets": loaded,
         "computed_properties": predictor.computed.endpoints(),
     }

@@ -91,13 +91,13 @@ def _flatten(result: dict[str, Any], offset: int, endpoints: list[str]) -> dict[
 _worker_predictor = None
 
 
-def _worker_init(registry: str, chunk_size: int) -> None:
+def _worker_init(registry: str, chunk_size: int, only: list[str] | None) -> None:
     global _worker_predictor
     from molserve.gateway.predictor import Predictor
     from molserve.registry.store import Registry
 
     _worker_predictor = Predictor(Registry(registry), max_batch=chunk_size)
-    _worker_predictor.load()
+    _worker_predictor.load(only=only)
 
 
 Rendered = tuple[list[list[Any]], int, int]
@@ -150,7 +150,7 @@ def predict_file(
     from molserve.registry.store import Registry
 
     predictor = Predictor(Registry(settings.registry), max_batch=chunk_size)
-    predictor.load()
+    predictor.load(only=endpoints)
     if not predictor.predicted_endpoints and endpoints is None:
         raise ValueError(f"no models in {settings.registry}; run `molserve bootstrap` first")
     names = predictor.resolve_endpoints(endpoints)
@@ -161,6 +161,7 @@ def predict_file(
     if progress:
         from tqdm import tqdm
 
+        tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked
         bar = tqdm(total=total, unit="mol", file=sys.stderr, desc="predicting")
     started = time.perf_counter()
     done = errors = 0
@@ -190,9 +191,16 @@ def predict_file(
             from collections import deque
             from concurrent.futures import ProcessPoolExecutor
 
-            context = multiprocessing.get_context("forkserver")
-            with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                                     initargs=(str(settings.registry), chunk_size)) as pool:
+            global _worker_predictor
+            if "fork" in multiprocessing.get_all_start_methods():
+                # Forked workers inherit the loaded models: no start-up cost per worker.
+                _worker_predictor = predictor
+                pool_args = {"mp_context": multiprocessing.get_context("fork")}
+            else:
+                pool_args = {"mp_context": multiprocessing.get_context("spawn"),
+                             "initializer": _worker_init,
+                             "initargs": (str(settings.registry), chunk_size, endpoints)}
+            with ProcessPoolExecutor(jobs, **pool_args) as pool:
                 pending: deque = deque()
                 for chunk in chunks:
                     pending.append(pool.submit(_worker_predict, chunk, names, columns))

@@ -116,14 +116,6 @@ def parse_smiles(smiles: str) -> ParsedMolecule:
         raise InvalidSmiles(smiles, _reason_from_log(result))
     mol = result
     heavy = mol.GetNumHeavyAtoms()
-    try:
-        mol = Chem.MolFromSmiles(text)
-        messages = _local.messages
-    finally:
-        _local.messages = None
-    if mol is None:
-        raise InvalidSmiles(smiles, _reason_from_log(messages))
-    heavy = mol.GetNumHeavyAtoms()
     if heavy == 0:
         raise InvalidSmiles(smiles, "the molecule has no heavy atoms")
     if heavy > MAX_HEAVY_ATOMS:

@@ -67,10 +67,12 @@ class FastBackend:
         self.load_errors: dict[str, str] = {}
         self.shared_spec: FeatureSpec | None = None
 
-    def load(self) -> None:
+    def load(self, only: list[str] | None = None) -> None:
         models: dict[str, FastModel] = {}
         errors: dict[str, str] = {}
         for endpoint in self.registry.endpoints():
+            if only is not None and endpoint not in only:
+                continue
             artifact = self.registry.latest(endpoint, kind="gbm")
             if artifact is None:
                 continue

@@ -31,8 +31,9 @@ class Predictor:
         self.computed = ComputedBackend()
         self.loaded_at: float | None = None
 
-    def load(self) -> None:
-        self.fast.load()
+    def load(self, only: list[str] | None = None) -> None:
+        """Load the newest fast model of each endpoint (or of the endpoints in `only`)."""
+        self.fast.load(only)
         self.loaded_at = time.time()
 
     @property

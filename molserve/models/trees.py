@@ -79,9 +79,19 @@ class TreeEnsemble:
         return cls.from_arrays(load_file(str(path)))
 
     # Evaluation --------------------------------------------------------------------------
-    def raw_scores(self, features: np.ndarray) -> np.ndarray:
-        """(rows, members) raw scores: the sum of each member's leaf values."""
+    def raw_scores(self, features: np.ndarray, block: int = 64) -> np.ndarray:
+        """(rows, members) raw scores: the sum of each member's leaf values.
+
+        Rows go through in blocks so the (rows x trees) node table stays in cache.
+        """
         x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.shape[0] > block:
+            return np.concatenate(
+                [self._raw_scores(x[i : i + block]) for i in range(0, x.shape[0], block)]
+            )
+        return self._raw_scores(x)
+
+    def _raw_scores(self, x: np.ndarray) -> np.ndarray:
         rows, width = x.shape
         flat = x.ravel()
         index_type = np.int32 if rows * width < 2**31 else np.int64

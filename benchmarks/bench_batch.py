@@ -1,0 +1,92 @@
+"""Batch throughput: `molserve predict` on 10,000 molecules, one endpoint, against RDKit alone
+parsing the same SMILES and computing their Morgan count fingerprints, in the same run.
+
+Run: .venv/bin/python -m benchmarks.bench_batch [--registry registry] [--endpoint solubility]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import ensure_registry
+
+
+def rdkit_alone(smiles: list[str]) -> int:
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import rdFingerprintGenerator
+
+    RDLogger.DisableLog("rdApp.*")
+    generator = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
+    done = 0
+    for text in smiles:
+        mol = Chem.MolFromSmiles(text)
+        if mol is not None:
+            generator.GetCountFingerprintAsNumPy(mol)
+            done += 1
+    return done
+
+
+def molecules(n: int) -> list[str]:
+    """n drug-like SMILES: B3DB's molecules (BBB set), cycled."""
+    from molserve.data.bundled import load_bundled
+
+    pool = load_bundled("bbb_penetration").smiles
+    return [pool[i % len(pool)] for i in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--registry", default="registry")
+    parser.add_argument("--endpoint", default="solubility")
+    parser.add_argument("-n", type=int, default=10_000)
+    args = parser.parse_args()
+    registry = ensure_registry(Path(args.registry))
+    smiles = molecules(args.n)
+    jobs = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "in.smi"
+        source.write_text("\n".join(smiles) + "\n")
+
+        started = time.perf_counter()
+        rdkit_alone(smiles)
+        rdkit_1 = args.n / (time.perf_counter() - started)
+
+        halves = [smiles[i::jobs] for i in range(jobs)]
+        started = time.perf_counter()
+        with multiprocessing.get_context("forkserver").Pool(jobs) as pool:
+            pool.map(rdkit_alone, halves)
+        rdkit_n = args.n / (time.perf_counter() - started)
+
+        rates = {}
+        for j in (1, jobs):
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "molserve", "--registry", str(registry), "predict",
+                            str(source), "-o", str(Path(tmp) / "out.csv"), "--endpoints",
+                            args.endpoint, "--jobs", str(j), "--quiet"], check=True,
+                           stderr=subprocess.DEVNULL)
+            rates[j] = args.n / (time.perf_counter() - started)
+    print(json.dumps({
+        "molecules": args.n,
+        "endpoint": args.endpoint,
+        "cores": jobs,
+        "rdkit_parse_fp_per_s_1_process": round(rdkit_1),
+        f"rdkit_parse_fp_per_s_{jobs}_processes": round(rdkit_n),
+        "molserve_predict_per_s_1_job": round(rates[1]),
+        f"molserve_predict_per_s_{jobs}_jobs": round(rates[jobs]),
+        "ratio_default_jobs_vs_rdkit_1_process": round(rates[jobs] / rdkit_1, 3),
+        "ratio_same_parallelism": round(rates[jobs] / rdkit_n, 3),
+        "ratio_1_job_vs_rdkit_1_process": round(rates[1] / rdkit_1, 3),
+        "note": "molserve timings are whole CLI runs: process start, model load, file read/write",
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -133,6 +133,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from molserve.worker.app import WorkerSettings, create_worker_app
+
+    overrides = {k: v for k, v in {"backend": args.backend, "device": args.device}.items() if v}
+    if args.registry:
+        overrides["registry"] = Path(args.registry)
+    settings = WorkerSettings(**overrides)
+    uvicorn.run(create_worker_app(settings), host=args.host or settings.host,
+                port=args.port or settings.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def _transformer_progress(desc: str):
+    bar, update = _progress_bar(desc=desc)
+
+    def report(step: str, fraction: float, info: dict) -> None:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in info.items() if isinstance(v, float))
+        update(f"{step} {shown}", fraction)
+
+    return bar, report
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from molserve.models.transformer.pipeline import describe, finetune_endpoint
+    from molserve.registry import Registry
+
+    registry = Registry(_settings(args).registry)
+    bar, report = _transformer_progress(args.dataset)
+    artifact = finetune_endpoint(
+        registry, args.dataset, base=args.base, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, patience=args.patience, export=not args.no_onnx,
+        device=args.device, seed=args.seed, progress=report)
+    bar.close()
+    print(describe(artifact))
+    print(f"registered {artifact.endpoint} v{artifact.version} (transformer) at {artifact.path}")
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from molserve.models.transformer.corpus import read_corpus
+    from molserve.models.transformer.modeling import pretrain
+
+    corpus = read_corpus(args.corpus, limit=args.limit, seed=args.seed)
+    bar, report = _transformer_progress("pretraining")
+    summary = pretrain(corpus, Path(args.output), size=args.size, epochs=args.epochs,
+                       max_steps=args.max_steps, batch_size=args.batch_size,
+                       learning_rate=args.learning_rate, device=args.device, seed=args.seed,
+                       progress=report)
+    bar.close()
+    print(json.dumps(summary, indent=2))
+    print(f"pretrained model written to {args.output}; fine-tune with --base {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molserve", description=__doc__.splitlines()[0])
     parser.add_argument("--registry", help="registry directory (default: $MOLSERVE_REGISTRY or ./registry)")
@@ -173,6 +229,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker processes (default: one per core)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("worker", help="serve transformer models (the worker tier)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"])
+    p.add_argument("--device", help="auto (default), cpu, cuda")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("finetune", help="fine-tune a RoBERTa on an endpoint's curated data and split")
+    p.add_argument("--dataset", required=True,
+                   help="an endpoint with a fast model (its curated data and split are reused)")
+    p.add_argument("--base", default="seyonec/ChemBERTa-zinc-base-v1",
+                   help="hub id (downloaded when online), local directory (e.g. from `pretrain`), "
+                        "or random:tiny|small|chemberta-zinc-base")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX (fp32, int8) export")
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_finetune)
+
+    p = sub.add_parser("pretrain", help="masked-language pretraining of a RoBERTa on SMILES")
+    p.add_argument("--corpus", required=True, help="SMILES file (.smi/.txt/.csv[.gz]) or 'moses'")
+    p.add_argument("--output", required=True)
+    p.add_argument("--size", default="small", choices=["tiny", "small", "chemberta-zinc-base"])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--limit", type=int, help="use at most this many molecules (random sample)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--learning-rate", type=float, default=5e-4)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_pretrain)
 
     p = sub.add_parser("models", help="registered models")
     msub = p.add_subparsers(dest="models_command", required=True)

@@ -41,3 +41,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def transformer_registry(trained_registry, tmp_path_factory) -> Registry:
+    """A copy of the bundled registry plus tiny fine-tuned transformers for two endpoints."""
+    import shutil
+
+    from molserve.models.transformer.pipeline import finetune_endpoint
+
+    root = tmp_path_factory.mktemp("tf") / "registry"
+    shutil.copytree(trained_registry.root, root)
+    registry = Registry(root)
+    for endpoint in ("logbb", "hydration_free_energy"):
+        finetune_endpoint(registry, endpoint, base="random:tiny", epochs=2, learning_rate=1e-3,
+                          batch_size=64)
+    return registry

@@ -32,7 +32,7 @@ class PredictRequest(BaseModel):
 
 
 class Uncertainty(BaseModel):
-    std: float = Field(..., description="Spread of the ensemble members.")
+    std: float | None = Field(None, description="Spread of the ensemble members (fast tier).")
     interval: list[float] = Field(..., description="Prediction interval (regression) or member "
                                   "probability range (classification).")
     confidence: float | None = Field(None, description="Nominal coverage of the interval.")

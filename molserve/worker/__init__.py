@@ -1,0 +1,1 @@
+"""The transformer worker service: loads transformer models, batches requests dynamically."""

@@ -1,0 +1,196 @@
+"""The worker's HTTP API: the same predict contract as the gateway's backends, for transformers.
+
+POST /v1/predict {"molecules": [canonical SMILES], "endpoints": [...]} ->
+{"results": {endpoint: [answer per molecule]}}. Health, readiness and Prometheus metrics as in
+the gateway. When a token is configured, every route but /healthz needs it as a bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.responses import Response
+
+from molserve.gateway.responses import JSONResponse
+from molserve.registry.store import ArtifactError, Registry
+from molserve.worker.batcher import DynamicBatcher, Overloaded
+
+log = logging.getLogger("molserve.worker")
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_WORKER_", env_file=".env", extra="ignore")
+
+    registry: Path = Path("registry")
+    host: str = "127.0.0.1"
+    port: int = 8100
+    backend: str = Field("torch", description="torch | onnx | onnx-int8")
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    token: str | None = Field(None, description="Bearer token the gateway must send.")
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048
+    threads: int | None = None
+    max_molecules_per_request: int = 1000
+
+
+class WorkerRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    molecules: list[str] = Field(..., min_length=1)
+    endpoints: list[str] = Field(..., min_length=1)
+
+
+class _Error(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None) -> None:
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+def create_worker_app(settings: WorkerSettings | None = None) -> FastAPI:
+    settings = settings or WorkerSettings()
+    metrics_registry = CollectorRegistry()
+    requests = Counter("molserve_worker_requests_total", "Worker requests.", ["status"],
+                       registry=metrics_registry)
+    latency = Histogram("molserve_worker_request_seconds", "Worker request latency.",
+                        registry=metrics_registry)
+    queue_depth = Gauge("molserve_worker_queue_molecules", "Molecules waiting.", ["endpoint"],
+                        registry=metrics_registry)
+    batches = Gauge("molserve_worker_batches", "Model calls made.", ["endpoint"],
+                    registry=metrics_registry)
+    load_seconds = Gauge("molserve_worker_model_load_seconds", "Model load time.", ["endpoint"],
+                         registry=metrics_registry)
+    state: dict = {"models": {}, "batchers": {}, "errors": {}, "ready": False}
+
+    def load_models() -> None:
+        from transformers.utils import logging as hf_logging
+
+        from molserve.models.transformer.runtime import TransformerModel
+
+        hf_logging.disable_progress_bar()
+        registry = Registry(settings.registry)
+        device = None if settings.device == "auto" else settings.device
+        for endpoint in registry.endpoints():
+            artifact = registry.latest(endpoint, kind="transformer")
+            if artifact is None:
+                continue
+            try:
+                model = TransformerModel.load(artifact, backend=settings.backend, device=device,
+                                              threads=settings.threads)
+            except (ArtifactError, OSError, ValueError) as error:
+                state["errors"][endpoint] = str(error)
+                log.error("not serving %s: %s", endpoint, error)
+                continue
+            state["models"][endpoint] = model
+            load_seconds.labels(endpoint).set(model.load_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        load_models()
+        for endpoint, model in state["models"].items():
+            batcher = DynamicBatcher(model.predict, max_batch=settings.max_batch,
+                                     max_wait_s=settings.max_wait_ms / 1000,
+                                     max_queue=settings.max_queue)
+            batcher.start()
+            state["batchers"][endpoint] = batcher
+        state["ready"] = True
+        yield
+        for batcher in state["batchers"].values():
+            await batcher.stop()
+
+    app = FastAPI(title="molserve worker", lifespan=lifespan, default_response_class=JSONResponse)
+    app.state.worker = state
+    app.state.settings = settings
+
+    def check_token(request: Request) -> None:
+        if not settings.token:
+            return
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(presented.encode(), settings.token.encode()):
+            raise _Error(401, "unauthorized", "this worker needs its bearer token")
+
+    @app.exception_handler(_Error)
+    async def on_error(request: Request, error: _Error) -> JSONResponse:
+        requests.labels(str(error.status)).inc()
+        return JSONResponse({"error": error.code, "message": error.message},
+                            status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        return JSONResponse({"error": "invalid_request",
+                             "message": f"{'.'.join(map(str, first.get('loc', ())))}: {first.get('msg')}"},
+                            status_code=422)
+
+    @app.post("/v1/predict")
+    async def predict(body: WorkerRequest, request: Request) -> JSONResponse:
+        check_token(request)
+        started = time.perf_counter()
+        if len(body.molecules) > settings.max_molecules_per_request:
+            raise _Error(413, "batch_too_large",
+                         f"at most {settings.max_molecules_per_request} molecules per request")
+        unknown = [e for e in body.endpoints if e not in state["batchers"]]
+        if unknown:
+            raise _Error(404, "no_transformer_model",
+                         f"this worker serves no transformer for {unknown}; it serves "
+                         f"{sorted(state['batchers'])}")
+        results = {}
+        try:
+            for endpoint in dict.fromkeys(body.endpoints):
+                batcher = state["batchers"][endpoint]
+                results[endpoint] = await batcher.submit(body.molecules)
+                queue_depth.labels(endpoint).set(batcher.waiting)
+                batches.labels(endpoint).set(batcher.batches)
+        except Overloaded as error:
+            raise _Error(503, "overloaded", str(error),
+                         {"Retry-After": str(max(1, round(error.retry_after_s)))}) from None
+        requests.labels("200").inc()
+        latency.observe(time.perf_counter() - started)
+        return JSONResponse({"results": results,
+                             "request_id": request.headers.get("x-request-id"),
+                             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)},
+                            headers={"x-request-id": request.headers.get("x-request-id", "")})
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        check_token(request)
+        ready = state["ready"] and bool(state["models"])
+        return JSONResponse({"ready": ready, "models": sorted(state["models"]),
+                             "errors": state["errors"]}, status_code=200 if ready else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        check_token(request)
+        return JSONResponse([
+            {**m.provenance(), "endpoint": e, "task": m.manifest["task"], "units": m.manifest["units"],
+             "metrics": m.manifest["metrics"]["test"], "backend": m.backend, "device": m.device}
+            for e, m in state["models"].items()
+        ])
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        for endpoint, batcher in state["batchers"].items():
+            queue_depth.labels(endpoint).set(batcher.waiting)
+            batches.labels(endpoint).set(batcher.batches)
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

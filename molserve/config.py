@@ -23,6 +23,17 @@ class Settings(BaseSettings):
         16, description="Batches up to this size run on the event loop; larger ones in a thread."
     )
     log_json: bool = False
+    # The transformer tier (remote workers). Empty: the gateway serves the fast tier alone.
+    worker_urls: list[str] = Field(default_factory=list,
+                                   description='JSON list, e.g. ["http://127.0.0.1:8100"].')
+    worker_token: str | None = Field(None, description="Bearer token sent to workers.")
+    worker_timeout_ms: float = Field(2000, description="Per-call timeout and default deadline.")
+    breaker_failures: int = Field(3, description="Consecutive failures that open a breaker.")
+    breaker_reset_s: float = Field(5.0, description="Open time before a half-open probe.")
+    health_interval_s: float = Field(2.0, description="Worker health-probe period.")
+    remote_max_batch: int = 64
+    remote_max_wait_ms: float = 2.0
+    remote_max_queue: int = Field(4096, description="Molecules waiting for workers, at most.")
 
 
 def get_settings() -> Settings:

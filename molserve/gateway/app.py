@@ -15,7 +15,7 @@ from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
 from molserve.gateway.responses import JSONResponse
-from molserve.gateway.routes import endpoints, health, models, predict
+from molserve.gateway.routes import endpoints, health, models, predict, status
 from molserve.registry.store import Registry
 
 log = logging.getLogger("molserve.gateway")
@@ -121,8 +121,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.model_load_seconds.labels(name).set(model.load_seconds)
         log.info("loaded %d fast models in %.3f s", len(predictor.fast.models),
                  time.perf_counter() - started)
+        if settings.worker_urls:
+            from molserve.gateway.remote import RemoteSettings, RemoteTier
+
+            predictor.remote = RemoteTier(RemoteSettings(
+                urls=settings.worker_urls, token=settings.worker_token,
+                timeout_s=settings.worker_timeout_ms / 1000,
+                failure_threshold=settings.breaker_failures,
+                reset_timeout_s=settings.breaker_reset_s,
+                health_interval_s=settings.health_interval_s,
+                max_batch=settings.remote_max_batch,
+                max_wait_s=settings.remote_max_wait_ms / 1000,
+                max_queue=settings.remote_max_queue))
+            await predictor.remote.start()
         # The structural-alert catalog (about 11 MB, 20 ms) is built on first use, not here.
         yield
+        if predictor.remote is not None:
+            await predictor.remote.stop()
 
     app = FastAPI(
         title="molserve",
@@ -160,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=500,
         )
 
-    for module in (predict, endpoints, models, health):
+    for module in (predict, endpoints, models, status, health):
         app.include_router(module.router)
 
     if settings.cors_origins:

@@ -30,6 +30,9 @@ class GatewayMetrics:
         self.model_load_seconds = Gauge(
             "molserve_model_load_seconds", "Time to load and verify a model.", ["endpoint"],
             registry=self.registry)
+        self.breaker_state = Gauge(
+            "molserve_worker_breaker_state", "Breaker per worker: 0 closed, 1 half-open, 2 open.",
+            ["worker"], registry=self.registry)
         self.batch_size = Histogram(
             "molserve_batch_molecules", "Molecules per predict request.",
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=self.registry)

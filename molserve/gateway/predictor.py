@@ -6,11 +6,13 @@ Per-molecule problems (an unreadable SMILES) are values in the answer; request-l
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.gateway.backends import ComputedBackend, FastBackend, MoleculeBatch
+from molserve.gateway.remote import RemoteFailure, RemoteTier
 from molserve.registry.store import Registry
 
 
@@ -29,6 +31,7 @@ class Predictor:
         self.max_batch = max_batch
         self.fast = FastBackend(registry)
         self.computed = ComputedBackend()
+        self.remote: RemoteTier | None = None
         self.loaded_at: float | None = None
 
     def load(self, only: list[str] | None = None) -> None:
@@ -41,17 +44,46 @@ class Predictor:
         return self.fast.endpoints()
 
     @property
+    def remote_endpoints(self) -> list[str]:
+        return sorted(self.remote.served_endpoints()) if self.remote else []
+
+    @property
     def all_endpoints(self) -> list[str]:
-        return self.predicted_endpoints + self.computed.endpoints()
+        predicted = sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
+        return predicted + self.computed.endpoints()
 
     def endpoint_info(self) -> list[dict[str, Any]]:
-        return [self.fast.info(e) for e in self.fast.endpoints()] + [
-            self.computed.info(e) for e in self.computed.endpoints()
-        ]
+        served = self.remote.served_endpoints() if self.remote else {}
+        infos = []
+        for name in sorted(set(self.fast.endpoints()) | set(served)):
+            info = self.fast.info(name) if name in self.fast.models else {
+                "name": name, "kind": "predicted", "task": served[name].get("task", ""),
+                "units": served[name].get("units", ""), "description": "", "tiers": [], "models": []}
+            if name in served:
+                info["tiers"] = [*info["tiers"], "transformer"]
+                info["models"] = [*info["models"], served[name]]
+                info["preferred_tier"] = self.preferred_tier(name)
+            infos.append(info)
+        return infos + [self.computed.info(e) for e in self.computed.endpoints()]
+
+    def preferred_tier(self, endpoint: str) -> str:
+        """The tier whose model scored better on its held-out test split (same split for both)."""
+        served = self.remote.served_endpoints() if self.remote else {}
+        if endpoint not in served:
+            return "fast"
+        if endpoint not in self.fast.models:
+            return "transformer"
+        fast_test = self.fast.models[endpoint].manifest["metrics"]["test"]
+        remote_test = served[endpoint].get("metrics") or {}
+        if "rmse" in fast_test and "rmse" in remote_test:
+            return "transformer" if remote_test["rmse"] < fast_test["rmse"] else "fast"
+        if "roc_auc" in fast_test and "roc_auc" in remote_test:
+            return "transformer" if remote_test["roc_auc"] > fast_test["roc_auc"] else "fast"
+        return "fast"
 
     def resolve_endpoints(self, requested: list[str] | None) -> list[str]:
         if requested is None:
-            return self.predicted_endpoints
+            return sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
         known = set(self.all_endpoints)
         unknown = [e for e in requested if e not in known]
         if unknown:
@@ -74,10 +106,7 @@ class Predictor:
                 {"limit": self.max_batch, "received": n},
             )
 
-    def predict(self, molecules: list[str], endpoints: list[str] | None) -> dict[str, Any]:
-        started = time.perf_counter()
-        self.check_size(len(molecules))
-        names = self.resolve_endpoints(endpoints)
+    def _parse(self, molecules: list[str]):
         results: list[dict[str, Any]] = []
         slot_of: dict[str, int] = {}
         canonical: list[str] = []
@@ -98,20 +127,115 @@ class Predictor:
                 mols.append(parsed.mol)
                 owners.append([])
             owners[slot_of[key]].append(index)
-        batch = MoleculeBatch(canonical, mols)
-        if canonical:
-            for name in names:
-                backend = self.fast if name in self.fast.models else self.computed
-                answers = backend.predict(batch, name)
-                for slot, answer in enumerate(answers):
-                    for index in owners[slot]:
-                        results[index]["predictions"][name] = answer
-        n_errors = sum(1 for r in results if r["error"])
+        return results, MoleculeBatch(canonical, mols), owners
+
+    def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[dict]]:
+        answers: dict[str, list[dict]] = {}
+        for name in names:
+            if name in self.fast.models:
+                answers[name] = self.fast.predict(batch, name)
+            elif name in self.computed.endpoints():
+                answers[name] = self.computed.predict(batch, name)
+        return answers
+
+    @staticmethod
+    def _assemble(results, owners, answers: dict[str, list[dict]], names, started, n, batch):
+        for name in names:
+            for slot, answer in enumerate(answers.get(name, [])):
+                for index in owners[slot]:
+                    results[index]["predictions"][name] = answer
         return {
             "results": results,
             "endpoints": names,
-            "n_molecules": len(molecules),
-            "n_errors": n_errors,
-            "n_unique": len(canonical),
+            "n_molecules": n,
+            "n_errors": sum(1 for r in results if r["error"]),
+            "n_unique": len(batch.canonical_smiles),
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         }
+
+    def predict(self, molecules: list[str], endpoints: list[str] | None) -> dict[str, Any]:
+        """In-process tiers only (fast and computed): the offline path."""
+        started = time.perf_counter()
+        self.check_size(len(molecules))
+        names = self.resolve_endpoints(endpoints)
+        results, batch, owners = self._parse(molecules)
+        answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
+        return self._assemble(results, owners, answers, names, started, len(molecules), batch)
+
+    def plan(self, names: list[str], tier: str) -> dict[str, str]:
+        """endpoint -> the tier to try first ('fast', 'transformer' or 'computed')."""
+        plan = {}
+        for name in names:
+            if name in self.computed.endpoints():
+                plan[name] = "computed"
+            elif tier == "fast":
+                plan[name] = "fast"
+            elif tier == "transformer":
+                plan[name] = "transformer"
+            else:
+                plan[name] = self.preferred_tier(name)
+        return plan
+
+    async def predict_routed(self, molecules: list[str], endpoints: list[str] | None, *,
+                             tier: str = "auto", deadline_ms: float | None = None,
+                             inline_limit: int = 16, on_degraded=None) -> dict[str, Any]:
+        """Route each endpoint to its preferred tier; fall back to the fast tier, labelled
+        degraded with the reason, whenever the transformer tier cannot answer in time."""
+        started = time.perf_counter()
+        self.check_size(len(molecules))
+        names = self.resolve_endpoints(endpoints)
+        plan = self.plan(names, tier)
+        results, batch, owners = self._parse(molecules)
+        if not batch.canonical_smiles:
+            return self._assemble(results, owners, {}, names, started, len(molecules), batch)
+        timeout_s = (deadline_ms / 1000) if deadline_ms else (
+            self.remote.settings.timeout_s if self.remote else 1.0)
+        remote_tasks: dict[str, asyncio.Task] = {}
+        reasons: dict[str, str] = {}
+        for name, first in plan.items():
+            if first != "transformer":
+                continue
+            if self.remote is None:
+                reasons[name] = "no_transformer_model"
+                continue
+            # Sent first, so the worker computes while the fast tier answers here (hedging).
+            remote_tasks[name] = asyncio.create_task(
+                self.remote.predict(name, batch.canonical_smiles, timeout_s))
+        if len(batch.canonical_smiles) <= inline_limit:
+            answers = self._local_answers(batch, names)
+        else:
+            answers = await asyncio.to_thread(self._local_answers, batch, names)
+        for name, task in remote_tasks.items():
+            try:
+                remote_answers = await task
+            except RemoteFailure as failure:
+                reasons[name] = failure.reason
+                continue
+            merged = []
+            for slot, answer in enumerate(remote_answers):
+                if "error" in answer and name in answers:
+                    merged.append(self._degrade(answers[name][slot], "worker_error"))
+                else:
+                    merged.append(answer)
+            answers[name] = merged
+        for name, reason in reasons.items():
+            if on_degraded is not None:
+                on_degraded(name, reason)
+            if name in answers:
+                answers[name] = [self._degrade(a, reason) for a in answers[name]]
+            else:
+                message = f"the transformer tier could not answer ({reason}) and no fast model exists"
+                answers[name] = [{"error": message, "kind": "predicted", "units": "",
+                                  "provenance": {"model_id": f"{name}/none", "version": 0,
+                                                 "tier": "fast", "degraded": True,
+                                                 "degraded_reason": reason}}
+                                 for _ in batch.canonical_smiles]
+        response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
+        response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
+        response["degraded"] = {name: reason for name, reason in reasons.items()}
+        return response
+
+    @staticmethod
+    def _degrade(answer: dict[str, Any], reason: str) -> dict[str, Any]:
+        return {**answer, "provenance": {**answer["provenance"], "degraded": True,
+                                         "degraded_reason": reason}}

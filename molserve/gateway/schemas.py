@@ -27,7 +27,11 @@ class PredictRequest(BaseModel):
         None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint."
     )
     tier: Literal["auto", "fast", "transformer"] = Field(
-        "auto", description="Which tier should answer; `auto` picks the best healthy one."
+        "auto", description="Which tier should answer; `auto` picks the best-validated healthy one."
+    )
+    deadline_ms: float | None = Field(
+        None, gt=0, le=60000,
+        description="Answer within this time: past it, the fast tier answers (marked degraded).",
     )
 
 

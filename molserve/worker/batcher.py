@@ -9,6 +9,7 @@ refused at once so the caller can answer 503 with Retry-After instead of queuein
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ class _Item:
 
 
 class DynamicBatcher:
-    def __init__(self, predict: Callable[[list[str]], list[Any]], *, max_batch: int = 64,
+    def __init__(self, predict: Callable[[list[str]], Any], *, max_batch: int = 64,
                  max_wait_s: float = 0.005, max_queue: int = 2048) -> None:
+        # A plain function runs in a thread (model inference); a coroutine function (a remote
+        # call) is awaited on the event loop.
         self.predict = predict
+        self._is_async = inspect.iscoroutinefunction(predict)
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -97,7 +101,11 @@ class DynamicBatcher:
             batch = self._take_batch()
             started = time.perf_counter()
             try:
-                answers = await asyncio.to_thread(self.predict, [it.smiles for it in batch])
+                smiles = [it.smiles for it in batch]
+                if self._is_async:
+                    answers = await self.predict(smiles)
+                else:
+                    answers = await asyncio.to_thread(self.predict, smiles)
             except Exception as error:  # the model failed: every caller in the batch learns why
                 for item in batch:
                     if not item.future.done():

@@ -32,6 +32,11 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    remote = request.app.state.predictor.remote
+    if remote is not None:
+        states = {"closed": 0, "half_open": 1, "open": 2}
+        for worker in remote.workers:
+            request.app.state.metrics.breaker_state.labels(worker.url).set(states[worker.breaker.state])
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
 

@@ -26,15 +26,26 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     state = request.app.state
     predictor = state.predictor
     predictor.check_size(len(body.molecules))
-    if len(body.molecules) <= state.settings.inline_batch:
+    metrics = state.metrics
+    if predictor.remote is not None:
+        result = await predictor.predict_routed(
+            body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
+            inline_limit=state.settings.inline_batch,
+            on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
+    elif body.tier == "transformer":
+        result = await predictor.predict_routed(
+            body.molecules, body.endpoints, tier="transformer",
+            inline_limit=state.settings.inline_batch,
+            on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
+    elif len(body.molecules) <= state.settings.inline_batch:
         result = predictor.predict(body.molecules, body.endpoints)
     else:
         result = await run_in_threadpool(predictor.predict, body.molecules, body.endpoints)
-    metrics = state.metrics
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])
+    tiers = result.get("tiers", {})
     for name in result["endpoints"]:
-        tier = "computed" if name in predictor.computed.endpoints() else "fast"
+        tier = tiers.get(name) or ("computed" if name in predictor.computed.endpoints() else "fast")
         metrics.predictions.labels(name, tier).inc(result["n_unique"])
     return JSONResponse(result)

@@ -1,0 +1,349 @@
+"""The remote transformer tier as seen from the gateway: pooled async HTTP clients, one
+circuit breaker per worker, load balancing, batching of concurrent requests, retry budget,
+background health probes.
+
+Nothing here raises into a request: a call either returns answers or a `RemoteFailure` with a
+reason the gateway puts on its degraded answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from molserve.worker.batcher import DynamicBatcher, Overloaded
+
+log = logging.getLogger("molserve.gateway.remote")
+
+REASONS = ("worker_unreachable", "deadline_exceeded", "circuit_open", "worker_overloaded",
+           "no_transformer_model", "worker_error")
+
+
+class RemoteFailure(Exception):
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class CircuitBreaker:
+    """closed -> open after `failure_threshold` consecutive failures; open -> half-open after
+    `reset_timeout_s`; half-open lets `half_open_probes` calls through: a success closes it, a
+    failure opens it again. The clock is injectable for tests."""
+
+    def __init__(self, failure_threshold: int = 3, reset_timeout_s: float = 5.0,
+                 half_open_probes: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self.half_open_probes = half_open_probes
+        self.clock = clock
+        self._state = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes = 0
+        self.transitions = 0
+
+    @property
+    def state(self) -> str:
+        if self._state == "open" and self.clock() - self._opened_at >= self.reset_timeout_s:
+            self._set("half_open")
+            self._probes = 0
+        return self._state
+
+    def _set(self, state: str) -> None:
+        if state != self._state:
+            self._state = state
+            self.transitions += 1
+
+    def allow(self) -> bool:
+        """May a call go through now? (In half-open, counts the probe.)"""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and self._probes < self.half_open_probes:
+            self._probes += 1
+            return True
+        return False
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._set("closed")
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        if self._state == "half_open" or self._failures >= self.failure_threshold:
+            self._set("open")
+            self._opened_at = self.clock()
+            self._failures = 0
+
+
+class RetryBudget:
+    """Retries may be at most `ratio` of recent calls (plus a small floor), so a failing tier
+    is not hit with twice the traffic."""
+
+    def __init__(self, ratio: float = 0.1, floor: int = 3, window_s: float = 10.0) -> None:
+        self.ratio, self.floor, self.window_s = ratio, floor, window_s
+        self.calls: deque[float] = deque()
+        self.retries: deque[float] = deque()
+
+    def _trim(self, now: float) -> None:
+        for queue in (self.calls, self.retries):
+            while queue and now - queue[0] > self.window_s:
+                queue.popleft()
+
+    def record_call(self) -> None:
+        self.calls.append(time.monotonic())
+
+    def try_spend(self) -> bool:
+        now = time.monotonic()
+        self._trim(now)
+        if len(self.retries) < self.floor + self.ratio * len(self.calls):
+            self.retries.append(now)
+            return True
+        return False
+
+
+@dataclass
+class WorkerStats:
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=200))
+    outcomes: deque = field(default_factory=lambda: deque(maxlen=200))  # True = success
+
+    def record(self, ok: bool, latency_ms: float | None) -> None:
+        self.outcomes.append(ok)
+        if latency_ms is not None:
+            self.latencies_ms.append(latency_ms)
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies_ms)
+        return {
+            "recent_calls": len(self.outcomes),
+            "error_rate": round(1 - sum(self.outcomes) / len(self.outcomes), 4) if self.outcomes else 0.0,
+            "latency_p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
+            "latency_p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 2) if lat else None,
+        }
+
+
+class WorkerClient:
+    def __init__(self, url: str, client: httpx.AsyncClient, breaker: CircuitBreaker,
+                 token: str | None) -> None:
+        self.url = url.rstrip("/")
+        self.client = client
+        self.breaker = breaker
+        self.headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.models: dict[str, dict] = {}  # endpoint -> model info (with held-out metrics)
+        self.reachable = False
+        self.in_flight = 0
+        self.stats = WorkerStats()
+        self.last_error: str | None = None
+
+    async def refresh(self, timeout_s: float) -> None:
+        """Health probe: what does the worker serve? Also the way an open breaker is probed."""
+        try:
+            response = await self.client.get(f"{self.url}/v1/models", headers=self.headers,
+                                              timeout=timeout_s)
+            response.raise_for_status()
+            listing = response.json()
+            self.models = {m["endpoint"]: m for m in listing}
+            self.reachable = True
+            if self.breaker.state != "closed" and self.breaker.allow():
+                self.breaker.record_success()
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            self.reachable = False
+            self.last_error = f"health probe: {type(error).__name__}"
+
+    async def predict(self, smiles: list[str], endpoint: str, timeout_s: float,
+                      request_id: str | None) -> list[dict]:
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            headers = dict(self.headers)
+            if request_id:
+                headers["x-request-id"] = request_id
+            response = await self.client.post(
+                f"{self.url}/v1/predict", json={"molecules": smiles, "endpoints": [endpoint]},
+                headers=headers, timeout=timeout_s)
+        except httpx.TimeoutException as error:
+            self._fail(f"timeout after {timeout_s:.2f} s")
+            raise RemoteFailure("deadline_exceeded", str(error) or "timeout") from None
+        except httpx.TransportError as error:
+            self._fail(type(error).__name__)
+            self.reachable = False
+            raise RemoteFailure("worker_unreachable", type(error).__name__) from None
+        finally:
+            self.in_flight -= 1
+        latency_ms = (time.perf_counter() - started) * 1000
+        if response.status_code == 503:
+            # Saturated, not broken: no breaker failure, but tell the caller.
+            self.stats.record(False, latency_ms)
+            raise RemoteFailure("worker_overloaded", response.headers.get("retry-after", ""))
+        if response.status_code == 404:
+            self.stats.record(False, latency_ms)
+            self.models.pop(endpoint, None)
+            raise RemoteFailure("no_transformer_model", f"{self.url} does not serve {endpoint}")
+        if response.status_code != 200:
+            self._fail(f"HTTP {response.status_code}")
+            raise RemoteFailure("worker_error", f"HTTP {response.status_code}")
+        try:
+            answers = response.json()["results"][endpoint]
+            if not isinstance(answers, list) or len(answers) != len(smiles):
+                raise ValueError("wrong number of answers")
+            for answer in answers:
+                if not isinstance(answer, dict) or ("value" not in answer and "error" not in answer):
+                    raise ValueError("malformed answer")
+        except (ValueError, KeyError, TypeError) as error:
+            self._fail(f"invalid response: {error}")
+            raise RemoteFailure("worker_error", f"invalid response: {error}") from None
+        self.breaker.record_success()
+        self.stats.record(True, latency_ms)
+        self.reachable = True
+        return answers
+
+    def _fail(self, detail: str) -> None:
+        self.breaker.record_failure()
+        self.stats.record(False, None)
+        self.last_error = detail
+
+    def status(self) -> dict[str, Any]:
+        return {"url": self.url, "breaker": self.breaker.state, "reachable": self.reachable,
+                "in_flight": self.in_flight, "models": sorted(self.models),
+                "last_error": self.last_error, **self.stats.summary()}
+
+
+@dataclass
+class RemoteSettings:
+    urls: list[str]
+    token: str | None = None
+    timeout_s: float = 2.0
+    failure_threshold: int = 3
+    reset_timeout_s: float = 5.0
+    health_interval_s: float = 2.0
+    max_batch: int = 64
+    max_wait_s: float = 0.002
+    max_queue: int = 4096
+    retry_ratio: float = 0.1
+
+
+class RemoteTier:
+    def __init__(self, settings: RemoteSettings) -> None:
+        self.settings = settings
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
+        self.client = httpx.AsyncClient(limits=limits, timeout=settings.timeout_s)
+        self.workers = [
+            WorkerClient(url, self.client,
+                         CircuitBreaker(settings.failure_threshold, settings.reset_timeout_s),
+                         settings.token)
+            for url in settings.urls
+        ]
+        self.budget = RetryBudget(settings.retry_ratio)
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self._health_task: asyncio.Task | None = None
+        self._deadline: dict[str, float] = {}
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._health_task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task:
+            self._health_task.cancel()
+            try:
+                await self._health_task
+            except asyncio.CancelledError:
+                pass
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        await self.client.aclose()
+
+    async def refresh(self) -> None:
+        await asyncio.gather(*(w.refresh(min(1.0, self.settings.timeout_s)) for w in self.workers))
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_s)
+            await self.refresh()
+
+    def served_endpoints(self) -> dict[str, dict]:
+        """endpoint -> model info, from any worker that lists it."""
+        served: dict[str, dict] = {}
+        for worker in self.workers:
+            for endpoint, info in worker.models.items():
+                served.setdefault(endpoint, info)
+        return served
+
+    def _candidates(self, endpoint: str) -> list[WorkerClient]:
+        return [w for w in self.workers if endpoint in w.models]
+
+    def _pick(self, candidates: list[WorkerClient], exclude: set[str]) -> WorkerClient | None:
+        allowed = [w for w in candidates if w.url not in exclude and w.breaker.state != "open"]
+        if not allowed:
+            return None
+        # Power of two choices on in-flight calls: spreads load, avoids a slow worker.
+        pair = random.sample(allowed, min(2, len(allowed)))
+        chosen = min(pair, key=lambda w: w.in_flight)
+        return chosen if chosen.breaker.allow() else None
+
+    def availability(self, endpoint: str) -> str | None:
+        """None when some worker can take `endpoint` now, else the reason it cannot."""
+        candidates = self._candidates(endpoint)
+        if not candidates:
+            return "no_transformer_model" if any(w.reachable for w in self.workers) or not self.workers \
+                else "worker_unreachable"
+        if all(w.breaker.state == "open" for w in candidates):
+            return "circuit_open"
+        return None
+
+    async def _call(self, endpoint: str, smiles: list[str]) -> list[dict]:
+        """One batched worker call, with at most one retry on another worker within budget."""
+        timeout_s = self._deadline.get(endpoint, self.settings.timeout_s)
+        tried: set[str] = set()
+        self.budget.record_call()
+        last: RemoteFailure | None = None
+        for attempt in range(2):
+            worker = self._pick(self._candidates(endpoint), tried)
+            if worker is None:
+                raise last or RemoteFailure(self.availability(endpoint) or "circuit_open")
+            tried.add(worker.url)
+            try:
+                return await worker.predict(smiles, endpoint, timeout_s, None)
+            except RemoteFailure as failure:
+                last = failure
+                retryable = failure.reason in ("worker_unreachable", "worker_error", "worker_overloaded")
+                if attempt == 0 and retryable and self.budget.try_spend():
+                    continue
+                raise
+        raise last or RemoteFailure("worker_error")
+
+    async def predict(self, endpoint: str, smiles: list[str], timeout_s: float) -> list[dict]:
+        """Answers for `smiles` from the transformer tier, or RemoteFailure."""
+        reason = self.availability(endpoint)
+        if reason:
+            raise RemoteFailure(reason)
+        batcher = self.batchers.get(endpoint)
+        if batcher is None:
+            async def call(batch: list[str], _endpoint: str = endpoint) -> list[dict]:
+                return await self._call(_endpoint, batch)
+
+            batcher = DynamicBatcher(call, max_batch=self.settings.max_batch,
+                                     max_wait_s=self.settings.max_wait_s,
+                                     max_queue=self.settings.max_queue)
+            batcher.start()
+            self.batchers[endpoint] = batcher
+        self._deadline[endpoint] = max(0.05, min(timeout_s, self.settings.timeout_s))
+        try:
+            return await asyncio.wait_for(batcher.submit(smiles), timeout=timeout_s)
+        except Overloaded as error:
+            raise RemoteFailure("worker_overloaded", str(error)) from None
+        except TimeoutError:
+            raise RemoteFailure("deadline_exceeded", f"no answer within {timeout_s * 1000:.0f} ms") from None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{**w.status(), "queue": {e: b.waiting for e, b in self.batchers.items()}}
+                for w in self.workers]

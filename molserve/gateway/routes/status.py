@@ -1,0 +1,32 @@
+"""GET /v1/status: each tier's health, each worker's breaker, latency, errors and models."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.security import require_read
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/v1/status", dependencies=[Depends(require_read)],
+            summary="Tiers and workers: breaker state, recent latency and error rate, models")
+async def status(request: Request) -> JSONResponse:
+    predictor = request.app.state.predictor
+    remote = predictor.remote
+    workers = remote.status() if remote else []
+    metrics = request.app.state.metrics
+    for worker in workers:
+        metrics.breaker_state.labels(worker["url"]).set(
+            {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
+    return JSONResponse({
+        "fast": {"models": predictor.fast.endpoints(), "load_errors": predictor.fast.load_errors},
+        "transformer": {
+            "configured": remote is not None,
+            "endpoints": predictor.remote_endpoints,
+            "preferred": {e: predictor.preferred_tier(e) for e in predictor.remote_endpoints},
+            "workers": workers,
+        },
+        "computed": {"endpoints": predictor.computed.endpoints()},
+    })

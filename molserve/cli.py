@@ -182,6 +182,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     summary = pretrain(corpus, Path(args.output), size=args.size, epochs=args.epochs,
                        max_steps=args.max_steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, device=args.device, seed=args.seed,
+                       max_seconds=args.max_minutes * 60 if args.max_minutes else None,
                        progress=report)
     bar.close()
     print(json.dumps(summary, indent=2))
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit", type=int, help="use at most this many molecules (random sample)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--learning-rate", type=float, default=5e-4)
     p.add_argument("--device")

@@ -86,6 +86,7 @@ def pretrain(
     batch_size: int = 64,
     learning_rate: float = 5e-4,
     mask_probability: float = 0.15,
+    max_seconds: float | None = None,
     seed: int = 0,
     device: str | None = None,
     progress: Progress | None = None,
@@ -127,7 +128,8 @@ def pretrain(
             step += 1
             if step % 10 == 0 or step == total:
                 report("pretraining", step / total, {"loss": float(np.mean(losses[-50:]))})
-            if step >= total:
+            if step >= total or (max_seconds and time.perf_counter() - started > max_seconds):
+                total = step
                 break
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)

@@ -18,6 +18,8 @@ def _settings(args: argparse.Namespace):
     overrides = {}
     if getattr(args, "registry", None):
         overrides["registry"] = Path(args.registry)
+    if getattr(args, "datasets", None):
+        overrides["datasets"] = Path(args.datasets)
     return Settings(**overrides)
 
 
@@ -62,16 +64,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     from molserve.registry import Registry
     from molserve.registry.store import validate_endpoint_name
 
-    validate_endpoint_name(args.endpoint)
-    dataset = load_table(
-        args.data, smiles_col=args.smiles_col, label_col=args.label_col, task=args.task,
-        name=args.endpoint, units=args.units, description=args.description or "",
-        positive_label=args.positive_label,
-    )
-    registry = Registry(_settings(args).registry)
-    bar, update = _progress_bar(desc=args.endpoint)
-    artifact = train_endpoint(dataset, registry, args.endpoint, split=args.split,
-                              profile=args.profile, seed=args.seed, progress=update)
+    settings = _settings(args)
+    split_labels = None
+    if args.dataset:
+        from molserve.data.store import DatasetStore
+
+        store = DatasetStore(settings.datasets)
+        dataset, split_labels = store.load(args.dataset, split=args.split)
+        endpoint = args.endpoint or store.get(args.dataset).manifest.get(
+            "endpoint_suggestion", args.dataset)
+    else:
+        if not args.data or not args.label_col or not args.endpoint:
+            raise ValueError("give a data file with --endpoint and --label-col, or --dataset NAME")
+        if args.split == "time":
+            raise ValueError("--split time needs a stored dataset with years (--dataset)")
+        endpoint = args.endpoint
+        dataset = load_table(
+            args.data, smiles_col=args.smiles_col, label_col=args.label_col, task=args.task,
+            name=args.endpoint, units=args.units, description=args.description or "",
+            positive_label=args.positive_label,
+        )
+    validate_endpoint_name(endpoint)
+    registry = Registry(settings.registry)
+    bar, update = _progress_bar(desc=endpoint)
+    artifact = train_endpoint(dataset, registry, endpoint, split=args.split,
+                              profile=args.profile, seed=args.seed, split_labels=split_labels,
+                              progress=update)
     bar.close()
     print(summarize(artifact))
     print(json.dumps({"curation": artifact.manifest["curation"],
@@ -91,6 +109,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     print(json.dumps(summary), file=sys.stderr)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from molserve.data.store import DatasetStore
+
+    store = DatasetStore(_settings(args).datasets)
+    if args.data_command == "chembl":
+        from molserve.data.chembl import ChemblClient
+        from molserve.data.store import fetch_chembl_dataset
+
+        artifact = fetch_chembl_dataset(store, args.target, standard_type=args.type,
+                                        client=ChemblClient(base_url=args.base_url),
+                                        canonical_tautomer=args.tautomer)
+    elif args.data_command == "import":
+        from molserve.data.curation import curate
+        from molserve.data.dataset import load_table
+
+        raw = load_table(args.file, smiles_col=args.smiles_col, label_col=args.label_col,
+                         task=args.task, name=args.name, units=args.units,
+                         positive_label=args.positive_label)
+        if args.ic50_nm:
+            import math
+
+            kept = [(s, 9 - math.log10(v)) for s, v in zip(raw.smiles, raw.labels, strict=True) if v > 0]
+            raw.smiles, raw.labels = [k[0] for k in kept], [k[1] for k in kept]
+            raw.units = "pIC50"
+        curated = curate(raw, standardize_structures=True, canonical_tautomer=args.tautomer)
+        rows = [{"canonical_smiles": s, "label": float(y), "n_measurements": 1, "spread": 0.0}
+                for s, y in zip(curated.canonical_smiles, curated.labels, strict=True)]
+        artifact = store.save(args.name, rows, task=raw.task, units=raw.units,
+                              description=args.description or f"imported from {Path(args.file).name}",
+                              source=raw.source, licence=args.licence,
+                              curation={**curated.report, "source_sha256": raw.checksum,
+                                        "converted_from_ic50_nm": bool(args.ic50_nm)})
+    elif args.data_command == "list":
+        artifacts = store.list()
+        if not artifacts:
+            print(f"no datasets in {store.root}")
+        for a in artifacts:
+            m = a.manifest
+            print(f"{a.endpoint:<32} v{a.version:<3} {m['rows']:>7} rows  {m['task']:<14} "
+                  f"{m['units']:<10} {m['licence']}")
+        return 0
+    else:
+        artifact = store.get(args.name)
+        print(json.dumps({k: v for k, v in artifact.manifest.items()}, indent=2))
+        return 0
+    m = artifact.manifest
+    print(json.dumps({"dataset": artifact.endpoint, "version": artifact.version, "rows": m["rows"],
+                      "curation": m["curation"], "splits": m["splits"]}, indent=2))
     return 0
 
 
@@ -193,6 +262,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molserve", description=__doc__.splitlines()[0])
     parser.add_argument("--registry", help="registry directory (default: $MOLSERVE_REGISTRY or ./registry)")
+    parser.add_argument("--datasets", help="dataset store (default: $MOLSERVE_DATASETS or ./datasets)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve the HTTP gateway")
@@ -206,16 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="standard", choices=["standard", "quick"])
     p.set_defaults(fn=cmd_bootstrap)
 
-    p = sub.add_parser("train", help="train a fast model on a CSV/TSV/SDF file and register it")
-    p.add_argument("data")
-    p.add_argument("--endpoint", required=True)
+    p = sub.add_parser("train", help="train a fast model on a CSV/TSV/SDF file or a stored dataset")
+    p.add_argument("data", nargs="?", help="CSV/TSV/SDF file (or use --dataset)")
+    p.add_argument("--dataset", help="a stored dataset (molserve data list)")
+    p.add_argument("--endpoint", help="endpoint name (default for --dataset: its suggestion)")
     p.add_argument("--smiles-col", default="smiles")
-    p.add_argument("--label-col", required=True)
+    p.add_argument("--label-col")
     p.add_argument("--task", default="regression", choices=["regression", "classification"])
     p.add_argument("--units", default="")
     p.add_argument("--description")
     p.add_argument("--positive-label", help="classification: the label text that means positive")
-    p.add_argument("--split", default="scaffold", choices=["scaffold", "random"])
+    p.add_argument("--split", default="scaffold", choices=["scaffold", "random", "time"])
     p.add_argument("--profile", default="standard", choices=["standard", "quick"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_train)
@@ -268,6 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_pretrain)
 
+    p = sub.add_parser("data", help="curated datasets: ChEMBL targets, your files")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("chembl", help="fetch and curate a target's activities from ChEMBL")
+    q.add_argument("target", help="EGFR, BRAF, CDK2, PARP1, VEGFR2, BCL2, or a CHEMBL id")
+    q.add_argument("--type", default="IC50", help="standard_type (IC50, Ki, ...)")
+    q.add_argument("--tautomer", action="store_true", help="canonicalize tautomers too")
+    q.add_argument("--base-url", default="https://www.ebi.ac.uk")
+    q.set_defaults(fn=cmd_data)
+    q = dsub.add_parser("import", help="curate a CSV/TSV/SDF into a stored dataset")
+    q.add_argument("file")
+    q.add_argument("--name", required=True)
+    q.add_argument("--smiles-col", default="smiles")
+    q.add_argument("--label-col", required=True)
+    q.add_argument("--task", default="regression", choices=["regression", "classification"])
+    q.add_argument("--units", default="")
+    q.add_argument("--description")
+    q.add_argument("--positive-label")
+    q.add_argument("--licence", default="user-supplied")
+    q.add_argument("--ic50-nm", action="store_true", help="labels are IC50 in nM: store pIC50")
+    q.add_argument("--tautomer", action="store_true")
+    q.set_defaults(fn=cmd_data)
+    q = dsub.add_parser("list", help="stored datasets")
+    q.set_defaults(fn=cmd_data)
+    q = dsub.add_parser("show", help="one dataset's manifest")
+    q.add_argument("name")
+    q.set_defaults(fn=cmd_data)
+
     p = sub.add_parser("models", help="registered models")
     msub = p.add_subparsers(dest="models_command", required=True)
     q = msub.add_parser("list", help="list registered models with held-out metrics")
@@ -280,6 +378,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as error:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         print(f"molserve: error: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
 
     registry: Path = Field(Path("registry"), description="Model registry directory.")
+    datasets: Path = Field(Path("datasets"), description="Curated dataset store directory.")
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")

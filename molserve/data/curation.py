@@ -22,7 +22,8 @@ class CuratedData:
     report: dict = field(default_factory=dict)
 
 
-def curate(dataset: Dataset, noisy_spread: float = 1.0) -> CuratedData:
+def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: bool = False,
+           canonical_tautomer: bool = False) -> CuratedData:
     """Parse, strip counter-ions, canonicalize and merge duplicates (median label).
 
     Regression duplicates whose labels span more than `noisy_spread` units are counted as
@@ -37,7 +38,16 @@ def curate(dataset: Dataset, noisy_spread: float = 1.0) -> CuratedData:
         except InvalidSmiles as error:
             reasons[error.reason.split(" (")[0][:80]] += 1
             continue
-        parent = largest_fragment(parsed.mol)
+        if standardize_structures:
+            from molserve.data.standardize import standardize
+
+            try:
+                parent = standardize(parsed.mol, canonical_tautomer)
+            except (ValueError, RuntimeError) as error:
+                reasons[f"standardization failed: {str(error)[:60]}"] += 1
+                continue
+        else:
+            parent = largest_fragment(parsed.mol)
         key = Chem.MolToSmiles(parent)
         grouped[key].append(float(label))
         mol_of.setdefault(key, parent)

@@ -106,9 +106,14 @@ def train_endpoint(
     split: str = "scaffold",
     profile: str = "standard",
     seed: int = 0,
+    split_labels: list[str] | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
-    """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact."""
+    """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact.
+
+    `split_labels` (train/valid/test per dataset row) replaces the computed split, so a stored
+    dataset's split is reused exactly.
+    """
     import lightgbm as lgb
 
     report = progress or (lambda step, fraction: None)
@@ -122,7 +127,20 @@ def train_endpoint(
     y = curated.labels
     if dataset.task == "classification" and len(np.unique(y)) < 2:
         raise ValueError("classification data needs both classes")
-    splits = scaffold_split(curated.mols, seed=seed) if split == "scaffold" else random_split(n, seed=seed)
+    if split_labels is not None:
+        from rdkit import Chem
+
+        side_of = {}
+        for text, side in zip(dataset.smiles, split_labels, strict=True):
+            mol = Chem.MolFromSmiles(text)
+            if mol is not None:
+                side_of[Chem.MolToSmiles(mol)] = side
+        sides = [side_of.get(key, "train") for key in curated.canonical_smiles]
+        splits = {s: [i for i, v in enumerate(sides) if v == s] for s in ("train", "valid", "test")}
+    elif split == "scaffold":
+        splits = scaffold_split(curated.mols, seed=seed)
+    else:
+        splits = random_split(n, seed=seed)
     if min(len(v) for v in splits.values()) < 5:
         splits = random_split(n, seed=seed)
         split = "random (scaffold split left a side with fewer than 5 molecules)"

@@ -35,10 +35,17 @@ def iter_smiles(path: Path, smiles_col: str | None = None) -> Iterator[str]:
             for row in reader:
                 yield (row.get(column) or "").strip()
             return
+        first = True
         for line in handle:
             stripped = line.strip()
-            if stripped and not stripped.startswith("#"):
-                yield stripped.split()[0]
+            if not stripped or stripped.startswith("#"):
+                continue
+            token = stripped.split()[0]
+            if first and token.lower() == "smiles":
+                first = False
+                continue  # a header line
+            first = False
+            yield token
 
 
 def _count_records(path: Path) -> int | None:

@@ -163,6 +163,84 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """Jobs through a running gateway's HTTP API."""
+    import time
+
+    import httpx
+
+    headers = {"x-api-key": args.api_key} if args.api_key else {}
+    client = httpx.Client(base_url=args.url, headers=headers, timeout=60)
+
+    def check(response: httpx.Response) -> dict:
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise RuntimeError(f"HTTP {response.status_code}: {message}")
+        return response.json()
+
+    def follow(job_id: str) -> dict:
+        from tqdm import tqdm
+
+        bar = tqdm(total=100, unit="%", file=sys.stderr, desc=job_id,
+                   bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+        while True:
+            job = check(client.get(f"/v1/jobs/{job_id}"))
+            bar.n = int(round(job["progress"] * 100))
+            eta = f", ETA {job['eta_s']:.0f} s" if job.get("eta_s") else ""
+            bar.set_postfix_str(f"{job['state']}: {job.get('step') or ''}{eta}")
+            bar.refresh()
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                bar.close()
+                return job
+            time.sleep(0.5)
+
+    if args.jobs_command in ("screen", "train"):
+        body: dict = {"kind": args.jobs_command}
+        if getattr(args, "file", None):
+            with open(args.file, "rb") as handle:
+                body["upload_id"] = check(client.post("/v1/uploads", files={
+                    "file": (Path(args.file).name, handle)}))["upload_id"]
+        if args.jobs_command == "screen":
+            body["endpoints"] = [e for e in (args.endpoints or "").split(",") if e] or None
+            if args.dataset:
+                body["dataset"] = args.dataset
+        else:
+            for name in ("dataset", "endpoint", "label_col", "model", "profile", "split", "base"):
+                value = getattr(args, name, None)
+                if value:
+                    body[name] = value
+        job = check(client.post("/v1/jobs", json={k: v for k, v in body.items() if v is not None}))
+        print(f"submitted {job['id']}", file=sys.stderr)
+        if args.wait:
+            job = follow(job["id"])
+            if job["state"] == "succeeded" and args.output and job.get("result_url"):
+                Path(args.output).write_bytes(client.get(job["result_url"]).content)
+                print(f"result written to {args.output}", file=sys.stderr)
+        print(json.dumps(job, indent=2))
+        return 0 if job["state"] != "failed" else 1
+    if args.jobs_command == "list":
+        for job in check(client.get("/v1/jobs")):
+            print(f"{job['id']}  {job['kind']:<7} {job['state']:<10} {job['progress'] * 100:5.1f}%  "
+                  f"{job.get('step') or ''}")
+        return 0
+    if args.jobs_command == "show":
+        job = follow(args.id) if args.follow else check(client.get(f"/v1/jobs/{args.id}"))
+        print(json.dumps(job, indent=2))
+        return 0
+    if args.jobs_command == "cancel":
+        print(json.dumps(check(client.delete(f"/v1/jobs/{args.id}")), indent=2))
+        return 0
+    response = client.get(f"/v1/jobs/{args.id}/result")
+    if response.status_code != 200:
+        check(response)
+    Path(args.output).write_bytes(response.content)
+    print(f"result written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from molserve.registry import Registry
 
@@ -365,6 +443,43 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("show", help="one dataset's manifest")
     q.add_argument("name")
     q.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("jobs", help="training jobs and screens through a running gateway")
+    p.add_argument("--url", default=os.environ.get("MOLSERVE_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("MOLSERVE_API_KEY"))
+    jsub = p.add_subparsers(dest="jobs_command", required=True)
+    q = jsub.add_parser("screen", help="screen a file (or stored dataset) against endpoints")
+    q.add_argument("file", nargs="?")
+    q.add_argument("--dataset")
+    q.add_argument("--endpoints")
+    q.add_argument("--wait", action="store_true", help="follow progress until done")
+    q.add_argument("-o", "--output", help="with --wait: where to save the result CSV")
+    q.set_defaults(fn=cmd_jobs)
+    q = jsub.add_parser("train", help="train on an uploaded file or a stored dataset")
+    q.add_argument("file", nargs="?")
+    q.add_argument("--dataset")
+    q.add_argument("--endpoint")
+    q.add_argument("--label-col")
+    q.add_argument("--model", choices=["gbm", "transformer"])
+    q.add_argument("--profile", choices=["standard", "quick"])
+    q.add_argument("--split", choices=["scaffold", "random", "time"])
+    q.add_argument("--base")
+    q.add_argument("--wait", action="store_true")
+    q.add_argument("-o", "--output")
+    q.set_defaults(fn=cmd_jobs)
+    q = jsub.add_parser("list")
+    q.set_defaults(fn=cmd_jobs)
+    q = jsub.add_parser("show")
+    q.add_argument("id")
+    q.add_argument("--follow", action="store_true", help="live progress bar until the job ends")
+    q.set_defaults(fn=cmd_jobs)
+    q = jsub.add_parser("cancel")
+    q.add_argument("id")
+    q.set_defaults(fn=cmd_jobs)
+    q = jsub.add_parser("result")
+    q.add_argument("id")
+    q.add_argument("-o", "--output", required=True)
+    q.set_defaults(fn=cmd_jobs)
 
     p = sub.add_parser("models", help="registered models")
     msub = p.add_subparsers(dest="models_command", required=True)

@@ -13,6 +13,11 @@ class Settings(BaseSettings):
 
     registry: Path = Field(Path("registry"), description="Model registry directory.")
     datasets: Path = Field(Path("datasets"), description="Curated dataset store directory.")
+    jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
+                                  "empty disables jobs.")
+    max_concurrent_jobs: int = Field(1, ge=1)
+    job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")

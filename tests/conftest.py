@@ -25,14 +25,14 @@ def trained_registry(tmp_path_factory) -> Registry:
 
 
 @pytest.fixture(scope="session")
-def app_client(trained_registry):
+def app_client(trained_registry, tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from molserve.config import Settings
     from molserve.gateway.app import create_app
 
     settings = Settings(registry=trained_registry.root, api_key="test-key", max_batch=1000,
-                        max_body_bytes=2_000_000)
+                        max_body_bytes=2_000_000, jobs_dir=tmp_path_factory.mktemp("jobs"))
     with TestClient(create_app(settings)) as client:
         yield client
 

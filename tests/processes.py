@@ -39,9 +39,12 @@ def start_worker(registry, port: int, token: str = "t0ken", backend: str = "onnx
 
 @contextmanager
 def gateway(registry, worker_urls: list[str], token: str = "t0ken", **env_overrides):
+    import tempfile
+
     port = free_port()
     env = {
         **os.environ,
+        "MOLSERVE_JOBS_DIR": tempfile.mkdtemp(prefix="molserve-jobs-"),
         "MOLSERVE_REGISTRY": str(registry),
         "MOLSERVE_WORKER_URLS": json.dumps(worker_urls),
         "MOLSERVE_WORKER_TOKEN": token,

@@ -12,7 +12,8 @@ from tests.conftest import free_port
 
 def test_served_process_answers_and_shuts_down_cleanly(trained_registry):
     port = free_port()
-    env = {**os.environ, "MOLSERVE_REGISTRY": str(trained_registry.root)}
+    env = {**os.environ, "MOLSERVE_REGISTRY": str(trained_registry.root),
+           "MOLSERVE_JOBS_DIR": str(trained_registry.root.parent / "e2e-jobs")}
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "molserve", "serve", "--port", str(port), "--log-level", "warning"],

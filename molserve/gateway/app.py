@@ -15,7 +15,7 @@ from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
 from molserve.gateway.responses import JSONResponse
-from molserve.gateway.routes import endpoints, health, models, predict, status
+from molserve.gateway.routes import endpoints, health, jobs, models, predict, status
 from molserve.registry.store import Registry
 
 log = logging.getLogger("molserve.gateway")
@@ -38,18 +38,21 @@ def _validation_message(error: RequestValidationError) -> str:
 
 
 class BodyLimit:
-    """Reject bodies larger than the limit with 413 before they are read into memory."""
+    """Reject bodies larger than the limit with 413 before they are read into memory
+    (file uploads, which stream to disk, have a limit of their own)."""
 
-    def __init__(self, app, limit: int) -> None:
+    def __init__(self, app, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.default_limit = limit
+        self.upload_limit = upload_limit or limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope.get("path") == "/v1/uploads" else self.default_limit
         declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return await self._reject(send, limit)
         received = 0
 
         async def limited_receive():
@@ -57,18 +60,19 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _TooLarge()
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send) -> None:
+    @staticmethod
+    async def _reject(send, limit: int) -> None:
         body = (b'{"error":"body_too_large","message":"request body exceeds '
-                + str(self.limit).encode() + b' bytes"}')
+                + str(limit).encode() + b' bytes"}')
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -134,8 +138,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_wait_s=settings.remote_max_wait_ms / 1000,
                 max_queue=settings.remote_max_queue))
             await predictor.remote.start()
+        if settings.jobs_dir:
+            from molserve.jobs.runner import JobRunner
+
+            app.state.jobs = JobRunner(
+                settings.jobs_dir, settings.registry, settings.datasets,
+                max_concurrent=settings.max_concurrent_jobs, max_attempts=settings.job_max_attempts,
+                on_model_registered=predictor.load)
+            app.state.jobs.start()
         # The structural-alert catalog (about 11 MB, 20 ms) is built on first use, not here.
         yield
+        if app.state.jobs is not None:
+            await app.state.jobs.stop()
         if predictor.remote is not None:
             await predictor.remote.stop()
 
@@ -149,6 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.predictor = predictor
     app.state.metrics = metrics
+    app.state.jobs = None
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
@@ -175,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=500,
         )
 
-    for module in (predict, endpoints, models, status, health):
+    for module in (predict, endpoints, models, jobs, status, health):
         app.include_router(module.router)
 
     if settings.cors_origins:
@@ -183,6 +198,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(Observe, metrics=metrics)
     return app

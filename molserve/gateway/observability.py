@@ -33,6 +33,9 @@ class GatewayMetrics:
         self.breaker_state = Gauge(
             "molserve_worker_breaker_state", "Breaker per worker: 0 closed, 1 half-open, 2 open.",
             ["worker"], registry=self.registry)
+        self.jobs_submitted = Counter(
+            "molserve_jobs_submitted_total", "Jobs submitted by kind.", ["kind"], registry=self.registry)
+        self.jobs = Gauge("molserve_jobs", "Jobs by state.", ["state"], registry=self.registry)
         self.batch_size = Histogram(
             "molserve_batch_molecules", "Molecules per predict request.",
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=self.registry)

@@ -1,0 +1,182 @@
+"""Jobs over HTTP: uploads, submission (202), status with progress and logs, cancel, result."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from molserve.gateway.predictor import RequestError
+from molserve.gateway.responses import JSONResponse
+from molserve.gateway.security import require_key, require_read
+
+router = APIRouter(tags=["jobs"])
+_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_SUFFIXES = {".csv", ".tsv", ".smi", ".txt", ".sdf"}
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"kind": "screen", "upload_id": "<from POST /v1/uploads>", "endpoints": ["solubility"]},
+        {"kind": "train", "dataset": "chembl_egfr_pic50", "model": "gbm"},
+        {"kind": "train", "upload_id": "<id>", "endpoint": "my_assay", "label_col": "pIC50"},
+    ]})
+
+    kind: Literal["train", "screen"]
+    upload_id: str | None = Field(None, description="A file from POST /v1/uploads.")
+    dataset: str | None = Field(None, description="A stored dataset (molserve data list).")
+    endpoints: list[str] | None = Field(None, description="screen: endpoints to predict.")
+    smiles_col: str | None = None
+    chunk_size: int = Field(1000, ge=10, le=10000)
+    model: Literal["gbm", "transformer"] = "gbm"
+    endpoint: str | None = Field(None, description="train: the endpoint to (re)train.")
+    label_col: str | None = None
+    task: Literal["regression", "classification"] = "regression"
+    units: str = ""
+    split: Literal["scaffold", "random", "time"] = "scaffold"
+    profile: Literal["standard", "quick"] = "standard"
+    base: str | None = Field(None, description="transformer: hub id or local directory.")
+    epochs: int = Field(30, ge=1, le=1000)
+
+
+def _runner(request: Request):
+    runner = request.app.state.jobs
+    if runner is None:
+        raise RequestError(503, "jobs_disabled", "this gateway runs no jobs (MOLSERVE_JOBS_DIR)")
+    return runner
+
+
+def _upload_path(request: Request, upload_id: str):
+    if not _UPLOAD_ID.match(upload_id):
+        raise RequestError(422, "invalid_upload_id", "upload_id is the hex id POST /v1/uploads returned")
+    folder = _runner(request).jobs_dir / "uploads"
+    matches = list(folder.glob(f"{upload_id}.*"))
+    if not matches:
+        raise RequestError(404, "upload_not_found", f"no upload {upload_id}")
+    return matches[0]
+
+
+def _public(job: dict) -> dict:
+    shown = {k: v for k, v in job.items() if k not in ("pid", "checkpoint")}
+    if job.get("result") and "path" in job["result"]:
+        shown["result"] = {k: v for k, v in job["result"].items() if k != "path"}
+        shown["result_url"] = f"/v1/jobs/{job['id']}/result"
+    return shown
+
+
+@router.post("/v1/uploads", status_code=201, dependencies=[Depends(require_read)],
+             summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job")
+async def upload(file: UploadFile, request: Request) -> JSONResponse:
+    runner = _runner(request)
+    name = file.filename or "upload.csv"
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    if suffix not in UPLOAD_SUFFIXES:
+        raise RequestError(415, "unsupported_file", f"{name}: use one of {sorted(UPLOAD_SUFFIXES)}")
+    upload_id = uuid.uuid4().hex
+    folder = runner.jobs_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{upload_id}{suffix}"
+    size = 0
+    with open(target, "wb") as handle:
+        while block := await file.read(1 << 20):
+            size += len(block)
+            handle.write(block)
+    return JSONResponse({"upload_id": upload_id, "filename": name, "bytes": size}, status_code=201)
+
+
+@router.post("/v1/jobs", status_code=202, summary="Submit a training job or a screen; returns at once")
+async def submit(body: JobRequest, request: Request) -> JSONResponse:
+    runner = _runner(request)
+    settings = request.app.state.settings
+    if body.kind == "train":
+        require_key(request)
+    else:
+        from molserve.gateway.security import require_read as read_check
+
+        read_check(request)
+    params = body.model_dump(exclude_none=True)
+    if body.upload_id:
+        params["input_path"] = str(_upload_path(request, body.upload_id))
+    predictor = request.app.state.predictor
+    if body.kind == "screen":
+        if body.dataset:
+            from molserve.data.store import DatasetStore
+
+            try:
+                artifact = DatasetStore(settings.datasets).get(body.dataset)
+            except Exception as error:
+                raise RequestError(404, "dataset_not_found", str(error)) from None
+            params["input_path"] = str(artifact.file("data.csv"))
+            params["smiles_col"] = "canonical_smiles"
+        if "input_path" not in params:
+            raise RequestError(422, "no_input", "a screen needs upload_id or dataset")
+        predictor.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
+    else:
+        if body.model == "transformer":
+            if not body.endpoint or body.endpoint not in predictor.fast.models:
+                raise RequestError(422, "no_fast_model", "transformer training needs `endpoint` with a "
+                                   "fast model, whose curated data and split it reuses")
+        elif body.dataset:
+            params.setdefault("endpoint", body.endpoint)
+            if not body.endpoint:
+                from molserve.data.store import DatasetStore
+
+                try:
+                    manifest = DatasetStore(settings.datasets).get(body.dataset).manifest
+                except Exception as error:
+                    raise RequestError(404, "dataset_not_found", str(error)) from None
+                params["endpoint"] = manifest.get("endpoint_suggestion", body.dataset)
+        elif not (body.upload_id and body.label_col and body.endpoint):
+            raise RequestError(422, "incomplete_training_job",
+                               "train needs dataset, or upload_id with label_col and endpoint")
+        from molserve.registry.store import validate_endpoint_name
+
+        try:
+            validate_endpoint_name(params["endpoint"])
+        except ValueError as error:
+            raise RequestError(422, "invalid_endpoint_name", str(error)) from None
+    job = runner.store.create(body.kind, params)
+    request.app.state.metrics.jobs_submitted.labels(body.kind).inc()
+    return JSONResponse({**_public(job), "url": f"/v1/jobs/{job['id']}"}, status_code=202)
+
+
+@router.get("/v1/jobs", dependencies=[Depends(require_read)], summary="Recent jobs")
+async def list_jobs(request: Request, limit: int = 50) -> JSONResponse:
+    return JSONResponse([_public(j) for j in _runner(request).store.list(min(limit, 500))])
+
+
+@router.get("/v1/jobs/{job_id}", dependencies=[Depends(require_read)],
+            summary="State, progress (fraction, step, ETA, metrics so far) and recent logs")
+async def get_job(job_id: str, request: Request) -> JSONResponse:
+    store = _runner(request).store
+    job = store.get(job_id)
+    if job is None:
+        raise RequestError(404, "job_not_found", f"no job {job_id}")
+    return JSONResponse({**_public(job), "logs": store.logs(job_id, 50)})
+
+
+@router.delete("/v1/jobs/{job_id}", dependencies=[Depends(require_read)], summary="Cancel a job")
+async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    runner = _runner(request)
+    job = runner.store.get(job_id)
+    if job is None:
+        raise RequestError(404, "job_not_found", f"no job {job_id}")
+    if job["kind"] == "train":
+        require_key(request)
+    return JSONResponse(_public(runner.cancel(job_id) or job))
+
+
+@router.get("/v1/jobs/{job_id}/result", dependencies=[Depends(require_read)],
+            summary="Download a finished screen's CSV")
+async def job_result(job_id: str, request: Request):
+    job = _runner(request).store.get(job_id)
+    if job is None:
+        raise RequestError(404, "job_not_found", f"no job {job_id}")
+    if job["state"] != "succeeded" or not (job.get("result") or {}).get("path"):
+        raise RequestError(409, "no_result", f"job {job_id} is {job['state']} and has no result file")
+    return FileResponse(job["result"]["path"], media_type="text/csv",
+                        filename=f"molserve-{job_id}.csv")

@@ -1,0 +1,1 @@
+"""Persisted jobs (training, large screens) that run outside requests and survive restarts."""

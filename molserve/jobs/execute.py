@@ -1,0 +1,199 @@
+"""Run one job in its own process: `python -m molserve.jobs.execute --job ID ...`.
+
+Progress, logs and checkpoints go to the job store as the job runs. A screen writes its result
+in chunks, each fsynced before its checkpoint is recorded, so a process killed at any moment
+resumes from the last recorded chunk without losing or repeating rows. A training job writes
+its model through the registry's atomic rename: killed mid-way, it leaves no version behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from molserve.jobs.store import SQLiteJobStore
+
+
+class Cancelled(Exception):
+    pass
+
+
+class JobContext:
+    def __init__(self, store: SQLiteJobStore, job: dict[str, Any]) -> None:
+        self.store = store
+        self.job = job
+        self.id = job["id"]
+        self.started = time.time()
+        self._last_write = 0.0
+
+    def progress(self, fraction: float, step: str, metrics: dict | None = None, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last_write < 0.5:
+            return
+        self._last_write = now
+        elapsed = now - self.started
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
+        fields: dict[str, Any] = {"progress": round(min(1.0, fraction), 4), "step": step,
+                                  "eta_s": round(eta, 1) if eta is not None else None, "heartbeat": now}
+        if metrics is not None:
+            fields["metrics"] = metrics
+        self.store.update(self.id, **fields)
+        current = self.store.get(self.id)
+        if current and current["cancel_requested"]:
+            raise Cancelled()
+
+    def log(self, line: str) -> None:
+        self.store.log(self.id, line)
+
+
+def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results: Path) -> dict:
+    from molserve.batch import _columns, _count_records, _render, iter_smiles
+    from molserve.gateway.predictor import Predictor
+    from molserve.registry.store import Registry
+
+    source = Path(params["input_path"])
+    chunk_size = int(params.get("chunk_size", 1000))
+    predictor = Predictor(Registry(registry), max_batch=chunk_size)
+    predictor.load(only=params.get("endpoints"))
+    names = predictor.resolve_endpoints(params.get("endpoints"))
+    computed = set(predictor.computed.endpoints())
+    classification = {n for n, m in predictor.fast.models.items() if m.task == "classification"}
+    columns = _columns(names, computed, classification)
+    folder = results / ctx.id
+    folder.mkdir(parents=True, exist_ok=True)
+    partial, final = folder / "result.csv.partial", folder / "result.csv"
+    checkpoint = ctx.job.get("checkpoint") or {}
+    done = int(checkpoint.get("rows_done", 0)) if partial.exists() else 0
+    errors = int(checkpoint.get("errors", 0)) if done else 0
+    if done:
+        with open(partial, "r+b") as handle:  # drop anything written after the last checkpoint
+            handle.truncate(int(checkpoint["bytes"]))
+        ctx.log(f"resuming after row {done}")
+    else:
+        with open(partial, "w", newline="") as handle:
+            csv.writer(handle).writerow(columns)
+    total = _count_records(source)
+    ctx.log(f"screening {total if total is not None else 'an unknown number of'} records for {names}")
+    chunk: list[str] = []
+    position = 0
+
+    def flush() -> None:
+        nonlocal done, errors
+        rows, n, n_errors = _render(predictor, chunk, names, columns)
+        with open(partial, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            for row in rows:
+                row[0] += done
+            writer.writerows(rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+            size = handle.tell()
+        done += n
+        errors += n_errors
+        ctx.store.update(ctx.id, checkpoint={"rows_done": done, "bytes": size, "errors": errors})
+        fraction = done / total if total else 0.0
+        ctx.progress(fraction, f"{done} molecules screened", {"rows_done": done, "invalid": errors},
+                     force=True)
+        chunk.clear()
+
+    for smiles in iter_smiles(source, params.get("smiles_col")):
+        position += 1
+        if position <= done:
+            continue
+        chunk.append(smiles)
+        if len(chunk) >= chunk_size:
+            flush()
+    if chunk:
+        flush()
+    os.replace(partial, final)
+    return {"path": str(final), "rows": done, "invalid": errors, "endpoints": names}
+
+
+def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path) -> dict:
+    from molserve.registry import Registry
+
+    registry = Registry(registry_root)
+    endpoint = params["endpoint"]
+    if params.get("model", "gbm") == "transformer":
+        from molserve.models.transformer.pipeline import finetune_endpoint
+
+        artifact = finetune_endpoint(
+            registry, endpoint, base=params.get("base", "seyonec/ChemBERTa-zinc-base-v1"),
+            epochs=int(params.get("epochs", 30)), learning_rate=float(params.get("learning_rate", 5e-5)),
+            export=bool(params.get("export_onnx", True)),
+            progress=lambda step, fraction, info: ctx.progress(fraction * 0.95, step,
+                                                               {k: v for k, v in info.items()}))
+    else:
+        from molserve.data.dataset import load_table
+        from molserve.models.gbm_train import train_endpoint
+
+        split_labels = None
+        if params.get("dataset"):
+            from molserve.data.store import DatasetStore
+
+            dataset, split_labels = DatasetStore(datasets).load(params["dataset"],
+                                                                 split=params.get("split", "scaffold"))
+        else:
+            dataset = load_table(params["input_path"], smiles_col=params.get("smiles_col", "smiles"),
+                                 label_col=params["label_col"], task=params.get("task", "regression"),
+                                 name=endpoint, units=params.get("units", ""))
+        artifact = train_endpoint(
+            dataset, registry, endpoint, split=params.get("split", "scaffold"),
+            profile=params.get("profile", "standard"), split_labels=split_labels,
+            progress=lambda step, fraction: ctx.progress(fraction * 0.98, step))
+    ctx.log(f"registered {artifact.endpoint} v{artifact.version} ({artifact.kind})")
+    return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
+            "metrics": artifact.manifest["metrics"]["test"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job", required=True)
+    parser.add_argument("--jobs-dir", required=True)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--datasets", required=True)
+    args = parser.parse_args(argv)
+    jobs_dir = Path(args.jobs_dir)
+    store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
+    job = store.get(args.job)
+    if job is None:
+        print(f"no job {args.job}", file=sys.stderr)
+        return 2
+
+    def on_term(signum, frame):  # DELETE /v1/jobs/{id} on a job that cannot poll (training)
+        raise Cancelled()
+
+    signal.signal(signal.SIGTERM, on_term)
+    ctx = JobContext(store, job)
+    store.update(job["id"], pid=os.getpid(), heartbeat=time.time())
+    try:
+        if job["kind"] == "screen":
+            result = run_screen(ctx, job["params"], Path(args.registry), jobs_dir / "results")
+        elif job["kind"] == "train":
+            result = run_train(ctx, job["params"], Path(args.registry), Path(args.datasets))
+        else:
+            raise ValueError(f"unknown job kind {job['kind']!r}")
+    except Cancelled:
+        store.update(job["id"], state="cancelled", finished=time.time(), step="cancelled")
+        ctx.log("cancelled")
+        return 0
+    except Exception as error:  # the job fails with a reason; the traceback goes to its log
+        store.update(job["id"], state="failed", finished=time.time(),
+                     error=f"{type(error).__name__}: {error}")
+        ctx.log(traceback.format_exc()[-1500:])
+        return 1
+    store.update(job["id"], state="succeeded", finished=time.time(), progress=1.0, step="done",
+                 eta_s=0, result=result)
+    ctx.log("succeeded")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

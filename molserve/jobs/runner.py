@@ -1,0 +1,137 @@
+"""Start queued jobs as separate processes, watch them, and recover after crashes.
+
+Runs as a background task in the gateway. Each job is its own OS process (in its own session,
+so it outlives a gateway that is killed); the store is the only channel between them. A job
+whose process died while `running` is queued again (resumed from its checkpoint) until it has
+been attempted `max_attempts` times, then failed with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from molserve.jobs.store import SQLiteJobStore
+
+log = logging.getLogger("molserve.jobs")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class JobRunner:
+    def __init__(self, jobs_dir: Path, registry: Path, datasets: Path, *, max_concurrent: int = 1,
+                 max_attempts: int = 3, poll_s: float = 0.3,
+                 on_model_registered: Callable[[], None] | None = None) -> None:
+        self.jobs_dir = jobs_dir
+        self.store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
+        self.registry = registry
+        self.datasets = datasets
+        self.max_concurrent = max_concurrent
+        self.max_attempts = max_attempts
+        self.poll_s = poll_s
+        self.on_model_registered = on_model_registered
+        self.children: dict[str, subprocess.Popen] = {}
+        self._task: asyncio.Task | None = None
+        self._seen_success: set[str] = set()
+
+    def start(self) -> None:
+        self.recover()
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def recover(self) -> None:
+        """Jobs left `running` by a process that no longer exists: resume or fail them."""
+        for job in self.store.running():
+            if job["id"] in self.children or pid_alive(job["pid"]):
+                continue
+            if job["cancel_requested"]:
+                self.store.update(job["id"], state="cancelled", finished=time.time())
+            elif job["attempts"] >= self.max_attempts:
+                self.store.update(job["id"], state="failed", finished=time.time(),
+                                  error=f"the job process died {job['attempts']} times; giving up")
+            else:
+                self.store.update(job["id"], state="queued", pid=None)
+                self.store.log(job["id"], "its process stopped unexpectedly; queued to resume")
+
+    def _spawn(self, job: dict) -> None:
+        command = [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"],
+                   "--jobs-dir", str(self.jobs_dir), "--registry", str(self.registry),
+                   "--datasets", str(self.datasets)]
+        log_path = self.jobs_dir / "logs"
+        log_path.mkdir(parents=True, exist_ok=True)
+        with open(log_path / f"{job['id']}.log", "ab") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+        self.children[job["id"]] = process
+        self.store.update(job["id"], pid=process.pid)
+
+    def tick(self) -> None:
+        for job_id, process in list(self.children.items()):
+            if process.poll() is not None:
+                del self.children[job_id]
+        self.recover()
+        live = sum(1 for job in self.store.running() if job["id"] in self.children or pid_alive(job["pid"]))
+        while live < self.max_concurrent:
+            job = self.store.claim_queued()
+            if job is None:
+                break
+            self._spawn(job)
+            live += 1
+        if self.on_model_registered:
+            fresh = [j for j in self.store.list(50) if j["kind"] == "train"
+                     and j["state"] == "succeeded" and j["id"] not in self._seen_success]
+            if fresh:
+                self._seen_success.update(j["id"] for j in fresh)
+                self.on_model_registered()
+
+    def cancel(self, job_id: str) -> dict | None:
+        job = self.store.get(job_id)
+        if job is None or job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        if job["state"] == "queued":
+            self.store.update(job_id, state="cancelled", cancel_requested=1, finished=time.time())
+        else:
+            self.store.update(job_id, cancel_requested=1)
+            if pid_alive(job["pid"]):
+                try:
+                    os.kill(job["pid"], 15)
+                except ProcessLookupError:
+                    pass
+        return self.store.get(job_id)
+
+    async def _loop(self) -> None:
+        # Successes that happened before this start do not trigger a reload.
+        self._seen_success = {j["id"] for j in self.store.list(1000) if j["state"] == "succeeded"}
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:  # never let a bad row stop the runner
+                log.exception("job runner tick failed")
+            await asyncio.sleep(self.poll_s)

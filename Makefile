@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,13 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check molserve tests benchmarks
 
-test: $(STAMP)
+# The web page's tests drive Debian's chromium; installed here when missing and possible.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser tests will be skipped"; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check molserve tests benchmarks
 	$(BIN)/python -m pytest
 

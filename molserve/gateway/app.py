@@ -15,7 +15,7 @@ from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
 from molserve.gateway.responses import JSONResponse
-from molserve.gateway.routes import endpoints, health, jobs, models, predict, status
+from molserve.gateway.routes import endpoints, health, jobs, models, predict, status, web
 from molserve.registry.store import Registry
 
 log = logging.getLogger("molserve.gateway")
@@ -190,8 +190,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=500,
         )
 
-    for module in (predict, endpoints, models, jobs, status, health):
+    for module in (predict, endpoints, models, jobs, status, health, web):
         app.include_router(module.router)
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
 
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -1,0 +1,33 @@
+"""The web page (static files, no build step, no CDN) and the depiction route it uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, Response
+
+from molserve.chem.molecules import InvalidSmiles
+from molserve.gateway.predictor import RequestError
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> FileResponse:
+    return FileResponse(STATIC / "index.html", media_type="text/html")
+
+
+@router.get("/v1/depict", tags=["depiction"], summary="2D depiction of a molecule as SVG",
+            response_class=Response)
+async def depict(smiles: str = Query(..., max_length=2000), width: int = Query(240, ge=50, le=1200),
+                 height: int = Query(180, ge=50, le=1200)) -> Response:
+    from molserve.chem.depict import svg
+
+    try:
+        drawing = svg(smiles, width, height)
+    except InvalidSmiles as error:
+        raise RequestError(422, "invalid_smiles", error.reason) from None
+    return Response(drawing, media_type="image/svg+xml",
+                    headers={"cache-control": "public, max-age=86400"})

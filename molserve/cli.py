@@ -241,6 +241,60 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+MODAL_GUIDE = """\
+Deploy the transformer worker tier on Modal:
+
+  1. modal token new                                   # once, authenticates this machine
+  2. modal secret create molserve-worker MOLSERVE_WORKER_TOKEN=<a long random token>
+  3. modal volume put molserve-registry registry/ /    # upload fine-tuned models
+  4. {command}
+  5. point the gateway at the URL Modal prints for Worker.web:
+       MOLSERVE_WORKER_URLS='["https://<workspace>--molserve-worker-worker-web.modal.run"]' \\
+       MOLSERVE_WORKER_TOKEN=<the same token> molserve serve
+
+Settings (environment, read at deploy time): MOLSERVE_MODAL_GPU (L4), MOLSERVE_MODAL_TRAIN_GPU
+(A10G), MOLSERVE_MODAL_MIN_CONTAINERS (0: scale to zero), MOLSERVE_MODAL_SCALEDOWN_S (300),
+MOLSERVE_MODAL_MAX_CONTAINERS (10), MOLSERVE_MODAL_MAX_BATCH (128), MOLSERVE_MODAL_SECRET.
+Credentials live in Modal secrets and your Modal token, never in a request body.
+"""
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.target == "modal":
+        module = Path(__file__).resolve().parent / "deploy" / "modal_app.py"
+        command = ["modal", "deploy", str(module)]
+        print(MODAL_GUIDE.format(command=" ".join(command)))
+        if args.execute:
+            import subprocess
+
+            return subprocess.run(command, check=False).returncode
+        return 0
+    import signal
+    import time
+
+    from molserve.deploy import ray_app
+
+    settings = _settings(args)
+    url = ray_app.run(
+        registry=settings.registry, address=args.address, host=args.host, port=args.port,
+        blocking=False, backend=args.backend, token=os.environ.get("MOLSERVE_WORKER_TOKEN"),
+        num_gpus=args.gpus_per_replica, min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas)
+    print(f"worker tier on Ray Serve at {url}; point the gateway at it with "
+          f"MOLSERVE_WORKER_URLS='[\"{url}\"]'", flush=True)
+    stop = {"now": False}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.update(now=True))
+    while not stop["now"]:
+        time.sleep(0.5)
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from molserve.registry import Registry
 
@@ -480,6 +534,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("id")
     q.add_argument("-o", "--output", required=True)
     q.set_defaults(fn=cmd_jobs)
+
+    p = sub.add_parser("deploy", help="run the worker tier on Modal or Ray Serve")
+    p.add_argument("target", choices=["modal", "ray"])
+    p.add_argument("--execute", action="store_true", help="modal: run `modal deploy` too")
+    p.add_argument("--address", help="ray: cluster address (default: start a local instance)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8100)
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    p.add_argument("--gpus-per-replica", type=float, default=0)
+    p.add_argument("--min-replicas", type=int, default=1)
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.set_defaults(fn=cmd_deploy)
 
     p = sub.add_parser("models", help="registered models")
     msub = p.add_subparsers(dest="models_command", required=True)

@@ -61,7 +61,33 @@ class _Error(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def create_worker_app(settings: WorkerSettings | None = None) -> FastAPI:
+def load_models(settings: WorkerSettings) -> tuple[dict, dict]:
+    """The newest transformer of every endpoint in the registry: ({endpoint: model}, {endpoint:
+    error}). Hosts that load models ahead of serving (Modal's @enter, Ray's constructor) call
+    this and hand the result to create_worker_app."""
+    from transformers.utils import logging as hf_logging
+
+    from molserve.models.transformer.runtime import TransformerModel
+
+    hf_logging.disable_progress_bar()
+    registry = Registry(settings.registry)
+    device = None if settings.device == "auto" else settings.device
+    models, errors = {}, {}
+    for endpoint in registry.endpoints():
+        artifact = registry.latest(endpoint, kind="transformer")
+        if artifact is None:
+            continue
+        try:
+            models[endpoint] = TransformerModel.load(artifact, backend=settings.backend, device=device,
+                                                     threads=settings.threads)
+        except (ArtifactError, OSError, ValueError) as error:
+            errors[endpoint] = str(error)
+            log.error("not serving %s: %s", endpoint, error)
+    return models, errors
+
+
+def create_worker_app(settings: WorkerSettings | None = None,
+                      preloaded: tuple[dict, dict] | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
     metrics_registry = CollectorRegistry()
     requests = Counter("molserve_worker_requests_total", "Worker requests.", ["status"],
@@ -76,31 +102,13 @@ def create_worker_app(settings: WorkerSettings | None = None) -> FastAPI:
                          registry=metrics_registry)
     state: dict = {"models": {}, "batchers": {}, "errors": {}, "ready": False}
 
-    def load_models() -> None:
-        from transformers.utils import logging as hf_logging
-
-        from molserve.models.transformer.runtime import TransformerModel
-
-        hf_logging.disable_progress_bar()
-        registry = Registry(settings.registry)
-        device = None if settings.device == "auto" else settings.device
-        for endpoint in registry.endpoints():
-            artifact = registry.latest(endpoint, kind="transformer")
-            if artifact is None:
-                continue
-            try:
-                model = TransformerModel.load(artifact, backend=settings.backend, device=device,
-                                              threads=settings.threads)
-            except (ArtifactError, OSError, ValueError) as error:
-                state["errors"][endpoint] = str(error)
-                log.error("not serving %s: %s", endpoint, error)
-                continue
-            state["models"][endpoint] = model
-            load_seconds.labels(endpoint).set(model.load_seconds)
-
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        load_models()
+        models, errors = preloaded if preloaded is not None else load_models(settings)
+        state["models"].update(models)
+        state["errors"].update(errors)
+        for endpoint, model in models.items():
+            load_seconds.labels(endpoint).set(model.load_seconds)
         for endpoint, model in state["models"].items():
             batcher = DynamicBatcher(model.predict, max_batch=settings.max_batch,
                                      max_wait_s=settings.max_wait_ms / 1000,

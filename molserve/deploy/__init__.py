@@ -1,0 +1,1 @@
+"""Deployments of the worker tier on existing distributed engines (Modal, Ray Serve)."""

@@ -177,3 +177,42 @@ def test_many_clients_against_a_slow_worker_stay_bounded(trained_registry, fake_
     assert after - before < 40, (before, after)
     queued = status["transformer"]["workers"][0]["queue"].get("logbb", 0)
     assert queued <= 64
+
+
+def test_two_workers_are_balanced_and_a_broken_one_is_ejected_then_probed_back(trained_registry,
+                                                                                fake_worker):
+    port = free_port()
+    second = subprocess.Popen([sys.executable, "-m", "tests.fake_worker", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broken = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{broken}/v1/models")
+        set_mode(fake_worker, "ok")
+        set_mode(broken, "error500")
+        with gateway(trained_registry.root, [fake_worker, broken]) as (base, _), httpx.Client() as client:
+            deadline = time.monotonic() + 10
+            while not all(w["models"] for w in client.get(f"{base}/v1/status").json()
+                          ["transformer"]["workers"]):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            answers = [ask(base, client) for _ in range(30)]
+            # Every answer came from the transformer tier: a failed call was retried on the
+            # healthy worker (within the retry budget) or the broken one was already ejected.
+            tiers = [a["tiers"]["logbb"] for a in answers]
+            assert tiers.count("transformer") >= 27, tiers
+            workers = {w["url"]: w for w in client.get(f"{base}/v1/status").json()["transformer"]["workers"]}
+            assert workers[broken]["breaker"] in ("open", "half_open")
+            assert workers[fake_worker]["breaker"] == "closed"
+            set_mode(broken, "ok")
+            deadline = time.monotonic() + 10
+            while {w["breaker"] for w in client.get(f"{base}/v1/status").json()["transformer"]["workers"]} \
+                    != {"closed"}:
+                assert time.monotonic() < deadline, "the repaired worker was never probed back"
+                ask(base, client)
+                time.sleep(0.2)
+            calls_before = httpx.get(f"{broken}/calls").json()["calls"]
+            for _ in range(20):
+                ask(base, client)
+            assert httpx.get(f"{broken}/calls").json()["calls"] > calls_before  # it takes load again
+    finally:
+        stop(second)

@@ -73,6 +73,32 @@ def test_ray_serve_worker_survives_a_killed_replica(transformer_registry):
                 time.sleep(0.2)
             assert all(status == 200 for status in statuses)
             assert recovered is not None, f"no answer from a restarted replica; tiers seen: {set(tiers)}"
+
+        # A transformer training job dispatched to the same Ray cluster as a Ray task.
+        import shutil
+        import tempfile
+
+        from molserve.jobs.store import SQLiteJobStore
+        from molserve.registry import Registry
+
+        scratch = Path(tempfile.mkdtemp(prefix="ray-job-"))
+        registry = scratch / "registry"
+        shutil.copytree(transformer_registry.root, registry)
+        jobs = scratch / "jobs"
+        store = SQLiteJobStore(jobs / "jobs.sqlite3")
+        job = store.create("train", {"model": "transformer", "endpoint": "logbb", "base": "random:tiny",
+                                     "epochs": 1, "learning_rate": 1e-3})
+        store.claim_queued()
+        before = Registry(registry).latest("logbb", kind="transformer").version
+        run = subprocess.run(
+            [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"], "--jobs-dir", str(jobs),
+             "--registry", str(registry), "--datasets", str(jobs / "datasets")],
+            env={**os.environ, "MOLSERVE_TRAINING_BACKEND": "ray", "MOLSERVE_RAY_ADDRESS": "auto"},
+            capture_output=True, text=True, timeout=300)
+        final = store.get(job["id"])
+        assert final["state"] == "succeeded", (final, run.stdout[-2000:], run.stderr[-2000:])
+        assert final["result"]["engine"] == "ray"
+        assert Registry(registry).latest("logbb", kind="transformer").version == before + 1
     finally:
         os.killpg(deploy.pid, signal.SIGTERM)
         try:

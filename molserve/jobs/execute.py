@@ -121,6 +121,9 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
 
     registry = Registry(registry_root)
     endpoint = params["endpoint"]
+    backend = os.environ.get("MOLSERVE_TRAINING_BACKEND", "local")
+    if params.get("model", "gbm") == "transformer" and backend in ("modal", "ray"):
+        return run_remote_finetune(ctx, params, registry_root, backend)
     if params.get("model", "gbm") == "transformer":
         from molserve.models.transformer.pipeline import finetune_endpoint
 
@@ -151,6 +154,52 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     ctx.log(f"registered {artifact.endpoint} v{artifact.version} ({artifact.kind})")
     return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
             "metrics": artifact.manifest["metrics"]["test"]}
+
+
+def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: Path,
+                        backend: str) -> dict:
+    """Fine-tune on the worker tier's engine: a spawned Modal function or a Ray task. The model
+    lands in the registry that engine's workers serve from (the Modal volume, or the shared
+    directory of the Ray cluster)."""
+    endpoint = params["endpoint"]
+    base = params.get("base", "seyonec/ChemBERTa-zinc-base-v1")
+    epochs = int(params.get("epochs", 30))
+    learning_rate = float(params.get("learning_rate", 5e-5))
+    if backend == "modal":
+        import modal
+
+        app_name = os.environ.get("MOLSERVE_MODAL_APP", "molserve-worker")
+        call = modal.Function.from_name(app_name, "finetune").spawn(
+            endpoint, base=base, epochs=epochs, learning_rate=learning_rate)
+        ctx.log(f"spawned Modal call {call.object_id}")
+        progress = modal.Dict.from_name("molserve-progress")
+        while True:
+            try:
+                result = call.get(timeout=5)
+                break
+            except TimeoutError:
+                state = progress.get(call.object_id) or {}
+                step = f"modal: {state.get('step', 'starting')}"
+                ctx.progress(float(state.get("progress", 0.0)) * 0.98, step)
+        return {**result, "kind": "transformer", "engine": "modal"}
+    import ray
+
+    from molserve.deploy.ray_app import submit_finetune
+
+    ray.init(address=os.environ.get("MOLSERVE_RAY_ADDRESS", "auto"), ignore_reinit_error=True,
+             log_to_driver=False)
+    reference = submit_finetune(str(Path(registry_root).resolve()), endpoint, base,
+                                num_gpus=float(os.environ.get("MOLSERVE_RAY_TRAIN_GPUS", "0")),
+                                epochs=epochs, learning_rate=learning_rate)
+    ctx.log("submitted a Ray fine-tuning task")
+    started = time.time()
+    while True:
+        done, _ = ray.wait([reference], timeout=2)
+        if done:
+            result = ray.get(reference)
+            break
+        ctx.progress(min(0.9, (time.time() - started) / 3600), "ray: fine-tuning")
+    return {**result, "kind": "transformer", "engine": "ray"}
 
 
 def main(argv: list[str] | None = None) -> int:

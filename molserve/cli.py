@@ -295,6 +295,29 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from molserve.gateway.keys import KeyStore
+
+    path = Path(args.file) if args.file else _settings(args).api_keys_file
+    if path is None:
+        raise ValueError("name the keys file with --file or MOLSERVE_API_KEYS_FILE")
+    store = KeyStore(path)
+    if args.keys_command == "create":
+        key, record = store.create(args.name, [s for s in args.scopes.split(",") if s], args.rate)
+        print(f"created key {record.id} ({record.name}) with scopes {record.scopes}; "
+              f"{record.rate_per_minute} requests/minute", file=sys.stderr)
+        print("store it now: it is shown once and only its hash is kept", file=sys.stderr)
+        print(key)
+    elif args.keys_command == "revoke":
+        store.revoke(args.id)
+        print(f"revoked {args.id}")
+    else:
+        for record in store.records.values():
+            print(f"{record.id}  {record.name:<24} {','.join(record.scopes):<24} "
+                  f"{record.rate_per_minute:>6}/min  created {record.created}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from molserve.registry import Registry
 
@@ -546,6 +569,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-replicas", type=int, default=1)
     p.add_argument("--max-replicas", type=int, default=4)
     p.set_defaults(fn=cmd_deploy)
+
+    p = sub.add_parser("keys", help="scoped API keys (stored hashed)")
+    p.add_argument("--file", help="keys file (default: $MOLSERVE_API_KEYS_FILE)")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    q = ksub.add_parser("create")
+    q.add_argument("--name", required=True)
+    q.add_argument("--scopes", default="read,predict", help="comma-separated: read,predict,train,admin")
+    q.add_argument("--rate", type=int, default=600, help="requests per minute")
+    q.set_defaults(fn=cmd_keys)
+    q = ksub.add_parser("list")
+    q.set_defaults(fn=cmd_keys)
+    q = ksub.add_parser("revoke")
+    q.add_argument("id")
+    q.set_defaults(fn=cmd_keys)
 
     p = sub.add_parser("models", help="registered models")
     msub = p.add_subparsers(dest="models_command", required=True)

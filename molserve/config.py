@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     port: int = 8000
     max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body.")
-    api_key: str | None = Field(None, description="Key for write routes (training, deleting).")
+    api_key: str | None = Field(None, description="One admin key (training, deleting models).")
+    api_keys_file: Path | None = Field(None, description="Scoped, hashed keys (molserve keys ...).")
     require_key_for_reads: bool = Field(False, description="Also require the key for reads.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty.")
     inline_batch: int = Field(

@@ -161,6 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONResponse,
     )
     app.state.settings = settings
+    from molserve.gateway.keys import KeyStore
+
+    app.state.keys = KeyStore(settings.api_keys_file, settings.api_key)
     app.state.predictor = predictor
     app.state.metrics = metrics
     app.state.jobs = None
@@ -168,9 +171,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:
         body = {"error": error.code, "message": error.message}
+        headers = {}
         if error.details is not None:
             body["details"] = error.details
-        return JSONResponse(body, status_code=error.status)
+            if isinstance(error.details, dict) and "retry_after_s" in error.details:
+                headers["retry-after"] = str(max(1, round(error.details["retry_after_s"] + 0.5)))
+        return JSONResponse(body, status_code=error.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:

@@ -1,11 +1,10 @@
-"""API-key checks for write routes (and reads, when configured)."""
+"""Authorization of requests by scope, with per-key rate limits."""
 
 from __future__ import annotations
 
-import hmac
-
 from fastapi import Request
 
+from molserve.gateway.keys import KeyRecord
 from molserve.gateway.predictor import RequestError
 
 
@@ -16,22 +15,50 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def require_key(request: Request) -> None:
-    """Refuse unless the request carries the configured key (constant-time comparison)."""
-    expected = request.app.state.settings.api_key
-    if not expected:
-        raise RequestError(
-            403, "writes_disabled",
-            "this route changes the registry and needs MOLSERVE_API_KEY set on the server",
-        )
+def authorize(request: Request, scope: str) -> KeyRecord | None:
+    """The caller's key record; None for an anonymous read or predict where those are open."""
+    settings = request.app.state.settings
+    keys = request.app.state.keys
     key = presented_key(request)
+    open_scope = scope in ("read", "predict") and not settings.require_key_for_reads
     if key is None:
+        if open_scope:
+            return None
+        if not keys.configured:
+            raise RequestError(403, "writes_disabled", "this route needs an API key and none is "
+                               "configured on the server (MOLSERVE_API_KEY or MOLSERVE_API_KEYS_FILE)")
         raise RequestError(401, "missing_api_key",
                            "send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'")
-    if not hmac.compare_digest(key.encode(), expected.encode()):
+    record = keys.verify(key)
+    if record is None:
         raise RequestError(403, "invalid_api_key", "the API key is not valid")
+    if not record.allows(scope):
+        raise RequestError(403, "insufficient_scope",
+                           f"key {record.id} ({record.name}) lacks the '{scope}' scope")
+    wait = keys.throttle(record)
+    if wait > 0:
+        raise RequestError(429, "rate_limited",
+                           f"key {record.id} is limited to {record.rate_per_minute} requests/minute",
+                           {"retry_after_s": round(wait, 2)})
+    return record
 
 
 def require_read(request: Request) -> None:
-    if request.app.state.settings.require_key_for_reads:
-        require_key(request)
+    authorize(request, "read")
+
+
+def require_predict(request: Request) -> None:
+    authorize(request, "predict")
+
+
+def require_train(request: Request) -> None:
+    authorize(request, "train")
+
+
+def require_admin(request: Request) -> None:
+    authorize(request, "admin")
+
+
+def require_key(request: Request) -> None:
+    """Write routes that change the registry: the admin scope."""
+    authorize(request, "admin")

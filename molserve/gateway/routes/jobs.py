@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.gateway.predictor import RequestError
 from molserve.gateway.responses import JSONResponse
-from molserve.gateway.security import require_key, require_read
+from molserve.gateway.security import require_predict, require_read, require_train
 
 router = APIRouter(tags=["jobs"])
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -68,7 +68,7 @@ def _public(job: dict) -> dict:
     return shown
 
 
-@router.post("/v1/uploads", status_code=201, dependencies=[Depends(require_read)],
+@router.post("/v1/uploads", status_code=201, dependencies=[Depends(require_predict)],
              summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job")
 async def upload(file: UploadFile, request: Request) -> JSONResponse:
     runner = _runner(request)
@@ -93,11 +93,9 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
     runner = _runner(request)
     settings = request.app.state.settings
     if body.kind == "train":
-        require_key(request)
+        require_train(request)
     else:
-        from molserve.gateway.security import require_read as read_check
-
-        read_check(request)
+        require_predict(request)
     params = body.model_dump(exclude_none=True)
     if body.upload_id:
         params["input_path"] = str(_upload_path(request, body.upload_id))
@@ -159,14 +157,14 @@ async def get_job(job_id: str, request: Request) -> JSONResponse:
     return JSONResponse({**_public(job), "logs": store.logs(job_id, 50)})
 
 
-@router.delete("/v1/jobs/{job_id}", dependencies=[Depends(require_read)], summary="Cancel a job")
+@router.delete("/v1/jobs/{job_id}", dependencies=[Depends(require_predict)], summary="Cancel a job")
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     runner = _runner(request)
     job = runner.store.get(job_id)
     if job is None:
         raise RequestError(404, "job_not_found", f"no job {job_id}")
     if job["kind"] == "train":
-        require_key(request)
+        require_train(request)
     return JSONResponse(_public(runner.cancel(job_id) or job))
 
 

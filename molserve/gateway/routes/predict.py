@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from molserve.gateway.responses import JSONResponse
 from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
-from molserve.gateway.security import require_read
+from molserve.gateway.security import require_predict
 
 router = APIRouter(tags=["predict"])
 
@@ -17,7 +17,7 @@ router = APIRouter(tags=["predict"])
     response_model=PredictResponse,
     responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     summary="Predict endpoints for a batch of SMILES",
-    dependencies=[Depends(require_read)],
+    dependencies=[Depends(require_predict)],
 )
 async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     """Answers every input in order. An unreadable SMILES gets a per-molecule `error` with

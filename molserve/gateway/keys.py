@@ -1,0 +1,125 @@
+"""API keys: stored as SHA-256 hashes, compared in constant time, scoped, rate-limited.
+
+A key looks like `ms_<id>_<secret>`: the id finds the record, the hash of the whole key is
+compared with `hmac.compare_digest`. The keys file (MOLSERVE_API_KEYS_FILE, JSON) holds ids,
+names, scopes, rate limits and hashes; no plaintext key is ever stored or logged. The legacy
+MOLSERVE_API_KEY, when set, acts as one admin key.
+
+Scopes: `read` (GET routes), `predict` (predictions, uploads, screens), `train` (training
+jobs), `admin` (everything, including deleting models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCOPES = ("read", "predict", "train", "admin")
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class KeyRecord:
+    id: str
+    name: str
+    hash: str
+    scopes: list[str]
+    rate_per_minute: int = 600
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+class _Bucket:
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = max(1, per_minute)
+        self.tokens = float(self.capacity)
+        self.rate = self.capacity / 60.0
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """0 when allowed, else seconds until a token is available."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class KeyStore:
+    def __init__(self, path: Path | None = None, legacy_key: str | None = None) -> None:
+        self.path = path
+        self.records: dict[str, KeyRecord] = {}
+        self._legacy_hash = digest(legacy_key) if legacy_key else None
+        self._buckets: dict[str, _Bucket] = {}
+        self._lock = threading.Lock()
+        if path is not None and path.exists():
+            data = json.loads(path.read_text())
+            for item in data.get("keys", []):
+                record = KeyRecord(**item)
+                self.records[record.id] = record
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.records) or self._legacy_hash is not None
+
+    def verify(self, presented: str) -> KeyRecord | None:
+        """The record of a valid key, else None (the same work whether or not the id exists)."""
+        presented_hash = digest(presented)
+        parts = presented.split("_")
+        record = self.records.get(parts[1]) if len(parts) == 3 and parts[0] == "ms" else None
+        expected = record.hash if record else "0" * 64
+        if hmac.compare_digest(presented_hash, expected) and record is not None:
+            return record
+        if self._legacy_hash is not None and hmac.compare_digest(presented_hash, self._legacy_hash):
+            return KeyRecord(id="legacy", name="MOLSERVE_API_KEY", hash=self._legacy_hash,
+                             scopes=["admin"], rate_per_minute=6000)
+        return None
+
+    def throttle(self, record: KeyRecord) -> float:
+        with self._lock:
+            bucket = self._buckets.get(record.id)
+            if bucket is None or bucket.capacity != record.rate_per_minute:
+                bucket = self._buckets[record.id] = _Bucket(record.rate_per_minute)
+            return bucket.take()
+
+    # Administration (CLI) ------------------------------------------------------------------
+    def create(self, name: str, scopes: list[str], rate_per_minute: int = 600) -> tuple[str, KeyRecord]:
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown or not scopes:
+            raise ValueError(f"scopes must be some of {SCOPES}, not {scopes}")
+        key_id = secrets.token_hex(4)
+        key = f"ms_{key_id}_{secrets.token_urlsafe(24).replace('_', '-')}"
+        record = KeyRecord(id=key_id, name=name, hash=digest(key), scopes=scopes,
+                           rate_per_minute=rate_per_minute)
+        self.records[key_id] = record
+        self.save()
+        return key, record
+
+    def revoke(self, key_id: str) -> None:
+        if key_id not in self.records:
+            raise ValueError(f"no key with id {key_id!r}")
+        del self.records[key_id]
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            raise ValueError("no keys file configured (MOLSERVE_API_KEYS_FILE)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"keys": [asdict(r) for r in self.records.values()]}, indent=2))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)

@@ -1,0 +1,137 @@
+"""API keys (hashed, scoped, rate-limited), and bad input that must never become a 500."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from molserve.chem.molecules import InvalidSmiles, try_parse
+from molserve.gateway.keys import KeyStore
+
+
+def test_keys_are_stored_hashed_and_verified_by_scope(tmp_path):
+    store = KeyStore(tmp_path / "keys.json")
+    key, record = store.create("screening-team", ["read", "predict"], rate_per_minute=5)
+    text = (tmp_path / "keys.json").read_text()
+    assert key not in text and record.hash in text
+    assert (tmp_path / "keys.json").stat().st_mode & 0o777 == 0o600
+    reloaded = KeyStore(tmp_path / "keys.json")
+    assert reloaded.verify(key).id == record.id
+    assert reloaded.verify(key[:-1] + ("a" if key[-1] != "a" else "b")) is None
+    assert reloaded.verify("ms_nothere_secret") is None
+    assert reloaded.verify(key).allows("predict") and not reloaded.verify(key).allows("train")
+    assert [reloaded.throttle(record) == 0 for _ in range(6)] == [True] * 5 + [False]
+    reloaded.revoke(record.id)
+    assert KeyStore(tmp_path / "keys.json").verify(key) is None
+    with pytest.raises(ValueError):
+        reloaded.create("x", ["superuser"])
+
+
+@pytest.fixture()
+def keyed_client(trained_registry, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from molserve.config import Settings
+    from molserve.gateway.app import create_app
+
+    keys_file = tmp_path / "keys.json"
+    store = KeyStore(keys_file)
+    keys = {
+        "reader": store.create("reader", ["read"])[0],
+        "predictor": store.create("predictor", ["read", "predict"], rate_per_minute=3)[0],
+        "admin": store.create("admin", ["admin"])[0],
+    }
+    settings = Settings(registry=trained_registry.root, api_keys_file=keys_file,
+                        require_key_for_reads=True, jobs_dir=tmp_path / "jobs")
+    with TestClient(create_app(settings)) as client:
+        yield client, keys
+
+
+def test_scopes_and_rate_limits_over_http(keyed_client):
+    client, keys = keyed_client
+    body = {"molecules": ["CCO"], "endpoints": ["tpsa"]}
+    assert client.post("/v1/predict", json=body).status_code == 401
+    assert client.get("/v1/endpoints", headers={"x-api-key": keys["reader"]}).status_code == 200
+    refused = client.post("/v1/predict", json=body, headers={"x-api-key": keys["reader"]})
+    assert refused.status_code == 403 and refused.json()["error"] == "insufficient_scope"
+    auth = {"authorization": f"Bearer {keys['predictor']}"}
+    assert [client.post("/v1/predict", json=body, headers=auth).status_code for _ in range(4)] == [
+        200, 200, 200, 429]
+    limited = client.post("/v1/predict", json=body, headers=auth)
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    assert client.post("/v1/models/reload", headers=auth).status_code == 403
+    assert client.post("/v1/models/reload", headers={"x-api-key": keys["admin"]}).status_code == 200
+
+
+def test_cli_creates_lists_and_revokes_keys(tmp_path):
+    keys_file = tmp_path / "k.json"
+    run = [sys.executable, "-m", "molserve", "keys", "--file", str(keys_file)]
+    created = subprocess.run([*run, "create", "--name", "ci", "--scopes", "read,predict"],
+                             capture_output=True, text=True, check=True)
+    key = created.stdout.strip()
+    assert key.startswith("ms_") and key not in keys_file.read_text()
+    listing = subprocess.run([*run, "list"], capture_output=True, text=True, check=True).stdout
+    assert "ci" in listing and key not in listing
+    key_id = key.split("_")[1]
+    subprocess.run([*run, "revoke", key_id], check=True, capture_output=True)
+    assert json.loads(keys_file.read_text())["keys"] == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_parses_or_fails_with_a_reason(text):
+    result = try_parse(text)
+    if isinstance(result, InvalidSmiles):
+        assert result.reason and "\n" not in result.reason
+    else:
+        assert result.canonical_smiles and result.mol.GetNumHeavyAtoms() > 0
+
+
+SMILES_ALPHABET = "CNOSPFIBrcnosl()[]=#@+-123456789%/\\.H"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=SMILES_ALPHABET, max_size=120))
+def test_smiles_like_noise_never_raises(text):
+    try_parse(text)
+
+
+@pytest.mark.parametrize("smiles", [
+    "C1" + "C" * 400 + "1",                       # a 401-membered ring
+    "C" * 499 + "(" * 0,                           # a long chain at the atom limit
+    "C(" * 300 + "C" + ")" * 300,                  # deeply nested branches
+    "c1ccc2cc3cc4cc5cc6ccccc6cc5cc4cc3cc2c1" * 10,  # ten fused polyacenes joined
+    ".".join(["[Na+]"] * 300),                     # many fragments
+])
+def test_pathological_molecules_are_answered_or_refused_quickly(app_client, smiles):
+    started = time.perf_counter()
+    response = app_client.post("/v1/predict", json={"molecules": [smiles]})
+    assert response.status_code == 200
+    assert time.perf_counter() - started < 5
+    result = response.json()["results"][0]
+    assert result["error"] or result["predictions"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["molecules", "endpoints", "tier", "deadline_ms", "extra"]),
+                       json_values, max_size=4))
+def test_arbitrary_request_bodies_get_answers_or_4xx_with_a_message(app_client, body):
+    response = app_client.post("/v1/predict", json=body)
+    assert response.status_code < 500, (body, response.text)
+    if response.status_code >= 400:
+        assert response.json()["message"]

@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 app = FastAPI()
-state = {"mode": "ok", "calls": 0}
+state = {"mode": "ok", "calls": 0, "request_ids": []}
 MODEL = {"endpoint": "logbb", "model_id": "logbb/transformer", "version": 99, "tier": "transformer",
          "task": "regression", "units": "log10(C_brain/C_blood)", "metrics": {"rmse": 0.01}}
 
@@ -35,12 +35,13 @@ async def models():
 
 @app.get("/calls")
 async def calls():
-    return {"calls": state["calls"]}
+    return {"calls": state["calls"], "request_ids": state["request_ids"][-20:]}
 
 
 @app.post("/v1/predict")
 async def predict(request: Request):
     state["calls"] += 1
+    state["request_ids"].append(request.headers.get("x-request-id"))
     body = await request.json()
     mode = state["mode"]
     if mode == "hang":

@@ -54,9 +54,12 @@ def gateway(registry, worker_urls: list[str], token: str = "t0ken", **env_overri
         "MOLSERVE_HEALTH_INTERVAL_S": "0.3",
         **{k: str(v) for k, v in env_overrides.items()},
     }
+    # Logs go to a file, not a pipe: a pipe nobody drains would stall a chatty server.
+    log_file = tempfile.NamedTemporaryFile(prefix="molserve-gateway-", suffix=".log", delete=False)
     process = subprocess.Popen(
         [sys.executable, "-m", "molserve", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        env=env, stdout=subprocess.DEVNULL, stderr=log_file)
+    process.log_path = log_file.name
     try:
         wait_for(f"http://127.0.0.1:{port}/readyz")
         yield f"http://127.0.0.1:{port}", process

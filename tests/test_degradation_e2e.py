@@ -216,3 +216,28 @@ def test_two_workers_are_balanced_and_a_broken_one_is_ejected_then_probed_back(t
             assert httpx.get(f"{broken}/calls").json()["calls"] > calls_before  # it takes load again
     finally:
         stop(second)
+
+
+def test_request_id_travels_to_the_worker_and_back(trained_registry, fake_worker, tmp_path):
+    set_mode(fake_worker, "ok")
+    with gateway(trained_registry.root, [fake_worker], MOLSERVE_LOG_JSON="true") as (base, process), \
+            httpx.Client() as client:
+        deadline = time.monotonic() + 10
+        while ask(base, client)["tiers"]["logbb"] != "transformer":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        response = client.post(f"{base}/v1/predict", headers={"x-request-id": "trace-42"}, json={
+            "molecules": ["CCO"], "endpoints": ["logbb"], "tier": "transformer"})
+        assert response.headers["x-request-id"] == "trace-42"
+        assert response.json()["request_id"] == "trace-42"
+        seen = httpx.get(f"{fake_worker}/calls").json()["request_ids"]
+        assert any(ids and "trace-42" in ids.split(",") for ids in seen), seen
+        generated = client.post(f"{base}/v1/predict", json={"molecules": ["CCO"]})
+        assert len(generated.headers["x-request-id"]) == 16
+    with open(process.log_path) as handle:
+        log_lines = handle.read().splitlines()
+    import json as _json
+
+    entries = [_json.loads(line) for line in log_lines if line.startswith("{")]
+    assert any(e.get("request_id") == "trace-42" and e.get("path") == "/v1/predict" for e in entries)
+    assert not any("t0ken" in line for line in log_lines)  # the worker token is never logged

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
-from molserve import __version__
+from molserve import __version__, logs
 from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
@@ -19,6 +19,7 @@ from molserve.gateway.routes import endpoints, health, jobs, models, predict, st
 from molserve.registry.store import Registry
 
 log = logging.getLogger("molserve.gateway")
+access = logging.getLogger("molserve.access")
 
 DESCRIPTION = """
 Predictions of molecular properties and bioactivities from SMILES.
@@ -95,11 +96,17 @@ class Observe:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500
+        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        # A caller's id is kept if it is short and printable; otherwise one is made.
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex[:16]
+        token = logs.request_id.set(rid)
 
         async def send_and_record(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", rid.encode())]}
             await send(message)
 
         try:
@@ -107,12 +114,18 @@ class Observe:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(path).observe(elapsed)
+            access.info("%s %s %s %.1f ms", scope["method"], path, status, elapsed * 1000,
+                        extra={"method": scope["method"], "path": path, "status": status,
+                               "ms": round(elapsed * 1000, 2), "request_id": rid})
+            logs.request_id.reset(token)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    logs.configure(json_lines=settings.log_json)
     predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch)
     metrics = GatewayMetrics()
 

@@ -231,6 +231,9 @@ class Predictor:
                                                  "degraded_reason": reason}}
                                  for _ in batch.canonical_smiles]
         response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
+        from molserve.logs import request_id
+
+        response["request_id"] = request_id.get()
         response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
         response["degraded"] = {name: reason for name, reason in reasons.items()}
         return response

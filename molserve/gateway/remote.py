@@ -246,6 +246,7 @@ class RemoteTier:
         self.batchers: dict[str, DynamicBatcher] = {}
         self._health_task: asyncio.Task | None = None
         self._deadline: dict[str, float] = {}
+        self._request_ids: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         await self.refresh()
@@ -302,6 +303,10 @@ class RemoteTier:
 
     async def _call(self, endpoint: str, smiles: list[str]) -> list[dict]:
         """One batched worker call, with at most one retry on another worker within budget."""
+        from molserve.logs import request_id
+
+        # A batch may mix requests; the worker receives the ids of those it serves.
+        ids = ",".join(sorted(self._request_ids.pop(endpoint, set())))[:512] or request_id.get()
         timeout_s = self._deadline.get(endpoint, self.settings.timeout_s)
         tried: set[str] = set()
         self.budget.record_call()
@@ -312,7 +317,7 @@ class RemoteTier:
                 raise last or RemoteFailure(self.availability(endpoint) or "circuit_open")
             tried.add(worker.url)
             try:
-                return await worker.predict(smiles, endpoint, timeout_s, None)
+                return await worker.predict(smiles, endpoint, timeout_s, ids)
             except RemoteFailure as failure:
                 last = failure
                 retryable = failure.reason in ("worker_unreachable", "worker_error", "worker_overloaded")
@@ -337,6 +342,10 @@ class RemoteTier:
             batcher.start()
             self.batchers[endpoint] = batcher
         self._deadline[endpoint] = max(0.05, min(timeout_s, self.settings.timeout_s))
+        from molserve.logs import request_id
+
+        if request_id.get():
+            self._request_ids.setdefault(endpoint, set()).add(request_id.get())
         try:
             return await asyncio.wait_for(batcher.submit(smiles), timeout=timeout_s)
         except Overloaded as error:

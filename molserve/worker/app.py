@@ -48,6 +48,7 @@ class WorkerSettings(BaseSettings):
     max_queue: int = 2048
     threads: int | None = None
     max_molecules_per_request: int = 1000
+    log_json: bool = False
 
 
 class WorkerRequest(BaseModel):
@@ -89,6 +90,9 @@ def load_models(settings: WorkerSettings) -> tuple[dict, dict]:
 def create_worker_app(settings: WorkerSettings | None = None,
                       preloaded: tuple[dict, dict] | None = None) -> FastAPI:
     settings = settings or WorkerSettings()
+    from molserve import logs
+
+    logs.configure(json_lines=settings.log_json)
     metrics_registry = CollectorRegistry()
     requests = Counter("molserve_worker_requests_total", "Worker requests.", ["status"],
                        registry=metrics_registry)
@@ -169,6 +173,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
                          {"Retry-After": str(max(1, round(error.retry_after_s)))}) from None
         requests.labels("200").inc()
         latency.observe(time.perf_counter() - started)
+        log.info("predicted %d molecules for %s", len(body.molecules), ",".join(body.endpoints),
+                 extra={"request_id": request.headers.get("x-request-id"),
+                        "molecules": len(body.molecules), "endpoints": body.endpoints})
         return JSONResponse({"results": results,
                              "request_id": request.headers.get("x-request-id"),
                              "elapsed_ms": round((time.perf_counter() - started) * 1000, 3)},

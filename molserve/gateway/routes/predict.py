@@ -44,6 +44,9 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])
+    from molserve.logs import request_id
+
+    result.setdefault("request_id", request_id.get())
     tiers = result.get("tiers", {})
     for name in result["endpoints"]:
         tier = tiers.get(name) or ("computed" if name in predictor.computed.endpoints() else "fast")

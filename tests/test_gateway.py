@@ -125,6 +125,7 @@ def test_health_routes(app_client):
     assert "solubility" in legacy["available_targets"]
     metrics = app_client.get("/metrics").text
     assert "molserve_requests_total" in metrics and "molserve_models_loaded 5.0" in metrics
+    assert 'molserve_jobs{state="queued"}' in metrics
 
 
 def test_openapi_describes_every_route_with_examples(app_client):

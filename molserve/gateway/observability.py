@@ -36,6 +36,9 @@ class GatewayMetrics:
         self.jobs_submitted = Counter(
             "molserve_jobs_submitted_total", "Jobs submitted by kind.", ["kind"], registry=self.registry)
         self.jobs = Gauge("molserve_jobs", "Jobs by state.", ["state"], registry=self.registry)
+        self.remote_queue = Gauge("molserve_remote_queue_molecules",
+                                  "Molecules waiting for the transformer tier, per endpoint.",
+                                  ["endpoint"], registry=self.registry)
         self.batch_size = Histogram(
             "molserve_batch_molecules", "Molecules per predict request.",
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=self.registry)

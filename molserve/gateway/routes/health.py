@@ -32,11 +32,19 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
+    metrics_ = request.app.state.metrics
     remote = request.app.state.predictor.remote
     if remote is not None:
         states = {"closed": 0, "half_open": 1, "open": 2}
         for worker in remote.workers:
-            request.app.state.metrics.breaker_state.labels(worker.url).set(states[worker.breaker.state])
+            metrics_.breaker_state.labels(worker.url).set(states[worker.breaker.state])
+        for endpoint, batcher in remote.batchers.items():
+            metrics_.remote_queue.labels(endpoint).set(batcher.waiting)
+    jobs = request.app.state.jobs
+    if jobs is not None:
+        counts = jobs.store.counts()
+        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+            metrics_.jobs.labels(state).set(counts.get(state, 0))
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
 

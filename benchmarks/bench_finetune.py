@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--endpoints", default=",".join(ENDPOINTS))
     parser.add_argument("--keep-base", help="directory to keep the pretrained model in")
+    parser.add_argument("--reuse-base", help="a model already pretrained by `molserve pretrain`")
+    parser.add_argument("--patience", type=int, default=6)
     args = parser.parse_args()
     source = ensure_registry(Path(args.registry))
 
@@ -36,11 +38,15 @@ def main() -> None:
     from molserve.registry import Registry
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(args.keep_base) if args.keep_base else Path(tmp) / "base"
-        corpus = read_corpus("moses", limit=args.corpus_limit, seed=0)
-        summary = pretrain(corpus, base, size=args.size, batch_size=64, learning_rate=5e-4,
-                           max_length=128, epochs=1, max_seconds=args.pretrain_minutes * 60,
-                           progress=lambda s, f, d: None)
+        if args.reuse_base:
+            base = Path(args.reuse_base)
+            summary = json.loads((base / "pretraining.json").read_text())
+        else:
+            base = Path(args.keep_base) if args.keep_base else Path(tmp) / "base"
+            corpus = read_corpus("moses", limit=args.corpus_limit, seed=0)
+            summary = pretrain(corpus, base, size=args.size, batch_size=64, learning_rate=5e-4,
+                               max_length=128, epochs=1, max_seconds=args.pretrain_minutes * 60,
+                               progress=lambda s, f, d: None)
         print(json.dumps({"pretraining": summary}), flush=True)
         rows = []
         for endpoint in args.endpoints.split(","):
@@ -50,7 +56,7 @@ def main() -> None:
             for label, start in (("pretrained", str(base)), ("random_init", f"random:{args.size}")):
                 artifact = finetune_endpoint(registry, endpoint, base=start, epochs=args.epochs,
                                              learning_rate=1e-4 if label == "pretrained" else 3e-4,
-                                             patience=6, export=False, batch_size=32)
+                                             patience=args.patience, export=False, batch_size=32)
                 results[label] = artifact.manifest["metrics"]["test"]
                 results["fast_tier"] = artifact.manifest["metrics"]["fast_model_test"]
                 results[f"{label}_epochs"] = artifact.manifest["model"]["epochs_run"]

@@ -52,5 +52,11 @@ def test_largest_fragment_drops_counter_ions():
     assert Chem.MolToSmiles(largest_fragment(salt)) == "CC(=O)[O-]"
 
 
+@pytest.mark.parametrize("text", ["CCé", "C\x00C", "CC\u2028O", "c1ccccc1\x7f", "C" + "\udcff"])
+def test_non_ascii_or_control_characters_are_refused_with_the_position(text):
+    error = try_parse(text)
+    assert isinstance(error, InvalidSmiles) and "not allowed in SMILES" in error.reason
+
+
 def test_non_string_input_is_an_error_value():
     assert isinstance(try_parse(None), InvalidSmiles)  # type: ignore[arg-type]

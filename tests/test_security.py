@@ -135,3 +135,33 @@ def test_arbitrary_request_bodies_get_answers_or_4xx_with_a_message(app_client, 
     assert response.status_code < 500, (body, response.text)
     if response.status_code >= 400:
         assert response.json()["message"]
+
+
+def test_schemathesis_finds_no_server_error_in_the_openapi_document(trained_registry, tmp_path):
+    """Every documented operation, fuzzed from the gateway's own OpenAPI document."""
+    import os
+    import shutil
+
+    from tests.conftest import free_port
+    from tests.processes import stop, wait_for
+
+    binary = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
+    if binary is None:
+        pytest.skip("schemathesis is not installed")
+    port = free_port()
+    env = {**os.environ, "MOLSERVE_REGISTRY": str(trained_registry.root),
+           "MOLSERVE_JOBS_DIR": str(tmp_path / "jobs"), "MOLSERVE_API_KEY": "k3y"}
+    server = subprocess.Popen([sys.executable, "-m", "molserve", "serve", "--port", str(port),
+                               "--log-level", "warning"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz")
+        run = subprocess.run(
+            [binary, "run", f"http://127.0.0.1:{port}/openapi.json", "-c", "not_a_server_error",
+             "--max-examples", "10", "--request-timeout", "20", "-H", "x-api-key: k3y",
+             "--exclude-path-regex", "/v1/models/reload|/v1/models/.*/.*"],
+            capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert "passed" in run.stdout
+    finally:
+        stop(server)

@@ -80,6 +80,8 @@ def _parse_quietly(text: str) -> Chem.Mol | list[str]:
     try:
         mol = Chem.MolFromSmiles(text)
         messages = _local.messages
+    except Exception:  # RDKit's own error reporting failed (e.g. on odd bytes): still an answer
+        mol, messages = None, ["RDKit could not parse this SMILES"]
     finally:
         _local.messages = None
     return messages if mol is None else mol
@@ -100,6 +102,10 @@ def parse_smiles(smiles: str) -> ParsedMolecule:
         raise InvalidSmiles(
             smiles, f"SMILES is {len(text)} characters long; the limit is {MAX_SMILES_LENGTH}"
         )
+    foreign = next((i for i, ch in enumerate(text) if ord(ch) > 126 or ord(ch) < 32), None)
+    if foreign is not None:
+        raise InvalidSmiles(smiles, f"character {text[foreign]!r} at position {foreign} is not "
+                                    "allowed in SMILES (printable ASCII only)")
     space = re.search(r"\s", text)
     if space:
         # RDKit reads text after whitespace as a name and would silently answer for the first

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request, UploadFile
+from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -143,8 +143,8 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
 
 
 @router.get("/v1/jobs", dependencies=[Depends(require_read)], summary="Recent jobs")
-async def list_jobs(request: Request, limit: int = 50) -> JSONResponse:
-    return JSONResponse([_public(j) for j in _runner(request).store.list(min(limit, 500))])
+async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
+    return JSONResponse([_public(j) for j in _runner(request).store.list(limit)])
 
 
 @router.get("/v1/jobs/{job_id}", dependencies=[Depends(require_read)],

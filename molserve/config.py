@@ -30,6 +30,8 @@ class Settings(BaseSettings):
         16, description="Batches up to this size run on the event loop; larger ones in a thread."
     )
     log_json: bool = False
+    compute_threads: int = Field(2, ge=1, description="Threads for large prediction batches.")
+    max_pending_molecules: int = Field(20000, ge=1, description="Molecules in flight before 503.")
     # The transformer tier (remote workers). Empty: the gateway serves the fast tier alone.
     worker_urls: list[str] = Field(default_factory=list,
                                    description='JSON list, e.g. ["http://127.0.0.1:8100"].')

@@ -126,7 +126,8 @@ class Observe:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure(json_lines=settings.log_json)
-    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch)
+    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch,
+                          compute_threads=settings.compute_threads)
     metrics = GatewayMetrics()
 
     @asynccontextmanager
@@ -180,6 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = predictor
     app.state.metrics = metrics
     app.state.jobs = None
+    app.state.pending_molecules = 0
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, error: RequestError) -> JSONResponse:

@@ -26,13 +26,18 @@ class RequestError(Exception):
 
 
 class Predictor:
-    def __init__(self, registry: Registry, *, max_batch: int = 1000) -> None:
+    def __init__(self, registry: Registry, *, max_batch: int = 1000, compute_threads: int = 2) -> None:
         self.registry = registry
         self.max_batch = max_batch
         self.fast = FastBackend(registry)
         self.computed = ComputedBackend()
         self.remote: RemoteTier | None = None
         self.loaded_at: float | None = None
+        # CPU work of large batches runs here: as many threads as cores, not one per request,
+        # so concurrent batches queue instead of thrashing (and memory stays bounded).
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.compute = ThreadPoolExecutor(max_workers=compute_threads, thread_name_prefix="predict")
 
     def load(self, only: list[str] | None = None) -> None:
         """Load the newest fast model of each endpoint (or of the endpoints in `only`)."""
@@ -204,7 +209,8 @@ class Predictor:
         if len(batch.canonical_smiles) <= inline_limit:
             answers = self._local_answers(batch, names)
         else:
-            answers = await asyncio.to_thread(self._local_answers, batch, names)
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self.compute, self._local_answers, batch, names)
         for name, task in remote_tasks.items():
             try:
                 remote_answers = await task

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
+import asyncio
 
+from fastapi import APIRouter, Depends, Request
+
+from molserve.gateway.predictor import RequestError
 from molserve.gateway.responses import JSONResponse
 from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
 from molserve.gateway.security import require_predict
@@ -15,7 +17,7 @@ router = APIRouter(tags=["predict"])
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     summary="Predict endpoints for a batch of SMILES",
     dependencies=[Depends(require_predict)],
 )
@@ -27,6 +29,22 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     predictor = state.predictor
     predictor.check_size(len(body.molecules))
     metrics = state.metrics
+    # Admission control: beyond this many molecules in flight, say so at once (503) rather than
+    # letting every client wait.
+    limit = state.settings.max_pending_molecules
+    if state.pending_molecules + len(body.molecules) > limit and state.pending_molecules > 0:
+        raise RequestError(503, "overloaded",
+                           f"{state.pending_molecules} molecules are being predicted; the gateway "
+                           f"holds at most {limit}. Retry shortly or submit a screen job",
+                           {"retry_after_s": 1.0})
+    state.pending_molecules += len(body.molecules)
+    try:
+        return await _predict(body, state, predictor, metrics)
+    finally:
+        state.pending_molecules -= len(body.molecules)
+
+
+async def _predict(body: PredictRequest, state, predictor, metrics) -> JSONResponse:
     if predictor.remote is not None:
         result = await predictor.predict_routed(
             body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
@@ -40,7 +58,8 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     elif len(body.molecules) <= state.settings.inline_batch:
         result = predictor.predict(body.molecules, body.endpoints)
     else:
-        result = await run_in_threadpool(predictor.predict, body.molecules, body.endpoints)
+        result = await asyncio.get_running_loop().run_in_executor(
+            predictor.compute, predictor.predict, body.molecules, body.endpoints)
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])

@@ -1,7 +1,7 @@
 """kill -9 during training and during screens, N times: every job must end succeeded (possibly
 after resuming) or failed with a reason, and no artifact or result may be corrupt.
 
-Each round: start the gateway, submit a job (alternately a 5,000-molecule screen and a
+Each round: start the gateway, submit a job (alternately a 20,000-molecule screen and a
 training job), SIGKILL both the gateway and the job's process after a random delay, start the
 gateway again, and wait for the job to end.
 
@@ -68,7 +68,8 @@ def main() -> None:
             licence="CC0-1.0", curation={})
         pool = load_bundled("bbb_penetration").smiles
         screen_file = root / "screen.smi"
-        screen_file.write_text("\n".join(pool[:5000]) + "\n")
+        inputs = [pool[i % len(pool)] for i in range(20000)]
+        screen_file.write_text("\n".join(inputs) + "\n")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         store = SQLiteJobStore(jobs / "jobs.sqlite3")
@@ -117,11 +118,10 @@ def main() -> None:
                 artifact.verify()
             except Exception:
                 corrupt += 1
-        inputs = pool[:5000]
         for job in store.list(1000):
             if job["kind"] == "screen" and job["state"] == "succeeded":
                 rows = list(csv.DictReader(open(job["result"]["path"])))
-                if [r["input"] for r in rows] != inputs or [int(r["row"]) for r in rows] != list(range(5000)):
+                if [r["input"] for r in rows] != inputs or [int(r["row"]) for r in rows] != list(range(len(inputs))):
                     corrupt += 1
         lost = sum(1 for r in rounds if r["state"] not in ("succeeded", "failed")
                    or (r["state"] == "failed" and not r["error"]))

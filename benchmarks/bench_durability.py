@@ -121,7 +121,8 @@ def main() -> None:
         for job in store.list(1000):
             if job["kind"] == "screen" and job["state"] == "succeeded":
                 rows = list(csv.DictReader(open(job["result"]["path"])))
-                if [r["input"] for r in rows] != inputs or [int(r["row"]) for r in rows] != list(range(len(inputs))):
+                numbers = [int(r["row"]) for r in rows]
+                if [r["input"] for r in rows] != inputs or numbers != list(range(len(inputs))):
                     corrupt += 1
         lost = sum(1 for r in rounds if r["state"] not in ("succeeded", "failed")
                    or (r["state"] == "failed" and not r["error"]))

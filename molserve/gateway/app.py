@@ -84,6 +84,25 @@ class _TooLarge(Exception):
     pass
 
 
+JSON_ROUTES = {"/v1/predict", "/v1/jobs"}
+
+
+class JsonBodies:
+    """`curl -d '{...}'` sends form encoding by default: read JSON routes' bodies as JSON anyway
+    (anything that is not JSON still gets a 422 saying so)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path") in JSON_ROUTES and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope.get("headers") or () if k != b"content-type"]
+            current = dict(scope.get("headers") or ()).get(b"content-type", b"")
+            if not current.startswith(b"application/json"):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        return await self.app(scope, receive, send)
+
+
 class Observe:
     """Count requests and time them by route template (plain ASGI: no per-request task)."""
 
@@ -222,6 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(Observe, metrics=metrics)
     return app

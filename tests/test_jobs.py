@@ -219,3 +219,31 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
         assert len(new) == (1 if final["state"] == "succeeded" else 0), (before, after, final)
     finally:
         gateway.stop()
+
+
+def test_a_training_job_resumed_after_registering_does_not_register_twice(job_env):
+    """The window between the registry write and the job's state update: a resumed attempt
+    finds the model its earlier attempt registered instead of training a second one."""
+    from molserve.data.store import DatasetStore
+    from molserve.registry import Registry
+
+    registry, jobs_dir, datasets = job_env
+    logbb = load_bundled("logbb")
+    DatasetStore(datasets).save("small", [{"canonical_smiles": s, "label": y} for s, y in
+                                          zip(logbb.smiles, logbb.labels, strict=True) if "." not in s][:300],
+                                task="regression", units="log", description="t", source="t",
+                                licence="CC0-1.0", curation={})
+    store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
+    job = store.create("train", {"dataset": "small", "endpoint": "idempotent", "profile": "quick"})
+    command = [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"], "--jobs-dir",
+               str(jobs_dir), "--registry", str(registry), "--datasets", str(datasets)]
+    store.claim_queued()
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    first = store.get(job["id"])
+    assert first["state"] == "succeeded" and first["result"]["version"] == 1
+    store.update(job["id"], state="running", result=None)  # as if killed before this was recorded
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    again = store.get(job["id"])
+    assert again["state"] == "succeeded" and again["result"]["version"] == 1
+    assert [a.version for a in Registry(registry).versions("idempotent")] == [1]
+    assert any("registered by an earlier attempt" in line for line in store.logs(job["id"]))

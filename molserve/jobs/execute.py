@@ -121,6 +121,13 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
 
     registry = Registry(registry_root)
     endpoint = params["endpoint"]
+    # A job killed after its model was registered but before its state was recorded must not
+    # register a second model when it resumes: the manifest names the job that wrote it.
+    for existing in registry.versions(endpoint):
+        if existing.manifest.get("job_id") == ctx.id:
+            ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
+            return {"endpoint": existing.endpoint, "version": existing.version,
+                    "kind": existing.kind, "metrics": existing.manifest["metrics"]["test"]}
     backend = os.environ.get("MOLSERVE_TRAINING_BACKEND", "local")
     if params.get("model", "gbm") == "transformer" and backend in ("modal", "ray"):
         return run_remote_finetune(ctx, params, registry_root, backend)
@@ -130,7 +137,7 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
         artifact = finetune_endpoint(
             registry, endpoint, base=params.get("base", "seyonec/ChemBERTa-zinc-base-v1"),
             epochs=int(params.get("epochs", 30)), learning_rate=float(params.get("learning_rate", 5e-5)),
-            export=bool(params.get("export_onnx", True)),
+            export=bool(params.get("export_onnx", True)), extra_manifest={"job_id": ctx.id},
             progress=lambda step, fraction, info: ctx.progress(fraction * 0.95, step,
                                                                {k: v for k, v in info.items()}))
     else:
@@ -150,6 +157,7 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
         artifact = train_endpoint(
             dataset, registry, endpoint, split=params.get("split", "scaffold"),
             profile=params.get("profile", "standard"), split_labels=split_labels,
+            extra_manifest={"job_id": ctx.id},
             progress=lambda step, fraction: ctx.progress(fraction * 0.98, step))
     ctx.log(f"registered {artifact.endpoint} v{artifact.version} ({artifact.kind})")
     return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,

@@ -107,6 +107,7 @@ def train_endpoint(
     profile: str = "standard",
     seed: int = 0,
     split_labels: list[str] | None = None,
+    extra_manifest: dict | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact.
@@ -300,6 +301,7 @@ def train_endpoint(
         "metrics": manifest_metrics,
         "test_predictions": parity,
         "training_seconds": round(time.perf_counter() - started, 2),
+        **(extra_manifest or {}),
     }
     artifact = registry.write(
         endpoint,

@@ -52,6 +52,7 @@ def finetune_endpoint(
     export: bool = True,
     device: str | None = None,
     seed: int = 0,
+    extra_manifest: dict | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     data, fast = data_from_fast_model(registry, endpoint)
@@ -131,6 +132,7 @@ def finetune_endpoint(
             "metrics": metrics,
             "test_predictions": parity,
             "training_seconds": round(time.perf_counter() - started, 1),
+            **(extra_manifest or {}),
         }
         artifact = registry.write(endpoint, files, manifest)
     return artifact

@@ -247,3 +247,28 @@ def test_a_training_job_resumed_after_registering_does_not_register_twice(job_en
     assert again["state"] == "succeeded" and again["result"]["version"] == 1
     assert [a.version for a in Registry(registry).versions("idempotent")] == [1]
     assert any("registered by an earlier attempt" in line for line in store.logs(job["id"]))
+
+
+def test_cancel_a_running_screen_and_a_queued_job(job_env, tmp_path):
+    registry, jobs_dir, datasets = job_env
+    gateway = Gateway(registry, jobs_dir, datasets).start()
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            _smiles_file(tmp_path / "big.smi", 20_000)
+            with open(tmp_path / "big.smi", "rb") as handle:
+                upload = client.post("/v1/uploads", files={"file": ("big.smi", handle)}).json()
+            body = {"kind": "screen", "upload_id": upload["upload_id"], "endpoints": ["solubility"],
+                    "chunk_size": 100}
+            running = client.post("/v1/jobs", json=body).json()["id"]
+            queued = client.post("/v1/jobs", json=body).json()["id"]  # one job runs at a time
+            deadline = time.monotonic() + 60
+            while client.get(f"/v1/jobs/{running}").json()["progress"] <= 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert client.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
+            client.delete(f"/v1/jobs/{running}")
+            final = wait_job(gateway.url, running, timeout=60)
+            assert final["state"] == "cancelled" and final["progress"] < 1.0
+            assert client.get(f"/v1/jobs/{running}/result").status_code == 409
+    finally:
+        gateway.stop()

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         16, description="Batches up to this size run on the event loop; larger ones in a thread."
     )
     log_json: bool = False
+    access_log: bool = Field(False, description="One log line per request (method, path, status, ms).")
     compute_threads: int = Field(2, ge=1, description="Threads for large prediction batches.")
     max_pending_molecules: int = Field(20000, ge=1, description="Molecules in flight before 503.")
     # The transformer tier (remote workers). Empty: the gateway serves the fast tier alone.

@@ -220,7 +220,8 @@ def test_two_workers_are_balanced_and_a_broken_one_is_ejected_then_probed_back(t
 
 def test_request_id_travels_to_the_worker_and_back(trained_registry, fake_worker, tmp_path):
     set_mode(fake_worker, "ok")
-    with gateway(trained_registry.root, [fake_worker], MOLSERVE_LOG_JSON="true") as (base, process), \
+    with gateway(trained_registry.root, [fake_worker], MOLSERVE_LOG_JSON="true",
+                 MOLSERVE_ACCESS_LOG="true") as (base, process), \
             httpx.Client() as client:
         deadline = time.monotonic() + 10
         while ask(base, client)["tiers"]["logbb"] != "transformer":

@@ -106,9 +106,10 @@ class JsonBodies:
 class Observe:
     """Count requests and time them by route template (plain ASGI: no per-request task)."""
 
-    def __init__(self, app, metrics: GatewayMetrics) -> None:
+    def __init__(self, app, metrics: GatewayMetrics, access_log: bool = False) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -136,9 +137,10 @@ class Observe:
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed)
-            access.info("%s %s %s %.1f ms", scope["method"], path, status, elapsed * 1000,
-                        extra={"method": scope["method"], "path": path, "status": status,
-                               "ms": round(elapsed * 1000, 2), "request_id": rid})
+            if self.access_log:
+                access.info("%s %s %s %.1f ms", scope["method"], path, status, elapsed * 1000,
+                            extra={"method": scope["method"], "path": path, "status": status,
+                                   "ms": round(elapsed * 1000, 2), "request_id": rid})
             logs.request_id.reset(token)
 
 
@@ -243,5 +245,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
     app.add_middleware(JsonBodies)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
-    app.add_middleware(Observe, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, access_log=settings.access_log)
     return app

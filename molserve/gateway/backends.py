@@ -7,7 +7,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from rdkit import Chem
 
 from molserve.chem import descriptors
@@ -115,6 +114,3 @@ class FastBackend:
         features = batch.features(spec)
         return model.predict(model.columns_from(features.matrix, spec), features.on_bits)
 
-
-def nan_safe(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else value

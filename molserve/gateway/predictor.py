@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.gateway.backends import ComputedBackend, FastBackend, MoleculeBatch
-from molserve.gateway.remote import RemoteFailure, RemoteTier
+
+if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
+    from molserve.gateway.remote import RemoteTier
 from molserve.registry.store import Registry
 
 
@@ -186,6 +188,8 @@ class Predictor:
                              inline_limit: int = 16, on_degraded=None) -> dict[str, Any]:
         """Route each endpoint to its preferred tier; fall back to the fast tier, labelled
         degraded with the reason, whenever the transformer tier cannot answer in time."""
+        from molserve.gateway.remote import RemoteFailure
+
         started = time.perf_counter()
         self.check_size(len(molecules))
         names = self.resolve_endpoints(endpoints)

@@ -55,10 +55,6 @@ def require_train(request: Request) -> None:
     authorize(request, "train")
 
 
-def require_admin(request: Request) -> None:
-    authorize(request, "admin")
-
-
 def require_key(request: Request) -> None:
     """Write routes that change the registry: the admin scope."""
     authorize(request, "admin")

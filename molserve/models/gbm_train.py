@@ -9,7 +9,6 @@ LightGBM's own text format for anyone who wants to inspect it with LightGBM.
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 from collections.abc import Callable
@@ -330,6 +329,3 @@ def summarize(artifact: Artifact) -> str:
         base = f"baseline RMSE {m['baseline_test']['rmse']:.3f}"
     return f"{artifact.endpoint} v{artifact.version} (test, n={test['n']}): {line}; {base}"
 
-
-def manifest_json(artifact: Artifact) -> str:
-    return json.dumps(artifact.manifest, indent=2)

@@ -4,7 +4,6 @@ model, evaluate it, export ONNX, and register it as kind `transformer`."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import tempfile
 import time
@@ -147,6 +146,3 @@ def describe(artifact: Artifact) -> str:
     return (f"{artifact.endpoint} v{artifact.version} transformer: test RMSE {test['rmse']:.3f}, "
             f"R2 {test['r2']:.3f} (fast tier RMSE {fast['rmse']:.3f})")
 
-
-def manifest_text(artifact: Artifact) -> str:
-    return json.dumps(artifact.manifest, indent=2)

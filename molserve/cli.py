@@ -333,15 +333,19 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"no models in {registry.root}; run `molserve bootstrap`")
         return 0
     print(f"{'endpoint':<24} {'ver':>4} {'kind':<12} {'task':<15} {'n_test':>6}  held-out (test) metrics")
+    nan = float("nan")
     for a in artifacts:
-        test = a.manifest.get("metrics", {}).get("test", {})
-        if a.manifest.get("task") == "classification":
-            nan = float("nan")
-            shown = f"ROC AUC {test.get('roc_auc', nan):.3f}  PR AUC {test.get('pr_auc', nan):.3f}"
-        else:
-            shown = f"RMSE {test.get('rmse', float('nan')):.3f}  R2 {test.get('r2', float('nan')):.3f}"
-        print(f"{a.endpoint:<24} {a.version:>4} {a.kind:<12} {a.manifest.get('task', ''):<15} "
-              f"{test.get('n', 0):>6}  {shown}")
+        rows = [(a.endpoint, a.manifest)]
+        if a.manifest.get("task") == "multitask":
+            rows = [(f"{a.endpoint}:{e}", t) for e, t in a.manifest.get("tasks", {}).items()]
+        for label, manifest in rows:
+            test = manifest.get("metrics", {}).get("test", {})
+            if manifest.get("task") == "classification":
+                shown = f"ROC AUC {test.get('roc_auc', nan):.3f}  PR AUC {test.get('pr_auc', nan):.3f}"
+            else:
+                shown = f"RMSE {test.get('rmse', nan):.3f}  R2 {test.get('r2', nan):.3f}"
+            print(f"{label:<24} {a.version:>4} {a.kind:<12} {manifest.get('task', ''):<15} "
+                  f"{test.get('n', 0):>6}  {shown}")
     return 0
 
 
@@ -382,15 +386,20 @@ def _transformer_progress(desc: str):
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from molserve.models.transformer.pipeline import describe, finetune_endpoint
+    from molserve.models.transformer.pipeline import describe, finetune_endpoints
     from molserve.registry import Registry
 
     registry = Registry(_settings(args).registry)
-    bar, report = _transformer_progress(args.dataset)
-    artifact = finetune_endpoint(
-        registry, args.dataset, base=args.base, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, patience=args.patience, export=not args.no_onnx,
-        device=args.device, seed=args.seed, progress=report)
+    endpoints = list(dict.fromkeys(e.strip() for item in args.dataset for e in item.split(",")
+                                   if e.strip()))
+    if len(endpoints) > 1 and not args.name:
+        raise ValueError("several endpoints make one multi-task model: give it a registry name "
+                         "with --name (e.g. --name adme)")
+    bar, report = _transformer_progress(args.name or endpoints[0])
+    artifact = finetune_endpoints(
+        registry, endpoints, name=args.name, base=args.base, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, patience=args.patience,
+        export=not args.no_onnx, device=args.device, seed=args.seed, progress=report)
     bar.close()
     print(describe(artifact))
     print(f"registered {artifact.endpoint} v{artifact.version} (transformer) at {artifact.path}")
@@ -466,8 +475,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
 
     p = sub.add_parser("finetune", help="fine-tune a RoBERTa on an endpoint's curated data and split")
-    p.add_argument("--dataset", required=True,
-                   help="an endpoint with a fast model (its curated data and split are reused)")
+    p.add_argument("--dataset", required=True, action="append",
+                   help="an endpoint with a fast model (its curated data and split are reused); "
+                        "repeat it or give a comma-separated list for one multi-task model")
+    p.add_argument("--name", help="registry name of a multi-task model (several --dataset)")
     p.add_argument("--base", default="seyonec/ChemBERTa-zinc-base-v1",
                    help="hub id (downloaded when online), local directory (e.g. from `pretrain`), "
                         "or random:tiny|small|chemberta-zinc-base")

@@ -111,3 +111,112 @@ def test_device_is_chosen_at_run_time(monkeypatch):
     assert pick_device() == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setenv("MOLSERVE_DEVICE", "cpu")
     assert pick_device() == "cpu"
+
+
+@pytest.fixture(scope="module")
+def multitask_registry(transformer_registry, tmp_path_factory):
+    """The transformer registry plus one multi-task model over logBB (regression) and BBB
+    permeability (classification): B3DB's two tables, which share many molecules."""
+    import shutil
+
+    from molserve.models.transformer.pipeline import finetune_endpoints
+    from molserve.registry import Registry
+
+    root = tmp_path_factory.mktemp("mt") / "registry"
+    shutil.copytree(transformer_registry.root, root)
+    registry = Registry(root)
+    finetune_endpoints(registry, ["logbb", "bbb_penetration"], name="b3db", base="random:tiny",
+                       epochs=2, learning_rate=1e-3, batch_size=128)
+    return registry
+
+
+def test_masked_loss_ignores_missing_labels():
+    """A task with no label in the batch contributes no gradient to its output."""
+    import torch
+
+    from molserve.models.transformer.modeling import _masked_loss, head_spec
+
+    heads = head_spec(["regression", "classification"], ["a", "b"], [0.0, 0.0], [1.0, 1.0],
+                      single=False)
+    logits = torch.randn(4, 2, requires_grad=True)
+    target = torch.tensor([[1.0, 0.0], [0.5, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    mask = torch.tensor([[True, False], [True, False], [False, False], [True, False]])
+    _masked_loss(logits, target, mask, heads).backward()
+    assert torch.all(logits.grad[:, 1] == 0)
+    assert torch.all(logits.grad[2] == 0)
+    assert torch.all(logits.grad[[0, 1, 3], 0] != 0)
+
+
+def test_multitask_model_is_tested_on_each_endpoints_own_split(multitask_registry):
+    artifact = multitask_registry.latest("b3db", kind="transformer")
+    manifest = artifact.manifest
+    assert manifest["task"] == "multitask"
+    assert set(manifest["tasks"]) == {"logbb", "bbb_penetration"}
+    for endpoint, task in manifest["tasks"].items():
+        fast = multitask_registry.latest(endpoint, kind="gbm")
+        assert task["task"] == fast.manifest["task"]
+        assert task["metrics"]["test"]["n"] == fast.manifest["metrics"]["test"]["n"]
+        assert task["metrics"]["fast_model_test"] == fast.manifest["metrics"]["test"]
+    assert "rmse" in manifest["tasks"]["logbb"]["metrics"]["test"]
+    assert 0.0 <= manifest["tasks"]["bbb_penetration"]["metrics"]["test"]["roc_auc"] <= 1.0
+    # Shared molecules make the union smaller than the sum of the two tables.
+    sizes = [multitask_registry.latest(e, kind="gbm").manifest["split"]["sizes"] for e in manifest["tasks"]]
+    assert manifest["rows"]["molecules"] < sum(sum(s.values()) for s in sizes)
+
+
+def test_multitask_never_trains_on_a_molecule_held_out_for_any_endpoint(multitask_registry):
+    import csv
+
+    held_out = set()
+    for endpoint in ("logbb", "bbb_penetration"):
+        fast = multitask_registry.latest(endpoint, kind="gbm")
+        with open(fast.file("data.csv"), newline="") as handle:
+            held_out |= {r["canonical_smiles"] for r in csv.DictReader(handle) if r["split"] != "train"}
+    artifact = multitask_registry.latest("b3db", kind="transformer")
+    trained_on = set(artifact.file("train_smiles.txt").read_text().split())
+    assert trained_on and not trained_on & held_out
+
+
+def test_multitask_model_serves_both_endpoints_from_one_load(multitask_registry):
+    from molserve.models.transformer.runtime import TransformerModel
+    from molserve.worker.app import WorkerSettings, load_models
+
+    artifact = multitask_registry.latest("b3db", kind="transformer")
+    smiles = ["CCO", "c1ccccc1O", "CN1CCC[C@H]1c1cccnc1"]
+    torch_out = TransformerModel.load(artifact, backend="torch", device="cpu").outputs(smiles)
+    onnx_out = TransformerModel.load(artifact, backend="onnx").outputs(smiles)
+    assert torch_out.shape == (3, 2)
+    np.testing.assert_allclose(onnx_out, torch_out, rtol=1e-4, atol=1e-4)
+    assert np.all((torch_out[:, 1] >= 0) & (torch_out[:, 1] <= 1))
+
+    models, errors = load_models(WorkerSettings(registry=multitask_registry.root, device="cpu"))
+    assert not errors
+    assert models["bbb_penetration"].model.artifact.endpoint == "b3db"
+    answers = models["bbb_penetration"].predict(smiles + ["C1CC"])
+    assert answers[-1]["error"]
+    assert answers[0]["label"] in multitask_registry.latest("bbb_penetration", kind="gbm").manifest["label_names"]
+    assert answers[0]["provenance"]["model_id"] == "b3db/transformer"
+    assert "multi-task" in answers[0]["provenance"]["kind"]
+
+
+def test_each_endpoint_is_served_by_its_best_transformer(multitask_registry):
+    """logBB has a single-task and a multi-task transformer: the one with the lower test RMSE
+    on logBB's split serves it."""
+    from molserve.models.transformer.runtime import endpoint_manifest, transformer_artifacts
+
+    single = multitask_registry.latest("logbb", kind="transformer")
+    multi = multitask_registry.latest("b3db", kind="transformer")
+    rmse = {a.endpoint: endpoint_manifest(a, "logbb")["metrics"]["test"]["rmse"] for a in (single, multi)}
+    chosen = transformer_artifacts(multitask_registry)
+    assert chosen["logbb"].endpoint == min(rmse, key=rmse.get)
+    assert chosen["bbb_penetration"].endpoint == "b3db"
+    assert chosen["hydration_free_energy"].endpoint == "hydration_free_energy"
+
+
+def test_multitask_cli_needs_a_name(multitask_registry, capsys):
+    from molserve.cli import main
+
+    code = main(["--registry", str(multitask_registry.root), "finetune", "--dataset", "logbb,bbb_penetration",
+                 "--base", "random:tiny", "--epochs", "1"])
+    assert code != 0
+    assert "--name" in capsys.readouterr().err

@@ -90,13 +90,13 @@ class BatchPredictor:
 
     @modal.enter()
     def load(self) -> None:
-        from molserve.models.transformer.runtime import TransformerModel
+        from molserve.models.transformer.runtime import TransformerModel, transformer_artifacts
         from molserve.registry import Registry
 
-        artifact = Registry(REGISTRY_MOUNT).latest(self.endpoint, kind="transformer")
+        artifact = transformer_artifacts(Registry(REGISTRY_MOUNT)).get(self.endpoint)
         if artifact is None:
             raise RuntimeError(f"no transformer model for {self.endpoint!r} on the registry volume")
-        self.model = TransformerModel.load(artifact, backend="torch")
+        self.model = TransformerModel.load(artifact, backend="torch").for_endpoint(self.endpoint)
 
     @modal.batched(max_batch_size=MAX_BATCH, wait_ms=WAIT_MS)
     def predict(self, smiles: list[str]) -> list[dict]:

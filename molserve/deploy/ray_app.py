@@ -57,14 +57,14 @@ class WorkerDeployment:
 @serve.deployment(name="molserve-batch-predictor", max_ongoing_requests=256)
 class BatchPredictor:
     def __init__(self, endpoint: str) -> None:
-        from molserve.models.transformer.runtime import TransformerModel
+        from molserve.models.transformer.runtime import TransformerModel, transformer_artifacts
         from molserve.registry import Registry
 
         settings = _settings()
-        artifact = Registry(settings.registry).latest(endpoint, kind="transformer")
+        artifact = transformer_artifacts(Registry(settings.registry)).get(endpoint)
         if artifact is None:
             raise RuntimeError(f"no transformer model for {endpoint!r} in {settings.registry}")
-        self.model = TransformerModel.load(artifact, backend=settings.backend)
+        self.model = TransformerModel.load(artifact, backend=settings.backend).for_endpoint(endpoint)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005)
     async def __call__(self, smiles: list[str]) -> list[dict]:

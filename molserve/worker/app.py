@@ -63,24 +63,30 @@ class _Error(Exception):
 
 
 def load_models(settings: WorkerSettings) -> tuple[dict, dict]:
-    """The newest transformer of every endpoint in the registry: ({endpoint: model}, {endpoint:
-    error}). Hosts that load models ahead of serving (Modal's @enter, Ray's constructor) call
-    this and hand the result to create_worker_app."""
+    """For every endpoint, the transformer that scored best on its test split (single-task or
+    a multi-task model's head): ({endpoint: model}, {endpoint: error}). A multi-task model is
+    loaded once and serves each of its endpoints. Hosts that load models ahead of serving
+    (Modal's @enter, Ray's constructor) call this and hand the result to create_worker_app."""
     from transformers.utils import logging as hf_logging
 
-    from molserve.models.transformer.runtime import TransformerModel
+    from molserve.models.transformer.runtime import TransformerModel, transformer_artifacts
 
     hf_logging.disable_progress_bar()
     registry = Registry(settings.registry)
     device = None if settings.device == "auto" else settings.device
-    models, errors = {}, {}
-    for endpoint in registry.endpoints():
-        artifact = registry.latest(endpoint, kind="transformer")
-        if artifact is None:
-            continue
+    models, errors, loaded = {}, {}, {}
+    try:
+        chosen = transformer_artifacts(registry)
+    except (ArtifactError, OSError, ValueError, KeyError) as error:
+        log.error("cannot read the registry's transformers: %s", error)
+        return {}, {"*": str(error)}
+    for endpoint, artifact in sorted(chosen.items()):
+        key = (artifact.endpoint, artifact.version)
         try:
-            models[endpoint] = TransformerModel.load(artifact, backend=settings.backend, device=device,
-                                                     threads=settings.threads)
+            if key not in loaded:
+                loaded[key] = TransformerModel.load(artifact, backend=settings.backend,
+                                                    device=device, threads=settings.threads)
+            models[endpoint] = loaded[key].for_endpoint(endpoint)
         except (ArtifactError, OSError, ValueError) as error:
             errors[endpoint] = str(error)
             log.error("not serving %s: %s", endpoint, error)

@@ -14,11 +14,16 @@ router = APIRouter(tags=["models"])
 
 def _summary(artifact) -> dict:
     m = artifact.manifest
-    return {
+    summary = {
         "endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
         "tier": m.get("tier"), "created": m.get("created"), "task": m.get("task"),
         "metrics": (m.get("metrics") or {}).get("test"), "dataset": (m.get("dataset") or {}).get("name"),
     }
+    if m.get("task") == "multitask":
+        # One model, several endpoints: each endpoint's test metrics on its own split.
+        summary["tasks"] = {e: {"task": t["task"], "metrics": t["metrics"]["test"]}
+                            for e, t in (m.get("tasks") or {}).items()}
+    return summary
 
 
 @router.get("/v1/models", dependencies=[Depends(require_read)], summary="Registered model versions")

@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,49 +143,97 @@ def pretrain(
 
 @dataclass
 class FineTuneData:
+    """Rows to fine-tune on. One task: `labels` is (n,) and `split` says each row's side.
+    Several tasks (one head output each): `labels` is (n, T) with NaN where a molecule has no
+    label, `label_split` (n, T) gives each label's side in its own endpoint's split, and `split`
+    is the row's side for batching (see `pipeline.merge_endpoints`)."""
+
     smiles: list[str]
     labels: np.ndarray
     split: list[str]  # "train" | "valid" | "test" per row
-    task: str
+    task: str  # "regression" | "classification" | "multitask"
+    task_names: list[str] = field(default_factory=list)
+    task_kinds: list[str] = field(default_factory=list)
+    label_split: np.ndarray | None = None
+
+    @property
+    def multitask(self) -> bool:
+        return self.labels.ndim == 2
+
+    def matrix(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(labels (n, T), label sides (n, T), task kinds) for one or several tasks."""
+        if self.multitask:
+            assert self.label_split is not None
+            return self.labels.astype(np.float64), self.label_split, list(self.task_kinds)
+        return (self.labels.astype(np.float64)[:, None], np.array(self.split, dtype=object)[:, None],
+                [self.task])
 
 
-def load_base(base: str, task: str, corpus_for_tokenizer: Sequence[str], size: str = "tiny",
+def head_spec(kinds: Sequence[str], names: Sequence[str], means: Sequence[float],
+              scales: Sequence[float], single: bool) -> list[dict[str, Any]]:
+    """How to read each model output: a standardized regression value, or a class-1 probability
+    (softmax over two logits for a one-task classifier, a sigmoid per task otherwise)."""
+    heads = []
+    for i, (kind, name) in enumerate(zip(kinds, names, strict=True)):
+        if kind == "regression":
+            heads.append({"endpoint": name, "task": kind, "output": i, "activation": "identity",
+                          "label_mean": float(means[i]), "label_scale": float(scales[i])})
+        else:
+            heads.append({"endpoint": name, "task": kind, "output": i,
+                          "activation": "softmax" if single else "sigmoid"})
+    return heads
+
+
+def decode_logits(logits: np.ndarray, heads: Sequence[dict[str, Any]]) -> np.ndarray:
+    """Model logits (n, outputs) -> values in label units or probabilities, (n, len(heads))."""
+    logits = np.asarray(logits, dtype=np.float64)
+    out = np.empty((logits.shape[0], len(heads)), dtype=np.float64)
+    for column, head in enumerate(heads):
+        if head["activation"] == "softmax":
+            shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+            out[:, column] = shifted[:, 1] / shifted.sum(axis=1)
+        elif head["activation"] == "sigmoid":
+            out[:, column] = 1.0 / (1.0 + np.exp(-logits[:, head["output"]]))
+        else:
+            out[:, column] = logits[:, head["output"]] * head["label_scale"] + head["label_mean"]
+    return out
+
+
+def load_base(base: str, num_outputs: int, corpus_for_tokenizer: Sequence[str], size: str = "tiny",
               max_length: int = 256):
-    """(model, tokenizer) for fine-tuning: a hub id or local directory, or `random:<size>` for a
-    freshly initialised RoBERTa with an atom-level tokenizer built from the data."""
+    """(model, tokenizer) for fine-tuning with `num_outputs` head outputs: a hub id or local
+    directory, or `random:<size>` for a freshly initialised RoBERTa with an atom-level tokenizer
+    built from the data. The loss is computed here, not by the model, so the problem type is
+    only a label."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
         RobertaForSequenceClassification,
     )
 
-    num_labels = 1
-    problem = "regression" if task == "regression" else "single_label_classification"
-    if task == "classification":
-        num_labels = 2
     if base.startswith("random:"):
         from molserve.models.transformer.tokenizer import train_tokenizer
 
         tokenizer = train_tokenizer(corpus_for_tokenizer, model_max_length=max_length)
         config = roberta_config(len(tokenizer), base.split(":", 1)[1] or size, max_length,
-                                num_labels=num_labels, problem_type=problem)
+                                num_labels=num_outputs, problem_type="regression")
         return RobertaForSequenceClassification(config), tokenizer
     # A hub id is downloaded once into the Hugging Face cache when online; a directory is local.
     tokenizer = AutoTokenizer.from_pretrained(base)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=num_labels, problem_type=problem, use_safetensors=True)
+        base, num_labels=num_outputs, problem_type="regression", use_safetensors=True)
     return model, tokenizer
 
 
-def predict_raw(model, tokenizer, smiles: Sequence[str], device: str, batch_size: int = 64,
-                max_length: int = 256) -> np.ndarray:
-    """Model outputs (regression value or class-1 probability) in input order, with
-    length-sorted batches so padding stays small."""
+def predict_logits(model, tokenizer, smiles: Sequence[str], device: str, batch_size: int = 64,
+                   max_length: int = 256) -> np.ndarray:
+    """Model logits (n, outputs) in input order, with length-sorted batches so padding stays
+    small. `decode_logits` turns them into values."""
     import torch
 
     model.eval()
     order = sorted(range(len(smiles)), key=lambda i: len(smiles[i]))
-    out = np.zeros(len(smiles), dtype=np.float64)
+    out = np.zeros((len(smiles), model.config.num_labels), dtype=np.float64)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -194,12 +242,51 @@ def predict_raw(model, tokenizer, smiles: Sequence[str], device: str, batch_size
             with _autocast(device):
                 logits = model(input_ids=encoded["input_ids"],
                                attention_mask=encoded["attention_mask"]).logits.float()
-            if logits.shape[-1] == 1:
-                values = logits[:, 0]
-            else:
-                values = torch.softmax(logits, dim=-1)[:, 1]
-            out[idx] = values.cpu().numpy()
+            out[idx] = logits.cpu().numpy()
     return out
+
+
+def _masked_loss(logits, target, mask, heads: Sequence[dict[str, Any]]):
+    """Mean over tasks of each task's mean loss over its labelled rows (MSE on standardized
+    regression labels, cross-entropy for classification); unlabelled entries count for nothing."""
+    import torch
+    import torch.nn.functional as F
+
+    losses = []
+    for column, head in enumerate(heads):
+        labelled = mask[:, column]
+        if not bool(labelled.any()):
+            continue
+        y = target[labelled, column]
+        if head["activation"] == "softmax":
+            losses.append(F.cross_entropy(logits[labelled], y.long()))
+        elif head["activation"] == "sigmoid":
+            losses.append(F.binary_cross_entropy_with_logits(logits[labelled, head["output"]], y))
+        else:
+            losses.append(F.mse_loss(logits[labelled, head["output"]], y))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0.0
+
+
+def validation_score(y: np.ndarray, sides: np.ndarray, values: np.ndarray,
+                     heads: Sequence[dict[str, Any]]) -> float:
+    """Higher is better. One task: -RMSE (label units) or ROC AUC. Several tasks: the mean over
+    tasks of -RMSE/label std for regression and ROC AUC - 1 for classification, so tasks in
+    different units weigh alike."""
+    from molserve.models.metrics import roc_auc
+
+    scores = []
+    for column, head in enumerate(heads):
+        rows = (sides[:, column] == "valid") & ~np.isnan(y[:, column])
+        if not rows.any():
+            continue
+        if head["task"] == "regression":
+            rmse = float(np.sqrt(np.mean((values[rows, column] - y[rows, column]) ** 2)))
+            scores.append(-rmse if len(heads) == 1 else -rmse / head["label_scale"])
+        else:
+            auc = roc_auc(y[rows, column], values[rows, column])
+            scores.append(auc if len(heads) == 1 else auc - 1.0)
+    scores = [x for x in scores if math.isfinite(x)]
+    return float(np.mean(scores)) if scores else float("-inf")
 
 
 def finetune(
@@ -218,23 +305,32 @@ def finetune(
 ) -> dict[str, Any]:
     """Fine-tune with early stopping on the validation split; keep the best epoch's weights.
 
-    Regression labels are standardized for training and restored at prediction time.
+    Regression labels are standardized for training (per task) and restored at prediction time.
+    With several tasks the head has one output per task and the loss skips missing labels.
     """
     import torch
 
     seed_everything(seed)
     device = pick_device(device)
     report = progress or (lambda *a: None)
-    train = [i for i, s in enumerate(data.split) if s == "train"]
-    valid = [i for i, s in enumerate(data.split) if s == "valid"]
-    model, tokenizer = load_base(base, data.task, [data.smiles[i] for i in train],
-                                 max_length=max_length)
+    y, sides, kinds = data.matrix()
+    names = data.task_names or [data.task]
+    row_side = np.array(data.split, dtype=object)
+    train = np.flatnonzero(row_side == "train")
+    valid = np.flatnonzero((sides == "valid").any(axis=1))
+    # Labels the model learns from: on training rows, in their own endpoint's training split.
+    learn = (sides == "train") & (row_side == "train")[:, None] & ~np.isnan(y)
+    means = [float(np.nanmean(np.where(learn[:, t], y[:, t], np.nan))) if k == "regression" else 0.0
+             for t, k in enumerate(kinds)]
+    scales = [float(np.nanstd(np.where(learn[:, t], y[:, t], np.nan)) or 1.0) if k == "regression"
+              else 1.0 for t, k in enumerate(kinds)]
+    heads = head_spec(kinds, names, means, scales, single=not data.multitask)
+    outputs = 2 if heads[0]["activation"] == "softmax" else len(heads)
+    model, tokenizer = load_base(base, outputs, [data.smiles[i] for i in train], max_length=max_length)
     # RoBERTa reserves two positions after the padding index.
     max_length = min(max_length, model.config.max_position_embeddings - 2)
     model.to(device)
-    y = data.labels.astype(np.float64)
-    mean = float(y[train].mean()) if data.task == "regression" else 0.0
-    scale = float(y[train].std() or 1.0) if data.task == "regression" else 1.0
+    scaled = np.where(learn, (np.nan_to_num(y) - np.array(means)) / np.array(scales), 0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     steps = epochs * math.ceil(len(train) / batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -247,16 +343,15 @@ def finetune(
         model.train()
         losses = []
         for batch in _batches(len(train), batch_size, True, rng):
-            rows = [train[i] for i in batch]
+            rows = train[batch]
             encoded = tokenizer([data.smiles[i] for i in rows], padding=True, truncation=True,
                                 max_length=max_length, return_tensors="pt").to(device)
-            if data.task == "regression":
-                target = torch.tensor((y[rows] - mean) / scale, dtype=torch.float32, device=device)
-            else:
-                target = torch.tensor(y[rows], dtype=torch.long, device=device)
+            target = torch.tensor(scaled[rows], dtype=torch.float32, device=device)
+            mask = torch.tensor(learn[rows], dtype=torch.bool, device=device)
             with _autocast(device):
-                loss = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                             labels=target).loss
+                logits = model(input_ids=encoded["input_ids"],
+                               attention_mask=encoded["attention_mask"]).logits
+            loss = _masked_loss(logits.float(), target, mask, heads)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
@@ -271,14 +366,10 @@ def finetune(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(loss.item())
-        predicted = predict_raw(model, tokenizer, [data.smiles[i] for i in valid], device,
-                                max_length=max_length)
-        if data.task == "regression":
-            score = -float(np.sqrt(np.mean((predicted * scale + mean - y[valid]) ** 2)))
-        else:
-            from molserve.models.metrics import roc_auc
-
-            score = roc_auc(y[valid], predicted)
+        values = np.full(y.shape, np.nan)
+        values[valid] = decode_logits(predict_logits(model, tokenizer, [data.smiles[i] for i in valid],
+                                                     device, max_length=max_length), heads)
+        score = validation_score(y, sides, values, heads)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "valid_score": score})
         report("fine-tuning", (epoch + 1) / epochs, history[-1])
         if best is None or score > best[0]:
@@ -293,10 +384,14 @@ def finetune(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    return {"history": history, "best_valid_score": best[0], "label_mean": mean, "label_scale": scale,
-            "epochs_run": len(history), "seconds": round(time.perf_counter() - started, 1),
-            "device": device, "base": base, "max_length": max_length,
-            "parameters": sum(p.numel() for p in model.parameters())}
+    summary = {"history": history, "best_valid_score": best[0], "heads": heads,
+               "epochs_run": len(history), "seconds": round(time.perf_counter() - started, 1),
+               "device": device, "base": base, "max_length": max_length,
+               "training_labels": int(learn.sum()),
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if not data.multitask:
+        summary.update(label_mean=means[0], label_scale=scales[0])
+    return summary
 
 
 def export_onnx(model_dir: Path, output: Path, quantize: bool = False) -> Path:

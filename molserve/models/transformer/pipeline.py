@@ -1,5 +1,13 @@
-"""Fine-tune a transformer for an endpoint on the same curated data and split as its fast
-model, evaluate it, export ONNX, and register it as kind `transformer`."""
+"""Fine-tune a transformer on the same curated data and split as the fast models of one or
+several endpoints, evaluate it per endpoint, export ONNX, and register it as kind
+`transformer`.
+
+One endpoint: the artifact is stored under that endpoint. Several endpoints (multi-task): one
+RoBERTa with one head output per endpoint, trained on the union of their molecules with the
+loss masked where a molecule has no label, stored under a name of its own; its manifest lists
+the endpoints it serves in `tasks`, each with its own metrics, calibration and fast-tier
+comparison on that endpoint's test split.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +24,123 @@ from molserve.chem.features import FeatureSpec, featurize
 from molserve.chem.molecules import parse_smiles
 from molserve.chem.similarity import SimilarityIndex
 from molserve.models import metrics as M
-from molserve.models.transformer.modeling import FineTuneData, Progress, export_onnx, finetune, predict_raw
+from molserve.models.transformer.modeling import (
+    FineTuneData,
+    Progress,
+    decode_logits,
+    export_onnx,
+    finetune,
+    predict_logits,
+)
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 CONFIDENCE = 0.9
+SIDES = ("train", "valid", "test")
 
 
-def data_from_fast_model(registry: Registry, endpoint: str) -> tuple[FineTuneData, Artifact]:
-    """The curated rows and split recorded by the endpoint's newest fast model."""
+def _fast_model(registry: Registry, endpoint: str) -> Artifact:
     fast = registry.latest(endpoint, kind="gbm")
     if fast is None:
         raise ArtifactError(
             f"no fast model for {endpoint!r}: train one first (`molserve train` or `bootstrap`) "
             "so both tiers share one curated dataset and split")
     fast.verify()
+    return fast
+
+
+def _read_fast_rows(fast: Artifact) -> tuple[list[str], list[float], list[str]]:
     smiles, labels, split = [], [], []
     with open(fast.file("data.csv"), newline="") as handle:
         for row in csv.DictReader(handle):
             smiles.append(row["canonical_smiles"])
             labels.append(float(row["label"]))
             split.append(row["split"])
+    return smiles, labels, split
+
+
+def data_from_fast_model(registry: Registry, endpoint: str) -> tuple[FineTuneData, Artifact]:
+    """The curated rows and split recorded by the endpoint's newest fast model."""
+    fast = _fast_model(registry, endpoint)
+    smiles, labels, split = _read_fast_rows(fast)
     return FineTuneData(smiles, np.array(labels), split, fast.manifest["task"]), fast
+
+
+def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneData, dict[str, Artifact]]:
+    """Several endpoints' curated rows as one multi-task table keyed by canonical SMILES.
+
+    Each label keeps the side (train/valid/test) its own endpoint's split gave it, so every
+    endpoint is tested on exactly the molecules its fast model was tested on. A molecule that
+    is held out (valid or test) for any endpoint is not trained on for any endpoint: otherwise
+    the shared encoder would have seen a test molecule through another task's label.
+    """
+    if len(set(endpoints)) != len(endpoints) or len(endpoints) < 2:
+        raise ValueError("multi-task fine-tuning needs at least two different endpoints")
+    fasts = {e: _fast_model(registry, e) for e in endpoints}
+    row_of: dict[str, int] = {}
+    cells: list[tuple[int, int, float, str]] = []
+    for column, endpoint in enumerate(endpoints):
+        for smiles, label, side in zip(*_read_fast_rows(fasts[endpoint]), strict=True):
+            row = row_of.setdefault(smiles, len(row_of))
+            cells.append((row, column, label, side))
+    n, width = len(row_of), len(endpoints)
+    labels = np.full((n, width), np.nan)
+    sides = np.full((n, width), "", dtype=object)
+    for row, column, label, side in cells:
+        labels[row, column], sides[row, column] = label, side
+    held_out = ((sides == "valid") | (sides == "test")).any(axis=1)
+    split = ["test" if (sides[i] == "test").any() else "valid" if held_out[i] else "train"
+             for i in range(n)]
+    kinds = [fasts[e].manifest["task"] for e in endpoints]
+    data = FineTuneData(list(row_of), labels, split, "multitask", task_names=list(endpoints),
+                        task_kinds=kinds, label_split=sides)
+    return data, fasts
+
+
+def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -> dict[str, Any]:
+    """Metrics on the test side, calibration on the validation side, for one endpoint."""
+    va, te = np.flatnonzero(sides == "valid"), np.flatnonzero(sides == "test")
+    if kind == "regression":
+        residual = np.abs(y[va] - values[va])
+        level = min(1.0, math.ceil((len(va) + 1) * CONFIDENCE) / len(va))
+        q = float(np.quantile(residual, level))
+        test = M.regression_metrics(y[te], values[te])
+        test["interval_coverage"] = float(np.mean(np.abs(y[te] - values[te]) <= q))
+        test["interval_mean_width"] = 2 * q
+        return {
+            "uncertainty": {"method": "split conformal on the validation split (constant width)",
+                            "quantile": q, "confidence": CONFIDENCE},
+            "metrics": {"test": test, "valid": M.regression_metrics(y[va], values[va]),
+                        "primary": "rmse"},
+            "test_predictions": {"measured": y[te].round(4).tolist(),
+                                 "predicted": values[te].round(4).tolist()},
+        }
+    return {
+        "uncertainty": {"method": "softmax probability", "confidence": CONFIDENCE},
+        "metrics": {"test": M.classification_metrics(y[te], values[te]),
+                    "valid": M.classification_metrics(y[va], values[va]), "primary": "roc_auc"},
+        "test_predictions": {"roc": M.roc_curve(y[te], values[te])},
+    }
+
+
+def _domain_files(data: FineTuneData) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The similarity index over training molecules and its threshold from validation ones."""
+    from safetensors.numpy import save
+
+    spec = FeatureSpec()
+    side = np.array(data.split)
+    tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "valid")
+    bits = featurize([parse_smiles(data.smiles[i]).mol for i in tr], spec).on_bits
+    index = SimilarityIndex.build(bits, spec.n_bits)
+    all_sims, _ = index.nearest_many(featurize([parse_smiles(data.smiles[i]).mol for i in va],
+                                               spec).on_bits)
+    files = {"ad_index.safetensors": save(index.arrays(), metadata={"n_bits": str(spec.n_bits)}),
+             "train_smiles.txt": ("\n".join(data.smiles[i] for i in tr) + "\n").encode()}
+    domain = {
+        "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training split",
+        "threshold": float(np.quantile(all_sims, 0.05)) if len(all_sims) else 0.0,
+        "threshold_rule": "5th percentile of validation molecules' max similarity",
+    }
+    return files, domain
 
 
 def finetune_endpoint(
@@ -54,7 +158,39 @@ def finetune_endpoint(
     extra_manifest: dict | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
-    data, fast = data_from_fast_model(registry, endpoint)
+    """Fine-tune on one endpoint; a shorthand for `finetune_endpoints` with one endpoint."""
+    return finetune_endpoints(registry, [endpoint], base=base, epochs=epochs, batch_size=batch_size,
+                              learning_rate=learning_rate, patience=patience, export=export,
+                              device=device, seed=seed, extra_manifest=extra_manifest,
+                              progress=progress)
+
+
+def finetune_endpoints(
+    registry: Registry,
+    endpoints: list[str],
+    *,
+    base: str,
+    name: str | None = None,
+    epochs: int = 30,
+    batch_size: int = 32,
+    learning_rate: float = 5e-5,
+    patience: int = 5,
+    export: bool = True,
+    device: str | None = None,
+    seed: int = 0,
+    extra_manifest: dict | None = None,
+    progress: Progress | None = None,
+) -> Artifact:
+    """Fine-tune one model for `endpoints` (one: single-task under that endpoint; several:
+    multi-task under `name`), evaluate each endpoint on its fast model's test split, register."""
+    multitask = len(endpoints) > 1
+    if multitask:
+        if not name:
+            raise ValueError("a multi-task model needs a registry name (--name)")
+        data, fasts = merge_endpoints(registry, endpoints)
+    else:
+        single, fast = data_from_fast_model(registry, endpoints[0])
+        data, fasts, name = single, {endpoints[0]: fast}, endpoints[0]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -66,83 +202,73 @@ def finetune_endpoint(
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model.to(summary["device"])
-        raw = predict_raw(model, tokenizer, data.smiles, summary["device"],
-                          max_length=summary["max_length"])
-        y = data.labels
-        side = np.array(data.split)
-        va, te, tr = (np.flatnonzero(side == s) for s in ("valid", "test", "train"))
-        calibration: dict[str, Any]
-        if data.task == "regression":
-            values = raw * summary["label_scale"] + summary["label_mean"]
-            residual = np.abs(y[va] - values[va])
-            level = min(1.0, math.ceil((len(va) + 1) * CONFIDENCE) / len(va))
-            q = float(np.quantile(residual, level))
-            test = M.regression_metrics(y[te], values[te])
-            test["interval_coverage"] = float(np.mean(np.abs(y[te] - values[te]) <= q))
-            test["interval_mean_width"] = 2 * q
-            calibration = {"method": "split conformal on the validation split (constant width)",
-                           "quantile": q, "confidence": CONFIDENCE}
-            metrics = {"test": test, "valid": M.regression_metrics(y[va], values[va]), "primary": "rmse"}
-            parity = {"measured": y[te].round(4).tolist(), "predicted": values[te].round(4).tolist()}
-        else:
-            test = M.classification_metrics(y[te], raw[te])
-            calibration = {"method": "softmax probability", "confidence": CONFIDENCE}
-            metrics = {"test": test, "valid": M.classification_metrics(y[va], raw[va]), "primary": "roc_auc"}
-            parity = {"roc": M.roc_curve(y[te], raw[te])}
-        metrics["fast_model_test"] = fast.manifest["metrics"]["test"]
+        values = decode_logits(predict_logits(model, tokenizer, data.smiles, summary["device"],
+                                              max_length=summary["max_length"]), summary["heads"])
+        y, sides, kinds = data.matrix()
+        tasks: dict[str, dict[str, Any]] = {}
+        for column, endpoint in enumerate(endpoints):
+            fast = fasts[endpoint]
+            evaluation = _evaluate(kinds[column], y[:, column], sides[:, column], values[:, column])
+            evaluation["metrics"]["fast_model_test"] = fast.manifest["metrics"]["test"]
+            tasks[endpoint] = {
+                "task": kinds[column], "units": fast.manifest["units"],
+                "description": fast.manifest["description"],
+                "label_names": fast.manifest.get("label_names"), "dataset": fast.manifest["dataset"],
+                "split": {**fast.manifest["split"],
+                          "shared_with": f"{endpoint} v{fast.version} (gbm)"},
+                **evaluation,
+            }
         files: dict[str, Any] = {p.name: p for p in model_dir.iterdir() if p.is_file()}
         if export:
             files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
             files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx", quantize=True)
-        spec = FeatureSpec()
-        train_mols = [parse_smiles(data.smiles[i]).mol for i in tr]
-        bits = featurize(train_mols, spec).on_bits
-        index = SimilarityIndex.build(bits, spec.n_bits)
-        all_sims, _ = index.nearest_many(featurize([parse_smiles(data.smiles[i]).mol for i in va],
-                                                   spec).on_bits)
-        from safetensors.numpy import save
-
-        files["ad_index.safetensors"] = save(index.arrays(), metadata={"n_bits": str(spec.n_bits)})
-        files["train_smiles.txt"] = ("\n".join(data.smiles[i] for i in tr) + "\n").encode()
+        domain_files, domain = _domain_files(data)
+        files.update(domain_files)
         # save_pretrained writes only JSON and safetensors here; anything else is not stored.
         allowed = {".json", ".safetensors", ".onnx", ".txt"}
-        for name in [n for n in files if Path(n).suffix not in allowed]:
-            files.pop(name)
-        manifest = {
-            "kind": "transformer",
-            "tier": "transformer",
-            "model_id": f"{endpoint}/transformer",
-            "task": data.task,
-            "units": fast.manifest["units"],
-            "description": fast.manifest["description"],
-            "label_names": fast.manifest.get("label_names"),
-            "dataset": fast.manifest["dataset"],
-            "split": {**fast.manifest["split"], "shared_with": f"{endpoint} v{fast.version} (gbm)"},
-            "features": spec.to_dict(),
-            "model": {"architecture": "RoBERTa sequence regression/classification",
-                      "base": base, **{k: v for k, v in summary.items() if k != "history"},
-                      "history": summary["history"]},
-            "uncertainty": calibration,
-            "applicability_domain": {
-                "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training split",
-                "threshold": float(np.quantile(all_sims, 0.05)) if len(all_sims) else 0.0,
-                "threshold_rule": "5th percentile of validation molecules' max similarity",
-            },
-            "metrics": metrics,
-            "test_predictions": parity,
+        for filename in [n for n in files if Path(n).suffix not in allowed]:
+            files.pop(filename)
+        model_info = {"architecture": "RoBERTa sequence regression/classification"
+                      + (f", multi-task ({len(endpoints)} outputs)" if multitask else ""),
+                      "base": base, **summary}
+        manifest: dict[str, Any] = {
+            "kind": "transformer", "tier": "transformer", "model_id": f"{name}/transformer",
+            "features": FeatureSpec().to_dict(), "model": model_info,
+            "applicability_domain": domain,
             "training_seconds": round(time.perf_counter() - started, 1),
-            **(extra_manifest or {}),
         }
-        artifact = registry.write(endpoint, files, manifest)
+        if multitask:
+            manifest.update(task="multitask", units="", tasks=tasks,
+                            description="multi-task transformer for " + ", ".join(endpoints),
+                            rows={"molecules": len(data.smiles),
+                                  "training_molecules": int(sum(s == "train" for s in data.split)),
+                                  "training_labels": summary["training_labels"],
+                                  "labels": int(np.sum(~np.isnan(y)))})
+        else:
+            only = tasks[endpoints[0]]
+            manifest.update(task=only["task"], units=only["units"], description=only["description"],
+                            label_names=only["label_names"], dataset=only["dataset"],
+                            split=only["split"], uncertainty=only["uncertainty"],
+                            metrics=only["metrics"], test_predictions=only["test_predictions"])
+        manifest.update(extra_manifest or {})
+        artifact = registry.write(name, files, manifest)
     return artifact
 
 
 def describe(artifact: Artifact) -> str:
-    test = artifact.manifest["metrics"]["test"]
-    fast = artifact.manifest["metrics"]["fast_model_test"]
-    if artifact.manifest["task"] == "classification":
-        return (f"{artifact.endpoint} v{artifact.version} transformer: test ROC AUC {test['roc_auc']:.3f} "
-                f"(fast tier {fast['roc_auc']:.3f})")
-    return (f"{artifact.endpoint} v{artifact.version} transformer: test RMSE {test['rmse']:.3f}, "
-            f"R2 {test['r2']:.3f} (fast tier RMSE {fast['rmse']:.3f})")
+    """One line per endpoint the artifact serves: its test metric next to the fast tier's."""
+    from molserve.models.transformer.runtime import endpoint_manifest, served_endpoints
 
+    lines = []
+    for endpoint in served_endpoints(artifact):
+        manifest = endpoint_manifest(artifact, endpoint)
+        test, fast = manifest["metrics"]["test"], manifest["metrics"]["fast_model_test"]
+        where = f"{artifact.endpoint} v{artifact.version}"
+        label = where if endpoint == artifact.endpoint else f"{endpoint} ({where})"
+        if manifest["task"] == "classification":
+            lines.append(f"{label} transformer: test ROC AUC {test['roc_auc']:.3f} "
+                         f"(fast tier {fast['roc_auc']:.3f})")
+        else:
+            lines.append(f"{label} transformer: test RMSE {test['rmse']:.3f}, R2 {test['r2']:.3f} "
+                         f"(fast tier RMSE {fast['rmse']:.3f})")
+    return "\n".join(lines)

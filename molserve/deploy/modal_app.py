@@ -105,9 +105,10 @@ class BatchPredictor:
 
 @app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=6 * 3600)
 def finetune(endpoint: str, base: str = "seyonec/ChemBERTa-zinc-base-v1", epochs: int = 30,
-             learning_rate: float = 5e-5, batch_size: int = 32) -> dict:
-    """Fine-tune on the endpoint's curated data and split (from the registry volume)."""
-    from molserve.models.transformer.pipeline import finetune_endpoint
+             learning_rate: float = 5e-5, batch_size: int = 32, tasks: list[str] | None = None) -> dict:
+    """Fine-tune on the endpoint's curated data and split (from the registry volume); with
+    `tasks`, one multi-task model over those endpoints, registered as `endpoint`."""
+    from molserve.models.transformer.pipeline import finetune_endpoints, test_metrics
     from molserve.registry import Registry
 
     call_id = modal.current_function_call_id() if not modal.is_local() else "local"
@@ -118,12 +119,13 @@ def finetune(endpoint: str, base: str = "seyonec/ChemBERTa-zinc-base-v1", epochs
 
     if not modal.is_local():
         registry_volume.reload()
-    artifact = finetune_endpoint(Registry(REGISTRY_MOUNT), endpoint, base=base, epochs=epochs,
-                                 learning_rate=learning_rate, batch_size=batch_size, progress=report)
+    artifact = finetune_endpoints(Registry(REGISTRY_MOUNT), tasks or [endpoint],
+                                  name=endpoint if tasks else None, base=base, epochs=epochs,
+                                  learning_rate=learning_rate, batch_size=batch_size, progress=report)
     if not modal.is_local():
         registry_volume.commit()  # the new version becomes visible to Worker containers
     summary = {"endpoint": artifact.endpoint, "version": artifact.version,
-               "metrics": artifact.manifest["metrics"]["test"]}
+               "metrics": test_metrics(artifact)}
     progress_dict_put(call_id, {"step": "done", "progress": 1.0, **summary})
     return summary
 

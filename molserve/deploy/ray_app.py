@@ -73,14 +73,16 @@ class BatchPredictor:
 
 @ray.remote(max_retries=0)
 def finetune_task(registry: str, endpoint: str, base: str, epochs: int = 30,
-                  learning_rate: float = 5e-5) -> dict:
-    from molserve.models.transformer.pipeline import finetune_endpoint
+                  learning_rate: float = 5e-5, tasks: list[str] | None = None) -> dict:
+    """Fine-tune for `endpoint`, or with `tasks` one multi-task model registered as `endpoint`."""
+    from molserve.models.transformer.pipeline import finetune_endpoints, test_metrics
     from molserve.registry import Registry
 
-    artifact = finetune_endpoint(Registry(registry), endpoint, base=base, epochs=epochs,
-                                 learning_rate=learning_rate)
+    artifact = finetune_endpoints(Registry(registry), tasks or [endpoint],
+                                  name=endpoint if tasks else None, base=base, epochs=epochs,
+                                  learning_rate=learning_rate)
     return {"endpoint": artifact.endpoint, "version": artifact.version,
-            "metrics": artifact.manifest["metrics"]["test"]}
+            "metrics": test_metrics(artifact)}
 
 
 def submit_finetune(registry: str, endpoint: str, base: str, *, num_gpus: float = 0, **kwargs):

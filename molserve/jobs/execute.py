@@ -117,6 +117,7 @@ def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results:
 
 
 def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path) -> dict:
+    from molserve.models.transformer.pipeline import test_metrics
     from molserve.registry import Registry
 
     registry = Registry(registry_root)
@@ -127,15 +128,17 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
         if existing.manifest.get("job_id") == ctx.id:
             ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
             return {"endpoint": existing.endpoint, "version": existing.version,
-                    "kind": existing.kind, "metrics": existing.manifest["metrics"]["test"]}
+                    "kind": existing.kind, "metrics": test_metrics(existing)}
     backend = os.environ.get("MOLSERVE_TRAINING_BACKEND", "local")
     if params.get("model", "gbm") == "transformer" and backend in ("modal", "ray"):
         return run_remote_finetune(ctx, params, registry_root, backend)
     if params.get("model", "gbm") == "transformer":
-        from molserve.models.transformer.pipeline import finetune_endpoint
+        from molserve.models.transformer.pipeline import finetune_endpoints
 
-        artifact = finetune_endpoint(
-            registry, endpoint, base=params.get("base", "seyonec/ChemBERTa-zinc-base-v1"),
+        tasks = params.get("tasks")
+        artifact = finetune_endpoints(
+            registry, tasks or [endpoint], name=endpoint if tasks else None,
+            base=params.get("base", "seyonec/ChemBERTa-zinc-base-v1"),
             epochs=int(params.get("epochs", 30)), learning_rate=float(params.get("learning_rate", 5e-5)),
             export=bool(params.get("export_onnx", True)), extra_manifest={"job_id": ctx.id},
             progress=lambda step, fraction, info: ctx.progress(fraction * 0.95, step,
@@ -161,7 +164,8 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
             progress=lambda step, fraction: ctx.progress(fraction * 0.98, step))
     ctx.log(f"registered {artifact.endpoint} v{artifact.version} ({artifact.kind})")
     return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
-            "metrics": artifact.manifest["metrics"]["test"]}
+            "metrics": test_metrics(artifact)}
+
 
 
 def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: Path,
@@ -178,7 +182,8 @@ def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: 
 
         app_name = os.environ.get("MOLSERVE_MODAL_APP", "molserve-worker")
         call = modal.Function.from_name(app_name, "finetune").spawn(
-            endpoint, base=base, epochs=epochs, learning_rate=learning_rate)
+            endpoint, base=base, epochs=epochs, learning_rate=learning_rate,
+            tasks=params.get("tasks"))
         ctx.log(f"spawned Modal call {call.object_id}")
         progress = modal.Dict.from_name("molserve-progress")
         while True:
@@ -198,7 +203,8 @@ def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: 
              log_to_driver=False)
     reference = submit_finetune(str(Path(registry_root).resolve()), endpoint, base,
                                 num_gpus=float(os.environ.get("MOLSERVE_RAY_TRAIN_GPUS", "0")),
-                                epochs=epochs, learning_rate=learning_rate)
+                                epochs=epochs, learning_rate=learning_rate,
+                                tasks=params.get("tasks"))
     ctx.log("submitted a Ray fine-tuning task")
     started = time.time()
     while True:

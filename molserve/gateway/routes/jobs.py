@@ -29,7 +29,9 @@ class JobRequest(BaseModel):
     kind: Literal["train", "screen"]
     upload_id: str | None = Field(None, description="A file from POST /v1/uploads.")
     dataset: str | None = Field(None, description="A stored dataset (molserve data list).")
-    endpoints: list[str] | None = Field(None, description="screen: endpoints to predict.")
+    endpoints: list[str] | None = Field(
+        None, description="screen: endpoints to predict. train with model=transformer: two or more "
+        "endpoints make one multi-task model, registered under `endpoint`.")
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
     model: Literal["gbm", "transformer"] = "gbm"
@@ -114,7 +116,16 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             raise RequestError(422, "no_input", "a screen needs upload_id or dataset")
         predictor.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
     else:
-        if body.model == "transformer":
+        if body.model == "transformer" and body.endpoints:
+            tasks = list(dict.fromkeys(body.endpoints))
+            missing = [e for e in tasks if e not in predictor.fast.models]
+            if len(tasks) < 2 or missing or not body.endpoint:
+                raise RequestError(422, "invalid_multitask_job",
+                                   "multi-task training needs two or more `endpoints` that have fast "
+                                   "models (missing: " + (", ".join(missing) or "none") + ") and "
+                                   "`endpoint`, the name to register the model under")
+            params["tasks"] = tasks
+        elif body.model == "transformer":
             if not body.endpoint or body.endpoint not in predictor.fast.models:
                 raise RequestError(422, "no_fast_model", "transformer training needs `endpoint` with a "
                                    "fast model, whose curated data and split it reuses")

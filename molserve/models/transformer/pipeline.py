@@ -187,6 +187,9 @@ def finetune_endpoints(
     if multitask:
         if not name:
             raise ValueError("a multi-task model needs a registry name (--name)")
+        if registry.latest(name, kind="gbm") is not None:
+            raise ValueError(f"{name!r} is an endpoint with its own fast model; register the "
+                             "multi-task model under a name of its own")
         data, fasts = merge_endpoints(registry, endpoints)
     else:
         single, fast = data_from_fast_model(registry, endpoints[0])
@@ -253,6 +256,14 @@ def finetune_endpoints(
         manifest.update(extra_manifest or {})
         artifact = registry.write(name, files, manifest)
     return artifact
+
+
+def test_metrics(artifact: Artifact) -> dict[str, Any]:
+    """The test metrics a job reports: the model's, or per endpoint for a multi-task model."""
+    manifest = artifact.manifest
+    if manifest.get("task") == "multitask":
+        return {e: t["metrics"]["test"] for e, t in manifest["tasks"].items()}
+    return manifest["metrics"]["test"]
 
 
 def describe(artifact: Artifact) -> str:

@@ -149,6 +149,12 @@ def test_misbehaving_worker_is_labelled_and_the_breaker_opens_and_closes(trained
             assert time.monotonic() < deadline, "breaker never closed again"
             time.sleep(0.2)
         assert client.get(f"{base}/v1/status").json()["transformer"]["workers"][0]["breaker"] == "closed"
+        # Latency per endpoint and tier: the transformer's answers and the fast tier's hedges.
+        metrics = client.get(f"{base}/metrics").text
+        for tier in ("transformer", "fast"):
+            line = next(x for x in metrics.splitlines()
+                        if x.startswith(f'molserve_tier_seconds_count{{endpoint="logbb",tier="{tier}"}}'))
+            assert float(line.split()[-1]) >= 1
 
 
 def test_many_clients_against_a_slow_worker_stay_bounded(trained_registry, fake_worker):

@@ -135,8 +135,11 @@ def test_health_routes(app_client):
     legacy = app_client.get("/api/health").json()
     assert legacy["status"] == "healthy" and legacy["models_loaded"] == 5
     assert "solubility" in legacy["available_targets"]
+    app_client.post("/v1/predict", json={"molecules": ["CCO"], "endpoints": ["solubility", "tpsa"]})
     metrics = app_client.get("/metrics").text
     assert "molserve_requests_total" in metrics and "molserve_models_loaded 5.0" in metrics
+    assert 'molserve_tier_seconds_count{endpoint="solubility",tier="fast"}' in metrics
+    assert 'molserve_tier_seconds_count{endpoint="tpsa",tier="computed"}' in metrics
     assert 'molserve_jobs{state="queued"}' in metrics
 
 

@@ -150,6 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch,
                           compute_threads=settings.compute_threads)
     metrics = GatewayMetrics()
+    predictor.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
+        endpoint, tier).observe(seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

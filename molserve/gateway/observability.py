@@ -16,6 +16,11 @@ class GatewayMetrics:
         self.latency = Histogram(
             "molserve_request_seconds", "Request latency by route.", ["route"],
             buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.tier_latency = Histogram(
+            "molserve_tier_seconds",
+            "Time a tier took to answer one request's molecules for one endpoint (transformer: "
+            "successful answers only; failures are counted as degraded answers).",
+            ["endpoint", "tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.predictions = Counter(
             "molserve_predictions_total", "Per-molecule answers by endpoint and tier.",
             ["endpoint", "tier"], registry=self.registry)

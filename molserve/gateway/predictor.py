@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from molserve.chem.molecules import InvalidSmiles, try_parse
@@ -35,6 +36,9 @@ class Predictor:
         self.computed = ComputedBackend()
         self.remote: RemoteTier | None = None
         self.loaded_at: float | None = None
+        # (endpoint, tier, seconds) of each tier's answer to one request; the app points this
+        # at its latency histogram.
+        self.observe_tier: Callable[[str, str, float], None] = lambda *_: None
         # CPU work of large batches runs here: as many threads as cores, not one per request,
         # so concurrent batches queue instead of thrashing (and memory stays bounded).
         from concurrent.futures import ThreadPoolExecutor
@@ -139,10 +143,19 @@ class Predictor:
     def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[dict]]:
         answers: dict[str, list[dict]] = {}
         for name in names:
+            started = time.perf_counter()
             if name in self.fast.models:
                 answers[name] = self.fast.predict(batch, name)
+                self.observe_tier(name, "fast", time.perf_counter() - started)
             elif name in self.computed.endpoints():
                 answers[name] = self.computed.predict(batch, name)
+                self.observe_tier(name, "computed", time.perf_counter() - started)
+        return answers
+
+    async def _remote_timed(self, name: str, smiles: list[str], timeout_s: float) -> list[dict]:
+        started = time.perf_counter()
+        answers = await self.remote.predict(name, smiles, timeout_s)
+        self.observe_tier(name, "transformer", time.perf_counter() - started)
         return answers
 
     @staticmethod
@@ -209,7 +222,7 @@ class Predictor:
                 continue
             # Sent first, so the worker computes while the fast tier answers here (hedging).
             remote_tasks[name] = asyncio.create_task(
-                self.remote.predict(name, batch.canonical_smiles, timeout_s))
+                self._remote_timed(name, batch.canonical_smiles, timeout_s))
         if len(batch.canonical_smiles) <= inline_limit:
             answers = self._local_answers(batch, names)
         else:

@@ -272,3 +272,26 @@ def test_cancel_a_running_screen_and_a_queued_job(job_env, tmp_path):
             assert client.get(f"/v1/jobs/{running}/result").status_code == 409
     finally:
         gateway.stop()
+
+
+def test_storage_faults_fail_a_job_with_where_and_what_to_do(tmp_path):
+    import errno
+
+    from molserve.jobs.execute import failure_reason
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    reason = failure_reason(full, tmp_path / "results")
+    assert reason.startswith("disk full while writing to") and str(tmp_path / "results") in reason
+    read_only = OSError(errno.EROFS, "Read-only file system", str(tmp_path / "registry" / ".staging"))
+    assert "cannot write to" in failure_reason(read_only, tmp_path) and "Make it writable" in \
+        failure_reason(read_only, tmp_path)
+    assert failure_reason(ValueError("bad column"), tmp_path) == "ValueError: bad column"
+
+
+def test_the_registry_write_check_leaves_nothing_behind(tmp_path):
+    from molserve.registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    registry.check_writable()
+    assert list((tmp_path / "registry" / ".staging").iterdir()) == []
+    assert registry.endpoints() == []

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import os
+import shutil
 import signal
 import sys
 import time
@@ -132,6 +134,7 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     backend = os.environ.get("MOLSERVE_TRAINING_BACKEND", "local")
     if params.get("model", "gbm") == "transformer" and backend in ("modal", "ray"):
         return run_remote_finetune(ctx, params, registry_root, backend)
+    registry.check_writable()  # fail now, not after the training compute is spent
     if params.get("model", "gbm") == "transformer":
         from molserve.models.transformer.pipeline import finetune_endpoints
 
@@ -216,6 +219,19 @@ def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: 
     return {**result, "kind": "transformer", "engine": "ray"}
 
 
+def failure_reason(error: BaseException, writing_to: Path) -> str:
+    """The reason a failed job shows: what went wrong and, for storage faults, where and what
+    to do."""
+    reason = f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"disk full while writing to {error.filename or writing_to}: {reason}. Free space "
+                "there and submit the job again")
+    if isinstance(error, OSError) and error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write to {error.filename or writing_to}: {reason}. Make it writable and "
+                "submit the job again")
+    return reason
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--job", required=True)
@@ -248,9 +264,14 @@ def main(argv: list[str] | None = None) -> int:
         ctx.log("cancelled")
         return 0
     except Exception as error:  # the job fails with a reason; the traceback goes to its log
-        store.update(job["id"], state="failed", finished=time.time(),
-                     error=f"{type(error).__name__}: {error}")
         ctx.log(traceback.format_exc()[-1500:])
+        if job["kind"] == "screen":
+            # A failed screen is not resumed: its partial output only takes space (which may be
+            # what ran out).
+            shutil.rmtree(jobs_dir / "results" / job["id"], ignore_errors=True)
+        writing_to = jobs_dir / "results" if job["kind"] == "screen" else Path(args.registry)
+        store.update(job["id"], state="failed", finished=time.time(),
+                     error=failure_reason(error, writing_to))
         return 1
     store.update(job["id"], state="succeeded", finished=time.time(), progress=1.0, step="done",
                  eta_s=0, result=result)

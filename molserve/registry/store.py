@@ -115,6 +115,20 @@ class Registry:
                 return artifact
         raise ArtifactError(f"no version {version} of endpoint {endpoint!r}")
 
+    def check_writable(self) -> None:
+        """Raise OSError now if a new version could not be written (read-only or full disk),
+        so a training job fails before its compute is spent, not after."""
+        staging_root = self.root / ".staging"
+        staging_root.mkdir(parents=True, exist_ok=True)
+        probe = staging_root / f"probe-{uuid.uuid4().hex}"
+        try:
+            with open(probe, "wb") as handle:
+                handle.write(b"\0" * 4096)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+
     def write(self, endpoint: str, files: dict[str, bytes | Path], manifest: dict) -> Artifact:
         """Store a new version atomically and return it."""
         validate_endpoint_name(endpoint)

@@ -83,10 +83,16 @@ async def upload(file: UploadFile, request: Request) -> JSONResponse:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{upload_id}{suffix}"
     size = 0
-    with open(target, "wb") as handle:
-        while block := await file.read(1 << 20):
-            size += len(block)
-            handle.write(block)
+    try:
+        with open(target, "wb") as handle:
+            while block := await file.read(1 << 20):
+                size += len(block)
+                handle.write(block)
+    except OSError as error:  # disk full or read-only: keep nothing, say what happened
+        target.unlink(missing_ok=True)
+        raise RequestError(507, "insufficient_storage",
+                           f"the upload could not be stored after {size} bytes: {error.strerror}; "
+                           "free space in the jobs directory and upload again") from None
     return JSONResponse({"upload_id": upload_id, "filename": name, "bytes": size}, status_code=201)
 
 

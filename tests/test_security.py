@@ -165,3 +165,25 @@ def test_schemathesis_finds_no_server_error_in_the_openapi_document(trained_regi
         assert "passed" in run.stdout
     finally:
         stop(server)
+
+
+def test_the_offline_audit_flags_a_pin_with_a_known_advisory(tmp_path):
+    """scripts/audit.py's offline source (safety-db) on a lock with an old, vulnerable pin and
+    on the project's own lock file."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("audit", root / "scripts" / "audit.py")
+    audit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(audit)
+    lock = tmp_path / "old.lock"
+    lock.write_text("# a comment\nrequests==2.2.0\nnumpy==2.1.0  # trailing comment\n")
+    pins = audit.read_lock(lock)
+    assert pins == {"requests": "2.2.0", "numpy": "2.1.0"}
+    report = audit.offline_check(pins)
+    assert report["available"] and report["data_date"] == "2021-07-01"
+    assert any(f["package"] == "requests" and f["cve"] == "CVE-2014-1830" for f in report["findings"])
+    assert not any(f["package"] == "numpy" for f in report["findings"])
+    own = audit.offline_check(audit.read_lock(root / "requirements.lock"))
+    assert own["pins_checked"] > 100 and own["findings"] == []

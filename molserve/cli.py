@@ -433,7 +433,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                        max_steps=args.max_steps, batch_size=args.batch_size,
                        learning_rate=args.learning_rate, device=args.device, seed=args.seed,
                        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
-                       progress=report)
+                       base=args.base, progress=report)
     bar.close()
     print(json.dumps(summary, indent=2))
     print(f"pretrained model written to {args.output}; fine-tune with --base {args.output}")
@@ -515,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="SMILES file (.smi/.txt/.csv[.gz]) or 'moses'")
     p.add_argument("--output", required=True)
     p.add_argument("--size", default="small", choices=["tiny", "small", "chemberta-zinc-base"])
+    p.add_argument("--base", help="continue from this model (an earlier --output, or a hub id) "
+                                  "with its tokenizer, instead of starting from scratch")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit", type=int, help="use at most this many molecules (random sample)")

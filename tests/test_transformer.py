@@ -231,3 +231,27 @@ def test_a_multitask_model_cannot_take_an_endpoints_name(multitask_registry):
                            base="random:tiny", epochs=1)
     with pytest.raises(ValueError, match="at least two"):
         finetune_endpoints(multitask_registry, ["logbb", "logbb"], name="twice", base="random:tiny")
+
+
+def test_pretraining_continues_from_an_earlier_model(tmp_path):
+    """`pretrain --base` keeps the base's tokenizer, changes its weights, and counts the whole
+    lineage's budget."""
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from molserve.models.transformer.corpus import read_corpus
+    from molserve.models.transformer.modeling import pretrain
+
+    first = read_corpus("moses", limit=256, seed=0)
+    pretrain(first, tmp_path / "a", size="tiny", max_steps=6, batch_size=32, learning_rate=2e-3)
+    second = read_corpus("moses", limit=256, seed=1)  # another sample: the team's own library
+    summary = pretrain(second, tmp_path / "b", max_steps=4, batch_size=32, learning_rate=2e-3,
+                       base=str(tmp_path / "a"))
+    assert summary["steps"] == 4 and summary["total_steps"] == 10
+    assert summary["size"] == "tiny" and len(summary["earlier_runs"]) == 1
+    assert AutoTokenizer.from_pretrained(tmp_path / "b").get_vocab() == \
+        AutoTokenizer.from_pretrained(tmp_path / "a").get_vocab()
+    before = load_file(str(tmp_path / "a" / "model.safetensors"))
+    after = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not np.allclose(before[k], after[k]) for k in before)

@@ -89,20 +89,40 @@ def pretrain(
     max_seconds: float | None = None,
     seed: int = 0,
     device: str | None = None,
+    base: str | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Masked-language pretraining of a fresh RoBERTa on SMILES (ChemBERTa's recipe with an
-    atom-level tokenizer). Writes model.safetensors, config.json and the tokenizer."""
+    """Masked-language pretraining of a RoBERTa on SMILES (ChemBERTa's recipe with an
+    atom-level tokenizer). Writes model.safetensors, config.json and the tokenizer.
+
+    From scratch by default; with `base` (a directory from an earlier run, or a hub id), MLM
+    training continues from that model with its tokenizer, e.g. to adapt a public model to a
+    team's own compound library, or to extend an earlier run's budget."""
     import torch
-    from transformers import DataCollatorForLanguageModeling, RobertaForMaskedLM
+    from transformers import (
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        RobertaForMaskedLM,
+    )
 
     from molserve.models.transformer.tokenizer import train_tokenizer
 
     seed_everything(seed)
     device = pick_device(device)
     report = progress or (lambda *a: None)
-    tokenizer = train_tokenizer(corpus, model_max_length=max_length)
-    model = RobertaForMaskedLM(roberta_config(len(tokenizer), size, max_length)).to(device)
+    earlier: dict[str, Any] = {}
+    if base:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForMaskedLM.from_pretrained(base, use_safetensors=True).to(device)
+        max_length = min(max_length, model.config.max_position_embeddings - 2)
+        size = "base"
+        summary_file = Path(base) / "pretraining.json"
+        if summary_file.is_file():
+            earlier = json.loads(summary_file.read_text())
+    else:
+        tokenizer = train_tokenizer(corpus, model_max_length=max_length)
+        model = RobertaForMaskedLM(roberta_config(len(tokenizer), size, max_length)).to(device)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=mask_probability)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     rng = random.Random(seed)
@@ -134,9 +154,20 @@ def pretrain(
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
-    summary = {"steps": step, "final_loss": float(np.mean(losses[-50:])), "size": size,
-               "corpus_molecules": len(corpus), "seconds": round(time.perf_counter() - started, 1),
-               "device": device, "parameters": sum(p.numel() for p in model.parameters())}
+    summary = {"steps": step, "final_loss": float(np.mean(losses[-50:])),
+               "size": earlier.get("size", size), "corpus_molecules": len(corpus),
+               "seconds": round(time.perf_counter() - started, 1), "device": device,
+               "parameters": sum(p.numel() for p in model.parameters())}
+    if base:
+        # Every earlier run of the lineage, so a model's full pretraining budget stays visible.
+        lineage = [*earlier.pop("earlier_runs", []), earlier] if earlier else []
+        for run in lineage:
+            for key in ("total_steps", "total_seconds"):
+                run.pop(key, None)
+        summary.update(continued_from=base, earlier_runs=lineage,
+                       total_steps=step + sum(int(r.get("steps", 0)) for r in lineage),
+                       total_seconds=round(summary["seconds"]
+                                           + sum(float(r.get("seconds", 0)) for r in lineage), 1))
     (output_dir / "pretraining.json").write_text(json.dumps(summary, indent=2))
     return summary
 

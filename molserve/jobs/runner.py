@@ -41,7 +41,7 @@ def pid_alive(pid: int | None) -> bool:
 
 class JobRunner:
     def __init__(self, jobs_dir: Path, registry: Path, datasets: Path, *, max_concurrent: int = 1,
-                 max_attempts: int = 3, poll_s: float = 0.3,
+                 max_attempts: int = 3, poll_s: float = 0.3, idle_poll_s: float = 2.0,
                  on_model_registered: Callable[[], None] | None = None) -> None:
         self.jobs_dir = jobs_dir
         self.store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
@@ -50,6 +50,11 @@ class JobRunner:
         self.max_concurrent = max_concurrent
         self.max_attempts = max_attempts
         self.poll_s = poll_s
+        # With no job running, the store is read every idle_poll_s (jobs another gateway queued,
+        # crashed jobs to recover); a submission here wakes the loop at once.
+        self.idle_poll_s = idle_poll_s
+        self._wake: asyncio.Event | None = None
+        self.busy = False
         self.on_model_registered = on_model_registered
         self.children: dict[str, subprocess.Popen] = {}
         self._task: asyncio.Task | None = None
@@ -57,7 +62,13 @@ class JobRunner:
 
     def start(self) -> None:
         self.recover()
+        self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop())
+
+    def wake(self) -> None:
+        """Look at the store now (a job was submitted or cancelled)."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -104,6 +115,7 @@ class JobRunner:
                 break
             self._spawn(job)
             live += 1
+        self.busy = live > 0
         if self.on_model_registered:
             fresh = [j for j in self.store.list(50) if j["kind"] == "train"
                      and j["state"] == "succeeded" and j["id"] not in self._seen_success]
@@ -129,9 +141,16 @@ class JobRunner:
     async def _loop(self) -> None:
         # Successes that happened before this start do not trigger a reload.
         self._seen_success = {j["id"] for j in self.store.list(1000) if j["state"] == "succeeded"}
+        assert self._wake is not None
         while True:
+            self._wake.clear()
             try:
                 await asyncio.to_thread(self.tick)
             except Exception:  # never let a bad row stop the runner
                 log.exception("job runner tick failed")
-            await asyncio.sleep(self.poll_s)
+            # Running jobs are watched closely (progress, exits); an idle runner sleeps longer.
+            wait_s = self.poll_s if self.busy else self.idle_poll_s
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            except TimeoutError:
+                pass

@@ -155,6 +155,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         except ValueError as error:
             raise RequestError(422, "invalid_endpoint_name", str(error)) from None
     job = runner.store.create(body.kind, params)
+    runner.wake()
     request.app.state.metrics.jobs_submitted.labels(body.kind).inc()
     return JSONResponse({**_public(job), "url": f"/v1/jobs/{job['id']}"}, status_code=202)
 
@@ -182,7 +183,9 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
         raise RequestError(404, "job_not_found", f"no job {job_id}")
     if job["kind"] == "train":
         require_train(request)
-    return JSONResponse(_public(runner.cancel(job_id) or job))
+    cancelled = runner.cancel(job_id)
+    runner.wake()
+    return JSONResponse(_public(cancelled or job))
 
 
 @router.get("/v1/jobs/{job_id}/result", dependencies=[Depends(require_read)],

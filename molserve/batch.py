@@ -100,10 +100,10 @@ _worker_predictor = None
 
 def _worker_init(registry: str, chunk_size: int, only: list[str] | None) -> None:
     global _worker_predictor
-    from molserve.gateway.predictor import Predictor
     from molserve.registry.store import Registry
+    from molserve.tiers.predictor import LocalPredictor
 
-    _worker_predictor = Predictor(Registry(registry), max_batch=chunk_size)
+    _worker_predictor = LocalPredictor(Registry(registry), max_batch=chunk_size)
     _worker_predictor.load(only=only)
 
 
@@ -153,10 +153,10 @@ def predict_file(
     models once); at most 2 x jobs chunks are in flight, so memory does not grow with the file,
     and rows are written in input order.
     """
-    from molserve.gateway.predictor import Predictor
     from molserve.registry.store import Registry
+    from molserve.tiers.predictor import LocalPredictor
 
-    predictor = Predictor(Registry(settings.registry), max_batch=chunk_size)
+    predictor = LocalPredictor(Registry(settings.registry), max_batch=chunk_size)
     predictor.load(only=endpoints)
     if not predictor.predicted_endpoints and endpoints is None:
         raise ValueError(f"no models in {settings.registry}; run `molserve bootstrap` first")

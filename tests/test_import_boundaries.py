@@ -36,3 +36,28 @@ def test_no_pickle_on_any_load_path():
         for line in text.splitlines():
             if "np.load(" in line:
                 assert "allow_pickle=False" in line, (path, line)
+
+
+def test_imports_go_one_way():
+    """`chem` imports nothing of ours but itself; the worker, jobs and the batch command do not
+    reach into the gateway (they share `tiers`, `models`, `registry`, `responses`)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "molserve"
+
+    def imported(path: pathlib.Path) -> set[str]:
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        return {n for n in names if n.startswith("molserve")}
+
+    for path in (root / "chem").rglob("*.py"):
+        assert all(n.startswith("molserve.chem") for n in imported(path)), path
+    for folder in ("worker", "jobs", "tiers", "models", "registry", "data"):
+        for path in (root / folder).rglob("*.py"):
+            assert not any(n.startswith("molserve.gateway") for n in imported(path)), path
+    assert not any(n.startswith("molserve.gateway") for n in imported(root / "batch.py"))

@@ -14,9 +14,9 @@ from molserve import __version__, logs
 from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.routes import endpoints, health, jobs, models, predict, status, web
 from molserve.registry.store import Registry
+from molserve.responses import JSONResponse
 
 log = logging.getLogger("molserve.gateway")
 access = logging.getLogger("molserve.access")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.schemas import EndpointInfo
 from molserve.gateway.security import require_read
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["endpoints"])
 

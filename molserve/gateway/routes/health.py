@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from molserve.gateway.responses import JSONResponse
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 

@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.gateway.predictor import RequestError
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.security import require_predict, require_read, require_train
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")

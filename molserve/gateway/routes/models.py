@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from molserve.gateway.predictor import RequestError
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.security import require_key, require_read
 from molserve.registry.store import ArtifactError
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["models"])
 

@@ -7,9 +7,9 @@ import asyncio
 from fastapi import APIRouter, Depends, Request
 
 from molserve.gateway.predictor import RequestError
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
 from molserve.gateway.security import require_predict
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["predict"])
 

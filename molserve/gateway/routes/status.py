@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from molserve.gateway.responses import JSONResponse
 from molserve.gateway.security import require_read
+from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 

@@ -255,3 +255,20 @@ def test_pretraining_continues_from_an_earlier_model(tmp_path):
     after = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert before.keys() == after.keys()
     assert any(not np.allclose(before[k], after[k]) for k in before)
+
+
+def test_the_worker_serves_a_multitask_model_over_http(multitask_registry):
+    from fastapi.testclient import TestClient
+
+    from molserve.worker.app import WorkerSettings, create_worker_app
+
+    settings = WorkerSettings(registry=multitask_registry.root, backend="onnx-int8", max_wait_ms=1)
+    with TestClient(create_worker_app(settings)) as client:
+        listed = {m["endpoint"]: m for m in client.get("/v1/models").json()}
+        assert listed["bbb_penetration"]["model_id"] == "b3db/transformer"
+        assert listed["bbb_penetration"]["task"] == "classification"
+        assert "roc_auc" in listed["bbb_penetration"]["metrics"]
+        body = {"molecules": ["CCO", "CN1CCC[C@H]1c1cccnc1"], "endpoints": ["bbb_penetration", "logbb"]}
+        results = client.post("/v1/predict", json=body).json()["results"]
+        assert [0.0 <= a["value"] <= 1.0 for a in results["bbb_penetration"]] == [True, True]
+        assert all(isinstance(a["value"], float) and a["units"] for a in results["logbb"])

@@ -409,9 +409,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     registry = Registry(_settings(args).registry)
     endpoints = list(dict.fromkeys(e.strip() for item in args.dataset for e in item.split(",")
                                    if e.strip()))
-    if len(endpoints) > 1 and not args.name:
-        raise ValueError("several endpoints make one multi-task model: give it a registry name "
-                         "with --name (e.g. --name adme)")
     bar, report = _transformer_progress(args.name or endpoints[0])
     artifact = finetune_endpoints(
         registry, endpoints, name=args.name, base=args.base, epochs=args.epochs,

@@ -160,10 +160,9 @@ def pretrain(
                "parameters": sum(p.numel() for p in model.parameters())}
     if base:
         # Every earlier run of the lineage, so a model's full pretraining budget stays visible.
-        lineage = [*earlier.pop("earlier_runs", []), earlier] if earlier else []
-        for run in lineage:
-            for key in ("total_steps", "total_seconds"):
-                run.pop(key, None)
+        own = {k: v for k, v in earlier.items()
+               if k not in ("earlier_runs", "total_steps", "total_seconds")}
+        lineage = [*earlier.get("earlier_runs", []), own] if earlier else []
         summary.update(continued_from=base, earlier_runs=lineage,
                        total_steps=step + sum(int(r.get("steps", 0)) for r in lineage),
                        total_seconds=round(summary["seconds"]

@@ -143,26 +143,9 @@ def _domain_files(data: FineTuneData) -> tuple[dict[str, Any], dict[str, Any]]:
     return files, domain
 
 
-def finetune_endpoint(
-    registry: Registry,
-    endpoint: str,
-    *,
-    base: str,
-    epochs: int = 30,
-    batch_size: int = 32,
-    learning_rate: float = 5e-5,
-    patience: int = 5,
-    export: bool = True,
-    device: str | None = None,
-    seed: int = 0,
-    extra_manifest: dict | None = None,
-    progress: Progress | None = None,
-) -> Artifact:
-    """Fine-tune on one endpoint; a shorthand for `finetune_endpoints` with one endpoint."""
-    return finetune_endpoints(registry, [endpoint], base=base, epochs=epochs, batch_size=batch_size,
-                              learning_rate=learning_rate, patience=patience, export=export,
-                              device=device, seed=seed, extra_manifest=extra_manifest,
-                              progress=progress)
+def finetune_endpoint(registry: Registry, endpoint: str, **options: Any) -> Artifact:
+    """Fine-tune on one endpoint: `finetune_endpoints` with one endpoint (same options)."""
+    return finetune_endpoints(registry, [endpoint], **options)
 
 
 def finetune_endpoints(
@@ -186,7 +169,8 @@ def finetune_endpoints(
     multitask = len(endpoints) > 1
     if multitask:
         if not name:
-            raise ValueError("a multi-task model needs a registry name (--name)")
+            raise ValueError("several endpoints make one multi-task model: give it a registry name "
+                             "(--name, e.g. --name adme)")
         if registry.latest(name, kind="gbm") is not None:
             raise ValueError(f"{name!r} is an endpoint with its own fast model; register the "
                              "multi-task model under a name of its own")

@@ -39,24 +39,37 @@ def _progress_bar(total: float = 1.0, desc: str = ""):
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    """Train the bundled endpoints that the registry does not have yet."""
-    from molserve.data.bundled import BUNDLED
-    from molserve.models.gbm_train import summarize, train_endpoint
+    """Train the bundled endpoints that the registry does not have yet (all with --force)."""
+    from molserve.operations.bootstrap import bootstrap, bundled_endpoints, missing
     from molserve.registry import Registry
 
     registry = Registry(_settings(args).registry)
-    todo = [n for n in BUNDLED if args.force or registry.latest(n, kind="gbm") is None]
-    if not todo:
+    only = [n for item in (args.only or []) for n in item.split(",") if n] or None
+    names = ([n for n in bundled_endpoints() if only is None or n in only] if args.force
+             else missing(registry, only))
+    if only:
+        unknown = sorted(set(only) - set(bundled_endpoints()))
+        if unknown:
+            raise ValueError(f"not bundled endpoints: {', '.join(unknown)}")
+    if not names:
         print(f"registry {registry.root} already has every bundled endpoint", file=sys.stderr)
         return 0
-    print(f"training {len(todo)} bundled endpoint(s) into {registry.root}", file=sys.stderr)
-    for name in todo:
-        bar, update = _progress_bar(desc=name)
-        artifact = train_endpoint(BUNDLED[name](), registry, name, profile=args.profile,
-                                  progress=update)
+    print(f"training {len(names)} bundled endpoint(s) into {registry.root}, smallest first",
+          file=sys.stderr)
+    bar = None
+    if not args.quiet:
+        bar, update = _progress_bar(desc="bootstrap")
+        position = {name: i for i, name in enumerate(names)}
+
+        def report(name: str, step: str, fraction: float) -> None:
+            update(f"{name}: {step}", (position[name] + fraction) / len(names))
+    outcome = bootstrap(registry, names, profile=args.profile, tdc_source=args.tdc_source,
+                        report=None if bar is None else report)
+    if bar is not None:
         bar.close()
-        print(summarize(artifact), file=sys.stderr)
-    return 0
+    for name, result in outcome.items():
+        print(result.get("summary") or f"{name}: failed: {result['error']}", file=sys.stderr)
+    return 1 if any("error" in r for r in outcome.values()) else 0
 
 
 def _endpoint_from_column(column: str) -> str:
@@ -161,6 +174,21 @@ def cmd_data(args: argparse.Namespace) -> int:
                               source=raw.source, licence=args.licence,
                               curation={**curated.report, "source_sha256": raw.checksum,
                                         "converted_from_ic50_nm": bool(args.ic50_nm)})
+    elif args.data_command == "tdc":
+        from molserve.data import tdc
+
+        if args.tdc_command == "list":
+            for entry in tdc.CATALOG.values():
+                where = f"benchmark, {entry.metric}" if entry.benchmark else "single"
+                print(f"{entry.endpoint:<28} {entry.tdc_name:<32} {entry.task:<15} {entry.rows:>6}"
+                      f"  {entry.units:<22} {where}")
+            return 0
+        cache = Path(args.cache) if args.cache else None
+        files = [tdc.ADMET_GROUP, *tdc.SINGLE_FILES.values()]
+        for source in files:
+            path = tdc.fetch(source, cache)
+            print(f"{source.name:<28} verified  {path}")
+        return 0
     elif args.data_command == "list":
         artifacts = store.list()
         if not artifacts:
@@ -346,7 +374,10 @@ def cmd_models(args: argparse.Namespace) -> int:
                            "test": a.manifest.get("metrics", {}).get("test")} for a in artifacts],
                          indent=2))
         return 0
-    if not artifacts:
+    from molserve.operations.bootstrap import pending_endpoints
+
+    pending = pending_endpoints(registry)
+    if not artifacts and not pending:
         print(f"no models in {registry.root}; run `molserve bootstrap`")
         return 0
     print(f"{'endpoint':<24} {'ver':>4} {'kind':<12} {'task':<15} {'n_test':>6}  held-out (test) metrics")
@@ -363,6 +394,10 @@ def cmd_models(args: argparse.Namespace) -> int:
                 shown = f"RMSE {test.get('rmse', nan):.3f}  R2 {test.get('r2', nan):.3f}"
             print(f"{label:<24} {a.version:>4} {a.kind:<12} {manifest.get('task', ''):<15} "
                   f"{test.get('n', 0):>6}  {shown}")
+    for name, entry in pending.items():
+        state = (f"training {entry.get('progress', 0) * 100:.0f}% ({entry.get('step', '')})"
+                 if entry["state"] == "training" else "queued")
+        print(f"{name:<24} {'-':>4} {'gbm':<12} {'':<15} {'':>6}  bootstrap: {state}")
     return 0
 
 
@@ -372,6 +407,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from molserve.gateway.app import create_app
 
     settings = _settings(args)
+    if args.bootstrap:
+        settings.bootstrap = True
     app = create_app(settings)
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port,
                 log_level=args.log_level, access_log=False, loop="auto", http="auto")
@@ -446,12 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the HTTP gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--bootstrap", action="store_true",
+                   help="train the bundled endpoints the registry lacks in the background; each "
+                        "is served as soon as it is trained")
     p.add_argument("--log-level", default="info")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("bootstrap", help="train the bundled endpoints missing from the registry")
     p.add_argument("--force", action="store_true", help="train a new version even if one exists")
+    p.add_argument("--only", action="append", help="these endpoints only (comma-separated)")
     p.add_argument("--profile", default="standard", choices=["standard", "quick"])
+    p.add_argument("--tdc-source", default="bundled", choices=["bundled", "dataverse"],
+                   help="TDC data: the copies inside molserve, or TDC's files from Harvard "
+                        "Dataverse (downloaded, checksum verified, cached)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_bootstrap)
 
     p = sub.add_parser("train", help="train a fast model on a CSV/TSV/SDF file or a stored dataset")
@@ -545,6 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--ic50-nm", action="store_true", help="labels are IC50 in nM: store pIC50")
     q.add_argument("--tautomer", action="store_true")
     q.set_defaults(fn=cmd_data)
+    q = dsub.add_parser("tdc", help="the bundled TDC ADMET datasets; fetch TDC's own files")
+    tsub = q.add_subparsers(dest="tdc_command", required=True)
+    t = tsub.add_parser("list", help="the 40 TDC datasets molserve serves as endpoints")
+    t.set_defaults(fn=cmd_data)
+    t = tsub.add_parser("fetch", help="download TDC's files from Harvard Dataverse, verify and cache them")
+    t.add_argument("--cache", help="cache directory (default ~/.cache/molserve/tdc)")
+    t.set_defaults(fn=cmd_data)
     q = dsub.add_parser("list", help="stored datasets")
     q.set_defaults(fn=cmd_data)
     q = dsub.add_parser("show", help="one dataset's manifest")

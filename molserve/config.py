@@ -15,6 +15,8 @@ class Settings(BaseSettings):
     datasets: Path = Field(Path("datasets"), description="Curated dataset store directory.")
     jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
                                   "empty disables jobs.")
+    bootstrap: bool = Field(False, description="At start-up, train the bundled endpoints the "
+                            "registry lacks, in a background process (`molserve serve --bootstrap`).")
     max_concurrent_jobs: int = Field(1, ge=1)
     job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")

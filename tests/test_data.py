@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from rdkit import Chem
 
 from molserve.data.bundled import BUNDLED, load_bundled
@@ -101,4 +102,23 @@ def test_parse_label_handles_classification_words():
     assert parse_label("BBB+", "classification", positive="BBB+") == 1.0
     assert parse_label("active", "classification") == 1.0
     assert parse_label("nan", "regression") is None
-    assert parse_label("x", "classification") is None
+    assert parse_label("", "classification") is None
+
+
+def test_numeric_binary_labels_in_any_spelling_are_classes():
+    for one in ("1", "1.0", "1.00", "1e0", " 1 "):
+        assert parse_label(one, "classification") == 1.0
+        assert parse_label(one, "classification", positive="1") == 1.0
+    for zero in ("0", "0.0", "-0", "0e0"):
+        assert parse_label(zero, "classification") == 0.0
+        assert parse_label(zero, "classification", positive="1") == 0.0
+    assert parse_label("1", "classification", positive="1.0") == 1.0
+
+
+def test_an_ambiguous_classification_label_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="'2'.*ambiguous.*--positive-label"):
+        parse_label("2", "classification")
+    with pytest.raises(ValueError, match="'x'"):
+        parse_label("x", "classification")
+    # With the positive class named, every other value is negative.
+    assert parse_label("2", "classification", positive="1") == 0.0

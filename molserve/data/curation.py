@@ -20,6 +20,7 @@ class CuratedData:
     mols: list[Chem.Mol]
     labels: np.ndarray
     report: dict = field(default_factory=dict)
+    rows: list[list[int]] = field(default_factory=list)  # input rows merged into each molecule
 
 
 def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: bool = False,
@@ -31,8 +32,9 @@ def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: 
     """
     reasons: Counter[str] = Counter()
     grouped: dict[str, list[float]] = defaultdict(list)
+    rows_of: dict[str, list[int]] = defaultdict(list)
     mol_of: dict[str, Chem.Mol] = {}
-    for smiles, label in zip(dataset.smiles, dataset.labels, strict=True):
+    for row, (smiles, label) in enumerate(zip(dataset.smiles, dataset.labels, strict=True)):
         try:
             parsed = parse_smiles(smiles)
         except InvalidSmiles as error:
@@ -50,6 +52,7 @@ def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: 
             parent = largest_fragment(parsed.mol)
         key = Chem.MolToSmiles(parent)
         grouped[key].append(float(label))
+        rows_of[key].append(row)
         mol_of.setdefault(key, parent)
     keys: list[str] = []
     labels: list[float] = []
@@ -75,4 +78,5 @@ def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: 
         "conflicting_class_groups_dropped": conflicting,
         "rows_out": len(keys),
     }
-    return CuratedData(keys, [mol_of[k] for k in keys], np.asarray(labels, dtype=np.float64), report)
+    return CuratedData(keys, [mol_of[k] for k in keys], np.asarray(labels, dtype=np.float64), report,
+                       [rows_of[k] for k in keys])

@@ -63,28 +63,53 @@ def sha256_of(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def parse_label(value: str, task: str, positive: str | None = None) -> float | None:
-    """A float label, or None when the cell is empty or unreadable.
+_TRUE = {"true", "yes", "active", "+", "pos", "positive"}
+_FALSE = {"false", "no", "inactive", "-", "neg", "negative"}
 
-    Classification labels may be 0/1, true/false, or `positive` vs anything else.
-    """
-    text = (value or "").strip()
-    if not text:
-        return None
-    if task == "classification":
-        lowered = text.lower()
-        if positive is not None:
-            return 1.0 if text == positive else 0.0
-        if lowered in {"1", "1.0", "true", "yes", "active", "+"}:
-            return 1.0
-        if lowered in {"0", "0.0", "false", "no", "inactive", "-"}:
-            return 0.0
-        return None
+
+def _as_number(text: str) -> float | None:
     try:
         number = float(text)
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+def parse_label(value: str, task: str, positive: str | None = None) -> float | None:
+    """A float label, or None when the cell is empty (or, for regression, not a number).
+
+    Classification labels may be 0/1 in any numeric spelling (`1`, `1.0`, `1e0`), true/false,
+    yes/no, active/inactive, or `positive` against anything else (`positive="1"` also matches
+    `1.0`). A classification label that is none of these raises ValueError, because guessing its
+    class would be wrong.
+
+    >>> parse_label("1.0", "classification", positive="1")
+    1.0
+    >>> parse_label("0.0", "classification")
+    0.0
+    """
+    text = (value or "").strip()
+    if not text:
+        return None
+    if task == "classification":
+        number = _as_number(text)
+        if positive is not None:
+            wanted = _as_number(positive.strip())
+            if number is not None and wanted is not None:
+                return 1.0 if number == wanted else 0.0
+            return 1.0 if text.lower() == positive.strip().lower() else 0.0
+        if number is not None and number in (0.0, 1.0):
+            return number
+        lowered = text.lower()
+        if lowered in _TRUE:
+            return 1.0
+        if lowered in _FALSE:
+            return 0.0
+        raise ValueError(
+            f"classification label {text!r} is ambiguous: expected 0/1, true/false, yes/no or "
+            "active/inactive; name the positive class with --positive-label (every other value "
+            "is then negative)")
+    return _as_number(text)
 
 
 def iter_table(path: Path) -> Iterator[dict[str, str]]:
@@ -135,7 +160,7 @@ def load_table(
     labels: list[float] = []
     skipped = 0
     first = True
-    for row in read_rows(path):
+    for number, row in enumerate(read_rows(path), start=1):
         if first:
             for column in (smiles_col, label_col):
                 if column not in row and not (column == smiles_col and "smiles" in row):
@@ -144,7 +169,10 @@ def load_table(
                     )
             first = False
         text = row.get(smiles_col) or row.get("smiles") or ""
-        label = parse_label(row.get(label_col, ""), task, positive_label)
+        try:
+            label = parse_label(row.get(label_col, ""), task, positive_label)
+        except ValueError as error:
+            raise ValueError(f"{path.name}, data row {number}, column {label_col!r}: {error}") from None
         if not text or label is None:
             skipped += 1
             continue

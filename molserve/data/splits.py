@@ -70,3 +70,65 @@ def scaffold_split(
         else:
             test.extend(group)
     return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+
+
+def tdc_scaffold_split(smiles: Sequence[str], seed: int,
+                       fractions: Sequence[float] = (0.875, 0.125, 0.0)) -> Split:
+    """TDC's scaffold split (PyTDC `create_scaffold_split`), reproduced exactly.
+
+    This is the split the TDC ADMET benchmark group uses for model selection
+    (`get_train_valid_split(seed, name)`: `train_val` into 87.5% train and 12.5% valid, seeds
+    1-5). Groups are Bemis-Murcko scaffolds of the SMILES as given (non-isomeric), in order of
+    first appearance; rows RDKit cannot parse are left out of every side. Big groups (more than
+    half the valid or test size) are shuffled, then small ones, with `random.Random(seed)`, and
+    filled greedily: a group goes to train while it fits, else to valid (else to test when a
+    test fraction is given). Indices are positions in `smiles`.
+    """
+    groups: dict[str, set[int]] = defaultdict(set)
+    unparsable = 0
+    for index, text in enumerate(smiles):
+        mol = Chem.MolFromSmiles(text)
+        if mol is None:
+            unparsable += 1
+            continue
+        groups[MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False)].add(index)
+    n = len(smiles) - unparsable
+    train_size = int(n * fractions[0])
+    valid_size = int(n * fractions[1])
+    test_size = n - train_size - valid_size
+    big, small = [], []
+    for group in groups.values():
+        (big if len(group) > valid_size / 2 or len(group) > test_size / 2 else small).append(group)
+    rng = random.Random(seed)
+    rng.shuffle(big)
+    rng.shuffle(small)
+    train: list[int] = []
+    valid: list[int] = []
+    test: list[int] = []
+    for group in big + small:
+        if len(train) + len(group) <= train_size:
+            train.extend(group)
+        elif fractions[2] == 0 or len(valid) + len(group) <= valid_size:
+            valid.extend(group)
+        else:
+            test.extend(group)
+    return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+
+
+def scaffold_folds(mols: Sequence[Chem.Mol], k: int, seed: int = 0) -> list[list[int]]:
+    """`k` folds of about equal size, each made of whole Bemis-Murcko scaffold groups.
+
+    Groups are shuffled with `seed` and each goes to the fold that is smallest so far, so every
+    molecule is held out by exactly one fold and no scaffold is split between folds.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, mol in enumerate(mols):
+        groups[murcko_scaffold(mol)].append(index)
+    ordered = list(groups.values())
+    rng = random.Random(seed)
+    rng.shuffle(ordered)
+    ordered.sort(key=len, reverse=True)  # big groups first (stable: the shuffle breaks ties)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for group in ordered:
+        min(folds, key=len).extend(group)
+    return [sorted(f) for f in folds]

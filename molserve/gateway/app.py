@@ -183,8 +183,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_concurrent=settings.max_concurrent_jobs, max_attempts=settings.job_max_attempts,
                 on_model_registered=predictor.load)
             app.state.jobs.start()
+        if settings.bootstrap:
+            from molserve.operations.bootstrap import BackgroundBootstrap
+
+            app.state.bootstrap = BackgroundBootstrap(predictor.registry, predictor.load)
+            if app.state.bootstrap.start():
+                log.info("training the missing bundled endpoints in the background; "
+                         "GET /readyz shows progress")
         # The structural-alert catalog (about 11 MB, 20 ms) is built on first use, not here.
         yield
+        if app.state.bootstrap is not None:
+            await app.state.bootstrap.stop()
         if app.state.jobs is not None:
             await app.state.jobs.stop()
         if predictor.remote is not None:
@@ -204,6 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.predictor = predictor
     app.state.metrics = metrics
     app.state.jobs = None
+    app.state.bootstrap = None
     app.state.pending_molecules = 0
 
     @app.exception_handler(RequestError)

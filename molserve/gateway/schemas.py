@@ -41,6 +41,8 @@ class Uncertainty(BaseModel):
                                   "probability range (classification).")
     confidence: float | None = Field(None, description="Nominal coverage of the interval.")
     method: str
+    space: str | None = Field(None, description="Where `std` is measured when the model works on "
+                              "another scale than the answer (e.g. log10 for half-life).")
 
 
 class ApplicabilityDomain(BaseModel):

@@ -12,10 +12,36 @@ from typing import Any
 
 import numpy as np
 
-from molserve.chem.features import CHEAP_DESCRIPTORS, FeatureSpec
+from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
 from molserve.models.trees import TreeEnsemble
 from molserve.registry.store import Artifact, ArtifactError
+
+
+def _round(value: float) -> float:
+    """Four significant decimals, or four significant digits for values below 0.01."""
+    return round(value, 4) if abs(value) >= 0.01 or value == 0 else float(f"{value:.4g}")
+
+
+@dataclass(frozen=True)
+class TargetTransform:
+    """A target modelled on another scale: log10(y + offset), answered in y's units."""
+
+    kind: str = "identity"
+    offset: float = 0.0
+
+    def forward(self, y: np.ndarray) -> np.ndarray:
+        if self.kind == "log10":
+            if np.any(y + self.offset <= 0):
+                raise ValueError("a log10 target needs every label above -offset")
+            return np.log10(y + self.offset)
+        return y
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return 10.0 ** z - self.offset if self.kind == "log10" else z
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "offset": self.offset}
 
 
 @dataclass
@@ -26,6 +52,7 @@ class FastModel:
     index: SimilarityIndex
     train_smiles: list[str]
     load_seconds: float
+    transform: TargetTransform = TargetTransform()
 
     @property
     def endpoint(self) -> str:
@@ -52,17 +79,14 @@ class FastModel:
         index = SimilarityIndex.from_arrays(load_file(str(artifact.file("ad_index.safetensors"))),
                                             spec.n_bits)
         train_smiles = artifact.file("train_smiles.txt").read_text().split()
-        return cls(artifact, spec, trees, index, train_smiles, time.perf_counter() - started)
+        transform = TargetTransform(**artifact.manifest.get("target_transform", {}))
+        return cls(artifact, spec, trees, index, train_smiles, time.perf_counter() - started,
+                   transform)
 
     def columns_from(self, matrix: np.ndarray, source: FeatureSpec) -> np.ndarray:
         """Select this model's columns from a matrix featurized with the wider `source` spec."""
-        if source == self.spec:
-            return matrix
-        if (source.radius, source.n_bits) != (self.spec.radius, self.spec.n_bits):
-            raise ValueError("fingerprint settings differ; featurize for this model separately")
-        positions = [source.descriptors.index(d) for d in self.spec.descriptors]
-        keep = list(range(source.n_bits)) + [source.n_bits + p for p in positions]
-        return matrix[:, keep]
+        keep = self.spec.columns_in(source)
+        return matrix if keep is None else matrix[:, keep]
 
     def raw_scores(self, features: np.ndarray) -> np.ndarray:
         return self.trees.raw_scores(features)
@@ -112,28 +136,26 @@ class FastModel:
             else:
                 mean = float(members.mean())
                 std = float(members.std())
-                half = calibration["quantile"] * (std + calibration["stabilizer"])
+                if calibration.get("scale") == "distance":
+                    half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
+                else:  # models trained before distance scaling: scaled by the members' spread
+                    half = calibration["quantile"] * (std + calibration["stabilizer"])
+                low, value, high = (float(v) for v in self.transform.inverse(
+                    np.array([mean - half, mean, mean + half])))
                 answer = {
-                    "value": round(mean, 4),
+                    "value": _round(value),
                     "units": units,
                     "uncertainty": {
                         "std": round(std, 4),
-                        "interval": [round(mean - half, 4), round(mean + half, 4)],
+                        "interval": [_round(low), _round(high)],
                         "confidence": calibration["confidence"],
                         "method": calibration["method"],
                     },
                 }
+                if self.transform.kind != "identity":
+                    answer["uncertainty"]["space"] = f"std of the members in {self.transform.kind} space"
             answer["kind"] = "predicted"
             answer["applicability_domain"] = domain
             answer["provenance"] = provenance
             answers.append(answer)
         return answers
-
-
-def descriptor_union(models: list[FastModel]) -> FeatureSpec | None:
-    """One feature spec that covers every model sharing the default fingerprint settings."""
-    if not models:
-        return None
-    wanted = {d for m in models for d in m.spec.descriptors}
-    ordered = tuple(d for d in CHEAP_DESCRIPTORS if d in wanted)
-    return FeatureSpec(radius=models[0].spec.radius, n_bits=models[0].spec.n_bits, descriptors=ordered)

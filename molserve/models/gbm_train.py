@@ -1,5 +1,16 @@
-"""Train a fast-tier model: curated data, scaffold split, LightGBM ensemble chosen on
-validation, conformal intervals, applicability domain, registry write.
+"""Train a fast-tier model: curated data, a model-selection split, a cross-fitted LightGBM
+ensemble, conformal intervals from out-of-fold predictions, applicability domain, registry write.
+
+The data a model is fitted on (all of it but the test set: TDC's `train_val`, or 90% of a
+user's file) is used twice and never more:
+1. Selection: on a split of it (train / valid; TDC's own scaffold split for the benchmark
+   datasets) each candidate recipe (feature blocks, tree shape) is boosted with early stopping;
+   the recipe with the best validation score, and its number of rounds, win.
+2. The served ensemble: the same data in `folds` scaffold folds; member k is trained on every
+   fold but k with the chosen rounds. Each molecule is thus predicted once by a member that
+   never saw it; these out-of-fold predictions calibrate the intervals and the domain threshold.
+The test set (TDC's test file, or 10% of a user's file) is predicted at the end and never
+informs a choice.
 
 Imports LightGBM, so it runs in the CLI or a job process, never in the gateway. The ensemble is
 stored twice: as flat tree arrays (safetensors) that the gateway evaluates with numpy, and in
@@ -11,18 +22,20 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from molserve.chem.features import CHEAP_DESCRIPTORS, FeatureSpec, featurize
+from molserve.chem.features import CHEAP_DESCRIPTORS, FeatureBatch, FeatureSpec, featurize, union_spec
+from molserve.chem.molecules import largest_fragment, try_parse
 from molserve.chem.similarity import SimilarityIndex
-from molserve.data.curation import curate
+from molserve.data.curation import CuratedData, curate
 from molserve.data.dataset import Dataset
-from molserve.data.splits import random_split, scaffold_split
+from molserve.data.splits import random_split, scaffold_folds, scaffold_split, tdc_scaffold_split
 from molserve.models import metrics as M
 from molserve.models.baseline import ridge_baseline
+from molserve.models.gbm_runtime import TargetTransform
 from molserve.models.trees import from_lightgbm
 from molserve.registry.store import Artifact, Registry
 
@@ -30,71 +43,181 @@ Progress = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How one fast model is built: its feature blocks and its trees."""
+
+    blocks: tuple[str, ...] = ("rdkit2d",)
+    descriptors: tuple[str, ...] = ()
+    num_leaves: int = 31
+    max_depth: int = -1
+    min_data_in_leaf: int = 20
+    feature_fraction: float = 0.4
+    lambda_l2: float = 1.0
+    objective: str = "auto"  # regression: "l2", "l1" or "huber"; classification: always binary
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec(descriptors=self.descriptors, blocks=self.blocks)
+
+    def lgb_params(self, task: str, learning_rate: float, seed: int, threads: int,
+                   bagged: bool) -> dict:
+        if task == "classification":
+            objective = "binary"
+        else:
+            objective = {"auto": "regression", "l2": "regression", "l1": "regression_l1",
+                         "huber": "huber"}[self.objective]
+        params = {
+            "objective": objective, "learning_rate": learning_rate,
+            "num_leaves": self.num_leaves, "max_depth": self.max_depth,
+            "min_data_in_leaf": self.min_data_in_leaf, "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2, "use_missing": False, "verbose": -1, "seed": seed,
+            "num_threads": threads, "deterministic": True, "force_col_wise": True,
+        }
+        if bagged:
+            params.update(bagging_fraction=0.8, bagging_freq=1)
+        return params
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["blocks"], data["descriptors"] = list(self.blocks), list(self.descriptors)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Recipe:
+        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
+        for name in ("blocks", "descriptors"):
+            if name in known:
+                known[name] = tuple(known[name])
+        return cls(**known)
+
+
+@dataclass(frozen=True)
 class TrainingProfile:
     """How hard to search. `standard` is what `make serve` and `molserve train` use."""
 
-    grid: tuple[dict, ...]
-    feature_sets: tuple[tuple[str, ...], ...]
+    recipes: tuple[Recipe, ...]
     learning_rate: float
     max_rounds: int
     early_stopping: int
-    ensemble_size: int
+    folds: int  # members of the served ensemble, one per held-out scaffold fold
     threads: int = 2
 
 
 PROFILES = {
     "standard": TrainingProfile(
-        grid=(
-            # Depth is bounded because serving cost grows with the deepest tree.
-            {"num_leaves": 15, "max_depth": 6, "min_data_in_leaf": 10},
-            {"num_leaves": 63, "max_depth": 10, "min_data_in_leaf": 5},
+        recipes=(
+            Recipe(blocks=("rdkit2d",)),
+            Recipe(blocks=("rdkit2d",), num_leaves=15, min_data_in_leaf=10),
         ),
-        feature_sets=((), tuple(CHEAP_DESCRIPTORS)),
-        learning_rate=0.1,
-        max_rounds=1000,
-        early_stopping=50,
-        ensemble_size=5,
+        learning_rate=0.05, max_rounds=2000, early_stopping=100, folds=5,
     ),
     # For tests: the same pipeline with a smaller search.
     "quick": TrainingProfile(
-        grid=({"num_leaves": 15, "max_depth": 6, "min_data_in_leaf": 10},),
-        feature_sets=(tuple(CHEAP_DESCRIPTORS),),
-        learning_rate=0.15,
-        max_rounds=120,
-        early_stopping=20,
-        ensemble_size=3,
+        recipes=(Recipe(blocks=(), descriptors=tuple(CHEAP_DESCRIPTORS), num_leaves=15,
+                        max_depth=6, min_data_in_leaf=10, feature_fraction=0.5),),
+        learning_rate=0.15, max_rounds=120, early_stopping=20, folds=3,
     ),
 }
 
 CONFIDENCE = 0.9
 
 
-def _lgb_params(task: str, config: dict, lr: float, seed: int, threads: int, bagged: bool) -> dict:
-    params = {
-        "objective": "binary" if task == "classification" else "regression",
-        "learning_rate": lr,
-        "feature_fraction": 0.5,
-        "lambda_l2": 1.0,
-        "use_missing": False,
-        "verbose": -1,
-        "seed": seed,
-        "num_threads": threads,
-        "deterministic": True,
-        "force_col_wise": True,
-        **config,
-    }
-    if bagged:
-        params.update(bagging_fraction=0.8, bagging_freq=1)
-    return params
+class FeatureCache:
+    """Features of molecules already featurized in this process, by canonical SMILES and spec
+    (bootstrap trains forty-odd endpoints whose datasets share many molecules)."""
+
+    def __init__(self) -> None:
+        self._rows: dict[FeatureSpec, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+
+    def featurize(self, keys: Sequence[str], mols: Sequence, spec: FeatureSpec) -> FeatureBatch:
+        known = self._rows.setdefault(spec, {})
+        missing = [i for i, key in enumerate(keys) if key not in known]
+        if missing:
+            fresh = featurize([mols[i] for i in missing], spec)
+            for row, i in enumerate(missing):
+                known[keys[i]] = (fresh.matrix[row], fresh.on_bits[row])
+        matrix = np.stack([known[k][0] for k in keys]) if keys else np.zeros((0, spec.width), np.float32)
+        return FeatureBatch(matrix, [known[k][1] for k in keys])
 
 
-def _score(task: str, y: np.ndarray, raw: np.ndarray) -> float:
-    """Higher is better: -RMSE for regression, ROC AUC (ties broken by -log loss) otherwise."""
+def _metric_score(metric: str, task: str, y: np.ndarray, prediction: np.ndarray) -> float:
+    """Higher is better, for model selection."""
+    if metric:
+        value = M.tdc_metric(metric, y, prediction)
+        return -value if metric == "mae" else value
     if task == "classification":
-        p = 1.0 / (1.0 + np.exp(-raw))
-        m = M.classification_metrics(y, p)
+        m = M.classification_metrics(y, prediction)
         return m["roc_auc"] - 1e-3 * m["log_loss"]
-    return -float(np.sqrt(np.mean((y - raw) ** 2)))
+    return -float(np.sqrt(np.mean((y - prediction) ** 2)))
+
+
+@dataclass
+class _Sides:
+    fit: np.ndarray  # every molecule the served model is trained on (train + valid)
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    method: str
+
+
+def _sides_from_labels(curated: CuratedData, labels: Sequence[str]) -> list[str]:
+    """Each curated molecule's side, from the sides of the input rows merged into it (a molecule
+    with rows on several sides is trained on, never held out)."""
+    sides = []
+    for rows in curated.rows:
+        found = {labels[r] for r in rows}
+        sides.append(found.pop() if len(found) == 1 else "train")
+    return sides
+
+
+def _choose_sides(dataset: Dataset, curated: CuratedData, *, split: str, seed: int,
+                  split_labels: Sequence[str] | None, has_test: bool) -> _Sides:
+    n = len(curated.canonical_smiles)
+    method = split
+    if split_labels is not None:
+        sides = _sides_from_labels(curated, split_labels)
+        method = f"{split} (stored)"
+    elif split == "tdc-scaffold":
+        parts = tdc_scaffold_split(dataset.smiles, seed)
+        labels = ["train"] * len(dataset)
+        for i in parts["valid"]:
+            labels[i] = "valid"
+        sides = _sides_from_labels(curated, labels)
+        method = "TDC scaffold split of train_val (87.5/12.5), as get_train_valid_split"
+    else:
+        sizes = (0.875, 0.125, 0.0) if has_test else (0.8, 0.1, 0.1)
+        parts = (scaffold_split(curated.mols, sizes, seed=seed) if split == "scaffold"
+                 else random_split(n, sizes, seed=seed))
+        sides = ["train"] * n
+        for side in ("valid", "test"):
+            for i in parts[side]:
+                sides[i] = side
+    index = {s: np.array([i for i, v in enumerate(sides) if v == s], dtype=np.int64)
+             for s in ("train", "valid", "test")}
+    if len(index["train"]) < 5 or len(index["valid"]) < 5 or (not has_test and len(index["test"]) < 5):
+        parts = random_split(n, (0.875, 0.125, 0.0) if has_test else (0.8, 0.1, 0.1), seed=seed)
+        index = {s: np.array(parts[s], dtype=np.int64) for s in ("train", "valid", "test")}
+        method = "random (the requested split left a side with fewer than 5 molecules)"
+    fit = np.sort(np.concatenate([index["train"], index["valid"]]))
+    return _Sides(fit, index["train"], index["valid"], index["test"], method)
+
+
+def _parse_rows(smiles: Sequence[str]) -> tuple[list[str], list, list[str]]:
+    """Canonical parent SMILES and molecules of a test set's rows, with reasons for failures."""
+    from rdkit import Chem
+
+    keys, mols, errors = [], [], []
+    for text in smiles:
+        parsed = try_parse(text)
+        if hasattr(parsed, "mol"):
+            parent = largest_fragment(parsed.mol)
+            keys.append(Chem.MolToSmiles(parent))
+            mols.append(parent)
+            errors.append("")
+        else:
+            keys.append("")
+            mols.append(None)
+            errors.append(parsed.reason)
+    return keys, mols, errors
 
 
 def train_endpoint(
@@ -102,22 +225,65 @@ def train_endpoint(
     registry: Registry,
     endpoint: str,
     *,
+    test: Dataset | None = None,
     split: str = "scaffold",
     profile: str = "standard",
     seed: int = 0,
     split_labels: list[str] | None = None,
+    recipes: Sequence[Recipe] | None = None,
+    target_transform: TargetTransform | None = None,
+    metric: str = "",
     extra_manifest: dict | None = None,
+    feature_cache: FeatureCache | None = None,
     progress: Progress | None = None,
 ) -> Artifact:
     """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact.
 
-    `split_labels` (train/valid/test per dataset row) replaces the computed split, so a stored
-    dataset's split is reused exactly.
+    `test` is a fixed test set scored row by row (TDC's test file); without it, a test split of
+    `dataset` is held out. `split` is how the model-selection split is made: "scaffold",
+    "random", or "tdc-scaffold" (TDC's own split of train_val, seed `seed`). `split_labels`
+    (train/valid/test per dataset row) replaces the computed split. `recipes` replaces the
+    profile's candidates; `metric` (a TDC metric name) is what selection maximizes.
+    """
+    artifact, _ = fit_and_evaluate(
+        dataset, endpoint, test=test, split=split, profile=profile, seed=seed,
+        split_labels=split_labels, recipes=recipes, target_transform=target_transform,
+        metric=metric, feature_cache=feature_cache, progress=progress,
+        registry=registry, extra_manifest=extra_manifest)
+    assert artifact is not None
+    return artifact
+
+
+def fit_and_evaluate(
+    dataset: Dataset,
+    endpoint: str,
+    *,
+    test: Dataset | None = None,
+    split: str = "scaffold",
+    profile: str = "standard",
+    seed: int = 0,
+    split_labels: Sequence[str] | None = None,
+    recipes: Sequence[Recipe] | None = None,
+    target_transform: TargetTransform | None = None,
+    metric: str = "",
+    feature_cache: FeatureCache | None = None,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+    extra_manifest: dict | None = None,
+) -> tuple[Artifact | None, dict]:
+    """The training pipeline; registers the model when `registry` is given.
+
+    Returns (artifact or None, result) where result holds the test predictions in the order of
+    the test set's rows (`test_predictions`, NaN for unreadable rows) and the test metrics, which
+    is what a benchmark needs.
     """
     import lightgbm as lgb
 
     report = progress or (lambda step, fraction: None)
     settings = PROFILES[profile]
+    candidates = tuple(recipes) if recipes else settings.recipes
+    transform = target_transform or TargetTransform()
+    task = dataset.task
     started = time.perf_counter()
     report("curating", 0.02)
     curated = curate(dataset)
@@ -125,179 +291,208 @@ def train_endpoint(
     if n < 30:
         raise ValueError(f"{n} usable molecules after curation; at least 30 are needed")
     y = curated.labels
-    if dataset.task == "classification" and len(np.unique(y)) < 2:
-        raise ValueError("classification data needs both classes")
-    if split_labels is not None:
-        from rdkit import Chem
+    if task == "classification" and len(np.unique(y)) < 2:
+        raise ValueError("classification data needs both classes; the labels read were all "
+                         f"{int(y[0]) if len(y) else '?'} (see --positive-label)")
+    sides = _choose_sides(dataset, curated, split=split, seed=seed, split_labels=split_labels,
+                          has_test=test is not None)
+    tr, va, fit = sides.train, sides.valid, sides.fit
+    z = transform.forward(y) if task == "regression" else y
 
-        side_of = {}
-        for text, side in zip(dataset.smiles, split_labels, strict=True):
-            mol = Chem.MolFromSmiles(text)
-            if mol is not None:
-                side_of[Chem.MolToSmiles(mol)] = side
-        sides = [side_of.get(key, "train") for key in curated.canonical_smiles]
-        splits = {s: [i for i, v in enumerate(sides) if v == s] for s in ("train", "valid", "test")}
-    elif split == "scaffold":
-        splits = scaffold_split(curated.mols, seed=seed)
-    else:
-        splits = random_split(n, seed=seed)
-    if min(len(v) for v in splits.values()) < 5:
-        splits = random_split(n, seed=seed)
-        split = "random (scaffold split left a side with fewer than 5 molecules)"
-    tr, va, te = (np.array(splits[k]) for k in ("train", "valid", "test"))
-
-    report("featurizing", 0.08)
-    full_spec = FeatureSpec(descriptors=tuple(CHEAP_DESCRIPTORS))
-    features = featurize(curated.mols, full_spec)
+    report("featurizing", 0.06)
+    full_spec = union_spec([r.spec() for r in candidates])
+    assert full_spec is not None
+    cache = feature_cache or FeatureCache()
+    features = cache.featurize(curated.canonical_smiles, curated.mols, full_spec)
     x_all = features.matrix
 
-    def columns(descriptors: tuple[str, ...]) -> np.ndarray:
-        keep = list(range(full_spec.n_bits)) + [
-            full_spec.n_bits + list(CHEAP_DESCRIPTORS).index(d) for d in descriptors
-        ]
-        return x_all[:, keep]
-
-    # Model selection on the validation split: feature set x tree shape, rounds by early stop.
-    candidates = [(fs, cfg) for fs in settings.feature_sets for cfg in settings.grid]
-    best: dict | None = None
+    # 1. Selection on the validation split: recipe, then rounds by early stopping.
     search_log = []
-    for index, (descriptors, config) in enumerate(candidates):
-        report(f"searching {index + 1}/{len(candidates)}", 0.1 + 0.5 * index / len(candidates))
-        x = columns(descriptors)
-        params = _lgb_params(dataset.task, config, settings.learning_rate, seed, settings.threads, False)
-        train_set = lgb.Dataset(x[tr], y[tr], free_raw_data=True)
-        valid_set = lgb.Dataset(x[va], y[va], reference=train_set)
-        booster = lgb.train(
-            params,
-            train_set,
-            num_boost_round=settings.max_rounds,
-            valid_sets=[valid_set],
-            callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)],
-        )
+    best: dict | None = None
+    for index, recipe in enumerate(candidates):
+        report(f"selecting {index + 1}/{len(candidates)}", 0.1 + 0.3 * index / len(candidates))
+        keep = recipe.spec().columns_in(full_spec)
+        x = x_all if keep is None else x_all[:, keep]
+        params = recipe.lgb_params(task, settings.learning_rate, seed, settings.threads, False)
+        train_set = lgb.Dataset(x[tr], z[tr], free_raw_data=True)
+        valid_set = lgb.Dataset(x[va], z[va], reference=train_set)
+        booster = lgb.train(params, train_set, num_boost_round=settings.max_rounds,
+                            valid_sets=[valid_set],
+                            callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)])
         rounds = max(1, booster.best_iteration or settings.max_rounds)
-        score = _score(dataset.task, y[va], booster.predict(x[va], num_iteration=rounds, raw_score=True))
-        entry = {"descriptors": bool(descriptors), **config, "rounds": rounds, "valid_score": score}
-        search_log.append(entry)
+        raw = booster.predict(x[va], num_iteration=rounds, raw_score=True)
+        value = 1 / (1 + np.exp(-raw)) if task == "classification" else transform.inverse(raw)
+        score = _metric_score(metric, task, y[va], value)
+        search_log.append({"recipe": recipe.to_dict(), "rounds": rounds, "valid_score": score})
         if best is None or score > best["valid_score"]:
-            best = {**entry, "descriptor_names": descriptors, "config": config}
+            best = {"recipe": recipe, "rounds": rounds, "valid_score": score}
     assert best is not None
+    recipe: Recipe = best["recipe"]
+    spec = recipe.spec()
+    keep = spec.columns_in(full_spec)
+    x = x_all if keep is None else x_all[:, keep]
 
-    spec = FeatureSpec(descriptors=best["descriptor_names"])
-    x = columns(best["descriptor_names"])
+    # 2. The served ensemble: one member per scaffold fold of the fitted data.
+    fold_ids = scaffold_folds([curated.mols[i] for i in fit], settings.folds, seed=seed)
+    folds = [fit[np.array(f, dtype=np.int64)] for f in fold_ids]
     members = []
-    for member in range(settings.ensemble_size):
-        fraction = 0.6 + 0.3 * member / settings.ensemble_size
-        report(f"ensemble member {member + 1}/{settings.ensemble_size}", fraction)
-        params = _lgb_params(
-            dataset.task, best["config"], settings.learning_rate, seed + 1 + member, settings.threads, True
-        )
-        members.append(lgb.train(params, lgb.Dataset(x[tr], y[tr]), num_boost_round=best["rounds"]))
+    out_of_fold = np.full(n, np.nan)
+    oof_similarity = np.full(n, np.nan)
+    for k, held_out in enumerate(folds):
+        report(f"ensemble member {k + 1}/{len(folds)}", 0.4 + 0.45 * k / len(folds))
+        inside = np.setdiff1d(fit, held_out, assume_unique=True)
+        params = recipe.lgb_params(task, settings.learning_rate, seed + 1 + k, settings.threads, True)
+        member = lgb.train(params, lgb.Dataset(x[inside], z[inside]), num_boost_round=best["rounds"])
+        members.append(member)
+        out_of_fold[held_out] = member.predict(x[held_out], raw_score=True)
+        index_k = SimilarityIndex.build([features.on_bits[i] for i in inside], spec.n_bits)
+        oof_similarity[held_out], _ = index_k.nearest_many([features.on_bits[i] for i in held_out])
 
-    report("calibrating and evaluating", 0.92)
+    report("calibrating and evaluating", 0.88)
     ensemble = from_lightgbm(members)
-    # Scored with the evaluator the gateway serves, so manifest metrics are the served model's.
-    raw = ensemble.raw_scores(x)
-    index = SimilarityIndex.build([features.on_bits[i] for i in tr], spec.n_bits)
-    max_sim, _ = index.nearest_many([features.on_bits[i] for i in range(n)])
-    # In domain: at least as similar to training as the least similar 5% of validation molecules.
-    ad_threshold = float(np.quantile(max_sim[va], 0.05))
+    index = SimilarityIndex.build([features.on_bits[i] for i in fit], spec.n_bits)
+    # In domain: at least as similar to training as the least similar 5% of out-of-fold molecules.
+    ad_threshold = float(np.quantile(oof_similarity[fit], 0.05))
 
-    manifest_metrics: dict = {}
-    calibration: dict = {}
-    if dataset.task == "regression":
-        mean = raw.mean(axis=1)
-        std = raw.std(axis=1)
-        stabilizer = float(np.median(std[va])) + 1e-6
-        nonconformity = np.abs(y[va] - mean[va]) / (std[va] + stabilizer)
-        level = min(1.0, math.ceil((len(va) + 1) * CONFIDENCE) / len(va))
-        q = float(np.quantile(nonconformity, level))
-        half_width = q * (std + stabilizer)
-        covered = np.abs(y[te] - mean[te]) <= half_width[te]
-        calibration = {"method": "normalized split conformal on the validation split",
-                       "quantile": q, "stabilizer": stabilizer, "confidence": CONFIDENCE}
-        test = M.regression_metrics(y[te], mean[te])
-        test["interval_coverage"] = float(covered.mean())
-        test["interval_mean_width"] = float(2 * half_width[te].mean())
-        in_domain = max_sim[te] >= ad_threshold
-        if in_domain.sum() >= 5 and (~in_domain).sum() >= 5:
-            test["rmse_in_domain"] = M.regression_metrics(y[te][in_domain], mean[te][in_domain])["rmse"]
-            test["rmse_out_of_domain"] = M.regression_metrics(y[te][~in_domain], mean[te][~in_domain])["rmse"]
-        baseline_pred, alpha = ridge_baseline(x[tr], y[tr], x[va], y[va], x[te])
-        manifest_metrics = {
-            "test": test,
-            "valid": M.regression_metrics(y[va], mean[va]),
-            "baseline_test": {"model": f"ridge (alpha={alpha})",
-                              **M.regression_metrics(y[te], baseline_pred)},
-            "primary": "rmse",
-        }
-        parity = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
+    # The test set: TDC's rows as given, or the held-out molecules.
+    if test is not None:
+        test_keys, test_mols, test_errors = _parse_rows(test.smiles)
+        ok = np.array([bool(k) for k in test_keys])
+        test_y = np.asarray(test.labels, dtype=np.float64)
+        good = [i for i in range(len(test_keys)) if ok[i]]
+        test_features = cache.featurize([test_keys[i] for i in good], [test_mols[i] for i in good],
+                                        full_spec)
+        test_x = test_features.matrix if keep is None else test_features.matrix[:, keep]
+        test_bits = test_features.on_bits
     else:
-        prob = 1.0 / (1.0 + np.exp(-raw))
-        mean = prob.mean(axis=1)
-        calibration = {"method": "ensemble spread (member probabilities)", "confidence": CONFIDENCE}
-        test = M.classification_metrics(y[te], mean[te])
-        baseline_pred, alpha = ridge_baseline(x[tr], y[tr], x[va], y[va], x[te])
-        manifest_metrics = {
-            "test": test,
-            "valid": M.classification_metrics(y[va], mean[va]),
-            "baseline_test": {
-                "model": f"ridge on 0/1 labels (alpha={alpha})",
-                "roc_auc": M.roc_auc(y[te], baseline_pred),
-                "pr_auc": M.average_precision(y[te], baseline_pred),
-            },
-            "primary": "roc_auc",
+        te = sides.test
+        ok = np.ones(len(te), dtype=bool)
+        test_y = y[te]
+        good = list(range(len(te)))
+        test_errors = [""] * len(te)
+        test_x = x[te]
+        test_bits = [features.on_bits[i] for i in te]
+    test_raw = ensemble.raw_scores(test_x) if len(good) else np.zeros((0, len(members)))
+    test_similarity, _ = index.nearest_many(test_bits)
+    yg = test_y[ok]
+
+    calibration: dict = {}
+    metrics: dict = {}
+    test_pred = np.full(len(ok), np.nan)
+    if task == "regression":
+        # Normalized split-conformal on out-of-fold residuals (model space), scaled by distance to
+        # the training set: half width = q * (1 - similarity + gamma).
+        residual = np.abs(z[fit] - out_of_fold[fit])
+        distance = 1.0 - oof_similarity[fit]
+        gamma = float(np.median(distance)) + 1e-3
+        ratio = residual / (distance + gamma)
+        level = min(1.0, math.ceil((len(fit) + 1) * CONFIDENCE) / len(fit))
+        q = float(np.quantile(ratio, level))
+        calibration = {
+            "method": "normalized conformal on out-of-fold residuals (cross-fitted members), "
+                      "scaled by distance to the training set",
+            "scale": "distance", "quantile": q, "gamma": gamma, "confidence": CONFIDENCE,
+            "space": "log10" if transform.kind == "log10" else "value",
         }
-        parity = {"roc": M.roc_curve(y[te], mean[te])}
+        mean_z = test_raw.mean(axis=1)
+        half = q * (1.0 - test_similarity + gamma)
+        low, high = transform.inverse(mean_z - half), transform.inverse(mean_z + half)
+        prediction = transform.inverse(mean_z)
+        test_pred[ok] = prediction
+        test_metrics = M.regression_metrics(yg, prediction)
+        test_metrics["interval_coverage"] = float(np.mean((yg >= low) & (yg <= high)))
+        test_metrics["interval_mean_width"] = float(np.mean(high - low))
+        oof = M.regression_metrics(y[fit], transform.inverse(out_of_fold[fit]))
+        baseline_pred, alpha = ridge_baseline(x[tr], z[tr], x[va], z[va], test_x)
+        metrics = {"test": test_metrics, "out_of_fold": oof,
+                   "baseline_test": {"model": f"ridge (alpha={alpha})",
+                                     **M.regression_metrics(yg, transform.inverse(baseline_pred))},
+                   "primary": "rmse"}
+        parity = {"measured": yg.round(4).tolist(), "predicted": np.round(prediction, 4).tolist()}
+    else:
+        probability = (1.0 / (1.0 + np.exp(-test_raw))).mean(axis=1)
+        test_pred[ok] = probability
+        calibration = {"method": "ensemble spread (member probabilities)", "confidence": CONFIDENCE}
+        oof_p = 1.0 / (1.0 + np.exp(-out_of_fold[fit]))
+        baseline_pred, alpha = ridge_baseline(x[tr], y[tr], x[va], y[va], test_x)
+        metrics = {"test": M.classification_metrics(yg, probability),
+                   "out_of_fold": M.classification_metrics(y[fit], oof_p),
+                   "baseline_test": {"model": f"ridge on 0/1 labels (alpha={alpha})",
+                                     "roc_auc": M.roc_auc(yg, baseline_pred),
+                                     "pr_auc": M.average_precision(yg, baseline_pred)},
+                   "primary": "roc_auc"}
+        parity = {"roc": M.roc_curve(yg, probability)}
+    if len(ok) and not ok.all():
+        metrics["test"]["unreadable_rows"] = int((~ok).sum())
+    if metric:
+        metrics["tdc"] = {"metric": metric, "test": M.tdc_metric(metric, yg, test_pred[ok])}
+    in_domain = test_similarity >= ad_threshold
+    if task == "regression" and in_domain.sum() >= 5 and (~in_domain).sum() >= 5:
+        metrics["test"]["rmse_in_domain"] = M.regression_metrics(
+            yg[in_domain], test_pred[ok][in_domain])["rmse"]
+        metrics["test"]["rmse_out_of_domain"] = M.regression_metrics(
+            yg[~in_domain], test_pred[ok][~in_domain])["rmse"]
+    result = {"test_predictions": test_pred, "test_errors": test_errors, "metrics": metrics,
+              "recipe": recipe, "rounds": best["rounds"]}
+    if registry is None:
+        return None, result
 
     report("exporting", 0.96)
     from safetensors.numpy import save
 
     trees_bytes = save(ensemble.arrays(), metadata={"endpoint": endpoint, "format": "trees-1"})
     ad_bytes = save(index.arrays(), metadata={"n_bits": str(spec.n_bits)})
-    lightgbm_text = "".join(
-        f"# member {i}\n{m.model_to_string()}\n" for i, m in enumerate(members)
-    )
+    lightgbm_text = "".join(f"# member {i}\n{m.model_to_string()}\n" for i, m in enumerate(members))
     table = io.StringIO()
     table.write("canonical_smiles,label,split\n")
-    side = np.empty(n, dtype=object)
-    for name, idx in (("train", tr), ("valid", va), ("test", te)):
-        side[idx] = name
+    side = np.full(n, "train", dtype=object)
+    side[sides.valid] = "valid"
+    side[sides.test] = "test"
     for i in range(n):
         table.write(f"{curated.canonical_smiles[i]},{y[i]:.6g},{side[i]}\n")
-    train_smiles = "\n".join(curated.canonical_smiles[i] for i in tr) + "\n"
-
+    train_smiles = "\n".join(curated.canonical_smiles[i] for i in fit) + "\n"
+    split_sizes = {"train": len(tr), "valid": len(va),
+                   "test": len(sides.test) if test is None else len(test)}
     manifest = {
         "kind": "gbm",
         "tier": "fast",
         "model_id": f"{endpoint}/gbm",
-        "task": dataset.task,
+        "task": task,
         "units": dataset.units,
         "description": dataset.description,
         "label_names": list(dataset.label_names) if dataset.label_names else None,
         "dataset": dataset.describe(),
         "curation": curated.report,
-        "split": {"method": split, "seed": seed, "sizes": {k: len(v) for k, v in splits.items()}},
+        "split": {"method": sides.method, "seed": seed, "sizes": split_sizes,
+                  "test": "fixed test set, every row scored" if test is not None
+                  else "held-out part of the dataset",
+                  **({"test_source": test.source, "test_sha256": test.checksum} if test else {})},
         "features": spec.to_dict(),
+        "target_transform": transform.to_dict(),
         "model": {
             "library": f"lightgbm {lgb.__version__}; served from flat tree arrays with numpy",
             "trees": ensemble.n_trees,
             "depth": ensemble.depth,
             "ensemble_size": len(members),
+            "ensemble": f"{len(members)} members, each trained on all but one scaffold fold of "
+                        f"the {len(fit)} training molecules",
             "rounds": best["rounds"],
-            "params": best["config"],
+            "recipe": recipe.to_dict(),
             "learning_rate": settings.learning_rate,
             "profile": profile,
             "search": search_log,
             "output": ("raw margin per member; sigmoid applied at serving"
-                       if dataset.task == "classification" else "value per member"),
+                       if task == "classification" else
+                       "value per member" + (" in log10 space" if transform.kind == "log10" else "")),
         },
         "uncertainty": calibration,
         "applicability_domain": {
-            "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training split",
+            "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training molecules",
             "threshold": ad_threshold,
-            "threshold_rule": "5th percentile of validation molecules' max similarity",
+            "threshold_rule": "5th percentile of out-of-fold molecules' max similarity to their "
+                              "member's training molecules",
         },
-        "metrics": manifest_metrics,
+        "metrics": metrics,
         "test_predictions": parity,
         "training_seconds": round(time.perf_counter() - started, 2),
         **(extra_manifest or {}),
@@ -314,7 +509,7 @@ def train_endpoint(
         manifest,
     )
     report("done", 1.0)
-    return artifact
+    return artifact, result
 
 
 def summarize(artifact: Artifact) -> str:
@@ -327,5 +522,7 @@ def summarize(artifact: Artifact) -> str:
         line = (f"RMSE {test['rmse']:.3f}, MAE {test['mae']:.3f}, R2 {test['r2']:.3f}, "
                 f"90% interval coverage {test['interval_coverage']:.2f}")
         base = f"baseline RMSE {m['baseline_test']['rmse']:.3f}"
-    return f"{artifact.endpoint} v{artifact.version} (test, n={test['n']}): {line}; {base}"
+    tdc = m.get("tdc")
+    extra = f"; TDC {tdc['metric']} {tdc['test']:.3f}" if tdc else ""
+    return f"{artifact.endpoint} v{artifact.version} (test, n={test['n']}): {line}; {base}{extra}"
 

@@ -50,13 +50,49 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
+    """Average precision as scikit-learn computes it: sum over distinct score thresholds of
+    (recall step) x precision, tied scores entering together.
+
+    >>> average_precision(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.4]))
+    0.8333333333333333
+    """
     y_true = np.asarray(y_true) > 0.5
     if not y_true.any():
         return float("nan")
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    hits = y_true[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].sum() / hits.sum())
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(-score, kind="mergesort")
+    ranked, hits = score[order], y_true[order]
+    last_of_tie = np.concatenate([np.flatnonzero(np.diff(ranked) != 0), [len(ranked) - 1]])
+    true_pos = np.cumsum(hits)[last_of_tie]
+    precision = true_pos / (last_of_tie + 1)
+    recall = true_pos / true_pos[-1]
+    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+
+
+def spearman(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties), as scipy.stats.spearmanr."""
+    a, b = _ranks(np.asarray(y_true, dtype=np.float64)), _ranks(np.asarray(y_pred, dtype=np.float64))
+    value = float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 else float("nan")
+    return value
+
+
+TDC_METRICS = ("mae", "spearman", "roc-auc", "pr-auc")
+
+
+def tdc_metric(name: str, y_true: np.ndarray, prediction: np.ndarray) -> float:
+    """One of the TDC leaderboard's metrics, computed as TDC's Evaluator does (scikit-learn's
+    mean_absolute_error, roc_auc_score, average_precision_score; scipy's spearmanr)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    prediction = np.asarray(prediction, dtype=np.float64)
+    if name == "mae":
+        return float(np.mean(np.abs(y_true - prediction)))
+    if name == "spearman":
+        return spearman(y_true, prediction)
+    if name == "roc-auc":
+        return roc_auc(y_true, prediction)
+    if name == "pr-auc":
+        return average_precision(y_true, prediction)
+    raise ValueError(f"unknown TDC metric {name!r}; known: {', '.join(TDC_METRICS)}")
 
 
 def classification_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str, float]:

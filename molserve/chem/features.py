@@ -47,7 +47,7 @@ _SMR_BINS = np.array([1.29, 1.82, 2.24, 2.45, 2.75, 3.05, 3.63, 3.8, 4.0])
 _properties = rdmd.Properties(list(_CHEAP_PROPERTIES))
 
 RDKIT2D_NAMES: tuple[str, ...] = (
-    *_CHEAP_PROPERTIES, "crippen_logp_heavy_atoms", "crippen_mr_heavy_atoms", "tpsa",
+    *_CHEAP_PROPERTIES, "crippen_logp", "crippen_mr", "tpsa", "fraction_aromatic_atoms",
     "max_gasteiger_charge", "min_gasteiger_charge",
     *(f"mqn{i + 1}" for i in range(42)),
     *(f"peoe_vsa{i + 1}" for i in range(14)),
@@ -59,14 +59,19 @@ RDKIT2D_NAMES: tuple[str, ...] = (
 def _rdkit2d(mol: Chem.Mol) -> np.ndarray:
     """A curated block of RDKit 2D descriptors, computed in C++ in about 0.4 ms a molecule.
 
-    Counts, masses, Labute surface area, low-order connectivity (chi0/chi1) and kappa1, the sums
-    of the heavy atoms' Crippen logP and MR contributions (Crippen logP without its hydrogen
-    terms, which would need explicit hydrogens), TPSA, the extreme Gasteiger charges, the 42
-    molecular quantum numbers, and the PEOE, SlogP and SMR VSA bins (identical to RDKit's). The
-    slow descriptors of RDKit's full list (QED, BCUT2D, EState indices, Ipc, fragment SMARTS
-    counts) are left out: in the gateway every endpoint waits for this block.
+    Counts, masses, Labute surface area, low-order connectivity (chi0/chi1) and kappa1, Crippen
+    logP and MR (equal to Crippen.MolLogP and MolMR), TPSA, the aromatic fraction of heavy atoms,
+    the extreme Gasteiger charges, the 42 molecular quantum numbers, and the PEOE, SlogP and SMR
+    VSA bins (identical to RDKit's). The slow descriptors of RDKit's full list (QED, BCUT2D,
+    EState indices, Ipc, fragment SMARTS counts) are left out: in the gateway every endpoint
+    waits for this block.
     """
-    crippen = np.asarray(rdmd._CalcCrippenContribs(mol), dtype=np.float64).reshape(-1, 2)
+    # Contributions with explicit hydrogens: their sum is Crippen logP/MR; the first rows (the
+    # molecule's own atoms) are the contributions RDKit's SlogP/SMR VSA bins use.
+    contributions = np.asarray(rdmd._CalcCrippenContribs(Chem.AddHs(mol)), dtype=np.float64)
+    crippen = contributions.reshape(-1, 2)[: mol.GetNumAtoms()]
+    heavy = max(1, mol.GetNumHeavyAtoms())
+    aromatic = sum(1 for atom in mol.GetAtoms() if atom.GetIsAromatic())
     surface = np.asarray(rdmd._CalcLabuteASAContribs(mol)[0], dtype=np.float64)
     peoe = rdmd.PEOE_VSA_(mol)  # computes Gasteiger charges onto the atoms
     charges = [a.GetDoubleProp("_GasteigerCharge") for a in mol.GetAtoms()
@@ -74,8 +79,8 @@ def _rdkit2d(mol: Chem.Mol) -> np.ndarray:
     charges = [c for c in charges if np.isfinite(c)] or [0.0]
     return np.concatenate([
         _properties.ComputeProperties(mol),
-        [crippen[:, 0].sum(), crippen[:, 1].sum(), sum(rdmd._CalcTPSAContribs(mol)),
-         max(charges), min(charges)],
+        contributions.reshape(-1, 2).sum(axis=0),
+        [sum(rdmd._CalcTPSAContribs(mol)), aromatic / heavy, max(charges), min(charges)],
         rdmd.MQNs_(mol),
         peoe,
         np.bincount(np.digitize(crippen[:, 0], _SLOGP_BINS), weights=surface, minlength=12),

@@ -150,7 +150,7 @@ def canonical_smiles(smiles: str) -> str:
 
 def largest_fragment(mol: Chem.Mol) -> Chem.Mol:
     """The fragment with the most heavy atoms (drops counter-ions and solvents of a salt)."""
-    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True)
-    if len(fragments) <= 1:
+    if len(Chem.GetMolFrags(mol)) <= 1:  # atom indices only: cheap for the common case
         return mol
+    fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True)
     return max(fragments, key=lambda f: (f.GetNumHeavyAtoms(), Chem.MolToSmiles(f)))

@@ -50,7 +50,7 @@ def curate(dataset: Dataset, noisy_spread: float = 1.0, standardize_structures: 
                 continue
         else:
             parent = largest_fragment(parsed.mol)
-        key = Chem.MolToSmiles(parent)
+        key = parsed.canonical_smiles if parent is parsed.mol else Chem.MolToSmiles(parent)
         grouped[key].append(float(label))
         rows_of[key].append(row)
         mol_of.setdefault(key, parent)

@@ -186,7 +186,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.bootstrap:
             from molserve.operations.bootstrap import BackgroundBootstrap
 
-            app.state.bootstrap = BackgroundBootstrap(predictor.registry, predictor.load)
+            app.state.bootstrap = BackgroundBootstrap(
+                predictor.registry, predictor.load, only=settings.bootstrap_endpoints,
+                profile=settings.bootstrap_profile)
+            predictor.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "
                          "GET /readyz shows progress")

@@ -42,7 +42,28 @@ class Predictor(LocalPredictor):
                 info["models"] = [*info["models"], served[name]]
                 info["preferred_tier"] = self.preferred_tier(name)
             infos.append(info)
+        infos += self.pending_info()
         return infos + [self.computed.info(e) for e in self.computed.endpoints()]
+
+    def pending_info(self) -> list[dict[str, Any]]:
+        """Bundled endpoints a start-up bootstrap is still training, with their progress."""
+        pending = self.pending()
+        if not pending:
+            return []
+        from molserve.operations.bootstrap import bundled_endpoints
+
+        catalog = bundled_endpoints()
+        infos = []
+        for name, entry in pending.items():
+            if name in self.fast.models or name not in catalog:
+                continue
+            bundled = catalog[name]
+            infos.append({
+                "name": name, "kind": "predicted", "task": bundled.task, "units": bundled.units,
+                "description": bundled.description, "status": entry.get("state", "queued"),
+                "progress": entry.get("progress", 0.0), "source": bundled.source,
+                "tdc_dataset": bundled.tdc_name, "tiers": [], "models": []})
+        return infos
 
     def preferred_tier(self, endpoint: str) -> str:
         """The tier whose model scored better on its held-out test split (same split for both)."""

@@ -58,6 +58,7 @@ class Provenance(BaseModel):
     tier: Literal["fast", "transformer", "computed"]
     kind: str | None = None
     trained: str | None = None
+    dataset: str | None = Field(None, description="The training data, e.g. `TDC Caco2_Wang`.")
     method: str | None = None
     software: str | None = None
     degraded: bool | None = Field(None, description="True when a preferred tier could not answer.")
@@ -98,6 +99,15 @@ class EndpointInfo(BaseModel):
     task: str
     units: str
     description: str
+    status: Literal["available", "training", "queued"] = Field(
+        "available", description="`training`/`queued`: a bundled endpoint the start-up bootstrap "
+        "has not finished; it is served as soon as it is trained.")
+    progress: float | None = Field(None, description="Training progress (0-1) while not available.")
+    source: str | None = Field(None, description="The training data's source.")
+    tdc_dataset: str | None = Field(None, description="Therapeutics Data Commons dataset name.")
+    licence: str | None = None
+    citation: str | None = Field(None, description="Publication to cite for the training data.")
+    label_names: list[str] | None = Field(None, description="Classification: [negative, positive].")
     tiers: list[str]
     models: list[dict[str, Any]] = Field(default_factory=list)
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 import numpy as np
 
 
-def _ridge_fit(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    gram = x.T @ x
-    gram[np.diag_indices_from(gram)] += alpha
-    weights = np.linalg.solve(gram, x.T @ y)
-    return weights, 0.0
+def _ridge_path(x: np.ndarray, y: np.ndarray, alphas: tuple[float, ...]) -> dict[float, np.ndarray]:
+    """Ridge weights for every alpha from one eigendecomposition (of X'X, or of XX' when there
+    are fewer rows than columns)."""
+    if x.shape[0] >= x.shape[1]:
+        values, vectors = np.linalg.eigh(x.T @ x)
+        projected = vectors.T @ (x.T @ y)
+        return {a: vectors @ (projected / (values + a)) for a in alphas}
+    values, vectors = np.linalg.eigh(x @ x.T)
+    projected = vectors.T @ y
+    return {a: x.T @ (vectors @ (projected / (values + a))) for a in alphas}
 
 
 def ridge_baseline(
@@ -32,12 +37,7 @@ def ridge_baseline(
     xt, xv, xs = transform(x_train), transform(x_valid), transform(x_test)
     centre_x = xt.mean(axis=0)
     centre_y = float(y_train.mean())
-    best: tuple[float, float] | None = None
-    for alpha in alphas:
-        weights, _ = _ridge_fit(xt - centre_x, y_train - centre_y, alpha)
-        error = float(np.mean(((xv - centre_x) @ weights + centre_y - y_valid) ** 2))
-        if best is None or error < best[0]:
-            best = (error, alpha)
-    assert best is not None
-    weights, _ = _ridge_fit(xt - centre_x, y_train - centre_y, best[1])
-    return (xs - centre_x) @ weights + centre_y, best[1]
+    path = _ridge_path(xt - centre_x, y_train - centre_y, alphas)
+    errors = {a: float(np.mean(((xv - centre_x) @ w + centre_y - y_valid) ** 2)) for a, w in path.items()}
+    alpha = min(alphas, key=lambda a: errors[a])
+    return (xs - centre_x) @ path[alpha] + centre_y, alpha

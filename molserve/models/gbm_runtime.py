@@ -44,6 +44,13 @@ class TargetTransform:
         return {"kind": self.kind, "offset": self.offset}
 
 
+def _dataset_label(dataset: dict) -> str | None:
+    """A short name for the training data: TDC's dataset name, or the dataset's own."""
+    if dataset.get("tdc_name"):
+        return f"TDC {dataset['tdc_name']}"
+    return dataset.get("name")
+
+
 @dataclass
 class FastModel:
     artifact: Artifact
@@ -98,6 +105,7 @@ class FastModel:
             "tier": "fast",
             "kind": "gbm-ensemble",
             "trained": self.manifest.get("created"),
+            "dataset": _dataset_label(self.manifest.get("dataset") or {}),
         }
 
     def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[dict[str, Any]]:

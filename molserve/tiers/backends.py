@@ -102,9 +102,14 @@ class FastBackend:
     def info(self, name: str) -> dict[str, Any]:
         model = self.models[name]
         manifest = model.manifest
+        dataset = manifest["dataset"]
         return {
             "name": name, "kind": "predicted", "task": manifest["task"],
             "units": manifest["units"], "description": manifest["description"],
+            "status": "available", "source": dataset.get("source"),
+            "tdc_dataset": dataset.get("tdc_name"), "licence": dataset.get("licence"),
+            "citation": dataset.get("citation"),
+            "label_names": manifest.get("label_names"),
             "tiers": ["fast"],
             "models": [{
                 **model.provenance(),

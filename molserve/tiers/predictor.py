@@ -39,6 +39,8 @@ class LocalPredictor:
         # (endpoint, tier, seconds) of each tier's answer to one request; a server points this
         # at its latency histogram.
         self.observe_tier: Callable[[str, str, float], None] = lambda *_: None
+        # Endpoints a running bootstrap has not trained yet: name -> {state, progress, step}.
+        self.pending: Callable[[], dict[str, dict]] = dict
 
     def load(self, only: list[str] | None = None) -> None:
         """Load the newest fast model of each endpoint (or of the endpoints in `only`)."""
@@ -64,6 +66,16 @@ class LocalPredictor:
             return sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
         known = set(self.all_endpoints)
         unknown = [e for e in requested if e not in known]
+        pending = self.pending()
+        training = {e: pending[e] for e in unknown if e in pending}
+        if training:
+            shown = ", ".join(f"{e} ({p.get('state')}, {p.get('progress', 0) * 100:.0f}%)"
+                              for e, p in training.items())
+            raise RequestError(
+                503, "endpoint_training",
+                f"still being trained at start-up: {shown}; retry in a few minutes "
+                "(GET /readyz shows progress)",
+                {"training": training, "retry_after_s": 30.0})
         if unknown:
             raise RequestError(
                 422, "unknown_endpoint",

@@ -24,9 +24,16 @@ async def readyz(request: Request) -> JSONResponse:
         "fast_models": predictor.fast.endpoints(),
         "load_errors": predictor.fast.load_errors,
     }
+    bootstrap = request.app.state.bootstrap.summary() if request.app.state.bootstrap else None
+    if bootstrap:
+        body["bootstrap"] = bootstrap
     if not ready:
-        body["message"] = ("no fast-tier model is loaded; run `molserve bootstrap` (or `make serve`)"
-                           " to train the bundled models")
+        body["message"] = (
+            f"no fast-tier model is loaded yet; the start-up bootstrap has trained "
+            f"{bootstrap['done']} of {bootstrap['total']} bundled endpoints"
+            if bootstrap and bootstrap["state"] == "running" else
+            "no fast-tier model is loaded; run `molserve bootstrap` (or `make serve`) to train "
+            "the bundled models")
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

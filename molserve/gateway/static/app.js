@@ -33,13 +33,58 @@ document.querySelectorAll(".tab").forEach((button) => {
 
 // Endpoints and tier health ------------------------------------------------------------
 async function loadEndpoints() {
+  const previous = new Set(selectedEndpoints());
   state.endpoints = await api("/v1/endpoints");
-  const defaults = new Set(["solubility", "bbb_penetration", "logp_crippen", "tpsa"]);
-  $("#endpoint-list").innerHTML = state.endpoints.map((e) => `
-    <label title="${escapeHtml(e.description)}">
-      <input type="checkbox" value="${escapeHtml(e.name)}" ${defaults.has(e.name) ? "checked" : ""}>
-      ${escapeHtml(e.name)} <span class="units">${e.kind === "computed" ? "computed" : escapeHtml(e.units)}</span>
-    </label>`).join("");
+  const defaults = previous.size ? previous : new Set(["solubility", "bbb_penetration", "logp_crippen", "tpsa"]);
+  const row = (e) => {
+    const available = !e.status || e.status === "available";
+    const note = available ? (e.kind === "computed" ? "computed" : e.units)
+      : `${e.status} ${Math.round((e.progress || 0) * 100)}%`;
+    const title = [e.description, e.tdc_dataset ? `TDC ${e.tdc_dataset}` : e.source].filter(Boolean).join(" · ");
+    return `<label title="${escapeHtml(title)}" class="${available ? "" : "pending"}">
+      <input type="checkbox" value="${escapeHtml(e.name)}" ${available ? "" : "disabled"}
+        ${available && defaults.has(e.name) ? "checked" : ""}>
+      ${escapeHtml(e.name)} <span class="units">${escapeHtml(note)}</span>
+    </label>`;
+  };
+  const predicted = state.endpoints.filter((e) => e.kind === "predicted");
+  const computed = state.endpoints.filter((e) => e.kind === "computed");
+  $("#endpoint-list").innerHTML =
+    `<div class="group">Predicted (${predicted.length}) <button type="button" class="link" data-select="predicted">all</button>
+       <button type="button" class="link" data-select="none">none</button></div>` +
+    predicted.map(row).join("") + `<div class="group">Computed (${computed.length})</div>` + computed.map(row).join("");
+  document.querySelectorAll("#endpoint-list [data-select]").forEach((button) => {
+    button.addEventListener("click", () => {
+      const on = button.dataset.select === "predicted";
+      document.querySelectorAll("#endpoint-list input:not([disabled])").forEach((box) => {
+        if (!on || predicted.some((e) => e.name === box.value)) box.checked = on;
+      });
+    });
+  });
+}
+
+// While the start-up bootstrap trains the bundled endpoints, show its progress and add each
+// endpoint as it becomes available.
+let bootstrapDone = -1;
+async function watchBootstrap() {
+  let ready;
+  try {
+    const response = await fetch("/readyz");
+    ready = await response.json();
+  } catch (error) { return; }
+  const b = ready.bootstrap;
+  const banner = $("#bootstrap");
+  if (!b || b.state !== "running") {
+    banner.hidden = true;
+    if (bootstrapDone >= 0) { bootstrapDone = -1; loadEndpoints(); }
+    return;
+  }
+  const training = Object.entries(b.training).map(([n, t]) => `${n} ${Math.round(t.progress * 100)}%`).join(", ");
+  banner.hidden = false;
+  banner.textContent = `Training the bundled endpoints: ${b.done} of ${b.total} ready` +
+    (training ? ` · now ${training}` : "") + ` · ${b.queued.length} queued`;
+  if (b.done !== bootstrapDone) { bootstrapDone = b.done; loadEndpoints(); }
+  setTimeout(watchBootstrap, 3000);
 }
 
 async function loadHealth() {
@@ -235,7 +280,7 @@ function metricList(metrics) {
 }
 
 async function renderModels() {
-  const predicted = state.endpoints.filter((e) => e.kind === "predicted");
+  const predicted = state.endpoints.filter((e) => e.kind === "predicted" && (!e.status || e.status === "available"));
   const cards = await Promise.all(predicted.map(async (e) => {
     const fast = e.models.find((m) => m.tier === "fast");
     if (!fast) return "";
@@ -248,6 +293,8 @@ async function renderModels() {
       <div>${tiers}</div>
       <p class="units">${escapeHtml(e.description)}</p>
       <dl><dt>data</dt><dd>${escapeHtml(manifest.dataset.source)} (${manifest.dataset.rows} rows, ${escapeHtml(manifest.dataset.licence)})</dd>
+        ${manifest.dataset.citation ? `<dt>cite</dt><dd class="citation">${escapeHtml(manifest.dataset.citation)}</dd>` : ""}
+        ${manifest.metrics.tdc ? `<dt>TDC ${escapeHtml(manifest.metrics.tdc.metric)}</dt><dd>${manifest.metrics.tdc.test.toFixed(3)} (TDC's test set)</dd>` : ""}
         <dt>split</dt><dd>${escapeHtml(manifest.split.method)}: ${manifest.split.sizes.train}/${manifest.split.sizes.valid}/${manifest.split.sizes.test}</dd>
         <dt>model</dt><dd>${escapeHtml(manifest.model_id)} v${manifest.version}</dd>
         ${metricList(manifest.metrics.test)}</dl>
@@ -300,5 +347,6 @@ $("#train-form").addEventListener("submit", async (event) => {
 });
 
 loadEndpoints().catch((error) => { $("#status").textContent = `Could not load endpoints: ${error.message}`; });
+watchBootstrap();
 loadHealth();
 setInterval(loadHealth, 10000);

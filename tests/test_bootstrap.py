@@ -1,0 +1,148 @@
+"""Training the bundled endpoints: the catalog, the status file, the gateway while it trains."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from molserve.operations.bootstrap import (
+    StatusWriter,
+    bundled_endpoints,
+    pending_endpoints,
+    read_status,
+    status_path,
+)
+from molserve.registry import Registry
+from molserve.tiers.predictor import LocalPredictor, RequestError
+
+
+def test_forty_five_bundled_endpoints_train_smallest_first_with_their_protocol():
+    catalog = bundled_endpoints()
+    assert len(catalog) == 45
+    rows = [e.rows for e in catalog.values()]
+    assert rows == sorted(rows)
+    caco2 = catalog["caco2_permeability"].training_options()
+    assert caco2["split"] == "tdc-scaffold" and caco2["seed"] == 1 and caco2["metric"] == "mae"
+    assert catalog["half_life"].training_options()["target_transform"].kind == "log10"
+    tox = catalog["tox21_sr_p53"].training_options()
+    assert tox["split"] == "scaffold" and tox["seed"] == 0
+    assert catalog["solubility"].training_options() == {"split": "scaffold", "seed": 0}
+    assert {"bbb_penetration", "bbb_martins"} <= set(catalog)  # both BBB sets are kept
+
+
+def test_status_file_reports_pending_endpoints_and_a_dead_bootstrap_as_interrupted(tmp_path):
+    registry = Registry(tmp_path)
+    writer = StatusWriter(registry, ["a", "b", "c"])
+    writer.update("a", force=True, state="done", progress=1.0)
+    writer.update("b", force=True, state="training", progress=0.4, step="ensemble member 2/5")
+    pending = pending_endpoints(registry)
+    assert set(pending) == {"b", "c"}
+    assert pending["b"]["progress"] == 0.4 and pending["c"]["state"] == "queued"
+    status = json.loads(status_path(registry).read_text())
+    status["pid"] = 2**22 + 12345  # no such process
+    status_path(registry).write_text(json.dumps(status))
+    assert read_status(registry)["state"] == "interrupted"
+    assert pending_endpoints(registry) == {}
+
+
+def test_cli_models_list_shows_endpoints_still_training(tmp_path, capsys):
+    from molserve.cli import main
+
+    registry = Registry(tmp_path)
+    writer = StatusWriter(registry, ["caco2_permeability", "ames_mutagenicity"])
+    writer.update("caco2_permeability", force=True, state="training", progress=0.25, step="featurizing")
+    assert main(["--registry", str(tmp_path), "models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "caco2_permeability" in out and "training 25% (featurizing)" in out
+    assert "ames_mutagenicity" in out and "queued" in out
+
+
+class _Training:
+    """A bootstrap caught mid-way, as the gateway's watcher would have read it."""
+
+    def __init__(self) -> None:
+        self.status = {"state": "running", "endpoints": {
+            "caco2_permeability": {"state": "training", "progress": 0.5, "step": "selecting 1/2"},
+            "ames_mutagenicity": {"state": "queued", "progress": 0.0},
+            "solubility": {"state": "done", "progress": 1.0}}}
+
+    def pending(self):
+        return {n: e for n, e in self.status["endpoints"].items() if e["state"] != "done"}
+
+    def summary(self):
+        return {"state": "running", "done": 1, "total": 3,
+                "training": {"caco2_permeability": {"progress": 0.5, "step": "selecting 1/2"}},
+                "queued": ["ames_mutagenicity"], "failed": {}}
+
+    async def stop(self):
+        return None
+
+
+def test_gateway_says_which_endpoints_are_still_training(trained_registry, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from molserve.config import Settings
+    from molserve.gateway.app import create_app
+
+    app = create_app(Settings(registry=trained_registry.root, jobs_dir=None))
+    with TestClient(app) as client:
+        app.state.bootstrap = _Training()
+        app.state.predictor.pending = app.state.bootstrap.pending
+        ready = client.get("/readyz").json()
+        assert ready["ready"] is True
+        assert ready["bootstrap"]["done"] == 1 and ready["bootstrap"]["queued"] == ["ames_mutagenicity"]
+        listed = {e["name"]: e for e in client.get("/v1/endpoints").json()}
+        assert listed["caco2_permeability"]["status"] == "training"
+        assert listed["caco2_permeability"]["progress"] == 0.5
+        assert listed["caco2_permeability"]["tdc_dataset"] == "Caco2_Wang"
+        assert listed["ames_mutagenicity"]["status"] == "queued"
+        assert listed["solubility"]["status"] == "available"
+        response = client.post("/v1/predict", json={"molecules": ["CCO"],
+                                                    "endpoints": ["caco2_permeability"]})
+        assert response.status_code == 503
+        assert response.json()["error"] == "endpoint_training"
+        assert "caco2_permeability (training, 50%)" in response.json()["message"]
+        assert response.headers["retry-after"] == "30"
+        # Without endpoints named, the available ones answer.
+        assert client.post("/v1/predict", json={"molecules": ["CCO"]}).status_code == 200
+
+
+def test_predictor_raises_503_for_a_pending_endpoint(trained_registry):
+    predictor = LocalPredictor(trained_registry)
+    predictor.load()
+    predictor.pending = lambda: {"ld50": {"state": "queued", "progress": 0.0}}
+    with pytest.raises(RequestError) as raised:
+        predictor.predict(["CCO"], ["ld50"])
+    assert raised.value.status == 503
+    with pytest.raises(RequestError) as raised:
+        predictor.predict(["CCO"], ["no_such_endpoint"])
+    assert raised.value.status == 422
+
+
+@pytest.mark.slow
+def test_gateway_trains_missing_endpoints_in_the_background_and_serves_each_as_it_lands(tmp_path):
+    from tests.processes import gateway
+
+    registry = tmp_path / "registry"
+    wanted = ["carcinogenicity", "skin_reaction"]
+    with gateway(registry, [], MOLSERVE_BOOTSTRAP="true",
+                 MOLSERVE_BOOTSTRAP_ENDPOINTS=json.dumps(wanted),
+                 MOLSERVE_BOOTSTRAP_PROFILE="quick") as (url, _process):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            listed = {e["name"]: e for e in httpx.get(f"{url}/v1/endpoints").json()}
+            if all(listed.get(n, {}).get("status") == "available" for n in wanted):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"not trained in time: {listed}")
+        answer = httpx.post(f"{url}/v1/predict", json={"molecules": ["CCO"], "endpoints": wanted}).json()
+        predictions = answer["results"][0]["predictions"]
+        assert predictions["carcinogenicity"]["provenance"]["dataset"] == "TDC Carcinogens_Lagunin"
+        assert predictions["skin_reaction"]["kind"] == "predicted"
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["bootstrap"]["done"] == 2 and ready["bootstrap"]["state"] == "done"
+    assert read_status(Registry(registry))["state"] == "done"

@@ -15,8 +15,8 @@ from molserve.registry import Registry
 def table(registry: Registry) -> str:
     lines = [
         "| endpoint | task | n train/valid/test | model (test) | ridge baseline (test) "
-        "| 90% interval coverage |",
-        "|---|---|---|---|---|---|",
+        "| 90% interval coverage | TDC metric (test file) | training s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for endpoint in registry.endpoints():
         artifact = registry.latest(endpoint, kind="gbm")
@@ -34,8 +34,10 @@ def table(registry: Registry) -> str:
             baseline = f"RMSE {base['rmse']:.3f}, R2 {base['r2']:.3f}"
             coverage = f"{test['interval_coverage']:.2f}"
         counts = f"{sizes['train']}/{sizes['valid']}/{sizes['test']}"
+        tdc = m["metrics"].get("tdc")
+        tdc_text = f"{tdc['metric']} {tdc['test']:.3f}" if tdc else "-"
         lines.append(f"| {endpoint} ({m['units']}) | {m['task']} | {counts} | {model} "
-                     f"| {baseline} | {coverage} |")
+                     f"| {baseline} | {coverage} | {tdc_text} | {m.get('training_seconds', 0):.0f} |")
     return "\n".join(lines)
 
 

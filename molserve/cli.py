@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bar.close()
         print(summarize(artifact))
         print(json.dumps({"curation": artifact.manifest["curation"],
-                          "valid": artifact.manifest["metrics"]["valid"]}, indent=2))
+                          "out_of_fold": artifact.manifest["metrics"]["out_of_fold"]}, indent=2))
         print(f"registered {artifact.endpoint} v{artifact.version} at {artifact.path}")
     if len(jobs) > 1:
         names = ",".join(e for e, _, _ in jobs)

@@ -54,7 +54,17 @@ def test_answers_keep_input_order_and_duplicates_are_computed_once(app_client):
 def test_default_endpoints_are_all_predicted_ones(app_client):
     body = app_client.post("/v1/predict", json={"molecules": ["CCO"]}).json()
     assert set(body["endpoints"]) == {"solubility", "hydration_free_energy", "bbb_penetration",
-                                      "logbb", "pic50_chembl2321810"}
+                                      "logbb", "pic50_chembl2321810", "dili", "half_life",
+                                      "carcinogenicity"}
+    answers = body["results"][0]["predictions"]
+    assert answers["dili"]["provenance"]["dataset"] == "TDC DILI"
+    assert answers["dili"]["label"] in ("no DILI", "DILI") and 0 <= answers["dili"]["value"] <= 1
+    # Half-life is modelled on log10 and answered in hours: a positive value inside its interval.
+    half_life = answers["half_life"]
+    assert half_life["units"] == "h" and half_life["value"] > 0
+    low, high = half_life["uncertainty"]["interval"]
+    assert 0 < low < half_life["value"] < high
+    assert half_life["uncertainty"]["space"].endswith("log10 space")
 
 
 def test_computed_properties_are_labelled_computed(app_client):
@@ -126,18 +136,22 @@ def test_endpoints_listing_carries_data_and_metrics(app_client):
     assert model["dataset"]["rows"] == 1282 and model["split"]["method"] == "scaffold"
     assert "rmse" in model["metrics"]["test"] and "rmse" in model["metrics"]["baseline_test"]
     assert listing["tpsa"]["kind"] == "computed"
+    dili = listing["dili"]
+    assert dili["tdc_dataset"] == "DILI" and dili["status"] == "available"
+    assert "CC BY 4.0" in dili["licence"] and "doi:10.1021/acs.jcim.5b00238" in dili["citation"]
+    assert dili["models"][0]["metrics"]["tdc"]["metric"] == "roc-auc"
 
 
 def test_health_routes(app_client):
     assert app_client.get("/healthz").json() == {"status": "ok"}
     ready = app_client.get("/readyz")
-    assert ready.status_code == 200 and len(ready.json()["fast_models"]) == 5
+    assert ready.status_code == 200 and len(ready.json()["fast_models"]) == 8
     legacy = app_client.get("/api/health").json()
-    assert legacy["status"] == "healthy" and legacy["models_loaded"] == 5
+    assert legacy["status"] == "healthy" and legacy["models_loaded"] == 8
     assert "solubility" in legacy["available_targets"]
     app_client.post("/v1/predict", json={"molecules": ["CCO"], "endpoints": ["solubility", "tpsa"]})
     metrics = app_client.get("/metrics").text
-    assert "molserve_requests_total" in metrics and "molserve_models_loaded 5.0" in metrics
+    assert "molserve_requests_total" in metrics and "molserve_models_loaded 8.0" in metrics
     assert 'molserve_tier_seconds_count{endpoint="solubility",tier="fast"}' in metrics
     assert 'molserve_tier_seconds_count{endpoint="tpsa",tier="computed"}' in metrics
     assert 'molserve_jobs{state="queued"}' in metrics
@@ -157,7 +171,7 @@ def test_write_routes_need_the_api_key(app_client):
     assert app_client.post("/v1/models/reload").status_code == 401
     assert app_client.post("/v1/models/reload", headers={"x-api-key": "wrong"}).status_code == 403
     response = app_client.post("/v1/models/reload", headers={"authorization": "Bearer test-key"})
-    assert response.status_code == 200 and len(response.json()["loaded"]) == 5
+    assert response.status_code == 200 and len(response.json()["loaded"]) == 8
     assert app_client.delete("/v1/models/solubility/1").status_code == 401
 
 

@@ -153,13 +153,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     predictor.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
         endpoint, tier).observe(seconds)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        started = time.perf_counter()
+    def load_models() -> None:
+        """Load the newest models (those already loaded at that version are kept)."""
         predictor.load()
         metrics.models_loaded.set(len(predictor.fast.models))
         for name, model in predictor.fast.models.items():
             metrics.model_load_seconds.labels(name).set(model.load_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        started = time.perf_counter()
+        load_models()
         log.info("loaded %d fast models in %.3f s", len(predictor.fast.models),
                  time.perf_counter() - started)
         if settings.worker_urls:
@@ -181,13 +185,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs = JobRunner(
                 settings.jobs_dir, settings.registry, settings.datasets,
                 max_concurrent=settings.max_concurrent_jobs, max_attempts=settings.job_max_attempts,
-                on_model_registered=predictor.load)
+                on_model_registered=load_models)
             app.state.jobs.start()
         if settings.bootstrap:
             from molserve.operations.bootstrap import BackgroundBootstrap
 
             app.state.bootstrap = BackgroundBootstrap(
-                predictor.registry, predictor.load, only=settings.bootstrap_endpoints,
+                predictor.registry, load_models, only=settings.bootstrap_endpoints,
                 profile=settings.bootstrap_profile)
             predictor.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
@@ -214,6 +218,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.state.keys = KeyStore(settings.api_keys_file, settings.api_key)
     app.state.predictor = predictor
+    app.state.load_models = load_models
     app.state.metrics = metrics
     app.state.jobs = None
     app.state.bootstrap = None

@@ -477,7 +477,6 @@ def fit_and_evaluate(
     result = {"test_predictions": test_pred, "test_errors": test_errors, "metrics": metrics,
               "recipe": recipe, "rounds": best["rounds"], "spec": spec, "ensemble": ensemble,
               "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
-              "valid_smiles": [curated.canonical_smiles[i] for i in va],
               "test_keys": test_keys if test is not None else None,
               "seconds": time.perf_counter() - started}
     if registry is None:
@@ -496,6 +495,9 @@ def fit_and_evaluate(
     side[sides.test] = "test"
     for i in range(n):
         table.write(f"{curated.canonical_smiles[i]},{y[i]:.6g},{side[i]}\n")
+    if test is not None:  # the fixed test set's readable rows, as scored (other tiers use them)
+        for i in good:
+            table.write(f"{test_keys[i]},{test_y[i]:.6g},test\n")
     train_smiles = "\n".join(curated.canonical_smiles[i] for i in fit) + "\n"
     split_sizes = {"train": len(tr), "valid": len(va),
                    "test": len(sides.test) if test is None else len(test)}

@@ -46,8 +46,7 @@ async def get_model(endpoint: str, version: int, request: Request) -> JSONRespon
              summary="Load the newest version of every endpoint (after training)")
 async def reload_models(request: Request) -> JSONResponse:
     predictor = request.app.state.predictor
-    predictor.load()
-    request.app.state.metrics.models_loaded.set(len(predictor.fast.models))
+    request.app.state.load_models()
     return JSONResponse({"loaded": predictor.fast.endpoints(), "errors": predictor.fast.load_errors})
 
 
@@ -59,5 +58,5 @@ async def delete_model(endpoint: str, version: int, request: Request) -> JSONRes
         predictor.registry.delete(endpoint, version)
     except ArtifactError as error:
         raise RequestError(404, "not_found", str(error)) from None
-    predictor.load()
+    request.app.state.load_models()
     return JSONResponse({"deleted": {"endpoint": endpoint, "version": version}})

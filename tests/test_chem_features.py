@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from rdkit import Chem, DataStructs
 from rdkit.Chem import rdFingerprintGenerator
 
@@ -72,3 +73,37 @@ def test_structural_alerts_flag_a_quinone_and_pass_ethanol():
     quinone = structural_alerts(Chem.MolFromSmiles("O=C1C=CC(=O)C=C1"))
     assert {a["catalog"] for a in quinone} == {"PAINS_A", "Brenk"}
     assert structural_alerts(Chem.MolFromSmiles("CCO")) == []
+
+
+def test_rdkit2d_block_reproduces_rdkits_own_descriptors():
+    from rdkit.Chem import Crippen
+    from rdkit.Chem import rdMolDescriptors as rd
+
+    from molserve.chem.features import RDKIT2D_NAMES, _rdkit2d
+
+    for smiles in SMILES + ["c1ccncc1.Cl", "[H]OC([H])C", "[Se]1C=CC=C1"]:
+        mol = Chem.MolFromSmiles(smiles)
+        values = dict(zip(RDKIT2D_NAMES, _rdkit2d(mol), strict=True))
+        assert abs(values["crippen_logp"] - Crippen.MolLogP(mol)) < 1e-9
+        assert abs(values["crippen_mr"] - Crippen.MolMR(mol)) < 1e-9
+        assert abs(values["tpsa"] - rd.CalcTPSA(mol)) < 1e-6
+        assert np.allclose([values[f"slogp_vsa{i + 1}"] for i in range(12)], rd.SlogP_VSA_(mol))
+        assert np.allclose([values[f"smr_vsa{i + 1}"] for i in range(10)], rd.SMR_VSA_(mol))
+        assert np.allclose([values[f"mqn{i + 1}"] for i in range(42)], rd.MQNs_(mol))
+
+
+def test_feature_blocks_lay_out_after_the_fingerprint_and_select_from_a_wider_spec():
+    from molserve.chem.features import BLOCKS, union_spec
+
+    mols = [Chem.MolFromSmiles(s) for s in SMILES]
+    narrow = FeatureSpec(blocks=("erg",))
+    wide = union_spec([FeatureSpec(blocks=("rdkit2d",)), narrow, FeatureSpec(descriptors=("tpsa",))])
+    assert wide.blocks == ("rdkit2d", "erg") and wide.descriptors == ("tpsa",)
+    assert wide.width == 2048 + 1 + BLOCKS["rdkit2d"].width + 315
+    full = featurize(mols, wide).matrix
+    alone = featurize(mols, narrow).matrix
+    assert np.array_equal(full[:, narrow.columns_in(wide)], alone)
+    assert narrow.columns_in(narrow) is None
+    assert FeatureSpec.from_dict(wide.to_dict()) == wide
+    with pytest.raises(ValueError, match="made_up"):
+        FeatureSpec.from_dict({**narrow.to_dict(), "blocks": ["made_up"]})

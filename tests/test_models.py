@@ -65,6 +65,22 @@ def test_a_single_leaf_tree_is_handled():
     assert np.allclose(ensemble.raw_scores(x[:2])[:, 0], booster.predict(x[:2], raw_score=True))
 
 
+def test_tdc_metrics_match_scikit_learn_and_scipy_on_ties():
+    # Values from scikit-learn 1.x average_precision_score / roc_auc_score and scipy spearmanr.
+    from molserve.models.metrics import tdc_metric
+
+    y = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    score = np.array([0.1, 0.8, 0.4, 0.4, 0.9, 0.2, 0.4, 0.4])
+    assert abs(tdc_metric("pr-auc", y, score) - 0.8333333333333333) < 1e-12
+    assert abs(tdc_metric("roc-auc", y, score) - 0.875) < 1e-12
+    a = np.array([1.0, 2.0, 2.0, 3.0, 5.0])
+    b = np.array([2.0, 1.0, 4.0, 4.0, 5.0])
+    assert abs(tdc_metric("spearman", a, b) - 0.7631578947368421) < 1e-12
+    assert tdc_metric("mae", a, b) == 1.0
+    with pytest.raises(ValueError, match="unknown TDC metric"):
+        tdc_metric("rmse", a, b)
+
+
 def test_metrics_known_values():
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
@@ -74,3 +90,36 @@ def test_metrics_known_values():
     assert m["spearman"] == 1.0
     c = classification_metrics(np.array([0, 1, 1]), np.array([0.2, 0.9, 0.4]))
     assert abs(c["accuracy"] - 2 / 3) < 1e-12
+
+
+def test_scaffold_folds_cover_every_molecule_once_and_keep_scaffolds_whole():
+    from collections import defaultdict
+
+    from rdkit import Chem
+
+    from molserve.data.bundled import load_bundled
+    from molserve.data.splits import murcko_scaffold, scaffold_folds
+
+    smiles = load_bundled("logbb").smiles[:400]
+    mols = [m for m in (Chem.MolFromSmiles(s) for s in smiles) if m is not None]
+    folds = scaffold_folds(mols, 5, seed=3)
+    assert sorted(i for fold in folds for i in fold) == list(range(len(mols)))
+    fold_of_scaffold = defaultdict(set)
+    for k, fold in enumerate(folds):
+        for i in fold:
+            fold_of_scaffold[murcko_scaffold(mols[i])].add(k)
+    assert all(len(found) == 1 for found in fold_of_scaffold.values())
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= max(len(g) for g in fold_of_scaffold) + 1
+    assert folds != scaffold_folds(mols, 5, seed=4)
+
+
+def test_log10_target_transform_round_trips_and_refuses_non_positive_labels():
+    from molserve.models.gbm_runtime import TargetTransform
+
+    transform = TargetTransform("log10", 0.0)
+    y = np.array([0.5, 3.0, 120.0])
+    assert np.allclose(transform.inverse(transform.forward(y)), y)
+    with pytest.raises(ValueError, match="log10"):
+        transform.forward(np.array([1.0, 0.0]))
+    assert TargetTransform().forward(y) is y

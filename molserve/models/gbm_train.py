@@ -117,6 +117,7 @@ PROFILES = {
         recipes=(
             Recipe(blocks=("rdkit2d", "erg")),
             Recipe(blocks=("rdkit2d",)),
+            Recipe(blocks=("rdkit2d", "erg", "avalon")),
         ),
         learning_rate=0.05, max_rounds=2000, early_stopping=100, folds=5, min_rounds=50,
         classification_learning_rate=0.1,

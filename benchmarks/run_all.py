@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-SCRIPTS = ["benchmarks.bench_models", "benchmarks.bench_gateway", "benchmarks.bench_batch"]
+SCRIPTS = ["benchmarks.bench_models", "benchmarks.bench_features", "benchmarks.bench_gateway",
+           "benchmarks.bench_batch"]
 
 
 def main() -> int:

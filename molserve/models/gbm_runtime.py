@@ -7,7 +7,7 @@ applicability domain and provenance.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,7 @@ class FastModel:
     train_smiles: list[str]
     load_seconds: float
     transform: TargetTransform = TargetTransform()
+    _columns: dict = field(default_factory=dict, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -92,7 +93,9 @@ class FastModel:
 
     def columns_from(self, matrix: np.ndarray, source: FeatureSpec) -> np.ndarray:
         """Select this model's columns from a matrix featurized with the wider `source` spec."""
-        keep = self.spec.columns_in(source)
+        if source not in self._columns:  # the same few source specs, request after request
+            self._columns[source] = self.spec.columns_in(source)
+        keep = self._columns[source]
         return matrix if keep is None else matrix[:, keep]
 
     def raw_scores(self, features: np.ndarray) -> np.ndarray:

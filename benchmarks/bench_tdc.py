@@ -11,8 +11,11 @@ test set. Each model is trained on its own dataset's train_val only.
 (80/10/10, seed 0), and five random 80/10/10 splits (seeds 0-4), the protocol of ADMET-AI's
 published figures for these datasets (Chemprop-RDKit, random splits), shown beside them.
 
+Seeds train two at a time, each on one thread, like `molserve bootstrap`, so the seed-1 model
+of a benchmark dataset is, bit for bit, the model `molserve bootstrap` serves.
+
 Run: .venv/bin/python -m benchmarks.bench_tdc [--datasets a,b] [--seeds 1,2,3,4,5] [--extra]
-     [--out benchmarks/out/tdc.json]
+     [--workers 2] [--out benchmarks/out/tdc.json]
 """
 
 from __future__ import annotations
@@ -94,13 +97,27 @@ def prediction_cost_us(result: dict, smiles: list[str], repeats: int = 1) -> dic
     return {"features_us": (featurized - started) / n * 1e6, "trees_us": (done - featurized) / n * 1e6}
 
 
-def run_benchmark_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "standard") -> dict:
+def _fit_seeds(fit, seeds: list[int], workers: int) -> list[tuple[int, dict]]:
+    """Run `fit(seed)` for every seed, `workers` at a time, each boosting on one thread: the
+    same thread count as `molserve bootstrap`, so a seed's model is the served model exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(zip(seeds, pool.map(fit, seeds), strict=True))
+
+
+def run_benchmark_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "standard",
+                          workers: int = 2) -> dict:
     """TDC's protocol on one benchmark dataset: one score per seed, rounded as TDC rounds."""
     train_val, test = tdc.load(entry.endpoint)
-    scores, seconds, runs = [], [], []
-    for seed in seeds:
+
+    def fit(seed: int) -> dict:
         _, result = fit_and_evaluate(train_val, entry.endpoint, test=test, split="tdc-scaffold",
-                                     seed=seed, profile=profile, **training_options(entry))
+                                     seed=seed, profile=profile, threads=1, **training_options(entry))
+        return result
+
+    scores, seconds, runs = [], [], []
+    for seed, result in _fit_seeds(fit, seeds, workers):
         prediction = result["test_predictions"]  # every row; unreadable ones as the fallback
         score = round(M.tdc_metric(entry.metric, np.asarray(test.labels), prediction), 3)
         unreadable = result["metrics"]["tdc"]["unreadable_rows"]
@@ -128,28 +145,31 @@ def _classification_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return {"roc_auc": M.roc_auc(y, p), "pr_auc": M.average_precision(y, p)}
 
 
-def run_extra_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "standard") -> dict:
+def run_extra_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "standard",
+                      workers: int = 2) -> dict:
     """The served model's recorded scaffold split, and ADMET-AI's protocol (random 80/10/10)."""
     from molserve.data.curation import curate
 
     data, _ = tdc.load(entry.endpoint)
-    _, served = fit_and_evaluate(data, entry.endpoint, split="scaffold", seed=0, profile=profile)
-    test = served["metrics"]["test"]
     curated = curate(data)
-    random_runs = []
-    for seed in seeds:
+
+    def fit(seed: int | None) -> dict:
+        if seed is None:  # the served model's own split
+            _, result = fit_and_evaluate(data, entry.endpoint, split="scaffold", seed=0,
+                                         profile=profile, threads=1)
+            return result
         parts = random_split(len(curated.canonical_smiles), (0.8, 0.1, 0.1), seed=seed)
-        labels = ["train"] * len(data)
-        side_of = {}
-        for side, indices in parts.items():
-            for i in indices:
-                for row in curated.rows[i]:
-                    side_of[row] = side
+        side_of = {row: side for side, indices in parts.items()
+                   for i in indices for row in curated.rows[i]}
         labels = [side_of.get(i, "train") for i in range(len(data))]
         _, result = fit_and_evaluate(data, entry.endpoint, split="random", seed=seed,
-                                     split_labels=labels, profile=profile)
-        m = result["metrics"]["test"]
-        random_runs.append({"seed": seed, "roc_auc": m["roc_auc"], "pr_auc": m["pr_auc"]})
+                                     split_labels=labels, profile=profile, threads=1)
+        return result
+
+    results = dict(_fit_seeds(fit, [None, *seeds], workers))
+    test = results[None]["metrics"]["test"]
+    random_runs = [{"seed": seed, "roc_auc": results[seed]["metrics"]["test"]["roc_auc"],
+                    "pr_auc": results[seed]["metrics"]["test"]["pr_auc"]} for seed in seeds]
     roc = [r["roc_auc"] for r in random_runs]
     prc = [r["pr_auc"] for r in random_runs]
     return {
@@ -212,6 +232,7 @@ def main() -> int:
     parser.add_argument("--extra", action="store_true", help="the 18 datasets outside the group")
     parser.add_argument("--random-seeds", default="0,1,2,3,4")
     parser.add_argument("--profile", default="standard")
+    parser.add_argument("--workers", type=int, default=2, help="seeds trained at once (one thread each)")
     parser.add_argument("--out", default="benchmarks/out/tdc.json")
     args = parser.parse_args()
     wanted = set(args.datasets.split(",")) if args.datasets else None
@@ -222,9 +243,11 @@ def main() -> int:
         if entry.benchmark == args.extra or (wanted and entry.key not in wanted):
             continue
         if args.extra:
-            row = run_extra_dataset(entry, [int(s) for s in args.random_seeds.split(",")], args.profile)
+            row = run_extra_dataset(entry, [int(s) for s in args.random_seeds.split(",")],
+                                    args.profile, args.workers)
         else:
-            row = run_benchmark_dataset(entry, [int(s) for s in args.seeds.split(",")], args.profile)
+            row = run_benchmark_dataset(entry, [int(s) for s in args.seeds.split(",")],
+                                        args.profile, args.workers)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
         out.write_text(json.dumps(rows, indent=1))

@@ -219,8 +219,20 @@ class FeatureBatch:
 _LIMIT = 1e30
 
 
+def canonical_order(mol: Chem.Mol) -> Chem.Mol:
+    """The molecule with its atoms renumbered in RDKit's canonical order.
+
+    Some descriptors sum floating-point terms atom by atom, so the same molecule written two
+    ways could differ in the last bits and, rarely, fall on the other side of a tree's
+    threshold; in canonical order the same molecule always gets the same features.
+    """
+    ranks = list(Chem.CanonicalRankAtoms(mol))
+    order = sorted(range(len(ranks)), key=ranks.__getitem__)
+    return Chem.RenumberAtoms(mol, order)
+
+
 def featurize(mols: Sequence[Chem.Mol], spec: FeatureSpec) -> FeatureBatch:
-    """Featurize molecules for `spec`.
+    """Featurize molecules for `spec` (each in canonical atom order).
 
     >>> from rdkit import Chem
     >>> featurize([Chem.MolFromSmiles("CCO")], FeatureSpec()).matrix.shape
@@ -232,6 +244,8 @@ def featurize(mols: Sequence[Chem.Mol], spec: FeatureSpec) -> FeatureBatch:
     descriptor_fns = [CHEAP_DESCRIPTORS[name] for name in spec.descriptors]
     blocks = [(offset, BLOCKS[name]) for name, offset in spec.block_offsets().items()]
     for row, mol in enumerate(mols):
+        if blocks:
+            mol = canonical_order(mol)
         counts = generator.GetCountFingerprintAsNumPy(mol)
         matrix[row, : spec.n_bits] = counts
         on_bits.append(np.flatnonzero(counts).astype(np.int32))

@@ -193,10 +193,11 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
               report: Report | None = None) -> dict[str, Any]:
     """Train `names` (bundled endpoints), smallest first; return {name: summary or error}.
 
-    `workers` endpoints train at once, each boosting on one thread (default: one per core):
-    on small datasets two single-threaded trainings use two cores better than one two-threaded
-    training. One endpoint failing (bad download, too few molecules) is recorded and the rest go
-    on.
+    `workers` endpoints train at once (default: one per core), each boosting on one thread: on
+    these datasets two single-threaded trainings use two cores better than one two-threaded
+    training, and a model's numbers do not depend on how many ran beside it (the benchmark
+    trains with one thread too, so its seed-1 model is the served one). One endpoint failing
+    (bad download, too few molecules) is recorded and the rest go on.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -209,7 +210,6 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
                          f"bundled: {', '.join(catalog)}")
     registry.check_writable()
     workers = max(1, min(workers or os.cpu_count() or 1, len(names)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
     writer = StatusWriter(registry, names)
     cache = FeatureCache()  # datasets share many molecules (Tox21, the CYP sets)
     outcome: dict[str, Any] = {}
@@ -227,7 +227,7 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
         try:
             train, test = entry.load(tdc_source)
             artifact = train_endpoint(train, registry, name, test=test, profile=profile,
-                                      feature_cache=cache, threads=threads, progress=progress,
+                                      feature_cache=cache, threads=1, progress=progress,
                                       **entry.training_options())
         except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
             writer.update(name, force=True, state="failed", error=f"{type(error).__name__}: {error}")

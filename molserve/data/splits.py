@@ -56,20 +56,24 @@ def scaffold_split(
     n_valid = sizes[1] * n
     big = [g for g in groups.values() if len(g) > sizes[2] * n / 2]
     small = [g for g in groups.values() if len(g) <= sizes[2] * n / 2]
+    return _fill(big, small, seed, n_train, n_valid, overflow="test")
+
+
+def _fill(big: list, small: list, seed: int, n_train: float, n_valid: float, overflow: str) -> Split:
+    """Shuffle the big groups, then the small ones, with `seed`; each group goes to train while
+    it fits, else to valid while it fits, else to `overflow` ("valid" or "test")."""
     rng = random.Random(seed)
     rng.shuffle(big)
     rng.shuffle(small)
-    train: list[int] = []
-    valid: list[int] = []
-    test: list[int] = []
+    sides: Split = {"train": [], "valid": [], "test": []}
     for group in big + small:
-        if len(train) + len(group) <= n_train:
-            train.extend(group)
-        elif len(valid) + len(group) <= n_valid:
-            valid.extend(group)
+        if len(sides["train"]) + len(group) <= n_train:
+            sides["train"].extend(group)
+        elif len(sides["valid"]) + len(group) <= n_valid:
+            sides["valid"].extend(group)
         else:
-            test.extend(group)
-    return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+            sides[overflow].extend(group)
+    return {side: sorted(indices) for side, indices in sides.items()}
 
 
 def tdc_scaffold_split(smiles: Sequence[str], seed: int,
@@ -99,20 +103,8 @@ def tdc_scaffold_split(smiles: Sequence[str], seed: int,
     big, small = [], []
     for group in groups.values():
         (big if len(group) > valid_size / 2 or len(group) > test_size / 2 else small).append(group)
-    rng = random.Random(seed)
-    rng.shuffle(big)
-    rng.shuffle(small)
-    train: list[int] = []
-    valid: list[int] = []
-    test: list[int] = []
-    for group in big + small:
-        if len(train) + len(group) <= train_size:
-            train.extend(group)
-        elif fractions[2] == 0 or len(valid) + len(group) <= valid_size:
-            valid.extend(group)
-        else:
-            test.extend(group)
-    return {"train": sorted(train), "valid": sorted(valid), "test": sorted(test)}
+    return _fill(big, small, seed, train_size, valid_size,
+                 overflow="valid" if fractions[2] == 0 else "test")
 
 
 def scaffold_folds(mols: Sequence[Chem.Mol], k: int, seed: int = 0) -> list[list[int]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from molserve.data.dataset import Dataset
+from molserve.processes import pid_alive
 from molserve.registry.store import Registry
 
 STATUS_FILE = ".bootstrap.json"
@@ -106,7 +107,7 @@ def read_status(registry: Registry) -> dict[str, Any] | None:
         status = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if status.get("state") == "running" and not _alive(status.get("pid")):
+    if status.get("state") == "running" and not pid_alive(status.get("pid")):
         status["state"] = "interrupted"
     return status
 
@@ -118,22 +119,6 @@ def pending_endpoints(registry: Registry) -> dict[str, dict[str, Any]]:
         return {}
     return {name: entry for name, entry in status.get("endpoints", {}).items()
             if entry.get("state") in ("queued", "training")}
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as handle:  # a zombie has exited
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class StatusWriter:

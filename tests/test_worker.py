@@ -126,6 +126,26 @@ def test_worker_needs_its_token(worker_client):
     wrong = {"authorization": "Bearer nope"}
     assert worker_client.post("/v1/predict", json=body, headers=wrong).status_code == 401
     assert worker_client.get("/healthz").status_code == 200  # liveness stays open
+    # Every other route needs it too, /metrics included.
+    assert worker_client.get("/metrics").status_code == 401
+    assert worker_client.get("/v1/models").status_code == 401
+
+
+def test_worker_checks_the_token_before_reading_the_body(worker_client):
+    # A body that is not even JSON: without the token it is refused as unauthorized (401), not
+    # parsed into a validation error (422) that would tell an anonymous caller about the API.
+    response = worker_client.post("/v1/predict", content=b"{not json",
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == 401 and response.json()["error"] == "unauthorized"
+    response = worker_client.post("/v1/predict", content=b"{not json",
+                                  headers={**AUTH, "content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_worker_refuses_a_body_above_its_limit(worker_client):
+    huge = {"molecules": ["C" * 100] * 100_000, "endpoints": ["logbb"]}  # about 10 MB
+    response = worker_client.post("/v1/predict", json=huge, headers=AUTH)
+    assert response.status_code == 413 and response.json()["error"] == "body_too_large"
 
 
 def test_worker_refuses_endpoints_it_does_not_serve(worker_client):
@@ -139,4 +159,4 @@ def test_worker_readiness_models_and_metrics(worker_client):
     assert ready["ready"] and ready["models"] == ["hydration_free_energy", "logbb"]
     models = worker_client.get("/v1/models", headers=AUTH).json()
     assert {m["endpoint"] for m in models} == {"logbb", "hydration_free_energy"}
-    assert "molserve_worker_requests_total" in worker_client.get("/metrics").text
+    assert "molserve_worker_requests_total" in worker_client.get("/metrics", headers=AUTH).text

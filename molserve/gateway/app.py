@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 
 from molserve import __version__, logs
+from molserve.asgi import BodyLimit
 from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.predictor import Predictor, RequestError
@@ -36,52 +37,6 @@ def _validation_message(error: RequestValidationError) -> str:
         where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {item.get('msg', 'invalid')}")
     return "; ".join(parts) or "the request body is not valid"
-
-
-class BodyLimit:
-    """Reject bodies larger than the limit with 413 before they are read into memory
-    (file uploads, which stream to disk, have a limit of their own)."""
-
-    def __init__(self, app, limit: int, upload_limit: int | None = None) -> None:
-        self.app = app
-        self.default_limit = limit
-        self.upload_limit = upload_limit or limit
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope.get("path") == "/v1/uploads" else self.default_limit
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await self._reject(send, limit)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge()
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._reject(send, limit)
-
-    @staticmethod
-    async def _reject(send, limit: int) -> None:
-        body = (b'{"error":"body_too_large","message":"request body exceeds '
-                + str(limit).encode() + b' bytes"}')
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 JSON_ROUTES = {"/v1/predict", "/v1/jobs"}

@@ -2,12 +2,12 @@
 
 POST /v1/predict {"molecules": [canonical SMILES], "endpoints": [...]} ->
 {"results": {endpoint: [answer per molecule]}}. Health, readiness and Prometheus metrics as in
-the gateway. When a token is configured, every route but /healthz needs it as a bearer token.
+the gateway. When a token is configured, every route but /healthz needs it as a bearer token,
+checked before the body is read; bodies above `max_body_bytes` get 413.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -48,6 +48,7 @@ class WorkerSettings(BaseSettings):
     max_queue: int = 2048
     threads: int | None = None
     max_molecules_per_request: int = 1000
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body; 413 beyond.")
     log_json: bool = False
 
 
@@ -134,14 +135,6 @@ def create_worker_app(settings: WorkerSettings | None = None,
     app.state.worker = state
     app.state.settings = settings
 
-    def check_token(request: Request) -> None:
-        if not settings.token:
-            return
-        header = request.headers.get("authorization", "")
-        presented = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(presented.encode(), settings.token.encode()):
-            raise _Error(401, "unauthorized", "this worker needs its bearer token")
-
     @app.exception_handler(_Error)
     async def on_error(request: Request, error: _Error) -> JSONResponse:
         requests.labels(str(error.status)).inc()
@@ -157,7 +150,6 @@ def create_worker_app(settings: WorkerSettings | None = None,
 
     @app.post("/v1/predict")
     async def predict(body: WorkerRequest, request: Request) -> JSONResponse:
-        check_token(request)
         started = time.perf_counter()
         if len(body.molecules) > settings.max_molecules_per_request:
             raise _Error(413, "batch_too_large",
@@ -193,14 +185,12 @@ def create_worker_app(settings: WorkerSettings | None = None,
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        check_token(request)
         ready = state["ready"] and bool(state["models"])
         return JSONResponse({"ready": ready, "models": sorted(state["models"]),
                              "errors": state["errors"]}, status_code=200 if ready else 503)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        check_token(request)
         return JSONResponse([
             {**m.provenance(), "endpoint": e, "task": m.manifest["task"], "units": m.manifest["units"],
              "metrics": m.manifest["metrics"]["test"], "backend": m.backend, "device": m.device}
@@ -214,4 +204,11 @@ def create_worker_app(settings: WorkerSettings | None = None,
             batches.labels(endpoint).set(batcher.batches)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The token is checked before anything reads the body (and on every route but /healthz,
+    # /metrics included); then the body's size.
+    from molserve.asgi import BearerToken, BodyLimit
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.token:
+        app.add_middleware(BearerToken, token=settings.token)
     return app

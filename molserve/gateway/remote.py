@@ -74,8 +74,16 @@ class CircuitBreaker:
         return False
 
     def record_success(self) -> None:
+        """The worker answered well (or its health probe did): closed, whatever the state."""
         self._failures = 0
         self._set("closed")
+
+    def record_alive(self) -> None:
+        """The worker answered but could not serve this call (overloaded, or no model for the
+        endpoint): not a fault of the worker. A half-open probe answered so is decided: the
+        worker is up, so the breaker closes."""
+        if self._state == "half_open":
+            self.record_success()
 
     def record_failure(self) -> None:
         self._failures += 1
@@ -145,7 +153,9 @@ class WorkerClient:
         self.last_error: str | None = None
 
     async def refresh(self, timeout_s: float) -> None:
-        """Health probe: what does the worker serve? Also the way an open breaker is probed."""
+        """Health probe: what does the worker serve? While its breaker is not closed, the probe
+        is also a real one-molecule prediction, and an answer closes the breaker: a listing
+        proves the process is up, not that it predicts."""
         try:
             response = await self.client.get(f"{self.url}/v1/models", headers=self.headers,
                                               timeout=timeout_s)
@@ -153,11 +163,21 @@ class WorkerClient:
             listing = response.json()
             self.models = {m["endpoint"]: m for m in listing}
             self.reachable = True
-            if self.breaker.state != "closed" and self.breaker.allow():
-                self.breaker.record_success()
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
             self.reachable = False
             self.last_error = f"health probe: {type(error).__name__}"
+            return
+        if self.breaker.state != "closed" and self.models:
+            endpoint = sorted(self.models)[0]
+            try:
+                response = await self.client.post(
+                    f"{self.url}/v1/predict", json={"molecules": ["C"], "endpoints": [endpoint]},
+                    headers=self.headers, timeout=timeout_s)
+                answers = response.json()["results"][endpoint] if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                answers = None
+            if isinstance(answers, list) and len(answers) == 1:
+                self.breaker.record_success()
 
     async def predict(self, smiles: list[str], endpoint: str, timeout_s: float,
                       request_id: str | None) -> list[dict]:
@@ -177,15 +197,20 @@ class WorkerClient:
             self._fail(type(error).__name__)
             self.reachable = False
             raise RemoteFailure("worker_unreachable", type(error).__name__) from None
+        except httpx.HTTPError as error:  # anything else httpx raises: the worker's answer was bad
+            self._fail(type(error).__name__)
+            raise RemoteFailure("worker_error", f"{type(error).__name__}: {error}") from None
         finally:
             self.in_flight -= 1
         latency_ms = (time.perf_counter() - started) * 1000
         if response.status_code == 503:
             # Saturated, not broken: no breaker failure, but tell the caller.
             self.stats.record(False, latency_ms)
+            self.breaker.record_alive()
             raise RemoteFailure("worker_overloaded", response.headers.get("retry-after", ""))
         if response.status_code == 404:
             self.stats.record(False, latency_ms)
+            self.breaker.record_alive()
             self.models.pop(endpoint, None)
             raise RemoteFailure("no_transformer_model", f"{self.url} does not serve {endpoint}")
         if response.status_code != 200:
@@ -232,20 +257,21 @@ class RemoteSettings:
 
 
 class RemoteTier:
-    def __init__(self, settings: RemoteSettings) -> None:
+    def __init__(self, settings: RemoteSettings, *, client: httpx.AsyncClient | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
-        self.client = httpx.AsyncClient(limits=limits, timeout=settings.timeout_s)
+        self.client = client or httpx.AsyncClient(limits=limits, timeout=settings.timeout_s)
         self.workers = [
             WorkerClient(url, self.client,
-                         CircuitBreaker(settings.failure_threshold, settings.reset_timeout_s),
+                         CircuitBreaker(settings.failure_threshold, settings.reset_timeout_s,
+                                        clock=clock),
                          settings.token)
             for url in settings.urls
         ]
         self.budget = RetryBudget(settings.retry_ratio)
         self.batchers: dict[str, DynamicBatcher] = {}
         self._health_task: asyncio.Task | None = None
-        self._deadline: dict[str, float] = {}
         self._request_ids: dict[str, set[str]] = {}
 
     async def start(self) -> None:
@@ -283,13 +309,21 @@ class RemoteTier:
         return [w for w in self.workers if endpoint in w.models]
 
     def _pick(self, candidates: list[WorkerClient], exclude: set[str]) -> WorkerClient | None:
+        """A worker that may take a call now, or None when none may.
+
+        Power of two choices on in-flight calls spreads load and avoids a slow worker; when the
+        preferred worker cannot take the call (open, or half-open with its probe out), the next
+        one is asked instead of giving up."""
         allowed = [w for w in candidates if w.url not in exclude and w.breaker.state != "open"]
         if not allowed:
             return None
-        # Power of two choices on in-flight calls: spreads load, avoids a slow worker.
         pair = random.sample(allowed, min(2, len(allowed)))
-        chosen = min(pair, key=lambda w: w.in_flight)
-        return chosen if chosen.breaker.allow() else None
+        preferred = sorted(pair, key=lambda w: w.in_flight)
+        rest = sorted((w for w in allowed if w not in pair), key=lambda w: w.in_flight)
+        for worker in preferred + rest:
+            if worker.breaker.allow():
+                return worker
+        return None
 
     def availability(self, endpoint: str) -> str | None:
         """None when some worker can take `endpoint` now, else the reason it cannot."""
@@ -307,7 +341,9 @@ class RemoteTier:
 
         # A batch may mix requests; the worker receives the ids of those it serves.
         ids = ",".join(sorted(self._request_ids.pop(endpoint, set())))[:512] or request_id.get()
-        timeout_s = self._deadline.get(endpoint, self.settings.timeout_s)
+        # The worker's own time budget, never a caller's deadline: a caller in a hurry stops
+        # waiting (and is answered by the fast tier), but does not make the worker look broken.
+        timeout_s = self.settings.timeout_s
         tried: set[str] = set()
         self.budget.record_call()
         last: RemoteFailure | None = None
@@ -336,12 +372,13 @@ class RemoteTier:
             async def call(batch: list[str], _endpoint: str = endpoint) -> list[dict]:
                 return await self._call(_endpoint, batch)
 
+            # Several calls in flight (up to two per worker), so balancing has a choice.
             batcher = DynamicBatcher(call, max_batch=self.settings.max_batch,
                                      max_wait_s=self.settings.max_wait_s,
-                                     max_queue=self.settings.max_queue)
+                                     max_queue=self.settings.max_queue,
+                                     max_in_flight=max(2, 2 * len(self.workers)))
             batcher.start()
             self.batchers[endpoint] = batcher
-        self._deadline[endpoint] = max(0.05, min(timeout_s, self.settings.timeout_s))
         from molserve.logs import request_id
 
         if request_id.get():

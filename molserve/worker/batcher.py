@@ -31,7 +31,7 @@ class _Item:
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[list[str]], Any], *, max_batch: int = 64,
-                 max_wait_s: float = 0.005, max_queue: int = 2048) -> None:
+                 max_wait_s: float = 0.005, max_queue: int = 2048, max_in_flight: int = 1) -> None:
         # A plain function runs in a thread (model inference); a coroutine function (a remote
         # call) is awaited on the event loop.
         self.predict = predict
@@ -39,6 +39,10 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        # Calls running at once: 1 for a model on this machine; more for remote calls, so a
+        # slow worker does not hold every other molecule back.
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._calls: set[asyncio.Task] = set()
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -55,6 +59,8 @@ class DynamicBatcher:
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -98,22 +104,34 @@ class DynamicBatcher:
                     await asyncio.wait_for(self._wakeup.wait(), deadline - time.monotonic())
                 except TimeoutError:
                     break
-            batch = self._take_batch()
-            started = time.perf_counter()
-            try:
-                smiles = [it.smiles for it in batch]
-                if self._is_async:
-                    answers = await self.predict(smiles)
-                else:
-                    answers = await asyncio.to_thread(self.predict, smiles)
-            except Exception as error:  # the model failed: every caller in the batch learns why
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+            await self._slots.acquire()
+            # Molecules whose callers gave up (their futures cancelled) are not sent.
+            batch = [it for it in self._take_batch() if not it.future.done()]
+            if not batch:
+                self._slots.release()
                 continue
-            self.last_batch_seconds = time.perf_counter() - started
-            self.batches += 1
-            self.molecules += len(batch)
-            for item, answer in zip(batch, answers, strict=True):
+            call = asyncio.create_task(self._run_batch(batch))
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            smiles = [it.smiles for it in batch]
+            if self._is_async:
+                answers = await self.predict(smiles)
+            else:
+                answers = await asyncio.to_thread(self.predict, smiles)
+        except Exception as error:  # the model failed: every caller in the batch learns why
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(answer)
+                    item.future.set_exception(error)
+            return
+        finally:
+            self._slots.release()
+        self.last_batch_seconds = time.perf_counter() - started
+        self.batches += 1
+        self.molecules += len(batch)
+        for item, answer in zip(batch, answers, strict=True):
+            if not item.future.done():
+                item.future.set_result(answer)

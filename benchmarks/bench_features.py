@@ -41,10 +41,10 @@ def main() -> int:
                    _morgan_generator(2, 2048).GetCountFingerprintAsNumPy, mols)}
     for name, block in BLOCKS.items():
         figures[f"{name}_{block.width}_us"] = per_molecule_us(block.fn, mols)
+    from molserve.prediction.tiers import FastTier
     from molserve.registry import Registry
-    from molserve.tiers.backends import FastBackend
 
-    backend = FastBackend(Registry(args.registry))
+    backend = FastTier(Registry(args.registry))
     backend.load()
     if backend.shared_spec is not None:
         spec = backend.shared_spec

@@ -11,8 +11,8 @@ test set. Each model is trained on its own dataset's train_val only.
 (80/10/10, seed 0), and five random 80/10/10 splits (seeds 0-4), the protocol of ADMET-AI's
 published figures for these datasets (Chemprop-RDKit, random splits), shown beside them.
 
-Seeds train two at a time, each on one thread, like `molserve bootstrap`, so the seed-1 model
-of a benchmark dataset is, bit for bit, the model `molserve bootstrap` serves.
+Seeds train two at a time, each in its own process on one thread, like `molserve bootstrap`, so
+the seed-1 model of a benchmark dataset is, bit for bit, the model `molserve bootstrap` serves.
 
 Run: .venv/bin/python -m benchmarks.bench_tdc [--datasets a,b] [--seeds 1,2,3,4,5] [--extra]
      [--workers 2] [--out benchmarks/out/tdc.json]
@@ -97,27 +97,40 @@ def prediction_cost_us(result: dict, smiles: list[str], repeats: int = 1) -> dic
     return {"features_us": (featurized - started) / n * 1e6, "trees_us": (done - featurized) / n * 1e6}
 
 
-def _fit_seeds(fit, seeds: list[int], workers: int) -> list[tuple[int, dict]]:
-    """Run `fit(seed)` for every seed, `workers` at a time, each boosting on one thread: the
-    same thread count as `molserve bootstrap`, so a seed's model is the served model exactly."""
-    from concurrent.futures import ThreadPoolExecutor
+def _fit(endpoint: str, seed: int | None, profile: str, split_labels: list[str] | None = None) -> dict:
+    """One model as `molserve bootstrap` trains it (one thread), in a worker process."""
+    entry = tdc.CATALOG[endpoint]
+    data, test = tdc.load(endpoint)
+    if entry.benchmark:
+        options = {"test": test, "split": "tdc-scaffold", "seed": seed, **training_options(entry)}
+    elif seed is None:  # the served model's own split
+        options = {"split": "scaffold", "seed": 0}
+    else:
+        options = {"split": "random", "seed": seed, "split_labels": split_labels}
+    _, result = fit_and_evaluate(data, endpoint, profile=profile, threads=1, **options)
+    return result
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(zip(seeds, pool.map(fit, seeds), strict=True))
+
+def _fit_seeds(endpoint: str, seeds: list, profile: str, workers: int,
+               labels: dict | None = None) -> list[tuple[int, dict]]:
+    """Every seed's model, `workers` at a time, each in its own process on one thread (LightGBM
+    is not safe to train from several threads of one process)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_fit, endpoint, seed, profile, (labels or {}).get(seed))
+                   for seed in seeds]
+        return [(seed, future.result()) for seed, future in zip(seeds, futures, strict=True)]
 
 
 def run_benchmark_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "standard",
                           workers: int = 2) -> dict:
     """TDC's protocol on one benchmark dataset: one score per seed, rounded as TDC rounds."""
     train_val, test = tdc.load(entry.endpoint)
-
-    def fit(seed: int) -> dict:
-        _, result = fit_and_evaluate(train_val, entry.endpoint, test=test, split="tdc-scaffold",
-                                     seed=seed, profile=profile, threads=1, **training_options(entry))
-        return result
-
     scores, seconds, runs = [], [], []
-    for seed, result in _fit_seeds(fit, seeds, workers):
+    for seed, result in _fit_seeds(entry.endpoint, seeds, profile, workers):
         prediction = result["test_predictions"]  # every row; unreadable ones as the fallback
         score = round(M.tdc_metric(entry.metric, np.asarray(test.labels), prediction), 3)
         unreadable = result["metrics"]["tdc"]["unreadable_rows"]
@@ -152,21 +165,13 @@ def run_extra_dataset(entry: tdc.TdcEndpoint, seeds: list[int], profile: str = "
 
     data, _ = tdc.load(entry.endpoint)
     curated = curate(data)
-
-    def fit(seed: int | None) -> dict:
-        if seed is None:  # the served model's own split
-            _, result = fit_and_evaluate(data, entry.endpoint, split="scaffold", seed=0,
-                                         profile=profile, threads=1)
-            return result
+    labels = {}
+    for seed in seeds:
         parts = random_split(len(curated.canonical_smiles), (0.8, 0.1, 0.1), seed=seed)
         side_of = {row: side for side, indices in parts.items()
                    for i in indices for row in curated.rows[i]}
-        labels = [side_of.get(i, "train") for i in range(len(data))]
-        _, result = fit_and_evaluate(data, entry.endpoint, split="random", seed=seed,
-                                     split_labels=labels, profile=profile, threads=1)
-        return result
-
-    results = dict(_fit_seeds(fit, [None, *seeds], workers))
+        labels[seed] = [side_of.get(i, "train") for i in range(len(data))]
+    results = dict(_fit_seeds(entry.endpoint, [None, *seeds], profile, workers, labels))
     test = results[None]["metrics"]["test"]
     random_runs = [{"seed": seed, "roc_auc": results[seed]["metrics"]["test"]["roc_auc"],
                     "pr_auc": results[seed]["metrics"]["test"]["pr_auc"]} for seed in seeds]

@@ -100,10 +100,10 @@ _worker_predictor = None
 
 def _worker_init(registry: str, chunk_size: int, only: list[str] | None) -> None:
     global _worker_predictor
+    from molserve.prediction.router import Router
     from molserve.registry.store import Registry
-    from molserve.tiers.predictor import LocalPredictor
 
-    _worker_predictor = LocalPredictor(Registry(registry), max_batch=chunk_size)
+    _worker_predictor = Router(Registry(registry), max_batch=chunk_size)
     _worker_predictor.load(only=only)
 
 
@@ -112,7 +112,7 @@ Rendered = tuple[list[list[Any]], int, int]
 
 def _render(predictor, chunk: list[str], names: list[str], columns: list[str]) -> Rendered:
     """Predict one chunk into CSV rows (row numbers within the chunk; the writer shifts them)."""
-    response = predictor.predict(chunk, names)
+    response = predictor.predict_local(chunk, names)
     rows = []
     for result in response["results"]:
         flat = _flatten(result, 0, names)
@@ -153,10 +153,10 @@ def predict_file(
     models once); at most 2 x jobs chunks are in flight, so memory does not grow with the file,
     and rows are written in input order.
     """
+    from molserve.prediction.router import Router
     from molserve.registry.store import Registry
-    from molserve.tiers.predictor import LocalPredictor
 
-    predictor = LocalPredictor(Registry(settings.registry), max_batch=chunk_size)
+    predictor = Router(Registry(settings.registry), max_batch=chunk_size)
     predictor.load(only=endpoints)
     if not predictor.predicted_endpoints and endpoints is None:
         raise ValueError(f"no models in {settings.registry}; run `molserve bootstrap` first")

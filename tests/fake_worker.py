@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 app = FastAPI()
-state = {"mode": "ok", "calls": 0, "request_ids": []}
+state = {"mode": "ok", "calls": 0, "probes": 0, "request_ids": []}
 MODEL = {"endpoint": "logbb", "model_id": "logbb/transformer", "version": 99, "tier": "transformer",
          "task": "regression", "units": "log10(C_brain/C_blood)", "metrics": {"rmse": 0.01}}
 
@@ -35,12 +35,15 @@ async def models():
 
 @app.get("/calls")
 async def calls():
-    return {"calls": state["calls"], "request_ids": state["request_ids"][-20:]}
+    return {"calls": state["calls"], "probes": state["probes"], "request_ids": state["request_ids"][-20:]}
 
 
 @app.post("/v1/predict")
 async def predict(request: Request):
-    state["calls"] += 1
+    if request.headers.get("x-molserve-probe"):  # the gateway's health probe, not a caller's call
+        state["probes"] += 1
+    else:
+        state["calls"] += 1
     state["request_ids"].append(request.headers.get("x-request-id"))
     body = await request.json()
     mode = state["mode"]

@@ -15,8 +15,8 @@ from molserve.operations.bootstrap import (
     read_status,
     status_path,
 )
+from molserve.prediction.router import RequestError, Router
 from molserve.registry import Registry
-from molserve.tiers.predictor import LocalPredictor, RequestError
 
 
 def test_forty_five_bundled_endpoints_train_smallest_first_with_their_protocol():
@@ -90,7 +90,7 @@ def test_gateway_says_which_endpoints_are_still_training(trained_registry, tmp_p
     app = create_app(Settings(registry=trained_registry.root, jobs_dir=None))
     with TestClient(app) as client:
         app.state.bootstrap = _Training()
-        app.state.predictor.pending = app.state.bootstrap.pending
+        app.state.router.pending = app.state.bootstrap.pending
         ready = client.get("/readyz").json()
         assert ready["ready"] is True
         assert ready["bootstrap"]["done"] == 1 and ready["bootstrap"]["queued"] == ["ames_mutagenicity"]
@@ -111,14 +111,14 @@ def test_gateway_says_which_endpoints_are_still_training(trained_registry, tmp_p
 
 
 def test_predictor_raises_503_for_a_pending_endpoint(trained_registry):
-    predictor = LocalPredictor(trained_registry)
+    predictor = Router(trained_registry)
     predictor.load()
     predictor.pending = lambda: {"ld50": {"state": "queued", "progress": 0.0}}
     with pytest.raises(RequestError) as raised:
-        predictor.predict(["CCO"], ["ld50"])
+        predictor.predict_local(["CCO"], ["ld50"])
     assert raised.value.status == 503
     with pytest.raises(RequestError) as raised:
-        predictor.predict(["CCO"], ["no_such_endpoint"])
+        predictor.predict_local(["CCO"], ["no_such_endpoint"])
     assert raised.value.status == 422
 
 

@@ -1,6 +1,6 @@
 """The circuit breaker's state machine and the retry budget, on a fake clock."""
 
-from molserve.gateway.remote import CircuitBreaker, RetryBudget
+from molserve.prediction.remote import CircuitBreaker, RetryBudget
 
 
 class FakeClock:

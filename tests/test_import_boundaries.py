@@ -39,8 +39,8 @@ def test_no_pickle_on_any_load_path():
 
 
 def test_imports_go_one_way():
-    """`chem` imports nothing of ours but itself; the worker, jobs and the batch command do not
-    reach into the gateway (they share `tiers`, `models`, `registry`, `responses`)."""
+    """`chem` imports nothing of ours but itself; the worker, jobs, the batch command and the
+    prediction package (the router every face shares) do not reach into the gateway."""
     import ast
     import pathlib
 
@@ -57,7 +57,7 @@ def test_imports_go_one_way():
 
     for path in (root / "chem").rglob("*.py"):
         assert all(n.startswith("molserve.chem") for n in imported(path)), path
-    for folder in ("worker", "jobs", "tiers", "models", "registry", "data"):
+    for folder in ("worker", "jobs", "prediction", "operations", "models", "registry", "data"):
         for path in (root / folder).rglob("*.py"):
             assert not any(n.startswith("molserve.gateway") for n in imported(path)), path
     assert not any(n.startswith("molserve.gateway") for n in imported(root / "batch.py"))

@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from molserve.gateway.remote import (
+from molserve.prediction.remote import (
     CircuitBreaker,
     RemoteFailure,
     RemoteSettings,
@@ -75,9 +75,12 @@ def test_a_health_probe_that_predicts_closes_an_open_breaker(predict_status, clo
     clock = FakeClock()
     breaker = open_breaker(clock)
 
+    probes = []
+
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
             return httpx.Response(200, json=[MODEL])
+        probes.append(request.headers.get("x-molserve-probe"))
         return httpx.Response(predict_status, json=answers(["C"]))
 
     async def scenario():
@@ -87,6 +90,7 @@ def test_a_health_probe_that_predicts_closes_an_open_breaker(predict_status, clo
 
     run(scenario())
     assert breaker.state == ("closed" if closes else "open")
+    assert probes == ["health"]  # marked, so the worker can tell it from a caller's call
 
 
 def test_the_picker_takes_the_next_worker_when_one_cannot_take_a_call():
@@ -193,3 +197,45 @@ def test_batches_go_out_concurrently_and_abandoned_molecules_are_not_sent():
     assert results == [["a"], ["b"], ["c"]]
     assert in_flight["most"] >= 2  # not one call at a time
     assert ["Y"] not in sent and ["X"] in sent
+
+
+def test_a_worker_that_answers_503_is_left_alone_for_its_retry_after():
+    """Worker a sheds load (503, Retry-After: 3): the call is retried on b, and for three seconds
+    of the tier's clock no call goes to a; then a is asked again. With a single busy worker, the
+    tier answers worker_overloaded at once, without calling it."""
+    clock = FakeClock()
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        import json
+
+        calls.append(request.url.host)
+        if request.url.host == "a":
+            return httpx.Response(503, json={"error": "overloaded"}, headers={"Retry-After": "3"})
+        return httpx.Response(200, json=answers(json.loads(request.content)["molecules"]))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            tier = RemoteTier(RemoteSettings(urls=["http://a", "http://b"], max_wait_s=0.0),
+                              client=client, clock=clock)
+            for worker in tier.workers:
+                worker.models = {"logbb": MODEL}
+            tier.workers[1].in_flight = 100  # the picker prefers a while a may take calls
+            first = await tier._call("logbb", ["CCO"], [None])
+            during = [tier._pick(tier._candidates("logbb"), set()).url for _ in range(20)]
+            clock.now = 3.5
+            after = tier._pick(tier._candidates("logbb"), set()).url
+            alone = RemoteTier(RemoteSettings(urls=["http://a"]), client=client, clock=clock)
+            alone.workers[0].models = {"logbb": MODEL}
+            calls.clear()
+            with pytest.raises(RemoteFailure):
+                await alone._call("logbb", ["CCO"], [None])
+            with pytest.raises(RemoteFailure) as raised:
+                await alone.predict("logbb", ["CCO"], timeout_s=1.0)
+            await alone.stop()
+            return first, during, after, raised.value.reason, list(calls)
+
+    first, during, after, reason, alone_calls = run(scenario())
+    assert len(first) == 1  # retried on b and answered
+    assert during == ["http://b"] * 20 and after == "http://a"
+    assert reason == "worker_overloaded" and alone_calls == ["a"]  # one 503, then not called

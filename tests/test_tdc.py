@@ -154,15 +154,15 @@ def test_quick_benchmark_follows_the_protocol_and_its_seed_one_model_is_the_serv
 def test_served_tdc_model_scores_match_a_rescoring_of_tdc_test_file(tdc_registry):
     """The manifest's TDC figure is the served model's own score on TDC's test file."""
     from molserve.models import metrics as M
-    from molserve.tiers.predictor import LocalPredictor
+    from molserve.prediction.router import Router
 
     artifact = tdc_registry.latest("dili", kind="gbm")
     claimed = artifact.manifest["metrics"]["tdc"]
     assert claimed["metric"] == "roc-auc"
-    predictor = LocalPredictor(tdc_registry)
+    predictor = Router(tdc_registry)
     predictor.load(only=["dili"])
     _, test = tdc.load("dili")
-    answer = predictor.predict(test.smiles, ["dili"])
+    answer = predictor.predict_local(test.smiles, ["dili"])
     probability = np.array([r["predictions"]["dili"]["value"] for r in answer["results"]])
     # Answers are rounded to 4 decimals; the score may move in its last digits.
     assert abs(M.roc_auc(np.array(test.labels), probability) - claimed["test"]) < 0.01

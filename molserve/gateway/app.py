@@ -14,8 +14,8 @@ from molserve import __version__, logs
 from molserve.asgi import BodyLimit
 from molserve.config import Settings
 from molserve.gateway.observability import GatewayMetrics
-from molserve.gateway.predictor import Predictor, RequestError
 from molserve.gateway.routes import endpoints, health, jobs, models, predict, status, web
+from molserve.prediction.router import RequestError, Router
 from molserve.registry.store import Registry
 from molserve.responses import JSONResponse
 
@@ -102,29 +102,33 @@ class Observe:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     logs.configure(json_lines=settings.log_json)
-    predictor = Predictor(Registry(settings.registry), max_batch=settings.max_batch,
-                          compute_threads=settings.compute_threads)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # CPU work of large batches runs on as many threads as cores, not one per request, so
+    # concurrent batches queue instead of thrashing (and memory stays bounded).
+    compute = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="predict")
+    router = Router(Registry(settings.registry), max_batch=settings.max_batch, compute=compute)
     metrics = GatewayMetrics()
-    predictor.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
+    router.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
         endpoint, tier).observe(seconds)
 
     def load_models() -> None:
         """Load the newest models (those already loaded at that version are kept)."""
-        predictor.load()
-        metrics.models_loaded.set(len(predictor.fast.models))
-        for name, model in predictor.fast.models.items():
+        router.load()
+        metrics.models_loaded.set(len(router.fast.models))
+        for name, model in router.fast.models.items():
             metrics.model_load_seconds.labels(name).set(model.load_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         started = time.perf_counter()
         load_models()
-        log.info("loaded %d fast models in %.3f s", len(predictor.fast.models),
+        log.info("loaded %d fast models in %.3f s", len(router.fast.models),
                  time.perf_counter() - started)
         if settings.worker_urls:
-            from molserve.gateway.remote import RemoteSettings, RemoteTier
+            from molserve.prediction.remote import RemoteSettings, RemoteTier
 
-            predictor.remote = RemoteTier(RemoteSettings(
+            router.remote = RemoteTier(RemoteSettings(
                 urls=settings.worker_urls, token=settings.worker_token,
                 timeout_s=settings.worker_timeout_ms / 1000,
                 failure_threshold=settings.breaker_failures,
@@ -133,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 max_batch=settings.remote_max_batch,
                 max_wait_s=settings.remote_max_wait_ms / 1000,
                 max_queue=settings.remote_max_queue))
-            await predictor.remote.start()
+            await router.remote.start()
         if settings.jobs_dir:
             from molserve.jobs.runner import JobRunner
 
@@ -146,9 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from molserve.operations.bootstrap import BackgroundBootstrap
 
             app.state.bootstrap = BackgroundBootstrap(
-                predictor.registry, load_models, only=settings.bootstrap_endpoints,
+                router.registry, load_models, only=settings.bootstrap_endpoints,
                 profile=settings.bootstrap_profile)
-            predictor.pending = app.state.bootstrap.pending
+            router.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "
                          "GET /readyz shows progress")
@@ -158,8 +162,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.bootstrap.stop()
         if app.state.jobs is not None:
             await app.state.jobs.stop()
-        if predictor.remote is not None:
-            await predictor.remote.stop()
+        if router.remote is not None:
+            await router.remote.stop()
 
     app = FastAPI(
         title="molserve",
@@ -172,7 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from molserve.gateway.keys import KeyStore
 
     app.state.keys = KeyStore(settings.api_keys_file, settings.api_key)
-    app.state.predictor = predictor
+    app.state.router = router
     app.state.load_models = load_models
     app.state.metrics = metrics
     app.state.jobs = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from molserve.gateway.keys import KeyRecord
-from molserve.gateway.predictor import RequestError
+from molserve.prediction.router import RequestError
 
 
 def presented_key(request: Request) -> str | None:

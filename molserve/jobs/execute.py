@@ -57,12 +57,12 @@ class JobContext:
 
 def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results: Path) -> dict:
     from molserve.batch import _columns, _count_records, _render, iter_smiles
+    from molserve.prediction.router import Router
     from molserve.registry.store import Registry
-    from molserve.tiers.predictor import LocalPredictor
 
     source = Path(params["input_path"])
     chunk_size = int(params.get("chunk_size", 1000))
-    predictor = LocalPredictor(Registry(registry), max_batch=chunk_size)
+    predictor = Router(Registry(registry), max_batch=chunk_size)
     predictor.load(only=params.get("endpoints"))
     names = predictor.resolve_endpoints(params.get("endpoints"))
     computed = set(predictor.computed.endpoints())

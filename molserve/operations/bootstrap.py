@@ -173,20 +173,48 @@ def missing(registry: Registry, names: list[str] | None = None) -> list[str]:
     return [n for n in wanted if registry.latest(n, kind="gbm") is None]
 
 
+# Each worker process keeps the features it has computed, for the next dataset it trains.
+_feature_cache = None
+
+
+def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, events) -> dict[str, Any]:
+    """Train one bundled endpoint in a worker process; progress goes to `events`."""
+    global _feature_cache
+    from molserve.models.gbm_train import FeatureCache, summarize, train_endpoint
+
+    if _feature_cache is None:
+        _feature_cache = FeatureCache()
+    started = time.time()
+    events.put(("start", name, started))
+    entry = bundled_endpoints()[name]
+    try:
+        train, test = entry.load(tdc_source)
+        artifact = train_endpoint(
+            train, Registry(registry_root), name, test=test, profile=profile,
+            feature_cache=_feature_cache, threads=1,
+            progress=lambda step, fraction: events.put(("progress", name, step, fraction)),
+            **entry.training_options())
+    except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {"version": artifact.version, "seconds": round(time.time() - started, 1),
+            "summary": summarize(artifact)}
+
+
 def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard",
               tdc_source: str = "bundled", workers: int | None = None,
               report: Report | None = None) -> dict[str, Any]:
     """Train `names` (bundled endpoints), smallest first; return {name: summary or error}.
 
-    `workers` endpoints train at once (default: one per core), each boosting on one thread: on
-    these datasets two single-threaded trainings use two cores better than one two-threaded
-    training, and a model's numbers do not depend on how many ran beside it (the benchmark
-    trains with one thread too, so its seed-1 model is the served one). One endpoint failing
+    `workers` endpoints train at once (default: one per core), each in its own process and
+    boosting on one thread: on these datasets two single-threaded trainings use two cores
+    better than one two-threaded training; LightGBM is not safe to train from several threads
+    of one process; and a model's numbers do not depend on how many ran beside it (the
+    benchmark trains the same way, so its seed-1 model is the served one). One endpoint failing
     (bad download, too few molecules) is recorded and the rest go on.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from molserve.models.gbm_train import FeatureCache, summarize, train_endpoint
+    import multiprocessing
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
 
     catalog = bundled_endpoints()
     unknown = [n for n in names if n not in catalog]
@@ -196,43 +224,47 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
     registry.check_writable()
     workers = max(1, min(workers or os.cpu_count() or 1, len(names)))
     writer = StatusWriter(registry, names)
-    cache = FeatureCache()  # datasets share many molecules (Tox21, the CYP sets)
     outcome: dict[str, Any] = {}
+    context = multiprocessing.get_context("spawn")  # no forked LightGBM/OpenMP state
+    with context.Manager() as manager:
+        events = manager.Queue()
 
-    def train_one(name: str) -> None:
-        entry = catalog[name]
-        started = time.time()
-        writer.update(name, force=True, state="training", step="loading data", started=started)
+        def relay() -> None:  # worker progress -> status file and the caller's report
+            while (event := events.get()) is not None:
+                if event[0] == "start":
+                    writer.update(event[1], force=True, state="training", step="loading data",
+                                  started=event[2])
+                else:
+                    _, name, step, fraction = event
+                    writer.update(name, step=step, progress=round(fraction, 3))
+                    if report:
+                        report(name, step, fraction)
 
-        def progress(step: str, fraction: float) -> None:
-            writer.update(name, step=step, progress=round(fraction, 3))
-            if report:
-                report(name, step, fraction)
-
+        relay_thread = threading.Thread(target=relay, daemon=True)
+        relay_thread.start()
         try:
-            train, test = entry.load(tdc_source)
-            artifact = train_endpoint(train, registry, name, test=test, profile=profile,
-                                      feature_cache=cache, threads=1, progress=progress,
-                                      **entry.training_options())
-        except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
-            writer.update(name, force=True, state="failed", error=f"{type(error).__name__}: {error}")
-            outcome[name] = {"error": f"{type(error).__name__}: {error}"}
-            return
-        seconds = round(time.time() - started, 1)
-        writer.update(name, force=True, state="done", progress=1.0, step="done",
-                      version=artifact.version, seconds=seconds)
-        outcome[name] = {"version": artifact.version, "seconds": seconds,
-                         "summary": summarize(artifact)}
-
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bootstrap") as pool:
-            for future in [pool.submit(train_one, name) for name in names]:
-                future.result()
-    except BaseException:
-        writer.finish("interrupted")
-        raise
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [(name, pool.submit(_train_one, str(registry.root), name, profile,
+                                              tdc_source, events)) for name in names]
+                for name, future in futures:
+                    try:
+                        result = future.result()
+                    except Exception as error:  # noqa: BLE001 - a worker process died
+                        result = {"error": f"{type(error).__name__}: {error}"}
+                    outcome[name] = result
+                    if "error" in result:
+                        writer.update(name, force=True, state="failed", error=result["error"])
+                    else:
+                        writer.update(name, force=True, state="done", progress=1.0, step="done",
+                                      version=result["version"], seconds=result["seconds"])
+        except BaseException:
+            writer.finish("interrupted")
+            raise
+        finally:
+            events.put(None)
+            relay_thread.join(timeout=5)
     writer.finish("failed" if any("error" in v for v in outcome.values()) else "done")
-    return {name: outcome[name] for name in names}
+    return outcome
 
 
 class BackgroundBootstrap:

@@ -27,11 +27,13 @@ class _Item:
     enqueued: float
     smiles: str = field(compare=False)
     future: asyncio.Future = field(compare=False)
+    tag: Any = field(default=None, compare=False)  # travels with the molecule (a request id)
 
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[list[str]], Any], *, max_batch: int = 64,
-                 max_wait_s: float = 0.005, max_queue: int = 2048, max_in_flight: int = 1) -> None:
+                 max_wait_s: float = 0.005, max_queue: int = 2048, max_in_flight: int = 1,
+                 with_tags: bool = False) -> None:
         # A plain function runs in a thread (model inference); a coroutine function (a remote
         # call) is awaited on the event loop.
         self.predict = predict
@@ -39,6 +41,9 @@ class DynamicBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        # With tags, `predict(smiles, tags)` also gets what each molecule's caller submitted it
+        # with (the request ids of a batch that mixes requests).
+        self.with_tags = with_tags
         # Calls running at once: 1 for a model on this machine; more for remote calls, so a
         # slow worker does not hold every other molecule back.
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -69,14 +74,14 @@ class DynamicBatcher:
                 pass
             self._task = None
 
-    async def submit(self, smiles: list[str]) -> list[Any]:
+    async def submit(self, smiles: list[str], tag: Any = None) -> list[Any]:
         if len(self._pending) + len(smiles) > self.max_queue:
             per_batch = max(self.last_batch_seconds, 0.05)
             raise Overloaded(len(self._pending), self.max_queue,
                              retry_after_s=per_batch * (len(self._pending) / self.max_batch + 1))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        items = [_Item(now, s, loop.create_future()) for s in smiles]
+        items = [_Item(now, s, loop.create_future(), tag) for s in smiles]
         self._pending.extend(items)
         self._wakeup.set()
         return list(await asyncio.gather(*(item.future for item in items)))
@@ -119,7 +124,8 @@ class DynamicBatcher:
         try:
             smiles = [it.smiles for it in batch]
             if self._is_async:
-                answers = await self.predict(smiles)
+                answers = await (self.predict(smiles, [it.tag for it in batch]) if self.with_tags
+                                 else self.predict(smiles))
             else:
                 answers = await asyncio.to_thread(self.predict, smiles)
         except Exception as error:  # the model failed: every caller in the batch learns why

@@ -14,4 +14,4 @@ router = APIRouter(tags=["endpoints"])
 @router.get("/v1/endpoints", response_model=list[EndpointInfo], dependencies=[Depends(require_read)],
             summary="List every endpoint with task, units, training data and held-out metrics")
 async def list_endpoints(request: Request) -> JSONResponse:
-    return JSONResponse(request.app.state.predictor.endpoint_info())
+    return JSONResponse(request.app.state.router.endpoint_info())

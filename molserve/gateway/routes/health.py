@@ -17,12 +17,12 @@ async def healthz() -> dict:
 
 @router.get("/readyz", summary="Models are loaded and requests can be answered")
 async def readyz(request: Request) -> JSONResponse:
-    predictor = request.app.state.predictor
-    ready = predictor.loaded_at is not None and bool(predictor.fast.models)
+    router = request.app.state.router
+    ready = router.loaded_at is not None and bool(router.fast.models)
     body = {
         "ready": ready,
-        "fast_models": predictor.fast.endpoints(),
-        "load_errors": predictor.fast.load_errors,
+        "fast_models": router.fast.endpoints(),
+        "load_errors": router.fast.load_errors,
     }
     bootstrap = request.app.state.bootstrap.summary() if request.app.state.bootstrap else None
     if bootstrap:
@@ -40,7 +40,7 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     metrics_ = request.app.state.metrics
-    remote = request.app.state.predictor.remote
+    remote = request.app.state.router.remote
     if remote is not None:
         states = {"closed": 0, "half_open": 1, "open": 2}
         for worker in remote.workers:
@@ -58,12 +58,12 @@ async def metrics(request: Request) -> Response:
 
 @router.get("/api/health", summary="Health in the shape clients of the older API expect")
 async def legacy_health(request: Request) -> dict:
-    predictor = request.app.state.predictor
-    loaded = predictor.fast.endpoints()
+    router = request.app.state.router
+    loaded = router.fast.endpoints()
     return {
         "status": "healthy" if loaded else "degraded",
         "models_loaded": len(loaded),
         "model_type": "lightgbm ensemble (numpy trees), fast tier" if loaded else "none",
         "available_targets": loaded,
-        "computed_properties": predictor.computed.endpoints(),
+        "computed_properties": router.computed.endpoints(),
     }

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from molserve.gateway.predictor import RequestError
 from molserve.gateway.security import require_predict, require_read, require_train
+from molserve.prediction.router import RequestError
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
@@ -107,7 +107,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
     params = body.model_dump(exclude_none=True)
     if body.upload_id:
         params["input_path"] = str(_upload_path(request, body.upload_id))
-    predictor = request.app.state.predictor
+    router = request.app.state.router
     if body.kind == "screen":
         if body.dataset:
             from molserve.data.store import DatasetStore
@@ -120,11 +120,11 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             params["smiles_col"] = "canonical_smiles"
         if "input_path" not in params:
             raise RequestError(422, "no_input", "a screen needs upload_id or dataset")
-        predictor.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
+        router.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
     else:
         if body.model == "transformer" and body.endpoints:
             tasks = list(dict.fromkeys(body.endpoints))
-            missing = [e for e in tasks if e not in predictor.fast.models]
+            missing = [e for e in tasks if e not in router.fast.models]
             if len(tasks) < 2 or missing or not body.endpoint:
                 raise RequestError(422, "invalid_multitask_job",
                                    "multi-task training needs two or more `endpoints` that have fast "
@@ -132,7 +132,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                                    "`endpoint`, the name to register the model under")
             params["tasks"] = tasks
         elif body.model == "transformer":
-            if not body.endpoint or body.endpoint not in predictor.fast.models:
+            if not body.endpoint or body.endpoint not in router.fast.models:
                 raise RequestError(422, "no_fast_model", "transformer training needs `endpoint` with a "
                                    "fast model, whose curated data and split it reuses")
         elif body.dataset:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from molserve.gateway.predictor import RequestError
 from molserve.gateway.security import require_key, require_read
+from molserve.prediction.router import RequestError
 from molserve.registry.store import ArtifactError
 from molserve.responses import JSONResponse
 
@@ -28,7 +28,7 @@ def _summary(artifact) -> dict:
 
 @router.get("/v1/models", dependencies=[Depends(require_read)], summary="Registered model versions")
 async def list_models(request: Request) -> JSONResponse:
-    registry = request.app.state.predictor.registry
+    registry = request.app.state.router.registry
     return JSONResponse([_summary(a) for a in registry.all_artifacts()])
 
 
@@ -36,7 +36,7 @@ async def list_models(request: Request) -> JSONResponse:
             summary="One version's full manifest")
 async def get_model(endpoint: str, version: int, request: Request) -> JSONResponse:
     try:
-        artifact = request.app.state.predictor.registry.get(endpoint, version)
+        artifact = request.app.state.router.registry.get(endpoint, version)
     except ArtifactError as error:
         raise RequestError(404, "not_found", str(error)) from None
     return JSONResponse(artifact.manifest)
@@ -45,17 +45,17 @@ async def get_model(endpoint: str, version: int, request: Request) -> JSONRespon
 @router.post("/v1/models/reload", dependencies=[Depends(require_key)],
              summary="Load the newest version of every endpoint (after training)")
 async def reload_models(request: Request) -> JSONResponse:
-    predictor = request.app.state.predictor
+    router = request.app.state.router
     request.app.state.load_models()
-    return JSONResponse({"loaded": predictor.fast.endpoints(), "errors": predictor.fast.load_errors})
+    return JSONResponse({"loaded": router.fast.endpoints(), "errors": router.fast.load_errors})
 
 
 @router.delete("/v1/models/{endpoint}/{version}", dependencies=[Depends(require_key)],
                summary="Delete one model version and reload")
 async def delete_model(endpoint: str, version: int, request: Request) -> JSONResponse:
-    predictor = request.app.state.predictor
+    router = request.app.state.router
     try:
-        predictor.registry.delete(endpoint, version)
+        router.registry.delete(endpoint, version)
     except ArtifactError as error:
         raise RequestError(404, "not_found", str(error)) from None
     request.app.state.load_models()

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request
 
-from molserve.gateway.predictor import RequestError
 from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
 from molserve.gateway.security import require_predict
+from molserve.prediction.router import RequestError
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["predict"])
@@ -26,8 +24,8 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     RDKit's reason and the rest are answered; duplicates (same canonical SMILES) are computed
     once. Each answer carries units, uncertainty, applicability domain and provenance."""
     state = request.app.state
-    predictor = state.predictor
-    predictor.check_size(len(body.molecules))
+    router = state.router
+    router.check_size(len(body.molecules))
     metrics = state.metrics
     # Admission control: beyond this many molecules in flight, say so at once (503) rather than
     # letting every client wait.
@@ -39,35 +37,24 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
                            {"retry_after_s": 1.0})
     state.pending_molecules += len(body.molecules)
     try:
-        return await _predict(body, state, predictor, metrics)
+        return await _predict(body, state, router, metrics)
     finally:
         state.pending_molecules -= len(body.molecules)
 
 
-async def _predict(body: PredictRequest, state, predictor, metrics) -> JSONResponse:
-    if predictor.remote is not None:
-        result = await predictor.predict_routed(
-            body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
-            inline_limit=state.settings.inline_batch,
-            on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
-    elif body.tier == "transformer":
-        result = await predictor.predict_routed(
-            body.molecules, body.endpoints, tier="transformer",
-            inline_limit=state.settings.inline_batch,
-            on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
-    elif len(body.molecules) <= state.settings.inline_batch:
-        result = predictor.predict(body.molecules, body.endpoints)
-    else:
-        result = await asyncio.get_running_loop().run_in_executor(
-            predictor.compute, predictor.predict, body.molecules, body.endpoints)
+async def _predict(body: PredictRequest, state, router, metrics) -> JSONResponse:
+    from molserve.logs import request_id
+
+    result = await router.predict(
+        body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
+        request_id=request_id.get(), inline_limit=state.settings.inline_batch,
+        on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])
-    from molserve.logs import request_id
-
-    result.setdefault("request_id", request_id.get())
-    tiers = result.get("tiers", {})
+    result["request_id"] = request_id.get()
+    tiers = result["tiers"]
     for name in result["endpoints"]:
-        tier = tiers.get(name) or ("computed" if name in predictor.computed.endpoints() else "fast")
+        tier = tiers.get(name) or ("computed" if name in router.computed.endpoints() else "fast")
         metrics.predictions.labels(name, tier).inc(result["n_unique"])
     return JSONResponse(result)

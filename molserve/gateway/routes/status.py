@@ -13,20 +13,20 @@ router = APIRouter(tags=["health"])
 @router.get("/v1/status", dependencies=[Depends(require_read)],
             summary="Tiers and workers: breaker state, recent latency and error rate, models")
 async def status(request: Request) -> JSONResponse:
-    predictor = request.app.state.predictor
-    remote = predictor.remote
+    router = request.app.state.router
+    remote = router.remote
     workers = remote.status() if remote else []
     metrics = request.app.state.metrics
     for worker in workers:
         metrics.breaker_state.labels(worker["url"]).set(
             {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
     return JSONResponse({
-        "fast": {"models": predictor.fast.endpoints(), "load_errors": predictor.fast.load_errors},
+        "fast": {"models": router.fast.endpoints(), "load_errors": router.fast.load_errors},
         "transformer": {
             "configured": remote is not None,
-            "endpoints": predictor.remote_endpoints,
-            "preferred": {e: predictor.preferred_tier(e) for e in predictor.remote_endpoints},
+            "endpoints": router.remote_endpoints,
+            "preferred": {e: router.preferred_tier(e) for e in router.remote_endpoints},
             "workers": workers,
         },
-        "computed": {"endpoints": predictor.computed.endpoints()},
+        "computed": {"endpoints": router.computed.endpoints()},
     })

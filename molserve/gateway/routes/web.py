@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
 from molserve.chem.molecules import InvalidSmiles
-from molserve.gateway.predictor import RequestError
+from molserve.prediction.router import RequestError
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 router = APIRouter()

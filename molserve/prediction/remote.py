@@ -1,9 +1,11 @@
-"""The remote transformer tier as seen from the gateway: pooled async HTTP clients, one
-circuit breaker per worker, load balancing, batching of concurrent requests, retry budget,
-background health probes.
+"""The remote transformer tier: workers reached over HTTP behind the tiers' protocol, with
+pooled async clients, a circuit breaker per worker, load balancing, batching of concurrent
+requests with several calls in flight, a retry budget and background health probes.
 
-Nothing here raises into a request: a call either returns answers or a `RemoteFailure` with a
-reason the gateway puts on its degraded answer.
+Each molecule travels with its caller's deadline and request id; a caller's deadline bounds
+that caller's wait only, never the worker's own time budget. Nothing here raises into a
+request: a call either returns answers or a `RemoteFailure` with a reason the router puts on
+its degraded answer.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import httpx
 
 from molserve.worker.batcher import DynamicBatcher, Overloaded
 
-log = logging.getLogger("molserve.gateway.remote")
+log = logging.getLogger("molserve.prediction.remote")
 
+PROBE_HEADER = "x-molserve-probe"  # marks the health probe's prediction (workers may discount it)
 REASONS = ("worker_unreachable", "deadline_exceeded", "circuit_open", "worker_overloaded",
            "no_transformer_model", "worker_error")
 
@@ -93,6 +96,14 @@ class CircuitBreaker:
             self._failures = 0
 
 
+def _seconds(retry_after: str | None, default: float = 1.0, cap: float = 30.0) -> float:
+    """A Retry-After in seconds (the HTTP-date form is not used by workers): default if absent."""
+    try:
+        return min(cap, max(0.0, float(retry_after))) if retry_after else default
+    except ValueError:
+        return default
+
+
 class RetryBudget:
     """Retries may be at most `ratio` of recent calls (plus a small floor), so a failing tier
     is not hit with twice the traffic."""
@@ -151,6 +162,10 @@ class WorkerClient:
         self.in_flight = 0
         self.stats = WorkerStats()
         self.last_error: str | None = None
+        self.busy_until = 0.0  # a 503's Retry-After: no calls before then (breaker clock)
+
+    def busy(self) -> bool:
+        return self.breaker.clock() < self.busy_until
 
     async def refresh(self, timeout_s: float) -> None:
         """Health probe: what does the worker serve? While its breaker is not closed, the probe
@@ -172,7 +187,7 @@ class WorkerClient:
             try:
                 response = await self.client.post(
                     f"{self.url}/v1/predict", json={"molecules": ["C"], "endpoints": [endpoint]},
-                    headers=self.headers, timeout=timeout_s)
+                    headers={**self.headers, PROBE_HEADER: "health"}, timeout=timeout_s)
                 answers = response.json()["results"][endpoint] if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
                 answers = None
@@ -207,7 +222,9 @@ class WorkerClient:
             # Saturated, not broken: no breaker failure, but tell the caller.
             self.stats.record(False, latency_ms)
             self.breaker.record_alive()
-            raise RemoteFailure("worker_overloaded", response.headers.get("retry-after", ""))
+            retry_after = _seconds(response.headers.get("retry-after"))
+            self.busy_until = self.breaker.clock() + retry_after
+            raise RemoteFailure("worker_overloaded", f"{self.url} busy for {retry_after:g} s")
         if response.status_code == 404:
             self.stats.record(False, latency_ms)
             self.breaker.record_alive()
@@ -238,7 +255,7 @@ class WorkerClient:
 
     def status(self) -> dict[str, Any]:
         return {"url": self.url, "breaker": self.breaker.state, "reachable": self.reachable,
-                "in_flight": self.in_flight, "models": sorted(self.models),
+                "in_flight": self.in_flight, "busy": self.busy(), "models": sorted(self.models),
                 "last_error": self.last_error, **self.stats.summary()}
 
 
@@ -257,6 +274,8 @@ class RemoteSettings:
 
 
 class RemoteTier:
+    name = "transformer"
+
     def __init__(self, settings: RemoteSettings, *, client: httpx.AsyncClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -272,7 +291,6 @@ class RemoteTier:
         self.budget = RetryBudget(settings.retry_ratio)
         self.batchers: dict[str, DynamicBatcher] = {}
         self._health_task: asyncio.Task | None = None
-        self._request_ids: dict[str, set[str]] = {}
 
     async def start(self) -> None:
         await self.refresh()
@@ -297,6 +315,12 @@ class RemoteTier:
             await asyncio.sleep(self.settings.health_interval_s)
             await self.refresh()
 
+    def endpoints(self) -> list[str]:
+        return sorted(self.served_endpoints())
+
+    def served(self) -> set[str]:
+        return set(self.served_endpoints())
+
     def served_endpoints(self) -> dict[str, dict]:
         """endpoint -> model info, from any worker that lists it."""
         served: dict[str, dict] = {}
@@ -313,8 +337,10 @@ class RemoteTier:
 
         Power of two choices on in-flight calls spreads load and avoids a slow worker; when the
         preferred worker cannot take the call (open, or half-open with its probe out), the next
-        one is asked instead of giving up."""
-        allowed = [w for w in candidates if w.url not in exclude and w.breaker.state != "open"]
+        one is asked instead of giving up. A worker that answered 503 is left alone for its
+        Retry-After."""
+        allowed = [w for w in candidates if w.url not in exclude and w.breaker.state != "open"
+                   and not w.busy()]
         if not allowed:
             return None
         pair = random.sample(allowed, min(2, len(allowed)))
@@ -333,14 +359,14 @@ class RemoteTier:
                 else "worker_unreachable"
         if all(w.breaker.state == "open" for w in candidates):
             return "circuit_open"
+        if all(w.breaker.state == "open" or w.busy() for w in candidates):
+            return "worker_overloaded"
         return None
 
-    async def _call(self, endpoint: str, smiles: list[str]) -> list[dict]:
+    async def _call(self, endpoint: str, smiles: list[str], request_ids: list[str | None]) -> list[dict]:
         """One batched worker call, with at most one retry on another worker within budget."""
-        from molserve.logs import request_id
-
         # A batch may mix requests; the worker receives the ids of those it serves.
-        ids = ",".join(sorted(self._request_ids.pop(endpoint, set())))[:512] or request_id.get()
+        ids = ",".join(sorted({i for i in request_ids if i}))[:512] or None
         # The worker's own time budget, never a caller's deadline: a caller in a hurry stops
         # waiting (and is answered by the fast tier), but does not make the worker look broken.
         timeout_s = self.settings.timeout_s
@@ -362,29 +388,32 @@ class RemoteTier:
                 raise
         raise last or RemoteFailure("worker_error")
 
-    async def predict(self, endpoint: str, smiles: list[str], timeout_s: float) -> list[dict]:
-        """Answers for `smiles` from the transformer tier, or RemoteFailure."""
+    async def answer(self, batch, endpoint: str, deadline: float,
+                     request_id: str | None = None) -> list[dict]:
+        """The tiers' protocol: answers for the batch's molecules, by `deadline` (monotonic)."""
+        return await self.predict(endpoint, batch.canonical_smiles,
+                                  max(0.0, deadline - time.monotonic()), request_id)
+
+    async def predict(self, endpoint: str, smiles: list[str], timeout_s: float,
+                      request_id: str | None = None) -> list[dict]:
+        """Answers for `smiles` from the transformer tier within `timeout_s`, or RemoteFailure."""
         reason = self.availability(endpoint)
         if reason:
             raise RemoteFailure(reason)
         batcher = self.batchers.get(endpoint)
         if batcher is None:
-            async def call(batch: list[str], _endpoint: str = endpoint) -> list[dict]:
-                return await self._call(_endpoint, batch)
+            async def call(batch: list[str], ids: list, _endpoint: str = endpoint) -> list[dict]:
+                return await self._call(_endpoint, batch, ids)
 
             # Several calls in flight (up to two per worker), so balancing has a choice.
             batcher = DynamicBatcher(call, max_batch=self.settings.max_batch,
                                      max_wait_s=self.settings.max_wait_s,
                                      max_queue=self.settings.max_queue,
-                                     max_in_flight=max(2, 2 * len(self.workers)))
+                                     max_in_flight=max(2, 2 * len(self.workers)), with_tags=True)
             batcher.start()
             self.batchers[endpoint] = batcher
-        from molserve.logs import request_id
-
-        if request_id.get():
-            self._request_ids.setdefault(endpoint, set()).add(request_id.get())
         try:
-            return await asyncio.wait_for(batcher.submit(smiles), timeout=timeout_s)
+            return await asyncio.wait_for(batcher.submit(smiles, tag=request_id), timeout=timeout_s)
         except Overloaded as error:
             raise RemoteFailure("worker_overloaded", str(error)) from None
         except TimeoutError:

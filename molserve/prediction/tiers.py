@@ -1,5 +1,8 @@
-"""The tiers behind one interface: given canonical molecules and an endpoint, return values
-with provenance. The fast tier and computed properties run in-process."""
+"""The tiers behind one small protocol: which endpoints they serve (`served`), their model
+information (`info`), and `answer(molecules, endpoint)`: values with provenance, one per
+molecule, in order. The fast tier and computed properties run in this process; the remote
+transformer tier (`molserve.prediction.remote`) speaks the same protocol, asynchronously and
+with a deadline."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from molserve.chem.molecules import largest_fragment
 from molserve.models.gbm_runtime import FastModel
 from molserve.registry.store import ArtifactError, Registry
 
-log = logging.getLogger("molserve.gateway")
+log = logging.getLogger("molserve.prediction")
 
 
 @dataclass
@@ -36,8 +39,13 @@ class MoleculeBatch:
         return self._features[spec]
 
 
-class ComputedBackend:
-    tier = "computed"
+class ComputedTier:
+    """Exact RDKit values (labelled `computed`)."""
+
+    name = "computed"
+
+    def served(self) -> set[str]:
+        return set(descriptors.COMPUTED)
 
     def endpoints(self) -> list[str]:
         return list(descriptors.COMPUTED)
@@ -50,7 +58,7 @@ class ComputedBackend:
             "models": [descriptors.provenance(name)],
         }
 
-    def predict(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
+    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
         prov = descriptors.provenance(endpoint)
         units = descriptors.COMPUTED[endpoint].units
         return [
@@ -60,10 +68,11 @@ class ComputedBackend:
         ]
 
 
-class FastBackend:
-    """Fast-tier models (ONNX tree ensembles), the newest version of each endpoint."""
+class FastTier:
+    """Fast-tier models (tree ensembles evaluated with numpy), the newest version of each
+    endpoint."""
 
-    tier = "fast"
+    name = "fast"
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
@@ -96,6 +105,9 @@ class FastBackend:
         self.shared_spec = union_spec(
             [m.spec for m in models.values() if (m.spec.radius, m.spec.n_bits) == (2, 2048)])
 
+    def served(self) -> set[str]:
+        return set(self.models)
+
     def endpoints(self) -> list[str]:
         return sorted(self.models)
 
@@ -121,7 +133,7 @@ class FastBackend:
             }],
         }
 
-    def predict(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
+    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
         model = self.models[endpoint]
         spec = self.shared_spec
         if spec is None or (model.spec.radius, model.spec.n_bits) != (spec.radius, spec.n_bits):

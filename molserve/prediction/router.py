@@ -1,0 +1,319 @@
+"""The router: one place that answers a predict request for every caller (the gateway, the
+batch command, screening jobs).
+
+It parses each input once, merges duplicates, plans per endpoint which tier answers first
+(computed, fast, or the remote transformer tier when its model scored better on the same test
+split), sends the remote work first so the fast tier answers meanwhile (hedging), degrades an
+endpoint to the fast tier with the reason whenever the remote tier cannot answer in time, and
+assembles the answers in input order. No request fails because a worker failed.
+
+Per-molecule problems (an unreadable SMILES) are values in the answer; request-level problems
+(unknown endpoint, batch too large) are `RequestError`s, which each face turns into its own
+message (an HTTP status and body, a CLI line).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+from molserve.chem.molecules import InvalidSmiles, try_parse
+from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
+from molserve.registry.store import Registry
+
+if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
+    from molserve.prediction.remote import RemoteTier
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+class Router:
+    """The tiers of this process (fast, computed) and, when configured, the remote one."""
+
+    def __init__(self, registry: Registry, *, max_batch: int = 1000,
+                 compute: Executor | None = None) -> None:
+        self.registry = registry
+        self.max_batch = max_batch
+        self.fast = FastTier(registry)
+        self.computed = ComputedTier()
+        self.remote: RemoteTier | None = None
+        # CPU work of large batches runs here (the gateway gives a pool sized to the cores), so
+        # concurrent batches queue instead of thrashing.
+        self.compute = compute
+        self.loaded_at: float | None = None
+        # (endpoint, tier, seconds) of each tier's answer to one request; a server points this
+        # at its latency histogram.
+        self.observe_tier: Callable[[str, str, float], None] = lambda *_: None
+        # Endpoints a running bootstrap has not trained yet: name -> {state, progress, step}.
+        self.pending: Callable[[], dict[str, dict]] = dict
+
+    def load(self, only: list[str] | None = None) -> None:
+        """Load the newest fast model of each endpoint (or of the endpoints in `only`)."""
+        self.fast.load(only)
+        self.loaded_at = time.time()
+
+    # What can be asked -------------------------------------------------------------------
+    @property
+    def predicted_endpoints(self) -> list[str]:
+        return self.fast.endpoints()
+
+    @property
+    def remote_endpoints(self) -> list[str]:
+        return sorted(self.remote.endpoints()) if self.remote else []
+
+    @property
+    def all_endpoints(self) -> list[str]:
+        predicted = sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
+        return predicted + self.computed.endpoints()
+
+    def resolve_endpoints(self, requested: list[str] | None) -> list[str]:
+        if requested is None:
+            return sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
+        known = set(self.all_endpoints)
+        unknown = [e for e in requested if e not in known]
+        pending = self.pending()
+        training = {e: pending[e] for e in unknown if e in pending}
+        if training:
+            shown = ", ".join(f"{e} ({p.get('state')}, {p.get('progress', 0) * 100:.0f}%)"
+                              for e, p in training.items())
+            raise RequestError(
+                503, "endpoint_training",
+                f"still being trained at start-up: {shown}; retry in a few minutes "
+                "(GET /readyz shows progress)",
+                {"training": training, "retry_after_s": 30.0})
+        if unknown:
+            raise RequestError(
+                422, "unknown_endpoint",
+                f"unknown endpoint(s): {', '.join(map(repr, unknown))}; "
+                f"GET /v1/endpoints lists the {len(known)} available",
+                {"unknown": unknown, "available": sorted(known)},
+            )
+        if not requested:
+            raise RequestError(422, "no_endpoints", "endpoints is empty; name at least one")
+        return list(dict.fromkeys(requested))
+
+    def check_size(self, n: int) -> None:
+        if n > self.max_batch:
+            raise RequestError(
+                413, "batch_too_large",
+                f"{n} molecules in one request; the limit is {self.max_batch}. Split the batch, "
+                "or submit a screen job for large files",
+                {"limit": self.max_batch, "received": n},
+            )
+
+    def endpoint_info(self) -> list[dict[str, Any]]:
+        served = self.remote.served_endpoints() if self.remote else {}
+        infos = []
+        for name in sorted(set(self.fast.endpoints()) | set(served)):
+            info = self.fast.info(name) if name in self.fast.models else {
+                "name": name, "kind": "predicted", "task": served[name].get("task", ""),
+                "units": served[name].get("units", ""), "description": "", "tiers": [], "models": []}
+            if name in served:
+                info["tiers"] = [*info["tiers"], "transformer"]
+                info["models"] = [*info["models"], served[name]]
+                info["preferred_tier"] = self.preferred_tier(name)
+            infos.append(info)
+        infos += self.pending_info()
+        return infos + [self.computed.info(e) for e in self.computed.endpoints()]
+
+    def pending_info(self) -> list[dict[str, Any]]:
+        """Bundled endpoints a start-up bootstrap is still training, with their progress."""
+        pending = self.pending()
+        if not pending:
+            return []
+        from molserve.operations.bootstrap import bundled_endpoints
+
+        catalog = bundled_endpoints()
+        infos = []
+        for name, entry in pending.items():
+            if name in self.fast.models or name not in catalog:
+                continue
+            bundled = catalog[name]
+            infos.append({
+                "name": name, "kind": "predicted", "task": bundled.task, "units": bundled.units,
+                "description": bundled.description, "status": entry.get("state", "queued"),
+                "progress": entry.get("progress", 0.0), "source": bundled.source,
+                "tdc_dataset": bundled.tdc_name, "tiers": [], "models": []})
+        return infos
+
+    # Planning ----------------------------------------------------------------------------
+    def preferred_tier(self, endpoint: str) -> str:
+        """The tier whose model scored better on its held-out test split (same split for both)."""
+        served = self.remote.served_endpoints() if self.remote else {}
+        if endpoint not in served:
+            return "fast"
+        if endpoint not in self.fast.models:
+            return "transformer"
+        fast_test = self.fast.models[endpoint].manifest["metrics"]["test"]
+        remote_test = served[endpoint].get("metrics") or {}
+        if "rmse" in fast_test and "rmse" in remote_test:
+            return "transformer" if remote_test["rmse"] < fast_test["rmse"] else "fast"
+        if "roc_auc" in fast_test and "roc_auc" in remote_test:
+            return "transformer" if remote_test["roc_auc"] > fast_test["roc_auc"] else "fast"
+        return "fast"
+
+    def plan(self, names: list[str], tier: str) -> dict[str, str]:
+        """endpoint -> the tier to try first ('fast', 'transformer' or 'computed')."""
+        plan = {}
+        for name in names:
+            if name in self.computed.endpoints():
+                plan[name] = "computed"
+            elif tier in ("fast", "transformer"):
+                plan[name] = tier
+            else:
+                plan[name] = self.preferred_tier(name)
+        return plan
+
+    # Answering ---------------------------------------------------------------------------
+    def _parse(self, molecules: list[str]):
+        results: list[dict[str, Any]] = []
+        slot_of: dict[str, int] = {}
+        canonical: list[str] = []
+        mols = []
+        owners: list[list[int]] = []
+        for index, text in enumerate(molecules):
+            parsed = try_parse(text)
+            if isinstance(parsed, InvalidSmiles):
+                results.append({"index": index, "input": text, "canonical_smiles": None,
+                                "error": parsed.reason, "predictions": {}})
+                continue
+            key = parsed.canonical_smiles
+            results.append({"index": index, "input": text, "canonical_smiles": key,
+                            "error": None, "predictions": {}})
+            if key not in slot_of:
+                slot_of[key] = len(canonical)
+                canonical.append(key)
+                mols.append(parsed.mol)
+                owners.append([])
+            owners[slot_of[key]].append(index)
+        return results, MoleculeBatch(canonical, mols), owners
+
+    def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[dict]]:
+        answers: dict[str, list[dict]] = {}
+        for name in names:
+            for tier in (self.fast, self.computed):
+                if name in tier.served():
+                    started = time.perf_counter()
+                    answers[name] = tier.answer(batch, name)
+                    self.observe_tier(name, tier.name, time.perf_counter() - started)
+                    break
+        return answers
+
+    @staticmethod
+    def _assemble(results, owners, answers: dict[str, list[dict]], names, started, n, batch):
+        for name in names:
+            for slot, answer in enumerate(answers.get(name, [])):
+                for index in owners[slot]:
+                    results[index]["predictions"][name] = answer
+        return {
+            "results": results,
+            "endpoints": names,
+            "n_molecules": n,
+            "n_errors": sum(1 for r in results if r["error"]),
+            "n_unique": len(batch.canonical_smiles),
+            "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
+        }
+
+    def predict_local(self, molecules: list[str], endpoints: list[str] | None) -> dict[str, Any]:
+        """This process's tiers only (fast and computed): the offline path of the batch command
+        and screening jobs, and of the gateway when no remote tier is asked."""
+        started = time.perf_counter()
+        self.check_size(len(molecules))
+        names = self.resolve_endpoints(endpoints)
+        results, batch, owners = self._parse(molecules)
+        answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
+        return self._assemble(results, owners, answers, names, started, len(molecules), batch)
+
+    async def predict(self, molecules: list[str], endpoints: list[str] | None, *,
+                      tier: str = "auto", deadline_ms: float | None = None,
+                      request_id: str | None = None, inline_limit: int = 16,
+                      on_degraded: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+        """Route each endpoint to its tier; fall back to the fast tier, labelled degraded with
+        the reason, whenever the remote tier cannot answer within the deadline. Batches above
+        `inline_limit` molecules compute in the executor, not on the event loop."""
+        started = time.perf_counter()
+        self.check_size(len(molecules))
+        names = self.resolve_endpoints(endpoints)
+        plan = self.plan(names, tier)
+        if "transformer" not in plan.values():
+            if len(molecules) <= inline_limit or self.compute is None:
+                response = self.predict_local(molecules, names)
+            else:
+                response = await asyncio.get_running_loop().run_in_executor(
+                    self.compute, self.predict_local, molecules, names)
+            return {**response, "tiers": plan, "degraded": {}}
+        from molserve.prediction.remote import RemoteFailure
+
+        results, batch, owners = self._parse(molecules)
+        if not batch.canonical_smiles:
+            return self._assemble(results, owners, {}, names, started, len(molecules), batch)
+        # The caller's deadline (or the remote tier's default) bounds this request's wait only.
+        timeout_s = (deadline_ms / 1000) if deadline_ms else (
+            self.remote.settings.timeout_s if self.remote else 1.0)
+        deadline = time.monotonic() + timeout_s
+        remote_tasks: dict[str, asyncio.Task] = {}
+        reasons: dict[str, str] = {}
+        for name, first in plan.items():
+            if first != "transformer":
+                continue
+            if self.remote is None:
+                reasons[name] = "no_transformer_model"
+                continue
+            # Sent first, so the worker computes while the fast tier answers here (hedging).
+            remote_tasks[name] = asyncio.create_task(self._remote_timed(batch, name, deadline, request_id))
+        if len(batch.canonical_smiles) <= inline_limit or self.compute is None:
+            answers = self._local_answers(batch, names)
+        else:
+            answers = await asyncio.get_running_loop().run_in_executor(
+                self.compute, self._local_answers, batch, names)
+        for name, task in remote_tasks.items():
+            try:
+                remote_answers = await task
+            except RemoteFailure as failure:
+                reasons[name] = failure.reason
+                continue
+            merged = []
+            for slot, answer in enumerate(remote_answers):
+                if "error" in answer and name in answers:
+                    merged.append(_degrade(answers[name][slot], "worker_error"))
+                else:
+                    merged.append(answer)
+            answers[name] = merged
+        for name, reason in reasons.items():
+            if on_degraded is not None:
+                on_degraded(name, reason)
+            if name in answers:
+                answers[name] = [_degrade(a, reason) for a in answers[name]]
+            else:
+                message = f"the transformer tier could not answer ({reason}) and no fast model exists"
+                answers[name] = [{"error": message, "kind": "predicted", "units": "",
+                                  "provenance": {"model_id": f"{name}/none", "version": 0,
+                                                 "tier": "fast", "degraded": True,
+                                                 "degraded_reason": reason}}
+                                 for _ in batch.canonical_smiles]
+        response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
+        response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
+        response["degraded"] = dict(reasons)
+        return response
+
+    async def _remote_timed(self, batch: MoleculeBatch, name: str, deadline: float,
+                            request_id: str | None) -> list[dict]:
+        started = time.perf_counter()
+        answers = await self.remote.answer(batch, name, deadline, request_id)
+        self.observe_tier(name, "transformer", time.perf_counter() - started)
+        return answers
+
+
+def _degrade(answer: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {**answer, "provenance": {**answer["provenance"], "degraded": True,
+                                     "degraded_reason": reason}}

@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import ensure_registry, free_port, rss_mb
+from benchmarks.common import ensure_registry, free_port, rss_mb, start_worker, wait_http
 
 KEY = "bench-faults-key"
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CN1CCC[C@H]1c1cccnc1", "CCN(CC)CC",
@@ -118,26 +118,6 @@ def first_after(records: list[tuple], t: float, predicate) -> float | None:
     """Seconds from t to the first request completing after t that satisfies predicate."""
     hits = [r[0] + r[2] for r in records if r[0] + r[2] >= t and predicate(r)]
     return round(min(hits) - t, 3) if hits else None
-
-
-def wait_http(url: str, timeout: float = 120.0, headers: dict | None = None) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            if httpx.get(url, timeout=2, headers=headers).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
-def start_worker(registry: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "MOLSERVE_WORKER_REGISTRY": str(registry), "MOLSERVE_WORKER_DEVICE": "cpu",
-           "MOLSERVE_WORKER_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "molserve", "worker", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=open(log, "ab"),
-                            stderr=subprocess.STDOUT)
 
 
 def start_gateway(registry: Path, jobs: Path, port: int, worker_port: int, log: Path) -> subprocess.Popen:

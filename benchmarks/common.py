@@ -59,3 +59,25 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
     ms = np.array(samples_s) * 1000
     return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": len(ms)}
+
+
+def wait_http(url: str, timeout: float = 120.0, headers: dict | None = None) -> float:
+    """Poll `url` until it answers 200; return the seconds that took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if httpx.get(url, timeout=2, headers=headers).status_code == 200:
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def start_worker(registry: Path, port: int, log: Path) -> subprocess.Popen:
+    """A `molserve worker` on loopback (CPU, one thread), logging to `log`; not waited for."""
+    env = {**os.environ, "MOLSERVE_WORKER_REGISTRY": str(registry), "MOLSERVE_WORKER_DEVICE": "cpu",
+           "MOLSERVE_WORKER_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "molserve", "worker", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=open(log, "ab"),
+                            stderr=subprocess.STDOUT)

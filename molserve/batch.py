@@ -78,20 +78,25 @@ def _flatten(result: dict[str, Any], offset: int, endpoints: list[str]) -> dict[
         answer = result["predictions"].get(name)
         if answer is None:
             continue
-        value = answer["value"]
+        if answer.is_error:
+            row[name] = ""
+            continue
+        value = answer.value
         if isinstance(value, list):
             value = "; ".join(f"{a['catalog']}:{a['description']}" for a in value)
         row[name] = value
-        if answer["kind"] == "computed":
+        if answer.kind == "computed":
             continue
-        if "label" in answer:
-            row[f"{name}_label"] = answer["label"]
-        row[f"{name}_std"] = answer["uncertainty"]["std"]
-        row[f"{name}_lower"], row[f"{name}_upper"] = answer["uncertainty"]["interval"]
-        row[f"{name}_in_domain"] = answer["applicability_domain"]["in_domain"]
-        row[f"{name}_max_similarity"] = answer["applicability_domain"]["max_similarity"]
-        prov = answer["provenance"]
-        row[f"{name}_model"] = f"{prov['model_id']}@v{prov['version']}"
+        if answer.label is not None:
+            row[f"{name}_label"] = answer.label
+        if answer.uncertainty is not None:
+            row[f"{name}_std"] = answer.uncertainty.std
+            row[f"{name}_lower"], row[f"{name}_upper"] = answer.uncertainty.interval
+        if answer.applicability_domain is not None:
+            row[f"{name}_in_domain"] = answer.applicability_domain.in_domain
+            row[f"{name}_max_similarity"] = answer.applicability_domain.max_similarity
+        prov = answer.provenance
+        row[f"{name}_model"] = f"{prov.model_id}@v{prov.version}"
     return row
 
 

@@ -1,4 +1,5 @@
-"""JSON responses serialized with orjson (fast, and numpy-aware)."""
+"""JSON responses serialized with orjson (fast, numpy-aware, and the edge where typed answers
+become JSON)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from molserve.answers import to_json
+
 
 class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        # Typed answers (dataclasses) serialize themselves, once, here.
+        return orjson.dumps(content, default=to_json,
+                            option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATACLASS)

@@ -31,7 +31,8 @@ class FakeClock:
 
 def answers(smiles: list[str]) -> dict:
     return {"results": {"logbb": [{"value": 0.5, "units": "u", "kind": "predicted",
-                                   "provenance": {"tier": "transformer"}} for _ in smiles]}}
+                                   "provenance": {"model_id": "logbb/transformer", "version": 1,
+                                                  "tier": "transformer"}} for _ in smiles]}}
 
 
 def run(coroutine):
@@ -145,7 +146,7 @@ def test_a_callers_short_deadline_never_opens_the_breaker_for_others():
     reasons, state, answered = run(scenario())
     assert reasons == ["deadline_exceeded"] * 3
     assert state == "closed"
-    assert [a["value"] for a in answered] == [0.5, 0.5]
+    assert [a.value for a in answered] == [0.5, 0.5]
 
 
 def test_httpx_errors_other_than_timeouts_and_transport_become_a_worker_error():

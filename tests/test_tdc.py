@@ -163,12 +163,12 @@ def test_served_tdc_model_scores_match_a_rescoring_of_tdc_test_file(tdc_registry
     predictor.load(only=["dili"])
     _, test = tdc.load("dili")
     answer = predictor.predict_local(test.smiles, ["dili"])
-    probability = np.array([r["predictions"]["dili"]["value"] for r in answer["results"]])
+    probability = np.array([r["predictions"]["dili"].value for r in answer["results"]])
     # Answers are rounded to 4 decimals; the score may move in its last digits.
     assert abs(M.roc_auc(np.array(test.labels), probability) - claimed["test"]) < 0.01
     first = answer["results"][0]["predictions"]["dili"]
-    assert first["provenance"]["dataset"] == "TDC DILI"
-    assert first["label"] in ("no DILI", "DILI")
+    assert first.provenance.details["dataset"] == "TDC DILI"
+    assert first.label in ("no DILI", "DILI")
 
 
 def test_cli_trains_classification_on_tdc_labels_written_as_floats(tmp_path):

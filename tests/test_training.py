@@ -46,6 +46,6 @@ def test_served_model_reproduces_its_test_predictions(trained_registry):
     test = [r for r in rows if r[2] == "test"]
     mols = [Chem.MolFromSmiles(r[0]) for r in test]
     batch = featurize(mols, model.spec)
-    served = np.array([a["value"] for a in model.predict(batch.matrix, batch.on_bits)])
+    served = np.array([a.value for a in model.predict(batch.matrix, batch.on_bits)])
     recorded = np.array(artifact.manifest["test_predictions"]["predicted"])
     assert np.abs(served - recorded).max() < 1e-3

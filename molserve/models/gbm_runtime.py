@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
 from molserve.models.trees import TreeEnsemble
@@ -111,62 +112,47 @@ class FastModel:
             "dataset": _dataset_label(self.manifest.get("dataset") or {}),
         }
 
-    def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[dict[str, Any]]:
+    def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[Answer]:
         """One answer per row of `features` (already in this model's column layout)."""
         raw = self.raw_scores(features).astype(np.float64)
-        provenance = self.provenance()
+        core = self.provenance()
+        provenance = Provenance(core.pop("model_id"), core.pop("version"), core.pop("tier"), core)
         ad = self.manifest["applicability_domain"]
         threshold = float(ad["threshold"])
         calibration = self.manifest["uncertainty"]
         units = self.manifest["units"]
         answers = []
+        confidence = calibration.get("confidence")
+        space = (f"std of the members in {self.transform.kind} space"
+                 if self.transform.kind != "identity" else None)
         for row in range(raw.shape[0]):
             similarity, nearest = self.index.nearest(on_bits[row])
-            domain = {
-                "max_similarity": round(similarity, 4),
-                "in_domain": bool(similarity >= threshold),
-                "threshold": round(threshold, 4),
-                "nearest_training_smiles": self.train_smiles[nearest] if nearest >= 0 else None,
-            }
+            domain = Domain(round(similarity, 4), bool(similarity >= threshold), round(threshold, 4),
+                            self.train_smiles[nearest] if nearest >= 0 else None)
             members = raw[row]
             if self.task == "classification":
                 probabilities = 1.0 / (1.0 + np.exp(-members))
                 p = float(probabilities.mean())
                 names = self.manifest.get("label_names") or ["negative", "positive"]
-                answer = {
-                    "value": round(p, 4),
-                    "units": units,
-                    "label": names[1] if p >= 0.5 else names[0],
-                    "uncertainty": {
-                        "std": round(float(probabilities.std()), 4),
-                        "interval": [round(float(probabilities.min()), 4),
-                                     round(float(probabilities.max()), 4)],
-                        "method": calibration["method"],
-                    },
-                }
-            else:
-                mean = float(members.mean())
-                std = float(members.std())
-                if calibration.get("scale") == "distance":
-                    half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
-                else:  # models trained before distance scaling: scaled by the members' spread
-                    half = calibration["quantile"] * (std + calibration["stabilizer"])
-                low, value, high = (float(v) for v in self.transform.inverse(
-                    np.array([mean - half, mean, mean + half])))
-                answer = {
-                    "value": _round(value),
-                    "units": units,
-                    "uncertainty": {
-                        "std": round(std, 4),
-                        "interval": [_round(low), _round(high)],
-                        "confidence": calibration["confidence"],
-                        "method": calibration["method"],
-                    },
-                }
-                if self.transform.kind != "identity":
-                    answer["uncertainty"]["space"] = f"std of the members in {self.transform.kind} space"
-            answer["kind"] = "predicted"
-            answer["applicability_domain"] = domain
-            answer["provenance"] = provenance
-            answers.append(answer)
+                answers.append(Answer(
+                    provenance, round(p, 4), units, label=names[1] if p >= 0.5 else names[0],
+                    uncertainty=Uncertainty(round(float(probabilities.std()), 4),
+                                            (round(float(probabilities.min()), 4),
+                                             round(float(probabilities.max()), 4)),
+                                            calibration["method"]),
+                    applicability_domain=domain))
+                continue
+            mean = float(members.mean())
+            std = float(members.std())
+            if calibration.get("scale") == "distance":
+                half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
+            else:  # models trained before distance scaling: scaled by the members' spread
+                half = calibration["quantile"] * (std + calibration["stabilizer"])
+            low, value, high = (float(v) for v in self.transform.inverse(
+                np.array([mean - half, mean, mean + half])))
+            answers.append(Answer(
+                provenance, _round(value), units,
+                uncertainty=Uncertainty(round(std, 4), (_round(low), _round(high)),
+                                        calibration["method"], confidence, space),
+                applicability_domain=domain))
         return answers

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from molserve.answers import Answer
 from molserve.worker.batcher import DynamicBatcher, Overloaded
 
 log = logging.getLogger("molserve.prediction.remote")
@@ -195,7 +196,7 @@ class WorkerClient:
                 self.breaker.record_success()
 
     async def predict(self, smiles: list[str], endpoint: str, timeout_s: float,
-                      request_id: str | None) -> list[dict]:
+                      request_id: str | None) -> list[Answer]:
         started = time.perf_counter()
         self.in_flight += 1
         try:
@@ -234,12 +235,10 @@ class WorkerClient:
             self._fail(f"HTTP {response.status_code}")
             raise RemoteFailure("worker_error", f"HTTP {response.status_code}")
         try:
-            answers = response.json()["results"][endpoint]
-            if not isinstance(answers, list) or len(answers) != len(smiles):
+            listed = response.json()["results"][endpoint]
+            if not isinstance(listed, list) or len(listed) != len(smiles):
                 raise ValueError("wrong number of answers")
-            for answer in answers:
-                if not isinstance(answer, dict) or ("value" not in answer and "error" not in answer):
-                    raise ValueError("malformed answer")
+            answers = [Answer.from_json(answer) for answer in listed]
         except (ValueError, KeyError, TypeError) as error:
             self._fail(f"invalid response: {error}")
             raise RemoteFailure("worker_error", f"invalid response: {error}") from None
@@ -363,7 +362,7 @@ class RemoteTier:
             return "worker_overloaded"
         return None
 
-    async def _call(self, endpoint: str, smiles: list[str], request_ids: list[str | None]) -> list[dict]:
+    async def _call(self, endpoint: str, smiles: list[str], request_ids: list[str | None]) -> list[Answer]:
         """One batched worker call, with at most one retry on another worker within budget."""
         # A batch may mix requests; the worker receives the ids of those it serves.
         ids = ",".join(sorted({i for i in request_ids if i}))[:512] or None
@@ -389,20 +388,20 @@ class RemoteTier:
         raise last or RemoteFailure("worker_error")
 
     async def answer(self, batch, endpoint: str, deadline: float,
-                     request_id: str | None = None) -> list[dict]:
+                     request_id: str | None = None) -> list[Answer]:
         """The tiers' protocol: answers for the batch's molecules, by `deadline` (monotonic)."""
         return await self.predict(endpoint, batch.canonical_smiles,
                                   max(0.0, deadline - time.monotonic()), request_id)
 
     async def predict(self, endpoint: str, smiles: list[str], timeout_s: float,
-                      request_id: str | None = None) -> list[dict]:
+                      request_id: str | None = None) -> list[Answer]:
         """Answers for `smiles` from the transformer tier within `timeout_s`, or RemoteFailure."""
         reason = self.availability(endpoint)
         if reason:
             raise RemoteFailure(reason)
         batcher = self.batchers.get(endpoint)
         if batcher is None:
-            async def call(batch: list[str], ids: list, _endpoint: str = endpoint) -> list[dict]:
+            async def call(batch: list[str], ids: list, _endpoint: str = endpoint) -> list[Answer]:
                 return await self._call(_endpoint, batch, ids)
 
             # Several calls in flight (up to two per worker), so balancing has a choice.

@@ -9,7 +9,8 @@ assembles the answers in input order. No request fails because a worker failed.
 
 Per-molecule problems (an unreadable SMILES) are values in the answer; request-level problems
 (unknown endpoint, batch too large) are `RequestError`s, which each face turns into its own
-message (an HTTP status and body, a CLI line).
+message (an HTTP status and body, a CLI line). Answers are typed (`molserve.answers.Answer`):
+each face serializes them once, at its edge.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any
 
+from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
 from molserve.registry.store import Registry
@@ -198,8 +200,8 @@ class Router:
             owners[slot_of[key]].append(index)
         return results, MoleculeBatch(canonical, mols), owners
 
-    def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[dict]]:
-        answers: dict[str, list[dict]] = {}
+    def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[Answer]]:
+        answers: dict[str, list[Answer]] = {}
         for name in names:
             for tier in (self.fast, self.computed):
                 if name in tier.served():
@@ -210,7 +212,7 @@ class Router:
         return answers
 
     @staticmethod
-    def _assemble(results, owners, answers: dict[str, list[dict]], names, started, n, batch):
+    def _assemble(results, owners, answers: dict[str, list[Answer]], names, started, n, batch):
         for name in names:
             for slot, answer in enumerate(answers.get(name, [])):
                 for index in owners[slot]:
@@ -284,8 +286,8 @@ class Router:
                 continue
             merged = []
             for slot, answer in enumerate(remote_answers):
-                if "error" in answer and name in answers:
-                    merged.append(_degrade(answers[name][slot], "worker_error"))
+                if answer.is_error and name in answers:
+                    merged.append(answers[name][slot].degrade("worker_error"))
                 else:
                     merged.append(answer)
             answers[name] = merged
@@ -293,27 +295,21 @@ class Router:
             if on_degraded is not None:
                 on_degraded(name, reason)
             if name in answers:
-                answers[name] = [_degrade(a, reason) for a in answers[name]]
+                answers[name] = [a.degrade(reason) for a in answers[name]]
             else:
                 message = f"the transformer tier could not answer ({reason}) and no fast model exists"
-                answers[name] = [{"error": message, "kind": "predicted", "units": "",
-                                  "provenance": {"model_id": f"{name}/none", "version": 0,
-                                                 "tier": "fast", "degraded": True,
-                                                 "degraded_reason": reason}}
-                                 for _ in batch.canonical_smiles]
+                missing = Answer(Provenance(f"{name}/none", 0, "fast", degraded=True,
+                                            degraded_reason=reason), error=message)
+                answers[name] = [missing for _ in batch.canonical_smiles]
         response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
         response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
         response["degraded"] = dict(reasons)
         return response
 
     async def _remote_timed(self, batch: MoleculeBatch, name: str, deadline: float,
-                            request_id: str | None) -> list[dict]:
+                            request_id: str | None) -> list[Answer]:
         started = time.perf_counter()
         answers = await self.remote.answer(batch, name, deadline, request_id)
         self.observe_tier(name, "transformer", time.perf_counter() - started)
         return answers
 
-
-def _degrade(answer: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**answer, "provenance": {**answer["provenance"], "degraded": True,
-                                     "degraded_reason": reason}}

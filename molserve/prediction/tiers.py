@@ -12,6 +12,7 @@ from typing import Any
 
 from rdkit import Chem
 
+from molserve.answers import Answer, Provenance
 from molserve.chem import descriptors
 from molserve.chem.features import FeatureBatch, FeatureSpec, featurize, union_spec
 from molserve.chem.molecules import largest_fragment
@@ -58,14 +59,12 @@ class ComputedTier:
             "models": [descriptors.provenance(name)],
         }
 
-    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
-        prov = descriptors.provenance(endpoint)
+    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
+        core = descriptors.provenance(endpoint)
+        prov = Provenance(core.pop("model_id"), core.pop("version"), core.pop("tier"), core)
         units = descriptors.COMPUTED[endpoint].units
-        return [
-            {"value": descriptors.compute(endpoint, mol), "units": units, "kind": "computed",
-             "provenance": prov}
-            for mol in batch.mols
-        ]
+        return [Answer(prov, descriptors.compute(endpoint, mol), units, kind="computed")
+                for mol in batch.mols]
 
 
 class FastTier:
@@ -133,7 +132,7 @@ class FastTier:
             }],
         }
 
-    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[dict[str, Any]]:
+    def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
         model = self.models[endpoint]
         spec = self.shared_spec
         if spec is None or (model.spec.radius, model.spec.n_bits) != (spec.radius, spec.n_bits):

@@ -116,6 +116,18 @@ def test_bad_requests_are_4xx_with_a_message(app_client, payload, status, code):
     assert body["error"] == code and body["message"]
 
 
+@pytest.mark.parametrize("tier", ["auto", "fast", "transformer"])
+def test_a_request_with_no_readable_molecule_answers_each_with_its_error(app_client, tier):
+    """Found by schemathesis: with tier "transformer" and no readable SMILES, the router had
+    nothing to route and the answer lacked its tiers (a 500)."""
+    raw = '{"molecules": ["\\ud96d\\udf45\\u00cd4", ""], "endpoints": ["logbb"], "tier": "' + tier + '"}'
+    response = app_client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["n_errors"] == 2 and all(r["error"] and r["predictions"] == {} for r in body["results"])
+    assert set(body["tiers"]) == {"logbb"} and body["degraded"] == {}
+
+
 def test_malformed_json_is_a_422_with_a_message(app_client):
     response = app_client.post("/v1/predict", content=b'{"molecules": [',
                                headers={"content-type": "application/json"})

@@ -257,8 +257,9 @@ class Router:
         from molserve.prediction.remote import RemoteFailure
 
         results, batch, owners = self._parse(molecules)
-        if not batch.canonical_smiles:
-            return self._assemble(results, owners, {}, names, started, len(molecules), batch)
+        if not batch.canonical_smiles:  # nothing readable: per-molecule errors, nothing to route
+            response = self._assemble(results, owners, {}, names, started, len(molecules), batch)
+            return {**response, "tiers": plan, "degraded": {}}
         # The caller's deadline (or the remote tier's default) bounds this request's wait only.
         timeout_s = (deadline_ms / 1000) if deadline_ms else (
             self.remote.settings.timeout_s if self.remote else 1.0)

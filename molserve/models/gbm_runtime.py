@@ -115,8 +115,7 @@ class FastModel:
     def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[Answer]:
         """One answer per row of `features` (already in this model's column layout)."""
         raw = self.raw_scores(features).astype(np.float64)
-        core = self.provenance()
-        provenance = Provenance(core.pop("model_id"), core.pop("version"), core.pop("tier"), core)
+        provenance = Provenance.from_json(self.provenance())
         ad = self.manifest["applicability_domain"]
         threshold = float(ad["threshold"])
         calibration = self.manifest["uncertainty"]

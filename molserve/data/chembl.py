@@ -23,6 +23,7 @@ import numpy as np
 
 from molserve.chem.molecules import InvalidSmiles, parse_smiles
 from molserve.data.standardize import standardize
+from molserve.errors import MolserveError
 
 BASE_URL = "https://www.ebi.ac.uk"
 API_ROOT = "/chembl/api/data"
@@ -38,8 +39,10 @@ KNOWN_TARGETS = {
 }
 
 
-class ChemblError(RuntimeError):
-    pass
+class ChemblError(MolserveError, RuntimeError):
+    """ChEMBL could not be reached or answered something unusable."""
+
+    code = "chembl_error"
 
 
 def resolve_target(name: str) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from molserve.data.dataset import Dataset
+from molserve.errors import MolserveError
 
 BUNDLED_DIR = Path(__file__).parent / "tdc"
 DATAVERSE_URL = "https://dataverse.harvard.edu/api/access/datafile/{file_id}"
@@ -314,8 +315,10 @@ CATALOG: dict[str, TdcEndpoint] = {e.endpoint: e for e in [
 ]}
 
 
-class ChecksumMismatch(RuntimeError):
-    pass
+class ChecksumMismatch(MolserveError, RuntimeError):
+    """A downloaded or cached file is not the file its checksum names."""
+
+    code = "checksum_mismatch"
 
 
 def _digest(data: bytes, algorithm: str) -> str:

@@ -17,20 +17,26 @@ import shutil
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+
+from molserve.errors import InvalidInput, MolserveError
+from molserve.registry.manifest import Manifest
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 SAFE_SUFFIXES = {".json", ".csv", ".onnx", ".safetensors", ".txt"}
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(MolserveError, RuntimeError):
     """An artifact that is missing, incomplete, unsafe or fails its checksum."""
+
+    code = "artifact_error"
 
 
 def validate_endpoint_name(name: str) -> str:
     if not _ENDPOINT_NAME.match(name):
-        raise ValueError(
+        raise InvalidInput(
             f"endpoint name {name!r} must be lowercase letters, digits, '_' or '-' "
             "(at most 64 characters, starting with a letter or digit)"
         )
@@ -55,6 +61,14 @@ class Artifact:
     @property
     def kind(self) -> str:
         return self.manifest.get("kind", "unknown")
+
+    @cached_property
+    def info(self) -> Manifest:
+        """The manifest's shared fields, validated once (see `registry.manifest`)."""
+        try:
+            return Manifest.model_validate(self.manifest)
+        except ValueError as error:
+            raise ArtifactError(f"{self.endpoint} v{self.version}: malformed manifest: {error}") from None
 
     def file(self, name: str) -> Path:
         if name not in self.manifest.get("files", {}):

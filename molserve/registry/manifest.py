@@ -1,0 +1,121 @@
+"""The typed view of a model manifest: the fields every reader shares, validated once.
+
+A manifest is the JSON stored beside a model's files (`manifest.json`). Each model kind also keeps
+sections only its own runtime reads (the fast tier's `features` and `model`, the transformer's
+heads); those stay in `Artifact.manifest`. Everything read across layers (task, units, metrics,
+the multi-task views, the test score that decides which tier answers) is read from here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    test: dict[str, Any] = Field(default_factory=dict, description="Held-out test split metrics.")
+    primary: str | None = Field(None, description="The metric model selection used.")
+    out_of_fold: dict[str, Any] | None = None
+    fast_model_test: dict[str, Any] | None = Field(
+        None, description="Transformer models: the fast model's test metrics on the same split.")
+
+
+def test_score(test: dict[str, Any] | None) -> float:
+    """Higher is better: -RMSE (regression) or ROC AUC (classification) on a test split; -inf
+    when the split has neither (nothing to compare)."""
+    test = test or {}
+    if test.get("rmse") is not None:
+        return -float(test["rmse"])
+    value = test.get("roc_auc")
+    return float(value) if value is not None and math.isfinite(value) else float("-inf")
+
+
+def scored_better(candidate: dict[str, Any] | None, incumbent: dict[str, Any] | None) -> bool:
+    """True when `candidate` beat `incumbent` on the same test split, by the same metric."""
+    candidate, incumbent = candidate or {}, incumbent or {}
+    for metric in ("rmse", "roc_auc"):
+        if candidate.get(metric) is not None and incumbent.get(metric) is not None:
+            return test_score({metric: candidate[metric]}) > test_score({metric: incumbent[metric]})
+    return False
+
+
+class DatasetInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    source: str | None = None
+    licence: str | None = None
+    citation: str | None = None
+    tdc_name: str | None = None
+    rows: int | None = None
+    sha256: str | None = None
+
+    def label(self) -> str | None:
+        """How an answer names its training data, e.g. `TDC Caco2_Wang`."""
+        if self.tdc_name:
+            return f"TDC {self.tdc_name}"
+        return self.name
+
+
+class TaskView(BaseModel):
+    """One endpoint of a multi-task model, in the single-task manifest's terms."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    units: str = ""
+    description: str = ""
+    label_names: list[str] | None = None
+    dataset: DatasetInfo | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    endpoint: str
+    version: int | None = None
+    kind: str = "unknown"
+    tier: str | None = None
+    task: str
+    model_id: str | None = None
+    units: str = ""
+    description: str = ""
+    label_names: list[str] | None = None
+    created: str | None = None
+    job_id: str | None = Field(None, description="The job that trained this model, if any.")
+    dataset: DatasetInfo | None = None
+    metrics: Metrics = Field(default_factory=Metrics)
+    tasks: dict[str, TaskView] | None = Field(None, description="Multi-task models: per endpoint.")
+
+    @property
+    def multitask(self) -> bool:
+        return self.task == "multitask" and bool(self.tasks)
+
+    def endpoints(self) -> list[str]:
+        """The endpoints this model answers for."""
+        return list(self.tasks or {}) if self.multitask else [self.endpoint]
+
+    def view(self, endpoint: str) -> TaskView:
+        """What the model says about one endpoint (single-task models: about their own)."""
+        if self.multitask:
+            assert self.tasks is not None
+            if endpoint not in self.tasks:
+                raise KeyError(f"{self.endpoint} v{self.version} does not serve {endpoint!r}")
+            return self.tasks[endpoint]
+        return TaskView(task=self.task, units=self.units, description=self.description,
+                        label_names=self.label_names, dataset=self.dataset, metrics=self.metrics)
+
+    def test_metrics(self) -> dict[str, Any]:
+        """Test metrics: the model's, or per endpoint for a multi-task model."""
+        if self.multitask:
+            return {e: t.metrics.test for e, t in (self.tasks or {}).items()}
+        return self.metrics.test
+
+    def test_score(self, endpoint: str | None = None) -> float:
+        """Higher is better, on `endpoint`'s test split (see `test_score`)."""
+        return test_score(self.view(endpoint or self.endpoint).metrics.test)

@@ -130,16 +130,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from molserve.batch import predict_file
+    from molserve.operations.screen import screen_file
 
     settings = _settings(args)
     endpoints = [e for e in (args.endpoints or "").replace(",", " ").split() if e] or None
-    summary = predict_file(
-        Path(args.input), Path(args.output), settings=settings, endpoints=endpoints,
-        smiles_col=args.smiles_col, chunk_size=args.chunk_size, jobs=args.jobs,
-        progress=not args.quiet,
-    )
-    print(json.dumps(summary), file=sys.stderr)
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked
+        bar = tqdm(unit="mol", file=sys.stderr, desc="predicting")
+
+    def start(total, names):
+        if bar is not None:
+            bar.total = total
+
+    def chunk(checkpoint, total):
+        if bar is not None:
+            bar.update(checkpoint.rows_done - bar.n)
+
+    summary = screen_file(
+        Path(args.input), Path(args.output), registry=settings.registry, endpoints=endpoints,
+        smiles_col=args.smiles_col, chunk_size=args.chunk_size, processes=args.jobs,
+        on_start=start, on_chunk=chunk)
+    if bar is not None:
+        bar.close()
+    print(json.dumps(summary.to_json()), file=sys.stderr)
     return 0
 
 

@@ -9,7 +9,6 @@ its model through the registry's atomic rename: killed mid-way, it leaves no ver
 from __future__ import annotations
 
 import argparse
-import csv
 import errno
 import os
 import shutil
@@ -17,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,66 +56,32 @@ class JobContext:
 
 
 def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results: Path) -> dict:
-    from molserve.batch import _columns, _count_records, _render, iter_smiles
-    from molserve.prediction.router import Router
-    from molserve.registry.store import Registry
+    from molserve.operations.screen import Checkpoint, screen_file
 
-    source = Path(params["input_path"])
-    chunk_size = int(params.get("chunk_size", 1000))
-    predictor = Router(Registry(registry), max_batch=chunk_size)
-    predictor.load(only=params.get("endpoints"))
-    names = predictor.resolve_endpoints(params.get("endpoints"))
-    computed = set(predictor.computed.endpoints())
-    classification = {n for n, m in predictor.fast.models.items() if m.task == "classification"}
-    columns = _columns(names, computed, classification)
     folder = results / ctx.id
     folder.mkdir(parents=True, exist_ok=True)
-    partial, final = folder / "result.csv.partial", folder / "result.csv"
-    checkpoint = ctx.job.get("checkpoint") or {}
-    done = int(checkpoint.get("rows_done", 0)) if partial.exists() else 0
-    errors = int(checkpoint.get("errors", 0)) if done else 0
-    if done:
-        with open(partial, "r+b") as handle:  # drop anything written after the last checkpoint
-            handle.truncate(int(checkpoint["bytes"]))
-        ctx.log(f"resuming after row {done}")
-    else:
-        with open(partial, "w", newline="") as handle:
-            csv.writer(handle).writerow(columns)
-    total = _count_records(source)
-    ctx.log(f"screening {total if total is not None else 'an unknown number of'} records for {names}")
-    chunk: list[str] = []
-    position = 0
+    saved = ctx.job.get("checkpoint") or {}
+    resume = Checkpoint(**saved) if saved.get("rows_done") else None
+    if resume is not None:
+        ctx.log(f"resuming after row {resume.rows_done}")
 
-    def flush() -> None:
-        nonlocal done, errors
-        rows, n, n_errors = _render(predictor, chunk, names, columns)
-        with open(partial, "a", newline="") as handle:
-            writer = csv.writer(handle)
-            for row in rows:
-                row[0] += done
-            writer.writerows(rows)
-            handle.flush()
-            os.fsync(handle.fileno())
-            size = handle.tell()
-        done += n
-        errors += n_errors
-        ctx.store.update(ctx.id, checkpoint={"rows_done": done, "bytes": size, "errors": errors})
-        fraction = done / total if total else 0.0
-        ctx.progress(fraction, f"{done} molecules screened", {"rows_done": done, "invalid": errors},
-                     force=True)
-        chunk.clear()
+    def start(total: int | None, names: list[str]) -> None:
+        ctx.log(f"screening {total if total is not None else 'an unknown number of'} records for {names}")
 
-    for smiles in iter_smiles(source, params.get("smiles_col")):
-        position += 1
-        if position <= done:
-            continue
-        chunk.append(smiles)
-        if len(chunk) >= chunk_size:
-            flush()
-    if chunk:
-        flush()
-    os.replace(partial, final)
-    return {"path": str(final), "rows": done, "invalid": errors, "endpoints": names}
+    def chunk(checkpoint: Checkpoint, total: int | None) -> None:
+        # Recorded only after the chunk is on disk, so a resume never loses or repeats a row.
+        ctx.store.update(ctx.id, checkpoint=asdict(checkpoint))
+        fraction = checkpoint.rows_done / total if total else 0.0
+        ctx.progress(fraction, f"{checkpoint.rows_done} molecules screened",
+                     {"rows_done": checkpoint.rows_done, "invalid": checkpoint.errors}, force=True)
+
+    summary = screen_file(
+        Path(params["input_path"]), folder / "result.csv", registry=registry,
+        endpoints=params.get("endpoints"), smiles_col=params.get("smiles_col"),
+        chunk_size=int(params.get("chunk_size", 1000)), durable=True, resume=resume,
+        on_start=start, on_chunk=chunk)
+    return {"path": summary.output, "rows": summary.molecules, "invalid": summary.errors,
+            "endpoints": summary.endpoints}
 
 
 def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path) -> dict:

@@ -1,0 +1,149 @@
+"""Training, as every face asks for it: the CLI's `train`/`finetune`, training jobs, the bootstrap.
+
+The parameters of each kind of training live in one typed place (`FastParams`,
+`TransformerParams`); the faces fill them from options or request bodies and call the functions
+here, which raise `molserve.errors` on bad input. Heavy libraries are imported inside the
+functions, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from molserve.errors import InvalidInput
+from molserve.registry.store import Artifact, Registry, validate_endpoint_name
+
+DEFAULT_BASE = "seyonec/ChemBERTa-zinc-base-v1"
+
+# progress(step, fraction) for the fast tier; progress(step, fraction, metrics) for transformers.
+FastProgress = Callable[[str, float], None]
+TransformerProgress = Callable[[str, float, dict[str, Any]], None]
+
+
+class FastParams(BaseModel):
+    """How a fast-tier (LightGBM ensemble) model is trained."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    split: Literal["scaffold", "random", "time"] = Field(
+        "scaffold", description="How the held-out test split is drawn (`time` needs dates).")
+    profile: Literal["standard", "quick"] = Field(
+        "standard", description="`quick` trains fewer rounds and recipes (tests, demos).")
+    seed: int = 0
+
+
+class TransformerParams(BaseModel):
+    """How a transformer (RoBERTa) is fine-tuned on endpoints that have fast models."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: str = Field(DEFAULT_BASE, description="Hub id, local directory, or random:tiny|small|"
+                      "chemberta-zinc-base.")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    patience: int = Field(5, ge=1, description="Epochs without validation gain before stopping.")
+    export_onnx: bool = Field(True, description="Also store ONNX fp32 and int8 exports.")
+    device: str | None = Field(None, description="auto (default), cpu or cuda.")
+    seed: int = 0
+
+
+def endpoint_from_column(column: str) -> str:
+    """An endpoint name made from a label column's name (`LogD7.4` -> `logd7_4`)."""
+    name = re.sub(r"[^a-z0-9_-]+", "_", column.strip().lower()).strip("_-")
+    return name[:64] or "endpoint"
+
+
+def train_fast(registry: Registry, dataset, endpoint: str, params: FastParams, *,
+               split_labels: list[str] | None = None, extra_manifest: dict | None = None,
+               progress: FastProgress | None = None) -> Artifact:
+    """Train and register one fast-tier model on a loaded `Dataset`."""
+    from molserve.models.gbm_train import train_endpoint
+
+    validate_endpoint_name(endpoint)
+    return train_endpoint(dataset, registry, endpoint, split=params.split, profile=params.profile,
+                          seed=params.seed, split_labels=split_labels,
+                          extra_manifest=extra_manifest, progress=progress)
+
+
+def table_jobs(path: Path, *, label_cols: list[str], endpoint: str | None, split: str,
+               smiles_col: str = "smiles", task: str = "regression", units: str = "",
+               description: str = "", positive_label: str | None = None) -> list[tuple[str, Any]]:
+    """(endpoint, dataset) per label column of a CSV/TSV/SDF file, every name checked before
+    any training starts. One column needs `endpoint`; several columns are named after
+    themselves."""
+    from molserve.data.dataset import load_table
+
+    if not label_cols or (len(label_cols) == 1 and not endpoint):
+        raise InvalidInput("give the label column and the endpoint name (--label-col, --endpoint), "
+                           "or several label columns (one endpoint each, named after the column)")
+    if len(label_cols) > 1 and endpoint:
+        raise InvalidInput("with several label columns each becomes an endpoint named after it; "
+                           "drop the endpoint name")
+    if split == "time":
+        raise InvalidInput("a time split needs a stored dataset with dates (molserve data import, "
+                           "then --dataset)")
+    if not Path(path).is_file():
+        from molserve.errors import NotFound
+
+        raise NotFound(f"no such file: {path}")
+    names = [endpoint or endpoint_from_column(column) for column in label_cols]
+    for name in names:
+        validate_endpoint_name(name)
+    return [(name, load_table(path, smiles_col=smiles_col, label_col=column, task=task, name=name,
+                              units=units, description=description, positive_label=positive_label))
+            for name, column in zip(names, label_cols, strict=True)]
+
+
+def train_stored(registry: Registry, datasets: Path, dataset: str, params: FastParams, *,
+                 endpoint: str | None = None, extra_manifest: dict | None = None,
+                 progress: FastProgress | None = None) -> Artifact:
+    """Train a fast model on a stored, curated dataset with its own split labels."""
+    from molserve.data.store import DatasetStore
+
+    store = DatasetStore(datasets)
+    loaded, split_labels = store.load(dataset, split=params.split)
+    name = endpoint or store.get(dataset).manifest.get("endpoint_suggestion", dataset)
+    return train_fast(registry, loaded, name, params, split_labels=split_labels,
+                      extra_manifest=extra_manifest, progress=progress)
+
+
+def finetune(registry: Registry, endpoints: list[str], params: TransformerParams, *,
+             name: str | None = None, extra_manifest: dict | None = None,
+             progress: TransformerProgress | None = None) -> Artifact:
+    """Fine-tune one transformer on `endpoints` (several: one multi-task model named `name`),
+    reusing each endpoint's curated data and split from its fast model."""
+    from molserve.models.transformer.pipeline import finetune_endpoints
+
+    endpoints = list(dict.fromkeys(endpoints))
+    if not endpoints:
+        raise InvalidInput("name at least one endpoint with a fast model to fine-tune on")
+    missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
+    if missing:
+        raise InvalidInput(f"no fast model for {', '.join(missing)}: a transformer reuses the fast "
+                           "model's curated data and split; train one first (molserve train)",
+                           code="no_fast_model")
+    if name is not None:
+        validate_endpoint_name(name)
+    return finetune_endpoints(
+        registry, endpoints, name=name, base=params.base, epochs=params.epochs,
+        batch_size=params.batch_size, learning_rate=params.learning_rate, patience=params.patience,
+        export=params.export_onnx, device=params.device, seed=params.seed,
+        extra_manifest=extra_manifest, progress=progress)
+
+
+def registered_by(registry: Registry, endpoint: str, job_id: str) -> Artifact | None:
+    """The version of `endpoint` a job registered, if it got that far (a resumed job must not
+    register a second one)."""
+    return next((a for a in registry.versions(endpoint) if a.info.job_id == job_id), None)
+
+
+def outcome(artifact: Artifact) -> dict[str, Any]:
+    """What a training reports: the model and its held-out test metrics."""
+    return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
+            "metrics": artifact.info.test_metrics()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,45 @@ class Settings(BaseSettings):
     remote_max_batch: int = 64
     remote_max_wait_ms: float = 2.0
     remote_max_queue: int = Field(4096, description="Molecules waiting for workers, at most.")
+
+
+class EngineSettings(BaseSettings):
+    """Where jobs run their heavy work (`molserve.jobs.engines`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
+
+    training_backend: Literal["local", "modal", "ray"] = Field(
+        "local", description="Transformer training jobs: in the job's process, on Modal, or on Ray.")
+    modal_app: str = Field("molserve-worker", description="The deployed Modal app's name.")
+    ray_address: str = Field("auto", description="Ray cluster to submit training tasks to.")
+    ray_train_gpus: float = Field(0, ge=0, description="GPUs per Ray training task.")
+
+
+class ModalDeploySettings(BaseSettings):
+    """The Modal app's resources, read when `modal deploy` imports `deploy/modal_app.py`."""
+
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_MODAL_", env_file=".env", extra="ignore")
+
+    app: str = "molserve-worker"
+    gpu: str = Field("L4", description="GPU type of the serving containers.")
+    train_gpu: str = Field("A10G", description="GPU type of fine-tuning calls.")
+    min_containers: int = Field(0, ge=0, description="Warm containers (0: scale to zero).")
+    max_containers: int = Field(10, ge=1)
+    scaledown_s: int = Field(300, ge=2, description="Idle seconds before a container stops.")
+    max_batch: int = Field(128, ge=1, description="Molecules per batched call.")
+    wait_ms: int = Field(10, ge=0, description="Longest wait to fill a batch.")
+    secret: str = Field("molserve-worker", description="Modal Secret holding MOLSERVE_WORKER_TOKEN.")
+    registry_mount: str = "/registry"
+    hf_mount: str = "/hf-cache"
+
+
+class RayDeploySettings(BaseSettings):
+    """`serve run molserve.deploy.ray_app:app`: replica resources (the worker's own settings
+    come from MOLSERVE_WORKER_*)."""
+
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_RAY_", env_file=".env", extra="ignore")
+
+    gpus_per_replica: float = Field(0, ge=0)
 
 
 def get_settings() -> Settings:

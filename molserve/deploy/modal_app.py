@@ -20,22 +20,24 @@ Every body here calls the same library code as the local worker.
 """
 
 # No `from __future__ import annotations`: Modal reads class parameter types at import.
-import os
 from pathlib import Path
 
 import modal
 
-APP_NAME = os.environ.get("MOLSERVE_MODAL_APP", "molserve-worker")
-GPU = os.environ.get("MOLSERVE_MODAL_GPU", "L4")
-TRAIN_GPU = os.environ.get("MOLSERVE_MODAL_TRAIN_GPU", "A10G")
-MIN_CONTAINERS = int(os.environ.get("MOLSERVE_MODAL_MIN_CONTAINERS", "0"))
-MAX_CONTAINERS = int(os.environ.get("MOLSERVE_MODAL_MAX_CONTAINERS", "10"))
-SCALEDOWN_S = int(os.environ.get("MOLSERVE_MODAL_SCALEDOWN_S", "300"))
-MAX_BATCH = int(os.environ.get("MOLSERVE_MODAL_MAX_BATCH", "128"))
-WAIT_MS = int(os.environ.get("MOLSERVE_MODAL_WAIT_MS", "10"))
-SECRET_NAME = os.environ.get("MOLSERVE_MODAL_SECRET", "molserve-worker")
-REGISTRY_MOUNT = os.environ.get("MOLSERVE_MODAL_REGISTRY_MOUNT", "/registry")
-HF_MOUNT = os.environ.get("MOLSERVE_MODAL_HF_MOUNT", "/hf-cache")
+from molserve.config import ModalDeploySettings, Settings
+
+DEPLOY = ModalDeploySettings()
+APP_NAME = DEPLOY.app
+GPU = DEPLOY.gpu
+TRAIN_GPU = DEPLOY.train_gpu
+MIN_CONTAINERS = DEPLOY.min_containers
+MAX_CONTAINERS = DEPLOY.max_containers
+SCALEDOWN_S = DEPLOY.scaledown_s
+MAX_BATCH = DEPLOY.max_batch
+WAIT_MS = DEPLOY.wait_ms
+SECRET_NAME = DEPLOY.secret
+REGISTRY_MOUNT = DEPLOY.registry_mount
+HF_MOUNT = DEPLOY.hf_mount
 
 registry_volume = modal.Volume.from_name("molserve-registry", create_if_missing=True)
 hf_cache_volume = modal.Volume.from_name("molserve-hf-cache", create_if_missing=True)
@@ -59,8 +61,9 @@ app = modal.App(APP_NAME, image=image)
 def _worker_settings():
     from molserve.worker.app import WorkerSettings
 
+    # The token comes from the Modal Secret, exposed to the container as MOLSERVE_WORKER_TOKEN.
     return WorkerSettings(registry=Path(REGISTRY_MOUNT), backend="torch", device="auto",
-                          token=os.environ.get("MOLSERVE_WORKER_TOKEN"), max_batch=MAX_BATCH,
+                          token=Settings().worker_token, max_batch=MAX_BATCH,
                           max_wait_ms=float(WAIT_MS))
 
 

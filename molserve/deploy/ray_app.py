@@ -17,7 +17,6 @@ The registry directory must be visible to every node (shared filesystem or synce
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import ray
@@ -117,8 +116,15 @@ def run(*, registry: str | Path, address: str | None = None, host: str = "127.0.
     return f"http://{host}:{port}"
 
 
-# For `serve run molserve.deploy.ray_app:app`.
-app = build_app(registry=os.environ.get("MOLSERVE_WORKER_REGISTRY", "registry"),
-                backend=os.environ.get("MOLSERVE_WORKER_BACKEND", "torch"),
-                token=os.environ.get("MOLSERVE_WORKER_TOKEN"),
-                num_gpus=float(os.environ.get("MOLSERVE_RAY_GPUS_PER_REPLICA", "0")))
+# For `serve run molserve.deploy.ray_app:app`: the worker's settings (MOLSERVE_WORKER_*) and the
+# replicas' GPUs (MOLSERVE_RAY_GPUS_PER_REPLICA).
+def _app_from_settings():
+    from molserve.config import RayDeploySettings
+    from molserve.worker.app import WorkerSettings
+
+    worker = WorkerSettings()
+    return build_app(registry=worker.registry, backend=worker.backend, token=worker.token,
+                     num_gpus=RayDeploySettings().gpus_per_replica)
+
+
+app = _app_from_settings()

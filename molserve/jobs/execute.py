@@ -55,7 +55,8 @@ class JobContext:
         self.store.log(self.id, line)
 
 
-def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results: Path) -> dict:
+def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, datasets: Path,
+               results: Path) -> dict:
     from molserve.operations.screen import Checkpoint, screen_file
 
     folder = results / ctx.id
@@ -84,105 +85,56 @@ def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, results:
             "endpoints": summary.endpoints}
 
 
-def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path) -> dict:
-    from molserve.models.transformer.pipeline import test_metrics
+def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path,
+              results: Path) -> dict:
+    from molserve.operations import training
     from molserve.registry import Registry
 
     registry = Registry(registry_root)
     endpoint = params["endpoint"]
     # A job killed after its model was registered but before its state was recorded must not
     # register a second model when it resumes: the manifest names the job that wrote it.
-    for existing in registry.versions(endpoint):
-        if existing.manifest.get("job_id") == ctx.id:
-            ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
-            return {"endpoint": existing.endpoint, "version": existing.version,
-                    "kind": existing.kind, "metrics": test_metrics(existing)}
-    backend = os.environ.get("MOLSERVE_TRAINING_BACKEND", "local")
-    if params.get("model", "gbm") == "transformer" and backend in ("modal", "ray"):
-        return run_remote_finetune(ctx, params, registry_root, backend)
-    registry.check_writable()  # fail now, not after the training compute is spent
+    existing = training.registered_by(registry, endpoint, ctx.id)
+    if existing is not None:
+        ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
+        return training.outcome(existing)
     if params.get("model", "gbm") == "transformer":
-        from molserve.models.transformer.pipeline import finetune_endpoints
+        from molserve.jobs.engines import FinetuneRequest, engine
 
-        tasks = params.get("tasks")
-        artifact = finetune_endpoints(
-            registry, tasks or [endpoint], name=endpoint if tasks else None,
-            base=params.get("base", "seyonec/ChemBERTa-zinc-base-v1"),
-            epochs=int(params.get("epochs", 30)), learning_rate=float(params.get("learning_rate", 5e-5)),
-            export=bool(params.get("export_onnx", True)), extra_manifest={"job_id": ctx.id},
-            progress=lambda step, fraction, info: ctx.progress(fraction * 0.95, step,
-                                                               {k: v for k, v in info.items()}))
+        chosen = engine()
+        fields = {k: params[k] for k in training.TransformerParams.model_fields if k in params}
+        request = FinetuneRequest(endpoint, training.TransformerParams(**fields),
+                                  tasks=params.get("tasks"), job_id=ctx.id)
+        ctx.log(f"fine-tuning on the {chosen.name} engine")
+        result = chosen.finetune(registry_root, request,
+                                 lambda fraction, step, metrics: ctx.progress(fraction, step, metrics))
     else:
-        from molserve.data.dataset import load_table
-        from molserve.models.gbm_train import train_endpoint
+        registry.check_writable()  # fail now, not after the training compute is spent
+        fast = training.FastParams(split=params.get("split", "scaffold"),
+                                   profile=params.get("profile", "standard"))
 
-        split_labels = None
+        def report(step: str, fraction: float) -> None:
+            ctx.progress(fraction * 0.98, step)
+
         if params.get("dataset"):
-            from molserve.data.store import DatasetStore
-
-            dataset, split_labels = DatasetStore(datasets).load(params["dataset"],
-                                                                 split=params.get("split", "scaffold"))
+            artifact = training.train_stored(registry, datasets, params["dataset"], fast,
+                                             endpoint=endpoint, extra_manifest={"job_id": ctx.id},
+                                             progress=report)
         else:
-            dataset = load_table(params["input_path"], smiles_col=params.get("smiles_col", "smiles"),
-                                 label_col=params["label_col"], task=params.get("task", "regression"),
-                                 name=endpoint, units=params.get("units", ""))
-        artifact = train_endpoint(
-            dataset, registry, endpoint, split=params.get("split", "scaffold"),
-            profile=params.get("profile", "standard"), split_labels=split_labels,
-            extra_manifest={"job_id": ctx.id},
-            progress=lambda step, fraction: ctx.progress(fraction * 0.98, step))
-    ctx.log(f"registered {artifact.endpoint} v{artifact.version} ({artifact.kind})")
-    return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
-            "metrics": test_metrics(artifact)}
+            [(name, dataset)] = training.table_jobs(
+                Path(params["input_path"]), label_cols=[params["label_col"]], endpoint=endpoint,
+                split=fast.split, smiles_col=params.get("smiles_col", "smiles"),
+                task=params.get("task", "regression"), units=params.get("units", ""))
+            artifact = training.train_fast(registry, dataset, name, fast,
+                                           extra_manifest={"job_id": ctx.id}, progress=report)
+        result = training.outcome(artifact)
+    ctx.log(f"registered {result['endpoint']} v{result['version']} ({result['kind']})")
+    return result
 
 
-
-def run_remote_finetune(ctx: JobContext, params: dict[str, Any], registry_root: Path,
-                        backend: str) -> dict:
-    """Fine-tune on the worker tier's engine: a spawned Modal function or a Ray task. The model
-    lands in the registry that engine's workers serve from (the Modal volume, or the shared
-    directory of the Ray cluster)."""
-    endpoint = params["endpoint"]
-    base = params.get("base", "seyonec/ChemBERTa-zinc-base-v1")
-    epochs = int(params.get("epochs", 30))
-    learning_rate = float(params.get("learning_rate", 5e-5))
-    if backend == "modal":
-        import modal
-
-        app_name = os.environ.get("MOLSERVE_MODAL_APP", "molserve-worker")
-        call = modal.Function.from_name(app_name, "finetune").spawn(
-            endpoint, base=base, epochs=epochs, learning_rate=learning_rate,
-            tasks=params.get("tasks"))
-        ctx.log(f"spawned Modal call {call.object_id}")
-        progress = modal.Dict.from_name("molserve-progress")
-        while True:
-            try:
-                result = call.get(timeout=5)
-                break
-            except TimeoutError:
-                state = progress.get(call.object_id) or {}
-                step = f"modal: {state.get('step', 'starting')}"
-                ctx.progress(float(state.get("progress", 0.0)) * 0.98, step)
-        return {**result, "kind": "transformer", "engine": "modal"}
-    import ray
-
-    from molserve.deploy.ray_app import submit_finetune
-
-    ray.init(address=os.environ.get("MOLSERVE_RAY_ADDRESS", "auto"), ignore_reinit_error=True,
-             log_to_driver=False)
-    reference = submit_finetune(str(Path(registry_root).resolve()), endpoint, base,
-                                num_gpus=float(os.environ.get("MOLSERVE_RAY_TRAIN_GPUS", "0")),
-                                epochs=epochs, learning_rate=learning_rate,
-                                tasks=params.get("tasks"))
-    ctx.log("submitted a Ray fine-tuning task")
-    started = time.time()
-    while True:
-        done, _ = ray.wait([reference], timeout=2)
-        if done:
-            result = ray.get(reference)
-            break
-        ctx.progress(min(0.9, (time.time() - started) / 3600), "ray: fine-tuning")
-    return {**result, "kind": "transformer", "engine": "ray"}
+# The dispatcher: job kind -> what runs it (each gets the context, the job's parameters, and the
+# registry, dataset store and results directories).
+RUNNERS = {"screen": run_screen, "train": run_train}
 
 
 def failure_reason(error: BaseException, writing_to: Path) -> str:
@@ -219,12 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = JobContext(store, job)
     store.update(job["id"], pid=os.getpid(), heartbeat=time.time())
     try:
-        if job["kind"] == "screen":
-            result = run_screen(ctx, job["params"], Path(args.registry), jobs_dir / "results")
-        elif job["kind"] == "train":
-            result = run_train(ctx, job["params"], Path(args.registry), Path(args.datasets))
-        else:
+        run = RUNNERS.get(job["kind"])
+        if run is None:
             raise ValueError(f"unknown job kind {job['kind']!r}")
+        result = run(ctx, job["params"], Path(args.registry), Path(args.datasets), jobs_dir / "results")
     except Cancelled:
         store.update(job["id"], state="cancelled", finished=time.time(), step="cancelled")
         ctx.log("cancelled")

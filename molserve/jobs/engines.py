@@ -1,0 +1,129 @@
+"""Where a training job's transformer fine-tuning runs: here, on Modal, or on a Ray cluster.
+
+Each engine takes the same request and the same progress callback and returns the same outcome
+(`operations.training.outcome`'s shape, plus `engine`), so the job that uses one does not know
+how it starts work or how it polls. The remote engines write the model into the registry their
+workers serve from (the Modal volume, or the Ray cluster's shared directory).
+
+Chosen by `EngineSettings.training_backend` (MOLSERVE_TRAINING_BACKEND: local, modal, ray).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from molserve.config import EngineSettings
+from molserve.operations.training import TransformerParams
+
+# progress(fraction, step, metrics or None); raising from it (a cancelled job) stops the wait.
+Progress = Callable[[float, str, dict[str, Any] | None], None]
+
+
+@dataclass(frozen=True)
+class FinetuneRequest:
+    endpoint: str  # the registry name; with `tasks`, the multi-task model's name
+    params: TransformerParams
+    tasks: list[str] | None = None
+    job_id: str | None = None
+
+
+class Engine(Protocol):
+    name: str
+
+    def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
+        ...
+
+
+class LocalEngine:
+    """In this process (the job's own), on this machine's device."""
+
+    name = "local"
+
+    def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
+        from molserve.operations.training import finetune, outcome
+        from molserve.registry import Registry
+
+        store = Registry(registry)
+        store.check_writable()  # fail now, not after the training compute is spent
+        artifact = finetune(
+            store, request.tasks or [request.endpoint], request.params,
+            name=request.endpoint if request.tasks else None,
+            extra_manifest={"job_id": request.job_id} if request.job_id else None,
+            progress=lambda step, fraction, info: progress(fraction * 0.95, step, dict(info)))
+        return {**outcome(artifact), "engine": self.name}
+
+
+class ModalEngine:
+    """A spawned call of the deployed Modal app's `finetune` function; progress from the
+    modal.Dict the function writes."""
+
+    name = "modal"
+
+    def __init__(self, app_name: str, poll_s: float = 5.0) -> None:
+        self.app_name = app_name
+        self.poll_s = poll_s
+
+    def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
+        import modal
+
+        params = request.params
+        call = modal.Function.from_name(self.app_name, "finetune").spawn(
+            request.endpoint, base=params.base, epochs=params.epochs,
+            learning_rate=params.learning_rate, batch_size=params.batch_size, tasks=request.tasks)
+        progress(0.0, f"modal: spawned call {call.object_id}", None)
+        states = modal.Dict.from_name("molserve-progress")
+        while True:
+            try:
+                result = call.get(timeout=self.poll_s)
+                break
+            except TimeoutError:
+                state = states.get(call.object_id) or {}
+                progress(float(state.get("progress", 0.0)) * 0.98,
+                         f"modal: {state.get('step', 'starting')}", None)
+        return {**result, "kind": "transformer", "engine": self.name}
+
+
+class RayEngine:
+    """A Ray task on the cluster at `address` (GPU when asked)."""
+
+    name = "ray"
+
+    def __init__(self, address: str, num_gpus: float = 0, poll_s: float = 2.0) -> None:
+        self.address = address
+        self.num_gpus = num_gpus
+        self.poll_s = poll_s
+
+    def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
+        import ray
+
+        from molserve.deploy.ray_app import submit_finetune
+
+        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False)
+        params = request.params
+        reference = submit_finetune(str(Path(registry).resolve()), request.endpoint, params.base,
+                                    num_gpus=self.num_gpus, epochs=params.epochs,
+                                    learning_rate=params.learning_rate, tasks=request.tasks)
+        progress(0.0, "ray: submitted a fine-tuning task", None)
+        started = time.time()
+        while True:
+            done, _ = ray.wait([reference], timeout=self.poll_s)
+            if done:
+                result = ray.get(reference)
+                break
+            # A Ray task reports no progress of its own: show time passing, never "done".
+            progress(min(0.9, (time.time() - started) / 3600), "ray: fine-tuning", None)
+        return {**result, "kind": "transformer", "engine": self.name}
+
+
+def engine(settings: EngineSettings | None = None) -> Engine:
+    """The engine the settings name."""
+    settings = settings or EngineSettings()
+    if settings.training_backend == "modal":
+        return ModalEngine(settings.modal_app)
+    if settings.training_backend == "ray":
+        return RayEngine(settings.ray_address, num_gpus=settings.ray_train_gpus)
+    return LocalEngine()

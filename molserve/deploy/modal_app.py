@@ -111,7 +111,7 @@ def finetune(endpoint: str, base: str = "seyonec/ChemBERTa-zinc-base-v1", epochs
              learning_rate: float = 5e-5, batch_size: int = 32, tasks: list[str] | None = None) -> dict:
     """Fine-tune on the endpoint's curated data and split (from the registry volume); with
     `tasks`, one multi-task model over those endpoints, registered as `endpoint`."""
-    from molserve.models.transformer.pipeline import finetune_endpoints, test_metrics
+    from molserve.models.transformer.pipeline import finetune_endpoints
     from molserve.registry import Registry
 
     call_id = modal.current_function_call_id() if not modal.is_local() else "local"
@@ -128,7 +128,7 @@ def finetune(endpoint: str, base: str = "seyonec/ChemBERTa-zinc-base-v1", epochs
     if not modal.is_local():
         registry_volume.commit()  # the new version becomes visible to Worker containers
     summary = {"endpoint": artifact.endpoint, "version": artifact.version,
-               "metrics": test_metrics(artifact)}
+               "metrics": artifact.info.test_metrics()}
     progress_dict_put(call_id, {"step": "done", "progress": 1.0, **summary})
     return summary
 

@@ -74,14 +74,14 @@ class BatchPredictor:
 def finetune_task(registry: str, endpoint: str, base: str, epochs: int = 30,
                   learning_rate: float = 5e-5, tasks: list[str] | None = None) -> dict:
     """Fine-tune for `endpoint`, or with `tasks` one multi-task model registered as `endpoint`."""
-    from molserve.models.transformer.pipeline import finetune_endpoints, test_metrics
+    from molserve.models.transformer.pipeline import finetune_endpoints
     from molserve.registry import Registry
 
     artifact = finetune_endpoints(Registry(registry), tasks or [endpoint],
                                   name=endpoint if tasks else None, base=base, epochs=epochs,
                                   learning_rate=learning_rate)
     return {"endpoint": artifact.endpoint, "version": artifact.version,
-            "metrics": test_metrics(artifact)}
+            "metrics": artifact.info.test_metrics()}
 
 
 def submit_finetune(registry: str, endpoint: str, base: str, *, num_gpus: float = 0, **kwargs):

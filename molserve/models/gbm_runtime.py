@@ -16,6 +16,7 @@ from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
 from molserve.models.trees import TreeEnsemble
+from molserve.registry.manifest import Manifest
 from molserve.registry.store import Artifact, ArtifactError
 
 
@@ -45,13 +46,6 @@ class TargetTransform:
         return {"kind": self.kind, "offset": self.offset}
 
 
-def _dataset_label(dataset: dict) -> str | None:
-    """A short name for the training data: TDC's dataset name, or the dataset's own."""
-    if dataset.get("tdc_name"):
-        return f"TDC {dataset['tdc_name']}"
-    return dataset.get("name")
-
-
 @dataclass
 class FastModel:
     artifact: Artifact
@@ -72,8 +66,12 @@ class FastModel:
         return self.artifact.manifest
 
     @property
+    def info(self) -> Manifest:
+        return self.artifact.info
+
+    @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.info.task
 
     @classmethod
     def load(cls, artifact: Artifact) -> FastModel:
@@ -104,12 +102,12 @@ class FastModel:
 
     def provenance(self) -> dict[str, Any]:
         return {
-            "model_id": self.manifest["model_id"],
+            "model_id": self.info.model_id,
             "version": self.artifact.version,
             "tier": "fast",
             "kind": "gbm-ensemble",
-            "trained": self.manifest.get("created"),
-            "dataset": _dataset_label(self.manifest.get("dataset") or {}),
+            "trained": self.info.created,
+            "dataset": self.info.dataset.label() if self.info.dataset else None,
         }
 
     def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[Answer]:

@@ -18,6 +18,7 @@ from molserve.chem import descriptors
 from molserve.chem.features import FeatureBatch, FeatureSpec, featurize, union_spec
 from molserve.chem.molecules import largest_fragment
 from molserve.models.gbm_runtime import FastModel
+from molserve.registry.manifest import DatasetInfo
 from molserve.registry.store import ArtifactError, Registry
 
 log = logging.getLogger("molserve.prediction")
@@ -113,15 +114,15 @@ class FastTier:
 
     def info(self, name: str) -> dict[str, Any]:
         model = self.models[name]
-        manifest = model.manifest
-        dataset = manifest["dataset"]
+        manifest, info = model.manifest, model.info
+        dataset = info.dataset or DatasetInfo()
         return {
-            "name": name, "kind": "predicted", "task": manifest["task"],
-            "units": manifest["units"], "description": manifest["description"],
-            "status": "available", "source": dataset.get("source"),
-            "tdc_dataset": dataset.get("tdc_name"), "licence": dataset.get("licence"),
-            "citation": dataset.get("citation"),
-            "label_names": manifest.get("label_names"),
+            "name": name, "kind": "predicted", "task": info.task,
+            "units": info.units, "description": info.description,
+            "status": "available", "source": dataset.source,
+            "tdc_dataset": dataset.tdc_name, "licence": dataset.licence,
+            "citation": dataset.citation,
+            "label_names": info.label_names,
             "tiers": ["fast"],
             "models": [{
                 **model.provenance(),

@@ -192,8 +192,8 @@ def create_worker_app(settings: WorkerSettings | None = None,
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         return JSONResponse([
-            {**m.provenance(), "endpoint": e, "task": m.manifest["task"], "units": m.manifest["units"],
-             "metrics": m.manifest["metrics"]["test"], "backend": m.backend, "device": m.device}
+            {**m.provenance(), "endpoint": e, "task": m.info.task, "units": m.info.units,
+             "metrics": m.info.metrics.test, "backend": m.backend, "device": m.device}
             for e, m in state["models"].items()
         ])
 

@@ -242,25 +242,15 @@ def finetune_endpoints(
     return artifact
 
 
-def test_metrics(artifact: Artifact) -> dict[str, Any]:
-    """The test metrics a job reports: the model's, or per endpoint for a multi-task model."""
-    manifest = artifact.manifest
-    if manifest.get("task") == "multitask":
-        return {e: t["metrics"]["test"] for e, t in manifest["tasks"].items()}
-    return manifest["metrics"]["test"]
-
-
 def describe(artifact: Artifact) -> str:
     """One line per endpoint the artifact serves: its test metric next to the fast tier's."""
-    from molserve.models.transformer.runtime import endpoint_manifest, served_endpoints
-
     lines = []
-    for endpoint in served_endpoints(artifact):
-        manifest = endpoint_manifest(artifact, endpoint)
-        test, fast = manifest["metrics"]["test"], manifest["metrics"]["fast_model_test"]
+    for endpoint in artifact.info.endpoints():
+        view = artifact.info.view(endpoint)
+        test, fast = view.metrics.test, view.metrics.fast_model_test or {}
         where = f"{artifact.endpoint} v{artifact.version}"
         label = where if endpoint == artifact.endpoint else f"{endpoint} ({where})"
-        if manifest["task"] == "classification":
+        if view.task == "classification":
             lines.append(f"{label} transformer: test ROC AUC {test['roc_auc']:.3f} "
                          f"(fast tier {fast['roc_auc']:.3f})")
         else:

@@ -6,7 +6,6 @@ endpoint, the registered transformer that scored best on that endpoint's test sp
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,15 +15,10 @@ import numpy as np
 from molserve.chem.features import FeatureSpec, featurize
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.chem.similarity import SimilarityIndex
+from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
-def served_endpoints(artifact: Artifact) -> list[str]:
-    """The endpoints a transformer artifact answers for."""
-    tasks = artifact.manifest.get("tasks")
-    return list(tasks) if artifact.manifest.get("task") == "multitask" and tasks else [artifact.endpoint]
 
 
 def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
@@ -49,15 +43,6 @@ def heads_of(manifest: dict[str, Any], endpoint: str) -> list[dict[str, Any]]:
              "label_mean": model["label_mean"], "label_scale": model["label_scale"]}]
 
 
-def _test_score(manifest: dict[str, Any]) -> float:
-    """Higher is better: -RMSE or ROC AUC on the endpoint's test split."""
-    test = manifest["metrics"]["test"]
-    if "rmse" in test:
-        return -float(test["rmse"])
-    value = test.get("roc_auc")
-    return float(value) if value is not None and math.isfinite(value) else float("-inf")
-
-
 def transformer_artifacts(registry: Registry) -> dict[str, Artifact]:
     """endpoint -> the newest-per-name transformer that did best on that endpoint's test split.
 
@@ -69,11 +54,11 @@ def transformer_artifacts(registry: Registry) -> dict[str, Artifact]:
         artifact = registry.latest(name, kind="transformer")
         if artifact is None:
             continue
-        for endpoint in served_endpoints(artifact):
-            score = _test_score(endpoint_manifest(artifact, endpoint))
+        info = artifact.info
+        for endpoint in info.endpoints():
             single = int(endpoint == artifact.endpoint)
             candidates.setdefault(endpoint, []).append(
-                (score, single, artifact.manifest.get("created", ""), artifact))
+                (info.test_score(endpoint), single, info.created or "", artifact))
     return {e: max(c, key=lambda item: item[:3])[3] for e, c in candidates.items()}
 
 
@@ -100,7 +85,7 @@ class TransformerModel:
 
     @property
     def endpoints(self) -> list[str]:
-        return served_endpoints(self.artifact)
+        return self.artifact.info.endpoints()
 
     def for_endpoint(self, endpoint: str) -> EndpointModel:
         return EndpointModel(self, endpoint)
@@ -223,6 +208,11 @@ class EndpointModel:
     @property
     def manifest(self) -> dict[str, Any]:
         return endpoint_manifest(self.model.artifact, self.endpoint)
+
+    @property
+    def info(self) -> TaskView:
+        """The typed view of what the model says about this endpoint."""
+        return self.model.artifact.info.view(self.endpoint)
 
     @property
     def backend(self) -> str:

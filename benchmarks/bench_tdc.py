@@ -75,9 +75,9 @@ ADMET_AI = {
 
 def training_options(entry: tdc.TdcEndpoint) -> dict:
     """What `molserve bootstrap` passes for this dataset, but the split and seed."""
-    from molserve.operations.bootstrap import bundled_endpoints
+    from molserve.operations.bootstrap import bundled_endpoints, training_options
 
-    options = bundled_endpoints()[entry.endpoint].training_options()
+    options = training_options(bundled_endpoints()[entry.endpoint])
     return {k: v for k, v in options.items() if k not in ("split", "seed")}
 
 

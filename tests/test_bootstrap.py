@@ -14,6 +14,7 @@ from molserve.operations.bootstrap import (
     pending_endpoints,
     read_status,
     status_path,
+    training_options,
 )
 from molserve.prediction.router import RequestError, Router
 from molserve.registry import Registry
@@ -24,12 +25,12 @@ def test_forty_five_bundled_endpoints_train_smallest_first_with_their_protocol()
     assert len(catalog) == 45
     rows = [e.rows for e in catalog.values()]
     assert rows == sorted(rows)
-    caco2 = catalog["caco2_permeability"].training_options()
+    caco2 = training_options(catalog["caco2_permeability"])
     assert caco2["split"] == "tdc-scaffold" and caco2["seed"] == 1 and caco2["metric"] == "mae"
-    assert catalog["half_life"].training_options()["target_transform"].kind == "log10"
-    tox = catalog["tox21_sr_p53"].training_options()
+    assert training_options(catalog["half_life"])["target_transform"].kind == "log10"
+    tox = training_options(catalog["tox21_sr_p53"])
     assert tox["split"] == "scaffold" and tox["seed"] == 0
-    assert catalog["solubility"].training_options() == {"split": "scaffold", "seed": 0}
+    assert training_options(catalog["solubility"]) == {"split": "scaffold", "seed": 0}
     assert {"bbb_penetration", "bbb_martins"} <= set(catalog)  # both BBB sets are kept
 
 

@@ -38,26 +38,56 @@ def test_no_pickle_on_any_load_path():
                 assert "allow_pickle=False" in line, (path, line)
 
 
-def test_imports_go_one_way():
-    """`chem` imports nothing of ours but itself; the worker, jobs, the batch command and the
-    prediction package (the router every face shares) do not reach into the gateway."""
+# The layers, top to bottom (ARCHITECTURE.md draws them). A module may import its own layer
+# and the layers below it, never a layer above: faces -> operations -> prediction -> models and
+# storage -> chem and the foundation.
+LAYERS = {
+    "cli": 5, "__main__": 5,
+    "gateway": 4, "worker": 4, "jobs": 4, "deploy": 4,
+    "operations": 3,
+    "prediction": 2,
+    "models": 1, "data": 1, "registry": 1, "answers": 1, "responses": 1,
+    "chem": 0, "config": 0, "errors": 0, "logs": 0, "processes": 0, "asgi": 0,
+}
+# Within the faces' layer, only these reach sideways: the gateway runs the job runner, jobs hand
+# fine-tuning to the deploy engines, the deploy files host the worker.
+SIDEWAYS = {("gateway", "jobs"), ("jobs", "deploy"), ("deploy", "worker")}
+
+
+def _imports_by_package() -> dict[str, set[str]]:
     import ast
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[1] / "molserve"
-
-    def imported(path: pathlib.Path) -> set[str]:
-        names = set()
+    found: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        package = path.relative_to(root).parts[0].removesuffix(".py")
+        if package == "__init__":
+            continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names.add(node.module)
-            elif isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
-        return {n for n in names if n.startswith("molserve")}
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "molserve" and len(parts) > 1 and parts[1] != package:
+                    found.setdefault(package, set()).add(parts[1])
+    return found
 
-    for path in (root / "chem").rglob("*.py"):
-        assert all(n.startswith("molserve.chem") for n in imported(path)), path
-    for folder in ("worker", "jobs", "prediction", "operations", "models", "registry", "data"):
-        for path in (root / folder).rglob("*.py"):
-            assert not any(n.startswith("molserve.gateway") for n in imported(path)), path
-    assert not any(n.startswith("molserve.gateway") for n in imported(root / "batch.py"))
+
+def test_every_package_has_a_layer():
+    assert set(_imports_by_package()) <= set(LAYERS)
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "molserve"
+    packages = {p.name.removesuffix(".py") for p in root.iterdir()
+                if (p.suffix == ".py" or (p / "__init__.py").exists()) and p.name != "__init__.py"}
+    assert packages <= set(LAYERS), packages - set(LAYERS)
+
+
+def test_imports_go_one_way():
+    """Lazy imports inside functions count too: a layer never reaches up, even at run time."""
+    wrong = sorted(
+        (package, target) for package, targets in _imports_by_package().items() for target in targets
+        if LAYERS[target] > LAYERS[package]
+        or (LAYERS[target] == LAYERS[package] == 4 and (package, target) not in SIDEWAYS))
+    assert wrong == []

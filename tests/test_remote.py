@@ -8,6 +8,7 @@ import asyncio
 import httpx
 import pytest
 
+from molserve.prediction.batcher import DynamicBatcher
 from molserve.prediction.remote import (
     CircuitBreaker,
     RemoteFailure,
@@ -15,7 +16,6 @@ from molserve.prediction.remote import (
     RemoteTier,
     WorkerClient,
 )
-from molserve.worker.batcher import DynamicBatcher
 
 MODEL = {"endpoint": "logbb", "model_id": "logbb/transformer", "version": 1, "tier": "transformer",
          "task": "regression", "units": "u", "metrics": {"rmse": 0.1}}

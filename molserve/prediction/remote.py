@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from molserve.answers import Answer
-from molserve.worker.batcher import DynamicBatcher, Overloaded
+from molserve.prediction.batcher import DynamicBatcher, Overloaded
 
 log = logging.getLogger("molserve.prediction.remote")
 

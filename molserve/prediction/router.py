@@ -137,7 +137,7 @@ class Router:
         pending = self.pending()
         if not pending:
             return []
-        from molserve.operations.bootstrap import bundled_endpoints
+        from molserve.data.catalog import bundled_endpoints
 
         catalog = bundled_endpoints()
         infos = []

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.responses import Response
 
+from molserve.prediction.batcher import DynamicBatcher, Overloaded
 from molserve.registry.store import ArtifactError, Registry
 from molserve.responses import JSONResponse
-from molserve.worker.batcher import DynamicBatcher, Overloaded
 
 log = logging.getLogger("molserve.worker")
 

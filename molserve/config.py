@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -50,6 +51,41 @@ class Settings(BaseSettings):
     remote_max_batch: int = 64
     remote_max_wait_ms: float = 2.0
     remote_max_queue: int = Field(4096, description="Molecules waiting for workers, at most.")
+
+
+def _xdg_cache() -> Path:
+    # The XDG base-directory convention, as every well-behaved tool reads it.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molserve"
+
+
+class WorkerSettings(BaseSettings):
+    """The transformer worker service (`molserve worker`, and its Modal and Ray hosts)."""
+
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_WORKER_", env_file=".env", extra="ignore")
+
+    registry: Path = Path("registry")
+    host: str = "127.0.0.1"
+    port: int = 8100
+    backend: str = Field("torch", description="torch | onnx | onnx-int8")
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
+    token: str | None = Field(None, description="Bearer token the gateway must send.")
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 2048
+    threads: int | None = None
+    max_molecules_per_request: int = 1000
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body; 413 beyond.")
+    log_json: bool = False
+
+
+class ComputeSettings(BaseSettings):
+    """Where training and transformer inference run, and where downloads are cached."""
+
+    model_config = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
+
+    device: str = Field("auto", description="auto (CUDA when present, else CPU), cpu, cuda, cuda:1.")
+    cache_dir: Path = Field(default_factory=_xdg_cache, description="Downloaded data (TDC files) "
+                            "are cached here; default $XDG_CACHE_HOME/molserve or ~/.cache/molserve.")
 
 
 class EngineSettings(BaseSettings):

@@ -91,3 +91,14 @@ def test_imports_go_one_way():
         if LAYERS[target] > LAYERS[package]
         or (LAYERS[target] == LAYERS[package] == 4 and (package, target) not in SIDEWAYS))
     assert wrong == []
+
+
+def test_only_the_settings_read_the_environment():
+    """Settings are one validated object (molserve.config); nothing else reads os.environ."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "molserve"
+    readers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                     if re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text()))
+    assert readers == ["config.py"]

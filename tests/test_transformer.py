@@ -178,8 +178,9 @@ def test_multitask_never_trains_on_a_molecule_held_out_for_any_endpoint(multitas
 
 
 def test_multitask_model_serves_both_endpoints_from_one_load(multitask_registry):
+    from molserve.config import WorkerSettings
     from molserve.models.transformer.runtime import TransformerModel
-    from molserve.worker.app import WorkerSettings, load_models
+    from molserve.worker.app import load_models
 
     artifact = multitask_registry.latest("b3db", kind="transformer")
     smiles = ["CCO", "c1ccccc1O", "CN1CCC[C@H]1c1cccnc1"]
@@ -260,7 +261,8 @@ def test_pretraining_continues_from_an_earlier_model(tmp_path):
 def test_the_worker_serves_a_multitask_model_over_http(multitask_registry):
     from fastapi.testclient import TestClient
 
-    from molserve.worker.app import WorkerSettings, create_worker_app
+    from molserve.config import WorkerSettings
+    from molserve.worker.app import create_worker_app
 
     settings = WorkerSettings(registry=multitask_registry.root, backend="onnx-int8", max_wait_ms=1)
     with TestClient(create_worker_app(settings)) as client:

@@ -95,7 +95,8 @@ def test_a_failing_model_fails_its_callers_not_the_batcher():
 def worker_client(transformer_registry):
     from fastapi.testclient import TestClient
 
-    from molserve.worker.app import WorkerSettings, create_worker_app
+    from molserve.config import WorkerSettings
+    from molserve.worker.app import create_worker_app
 
     settings = WorkerSettings(registry=transformer_registry.root, token="worker-secret",
                               backend="onnx", max_wait_ms=2)

@@ -337,8 +337,9 @@ def check_digests(data: bytes, source: SourceFile) -> None:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "molserve" / "tdc"
+    from molserve.config import ComputeSettings
+
+    return ComputeSettings().cache_dir / "tdc"
 
 
 def fetch(source: SourceFile, cache_dir: Path | None = None, *, client=None,

@@ -59,7 +59,7 @@ app = modal.App(APP_NAME, image=image)
 
 
 def _worker_settings():
-    from molserve.worker.app import WorkerSettings
+    from molserve.config import WorkerSettings
 
     # The token comes from the Modal Secret, exposed to the container as MOLSERVE_WORKER_TOKEN.
     return WorkerSettings(registry=Path(REGISTRY_MOUNT), backend="torch", device="auto",

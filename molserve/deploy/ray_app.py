@@ -26,7 +26,7 @@ DEPLOYMENT_NAME = "molserve-worker"
 
 
 def _settings():
-    from molserve.worker.app import WorkerSettings
+    from molserve.config import WorkerSettings
 
     return WorkerSettings()
 
@@ -119,8 +119,7 @@ def run(*, registry: str | Path, address: str | None = None, host: str = "127.0.
 # For `serve run molserve.deploy.ray_app:app`: the worker's settings (MOLSERVE_WORKER_*) and the
 # replicas' GPUs (MOLSERVE_RAY_GPUS_PER_REPLICA).
 def _app_from_settings():
-    from molserve.config import RayDeploySettings
-    from molserve.worker.app import WorkerSettings
+    from molserve.config import RayDeploySettings, WorkerSettings
 
     worker = WorkerSettings()
     return build_app(registry=worker.registry, backend=worker.backend, token=worker.token,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,32 +23,14 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.responses import Response
 
+from molserve.config import WorkerSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
 from molserve.registry.store import ArtifactError, Registry
 from molserve.responses import JSONResponse
 
 log = logging.getLogger("molserve.worker")
-
-
-class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOLSERVE_WORKER_", env_file=".env", extra="ignore")
-
-    registry: Path = Path("registry")
-    host: str = "127.0.0.1"
-    port: int = 8100
-    backend: str = Field("torch", description="torch | onnx | onnx-int8")
-    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda, cuda:1")
-    token: str | None = Field(None, description="Bearer token the gateway must send.")
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 2048
-    threads: int | None = None
-    max_molecules_per_request: int = 1000
-    max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body; 413 beyond.")
-    log_json: bool = False
 
 
 class WorkerRequest(BaseModel):

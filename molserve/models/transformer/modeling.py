@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,9 @@ def pick_device(preferred: str | None = None) -> str:
     """`cuda` when a GPU is visible, else `cpu`; MOLSERVE_DEVICE or `preferred` override."""
     import torch
 
-    choice = preferred or os.environ.get("MOLSERVE_DEVICE") or "auto"
+    from molserve.config import ComputeSettings
+
+    choice = preferred or ComputeSettings().device
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return choice

@@ -37,7 +37,7 @@ def test_the_readme_curl_without_a_content_type_works(app_client):
     assert response.status_code == 200 and response.json()["n_errors"] == 1
     broken = app_client.post("/v1/predict", content=b"molecules=CCO",
                              headers={"content-type": "application/x-www-form-urlencoded"})
-    assert broken.status_code == 422 and broken.json()["message"]
+    assert broken.status_code == 400 and broken.json()["message"]
 
 
 def test_answers_keep_input_order_and_duplicates_are_computed_once(app_client):
@@ -128,10 +128,11 @@ def test_a_request_with_no_readable_molecule_answers_each_with_its_error(app_cli
     assert set(body["tiers"]) == {"logbb"} and body["degraded"] == {}
 
 
-def test_malformed_json_is_a_422_with_a_message(app_client):
+def test_malformed_json_is_a_400_with_a_message(app_client):
     response = app_client.post("/v1/predict", content=b'{"molecules": [',
                                headers={"content-type": "application/json"})
-    assert response.status_code == 422 and response.json()["message"]
+    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    assert response.json()["message"].startswith("the request body is not valid JSON")
 
 
 def test_oversized_body_is_refused(app_client):

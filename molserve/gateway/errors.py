@@ -75,7 +75,7 @@ STATUS: dict[type[MolserveError], int] = {
 }
 
 DESCRIPTIONS = {
-    400: "The request body is not valid JSON",
+    400: "The request body cannot be parsed (not JSON, or broken multipart form data)",
     401: "An API key is needed and none was sent",
     403: "The API key is not valid, lacks the scope, or no key is configured for this route",
     404: "Not found",
@@ -166,8 +166,10 @@ def install(app: FastAPI) -> None:
                                   f"{request.method} is not allowed on {request.url.path}; "
                                   f"use {', '.join(m for m in allowed if m != 'HEAD')}",
                                   headers={"allow": ", ".join(allowed)})
-        code = "_".join(str(error.detail).lower().split()) if error.detail else "http_error"
-        return error_response(error.status_code, code, str(error.detail), headers=error.headers)
+        # Starlette's own refusals, e.g. a multipart body it cannot parse (400).
+        code = "invalid_body" if error.status_code == 400 else "http_error"
+        return error_response(error.status_code, code, str(error.detail).rstrip("."),
+                              headers=error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -7,11 +7,21 @@ models allow extra fields: a newer server may add fields an older client ignores
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.registry.manifest import Manifest
+from molserve.registry.store import _ENDPOINT_NAME
+
+# The registry's rule for endpoint names, stated in the document where a name is chosen.
+ENDPOINT_NAME = _ENDPOINT_NAME.pattern
+
+# Two custom formats say what a string means beyond its type: a molecule, or the name of an
+# endpoint GET /v1/endpoints lists. Clients read them as plain strings; a fuzzer told how to draw
+# them sends molecules and names rather than noise the server must refuse.
+Smiles = Annotated[str, Field(json_schema_extra={"format": "smiles"})]
+EndpointRef = Annotated[str, Field(json_schema_extra={"format": "endpoint"})]
 
 EXAMPLE_MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles"]
 
@@ -27,11 +37,13 @@ class PredictRequest(BaseModel):
         },
     )
 
-    molecules: list[str] = Field(
+    molecules: list[Smiles] = Field(
         ..., min_length=1, description="SMILES strings, one molecule each; answered in order."
     )
-    endpoints: list[str] | None = Field(
-        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint."
+    endpoints: list[EndpointRef] | None = Field(
+        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint.",
+        # Stated, not enforced here: the router refuses an empty list with its own code.
+        json_schema_extra={"minItems": 1},
     )
     tier: Literal["auto", "fast", "transformer"] = Field(
         "auto", description="Which tier should answer; `auto` picks the best-validated healthy one."

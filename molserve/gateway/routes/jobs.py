@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.errors import Conflict, InvalidInput, NotFound, StorageError, Unavailable
 from molserve.gateway.errors import AUTH, UnsupportedFile, documented
-from molserve.gateway.schemas import Job, JobWithLogs, SubmittedJob, Upload
+from molserve.gateway.schemas import ENDPOINT_NAME, EndpointRef, Job, JobWithLogs, SubmittedJob, Upload
 from molserve.gateway.security import require_predict, require_read, require_train
 from molserve.responses import JSONResponse
 
@@ -21,23 +21,47 @@ UPLOAD_ID = r"^[0-9a-f]{32}$"
 UPLOAD_SUFFIXES = {".csv", ".tsv", ".smi", ".txt", ".sdf"}
 
 
+EXAMPLE_UPLOAD = "0123456789abcdef0123456789abcdef"
+# Which fields each kind of job needs, stated in the document (the route checks them, with a
+# code for each case): a screen reads an upload or a dataset; a gradient-boosted model trains on
+# a dataset or on an upload's labelled column; a transformer starts from an endpoint's fast model.
+_TEXT = {"type": "string", "minLength": 1}
+_NAMED_FAST_ENDPOINT = {"type": "string", "format": "endpoint"}
+JOB_RULES = [
+    {"properties": {"kind": {"const": "screen"}},
+     "anyOf": [{"required": ["upload_id"], "properties": {"upload_id": _TEXT}},
+               {"required": ["dataset"], "properties": {"dataset": _TEXT}}]},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "gbm"}},
+     "anyOf": [{"required": ["dataset"], "properties": {"dataset": _TEXT}},
+               {"required": ["upload_id", "label_col", "endpoint"],
+                "properties": {"upload_id": _TEXT, "label_col": _TEXT, "endpoint": _TEXT}}]},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "transformer"},
+                    "endpoint": _NAMED_FAST_ENDPOINT,
+                    "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 2},
+                                            {"type": "null"}]}},
+     "required": ["model", "endpoint"]},
+]
+
+
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"kind": "screen", "upload_id": "<from POST /v1/uploads>", "endpoints": ["solubility"]},
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": JOB_RULES, "examples": [
+        {"kind": "screen", "upload_id": EXAMPLE_UPLOAD, "endpoints": ["solubility"]},
         {"kind": "train", "dataset": "chembl_egfr_pic50", "model": "gbm"},
-        {"kind": "train", "upload_id": "<id>", "endpoint": "my_assay", "label_col": "pIC50"},
+        {"kind": "train", "upload_id": EXAMPLE_UPLOAD, "endpoint": "my_assay", "label_col": "pIC50"},
     ]})
 
     kind: Literal["train", "screen"]
     upload_id: str | None = Field(None, pattern=UPLOAD_ID, description="A file from POST /v1/uploads.")
     dataset: str | None = Field(None, description="A stored dataset (molserve data list).")
-    endpoints: list[str] | None = Field(
+    endpoints: list[EndpointRef] | None = Field(
         None, description="screen: endpoints to predict. train with model=transformer: two or more "
-        "endpoints make one multi-task model, registered under `endpoint`.")
+        "endpoints make one multi-task model, registered under `endpoint`.",
+        json_schema_extra={"minItems": 1})
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
     model: Literal["gbm", "transformer"] = "gbm"
-    endpoint: str | None = Field(None, description="train: the endpoint to (re)train.")
+    endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
+                                 json_schema_extra={"pattern": ENDPOINT_NAME})
     label_col: str | None = None
     task: Literal["regression", "classification"] = "regression"
     units: str = ""
@@ -73,12 +97,14 @@ def _public(job: dict) -> dict:
 
 
 @router.post("/v1/uploads", status_code=201, response_model=Upload,
-             responses=documented(*AUTH, 413, 415, 422, 503, 507), dependencies=[Depends(require_predict)],
+             responses=documented(400, *AUTH, 413, 415, 422, 503, 507),
+             dependencies=[Depends(require_predict)],
              summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job")
 async def upload(file: UploadFile, request: Request) -> JSONResponse:
     runner = _runner(request)
     name = file.filename or "upload.csv"
-    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    # A name without a suffix (`curl -F file=@molecules`) is read as text, one SMILES a line.
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ".txt"
     if suffix not in UPLOAD_SUFFIXES:
         raise UnsupportedFile(f"{name}: use one of {sorted(UPLOAD_SUFFIXES)}")
     upload_id = uuid.uuid4().hex
@@ -171,7 +197,7 @@ async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> J
     return JSONResponse([_public(j) for j in _runner(request).store.list(limit)])
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobWithLogs, responses=documented(*AUTH, 404, 503),
+@router.get("/v1/jobs/{job_id}", response_model=JobWithLogs, responses=documented(*AUTH, 404, 422, 503),
             dependencies=[Depends(require_read)],
             summary="State, progress (fraction, step, ETA, metrics so far) and recent logs")
 async def get_job(job_id: str, request: Request) -> JSONResponse:
@@ -182,8 +208,14 @@ async def get_job(job_id: str, request: Request) -> JSONResponse:
     return JSONResponse({**_public(job), "logs": store.logs(job_id, 50)})
 
 
-@router.delete("/v1/jobs/{job_id}", response_model=Job, responses=documented(*AUTH, 404, 503),
-               dependencies=[Depends(require_predict)], summary="Cancel a job")
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
+             dependencies=[Depends(require_predict)],
+             summary="Cancel a job; it stays listed, in state cancelled once it has stopped")
+# Cancelling is not deleting (the job and its logs stay readable): DELETE is kept for existing
+# clients only.
+@router.delete("/v1/jobs/{job_id}", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
+               dependencies=[Depends(require_predict)], deprecated=True,
+               summary="Cancel a job (use POST /v1/jobs/{job_id}/cancel)")
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     runner = _runner(request)
     job = runner.store.get(job_id)
@@ -199,7 +231,7 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
 @router.get("/v1/jobs/{job_id}/result", response_class=FileResponse,
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
                              "description": "One row per input molecule"},
-                       **documented(*AUTH, 404, 409, 503)},
+                       **documented(*AUTH, 404, 409, 422, 503)},
             dependencies=[Depends(require_read)], summary="Download a finished screen's CSV")
 async def job_result(job_id: str, request: Request):
     job = _runner(request).store.get(job_id)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from molserve.errors import NotFound
 from molserve.gateway.errors import AUTH, documented
-from molserve.gateway.schemas import DeleteResult, ModelManifest, ModelSummary, ReloadResult
+from molserve.gateway.schemas import ENDPOINT_NAME, DeleteResult, ModelManifest, ModelSummary, ReloadResult
 from molserve.gateway.security import require_key, require_read
 from molserve.registry.store import Artifact, ArtifactError
 from molserve.responses import JSONResponse
@@ -19,7 +19,7 @@ router = APIRouter(tags=["models"])
 
 # The registry's own rule for endpoint names and versions (v1, v2, ...): anything else names
 # nothing, so the document says so and such a path is refused before the registry is read.
-EndpointName = Path(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="An endpoint name.")
+EndpointName = Path(pattern=ENDPOINT_NAME, description="An endpoint name.")
 Version = Path(ge=1, description="A version number (GET /v1/models lists them).")
 
 

@@ -25,7 +25,8 @@ async def index() -> FileResponse:
             responses={200: {"content": {"image/svg+xml": {"schema": {"type": "string"}}},
                              "description": "The molecule drawn as SVG"},
                        **documented(422)})
-async def depict(smiles: str = Query(..., max_length=2000), width: int = Query(240, ge=50, le=1200),
+async def depict(smiles: str = Query(..., max_length=2000, json_schema_extra={"format": "smiles"}),
+                 width: int = Query(240, ge=50, le=1200),
                  height: int = Query(180, ge=50, le=1200)) -> Response:
     from molserve.chem.depict import svg
 

@@ -107,7 +107,8 @@ class MoleculeResult(Answered):
     input: str
     canonical_smiles: str | None = None
     error: str | None = Field(None, description="Why this molecule could not be read.")
-    predictions: dict[str, EndpointAnswer] = Field(default_factory=dict)
+    predictions: dict[str, EndpointAnswer] = Field(..., description="endpoint -> answer; empty when "
+                                                   "`error` says the molecule could not be read.")
 
 
 class PredictResponse(Answered):
@@ -117,10 +118,9 @@ class PredictResponse(Answered):
     n_errors: int
     n_unique: int = Field(..., description="Distinct molecules actually computed.")
     elapsed_ms: float
-    tiers: dict[str, str] = Field(default_factory=dict, description="endpoint -> the tier that answered.")
-    degraded: dict[str, str] = Field(
-        default_factory=dict, description="endpoint -> why the preferred tier could not answer.")
-    request_id: str | None = Field(None, description="Also in the X-Request-ID response header.")
+    tiers: dict[str, str] = Field(..., description="endpoint -> the tier that answered.")
+    degraded: dict[str, str] = Field(..., description="endpoint -> why the preferred tier could not answer.")
+    request_id: str = Field(..., description="Also in the X-Request-ID response header.")
 
 
 class EndpointInfo(Answered):

@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
 
 from molserve.answers import to_json
 
 
-class JSONResponse(Response):
-    media_type = "application/json"
+class JSONResponse(StarletteJSONResponse):
+    """A JSON response rendered once with orjson.
+
+    It derives from Starlette's JSONResponse so that FastAPI documents a route's
+    `response_model` under it; a route that returns one is not validated again per request."""
 
     def render(self, content: Any) -> bytes:
         # Typed answers (dataclasses) serialize themselves, once, here.

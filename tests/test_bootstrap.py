@@ -8,6 +8,7 @@ import time
 import httpx
 import pytest
 
+from molserve.errors import InvalidInput, Unavailable
 from molserve.operations.bootstrap import (
     StatusWriter,
     bundled_endpoints,
@@ -16,7 +17,7 @@ from molserve.operations.bootstrap import (
     status_path,
     training_options,
 )
-from molserve.prediction.router import RequestError, Router
+from molserve.prediction.router import Router
 from molserve.registry import Registry
 
 
@@ -115,12 +116,12 @@ def test_predictor_raises_503_for_a_pending_endpoint(trained_registry):
     predictor = Router(trained_registry)
     predictor.load()
     predictor.pending = lambda: {"ld50": {"state": "queued", "progress": 0.0}}
-    with pytest.raises(RequestError) as raised:
+    with pytest.raises(Unavailable) as raised:
         predictor.predict_local(["CCO"], ["ld50"])
-    assert raised.value.status == 503
-    with pytest.raises(RequestError) as raised:
+    assert raised.value.code == "endpoint_training"
+    with pytest.raises(InvalidInput) as raised:
         predictor.predict_local(["CCO"], ["no_such_endpoint"])
-    assert raised.value.status == 422
+    assert raised.value.code == "unknown_endpoint"
 
 
 @pytest.mark.slow

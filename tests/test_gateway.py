@@ -37,7 +37,7 @@ def test_the_readme_curl_without_a_content_type_works(app_client):
     assert response.status_code == 200 and response.json()["n_errors"] == 1
     broken = app_client.post("/v1/predict", content=b"molecules=CCO",
                              headers={"content-type": "application/x-www-form-urlencoded"})
-    assert broken.status_code == 422 and broken.json()["message"]
+    assert broken.status_code == 400 and broken.json()["message"]
 
 
 def test_answers_keep_input_order_and_duplicates_are_computed_once(app_client):
@@ -128,10 +128,11 @@ def test_a_request_with_no_readable_molecule_answers_each_with_its_error(app_cli
     assert set(body["tiers"]) == {"logbb"} and body["degraded"] == {}
 
 
-def test_malformed_json_is_a_422_with_a_message(app_client):
+def test_malformed_json_is_a_400_with_a_message(app_client):
     response = app_client.post("/v1/predict", content=b'{"molecules": [',
                                headers={"content-type": "application/json"})
-    assert response.status_code == 422 and response.json()["message"]
+    assert response.status_code == 400 and response.json()["error"] == "invalid_json"
+    assert response.json()["message"].startswith("the request body is not valid JSON")
 
 
 def test_oversized_body_is_refused(app_client):
@@ -205,3 +206,27 @@ def test_a_multitask_training_job_is_checked_before_it_is_queued(app_client):
     unnamed = app_client.post("/v1/jobs", json={"kind": "train", "model": "transformer",
                                                 "endpoints": ["logbb", "bbb_penetration"]}, headers=key)
     assert unnamed.status_code == 422 and "`endpoint`" in unnamed.json()["message"]
+
+
+def test_unknown_paths_and_wrong_methods_answer_an_error_body_with_a_true_allow(app_client):
+    missing = app_client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    wrong = app_client.request("OPTIONS", "/v1/jobs")
+    assert wrong.status_code == 405 and wrong.json()["error"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "GET, HEAD, POST"  # both routes at the path, not the first one's
+    assert app_client.put("/v1/models/logbb/1").headers["allow"] == "DELETE, GET, HEAD"
+
+
+def test_every_json_answer_is_documented_with_its_model(app_client):
+    spec = app_client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                schema = response.get("content", {}).get("application/json", {}).get("schema")
+                if schema is not None:
+                    assert schema != {"type": "string"}, (method, path, status)
+                    if status.startswith(("4", "5")) and (path, status) != ("/readyz", "503"):
+                        assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+    predict = spec["paths"]["/v1/predict"]["post"]["responses"]
+    assert predict["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/PredictResponse")
+    assert {"400", "401", "403", "413", "422", "429", "503"} <= set(predict)

@@ -7,15 +7,15 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 
 from molserve import __version__, logs
 from molserve.asgi import BodyLimit
 from molserve.config import Settings
+from molserve.gateway import errors
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.routes import endpoints, health, jobs, models, predict, status, web
-from molserve.prediction.router import RequestError, Router
+from molserve.prediction.router import Router
 from molserve.registry.store import Registry
 from molserve.responses import JSONResponse
 
@@ -31,20 +31,12 @@ uncertainty estimate and an applicability-domain score.
 """
 
 
-def _validation_message(error: RequestValidationError) -> str:
-    parts = []
-    for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts) or "the request body is not valid"
-
-
 JSON_ROUTES = {"/v1/predict", "/v1/jobs"}
 
 
 class JsonBodies:
     """`curl -d '{...}'` sends form encoding by default: read JSON routes' bodies as JSON anyway
-    (anything that is not JSON still gets a 422 saying so)."""
+    (anything that is not JSON gets a 400 saying so)."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -183,34 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.bootstrap = None
     app.state.pending_molecules = 0
 
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, error: RequestError) -> JSONResponse:
-        body = {"error": error.code, "message": error.message}
-        headers = {}
-        if error.details is not None:
-            body["details"] = error.details
-            if isinstance(error.details, dict) and "retry_after_s" in error.details:
-                headers["retry-after"] = str(max(1, round(error.details["retry_after_s"] + 0.5)))
-        return JSONResponse(body, status_code=error.status, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in error.errors()]
-        return JSONResponse(
-            {"error": "invalid_request", "message": _validation_message(error), "details": details},
-            status_code=422,
-        )
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("unexpected error %s on %s", incident, request.url.path)
-        return JSONResponse(
-            {"error": "internal_error",
-             "message": f"the server failed on this request (incident {incident}); it has been logged"},
-            status_code=500,
-        )
-
+    errors.install(app)
     for module in (predict, endpoints, models, jobs, status, health, web):
         app.include_router(module.router)
     from fastapi.staticfiles import StaticFiles

@@ -1,10 +1,27 @@
-"""Request and response schemas of the public API, declared once for validation and OpenAPI."""
+"""Request and response bodies of the public API, declared once: they validate requests and
+make the OpenAPI document (and so generated clients) say what every route answers.
+
+Routes that answer from dicts built below the gateway return them serialized once (orjson);
+these models then document the shape without validating it again on every request. Response
+models allow extra fields: a newer server may add fields an older client ignores."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from molserve.registry.manifest import Manifest
+from molserve.registry.store import _ENDPOINT_NAME
+
+# The registry's rule for endpoint names, stated in the document where a name is chosen.
+ENDPOINT_NAME = _ENDPOINT_NAME.pattern
+
+# Two custom formats say what a string means beyond its type: a molecule, or the name of an
+# endpoint GET /v1/endpoints lists. Clients read them as plain strings; a fuzzer told how to draw
+# them sends molecules and names rather than noise the server must refuse.
+Smiles = Annotated[str, Field(json_schema_extra={"format": "smiles"})]
+EndpointRef = Annotated[str, Field(json_schema_extra={"format": "endpoint"})]
 
 EXAMPLE_MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles"]
 
@@ -20,11 +37,13 @@ class PredictRequest(BaseModel):
         },
     )
 
-    molecules: list[str] = Field(
+    molecules: list[Smiles] = Field(
         ..., min_length=1, description="SMILES strings, one molecule each; answered in order."
     )
-    endpoints: list[str] | None = Field(
-        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint."
+    endpoints: list[EndpointRef] | None = Field(
+        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint.",
+        # Stated, not enforced here: the router refuses an empty list with its own code.
+        json_schema_extra={"minItems": 1},
     )
     tier: Literal["auto", "fast", "transformer"] = Field(
         "auto", description="Which tier should answer; `auto` picks the best-validated healthy one."
@@ -35,24 +54,30 @@ class PredictRequest(BaseModel):
     )
 
 
-class Uncertainty(BaseModel):
+class Answered(BaseModel):
+    """Base of response bodies: fields added later do not break older clients."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Uncertainty(Answered):
     std: float | None = Field(None, description="Spread of the ensemble members (fast tier).")
-    interval: list[float] = Field(..., description="Prediction interval (regression) or member "
-                                  "probability range (classification).")
+    interval: list[float] | None = Field(..., description="Prediction interval (regression) or "
+                                         "member probability range (classification).")
     confidence: float | None = Field(None, description="Nominal coverage of the interval.")
     method: str
     space: str | None = Field(None, description="Where `std` is measured when the model works on "
                               "another scale than the answer (e.g. log10 for half-life).")
 
 
-class ApplicabilityDomain(BaseModel):
+class ApplicabilityDomain(Answered):
     max_similarity: float = Field(..., description="Max Tanimoto similarity to the training set.")
     in_domain: bool
     threshold: float
     nearest_training_smiles: str | None = None
 
 
-class Provenance(BaseModel):
+class Provenance(Answered):
     model_id: str
     version: int | str
     tier: Literal["fast", "transformer", "computed"]
@@ -65,8 +90,9 @@ class Provenance(BaseModel):
     degraded_reason: str | None = None
 
 
-class EndpointAnswer(BaseModel):
-    value: Any = Field(..., description="The prediction, or the computed value.")
+class EndpointAnswer(Answered):
+    value: Any = Field(None, description="The prediction, or the computed value (absent when "
+                       "`error` says why there is none).")
     units: str
     kind: Literal["predicted", "computed"]
     label: str | None = None
@@ -76,24 +102,28 @@ class EndpointAnswer(BaseModel):
     error: str | None = None
 
 
-class MoleculeResult(BaseModel):
+class MoleculeResult(Answered):
     index: int
     input: str
     canonical_smiles: str | None = None
     error: str | None = Field(None, description="Why this molecule could not be read.")
-    predictions: dict[str, EndpointAnswer] = Field(default_factory=dict)
+    predictions: dict[str, EndpointAnswer] = Field(..., description="endpoint -> answer; empty when "
+                                                   "`error` says the molecule could not be read.")
 
 
-class PredictResponse(BaseModel):
+class PredictResponse(Answered):
     results: list[MoleculeResult]
     endpoints: list[str]
     n_molecules: int
     n_errors: int
     n_unique: int = Field(..., description="Distinct molecules actually computed.")
     elapsed_ms: float
+    tiers: dict[str, str] = Field(..., description="endpoint -> the tier that answered.")
+    degraded: dict[str, str] = Field(..., description="endpoint -> why the preferred tier could not answer.")
+    request_id: str = Field(..., description="Also in the X-Request-ID response header.")
 
 
-class EndpointInfo(BaseModel):
+class EndpointInfo(Answered):
     name: str
     kind: Literal["predicted", "computed"]
     task: str
@@ -109,10 +139,148 @@ class EndpointInfo(BaseModel):
     citation: str | None = Field(None, description="Publication to cite for the training data.")
     label_names: list[str] | None = Field(None, description="Classification: [negative, positive].")
     tiers: list[str]
+    preferred_tier: str | None = Field(None, description="Served by several tiers: the one whose "
+                                       "model scored better on the same test split.")
     models: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ErrorBody(BaseModel):
-    error: str
+    """Every error answer: a stable snake_case code, a message to act on, and details."""
+
+    error: str = Field(..., description="Stable machine-readable code, e.g. `unknown_endpoint`.")
     message: str
-    details: Any | None = None
+    details: Any | None = Field(None, description="Structured context (e.g. `retry_after_s`).")
+
+
+# Health and status -------------------------------------------------------------------------
+class Liveness(Answered):
+    status: Literal["ok"]
+
+
+class BootstrapSummary(Answered):
+    state: str | None = None
+    done: int
+    total: int
+    training: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    queued: list[str] = Field(default_factory=list)
+    failed: dict[str, str | None] = Field(default_factory=dict)
+
+
+class Readiness(Answered):
+    ready: bool
+    fast_models: list[str]
+    load_errors: dict[str, str]
+    bootstrap: BootstrapSummary | None = Field(
+        None, description="While bundled endpoints are trained at start-up: their progress.")
+    message: str | None = Field(None, description="When not ready: why, and what to do.")
+
+
+class LegacyHealth(Answered):
+    status: Literal["healthy", "degraded"]
+    models_loaded: int
+    model_type: str
+    available_targets: list[str]
+    computed_properties: list[str]
+
+
+class FastTierStatus(Answered):
+    models: list[str]
+    load_errors: dict[str, str]
+
+
+class TransformerTierStatus(Answered):
+    configured: bool
+    endpoints: list[str]
+    preferred: dict[str, str] = Field(..., description="endpoint -> the tier `auto` picks.")
+    workers: list[dict[str, Any]] = Field(
+        ..., description="Each worker: url, breaker state, reachability, load and recent latency.")
+
+
+class ComputedTierStatus(Answered):
+    endpoints: list[str]
+
+
+class ServiceStatus(Answered):
+    fast: FastTierStatus
+    transformer: TransformerTierStatus
+    computed: ComputedTierStatus
+
+
+# Models (the registry) ---------------------------------------------------------------------
+class TaskSummary(Answered):
+    task: str
+    metrics: dict[str, Any]
+
+
+class ModelSummary(Answered):
+    endpoint: str
+    version: int
+    kind: str
+    tier: str | None = None
+    created: str | None = None
+    task: str | None = None
+    metrics: dict[str, Any] | None = Field(None, description="Held-out test split metrics.")
+    dataset: str | None = Field(None, description="The training dataset's name.")
+    tasks: dict[str, TaskSummary] | None = Field(None, description="Multi-task models: per endpoint.")
+    error: str | None = Field(None, description="Why the manifest could not be read.")
+
+
+class ManifestFile(Answered):
+    sha256: str
+    bytes: int | None = None
+
+
+class ModelManifest(Manifest):
+    """A model version's manifest as stored: the shared fields below plus each model kind's own
+    sections (features, model, split, applicability domain, uncertainty...)."""
+
+    files: dict[str, ManifestFile] = Field(default_factory=dict, description="Files with sha256.")
+
+
+class ReloadResult(Answered):
+    loaded: list[str]
+    errors: dict[str, str] = Field(..., description="endpoint -> why its newest model was not loaded.")
+
+
+class ModelRef(Answered):
+    endpoint: str
+    version: int
+
+
+class DeleteResult(Answered):
+    deleted: ModelRef
+
+
+# Jobs ----------------------------------------------------------------------------------------
+class Upload(Answered):
+    upload_id: str = Field(..., description="Use as `upload_id` in POST /v1/jobs.")
+    filename: str
+    bytes: int
+
+
+class Job(Answered):
+    id: str
+    kind: Literal["train", "screen"]
+    state: str = Field(..., description="queued, running, succeeded, failed or cancelled.")
+    params: dict[str, Any]
+    progress: float = Field(..., description="Fraction done, 0-1.")
+    step: str | None = None
+    eta_s: float | None = None
+    metrics: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    result_url: str | None = Field(None, description="A finished screen: where its CSV is.")
+    error: str | None = None
+    attempts: int
+    cancel_requested: bool
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    heartbeat: float | None = None
+
+
+class SubmittedJob(Job):
+    url: str = Field(..., description="Where to follow the job.")
+
+
+class JobWithLogs(Job):
+    logs: list[str] = Field(..., description="The most recent log lines.")

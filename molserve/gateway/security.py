@@ -1,11 +1,12 @@
-"""Authorization of requests by scope, with per-key rate limits."""
+"""Authorization of requests by scope, with per-key rate limits (the statuses these answer are
+`molserve.gateway.errors.AUTH`)."""
 
 from __future__ import annotations
 
 from fastapi import Request
 
+from molserve.gateway.errors import Forbidden, MissingCredentials, RateLimited
 from molserve.gateway.keys import KeyRecord
-from molserve.prediction.router import RequestError
 
 
 def presented_key(request: Request) -> str | None:
@@ -25,21 +26,19 @@ def authorize(request: Request, scope: str) -> KeyRecord | None:
         if open_scope:
             return None
         if not keys.configured:
-            raise RequestError(403, "writes_disabled", "this route needs an API key and none is "
-                               "configured on the server (MOLSERVE_API_KEY or MOLSERVE_API_KEYS_FILE)")
-        raise RequestError(401, "missing_api_key",
-                           "send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'")
+            raise Forbidden("this route needs an API key and none is configured on the server "
+                            "(MOLSERVE_API_KEY or MOLSERVE_API_KEYS_FILE)", code="writes_disabled")
+        raise MissingCredentials("send the API key as 'Authorization: Bearer <key>' or 'X-API-Key'")
     record = keys.verify(key)
     if record is None:
-        raise RequestError(403, "invalid_api_key", "the API key is not valid")
+        raise Forbidden("the API key is not valid", code="invalid_api_key")
     if not record.allows(scope):
-        raise RequestError(403, "insufficient_scope",
-                           f"key {record.id} ({record.name}) lacks the '{scope}' scope")
+        raise Forbidden(f"key {record.id} ({record.name}) lacks the '{scope}' scope",
+                        code="insufficient_scope")
     wait = keys.throttle(record)
     if wait > 0:
-        raise RequestError(429, "rate_limited",
-                           f"key {record.id} is limited to {record.rate_per_minute} requests/minute",
-                           {"retry_after_s": round(wait, 2)})
+        raise RateLimited(f"key {record.id} is limited to {record.rate_per_minute} requests/minute",
+                          details={"retry_after_s": round(wait, 2)})
     return record
 
 

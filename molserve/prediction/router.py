@@ -8,9 +8,9 @@ endpoint to the fast tier with the reason whenever the remote tier cannot answer
 assembles the answers in input order. No request fails because a worker failed.
 
 Per-molecule problems (an unreadable SMILES) are values in the answer; request-level problems
-(unknown endpoint, batch too large) are `RequestError`s, which each face turns into its own
-message (an HTTP status and body, a CLI line). Answers are typed (`molserve.answers.Answer`):
-each face serializes them once, at its edge.
+(unknown endpoint, batch too large) are the project's own errors (`molserve.errors`), which each
+face turns into its own message (an HTTP status and body, a CLI line). Answers are typed
+(`molserve.answers.Answer`): each face serializes them once, at its edge.
 """
 
 from __future__ import annotations
@@ -23,20 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
+from molserve.errors import InvalidInput, TooLarge, Unavailable
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
+from molserve.registry.manifest import scored_better
 from molserve.registry.store import Registry
 
 if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
     from molserve.prediction.remote import RemoteTier
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
 
 
 class Router:
@@ -92,29 +85,26 @@ class Router:
         if training:
             shown = ", ".join(f"{e} ({p.get('state')}, {p.get('progress', 0) * 100:.0f}%)"
                               for e, p in training.items())
-            raise RequestError(
-                503, "endpoint_training",
+            raise Unavailable(
                 f"still being trained at start-up: {shown}; retry in a few minutes "
                 "(GET /readyz shows progress)",
-                {"training": training, "retry_after_s": 30.0})
+                code="endpoint_training", details={"training": training, "retry_after_s": 30.0})
         if unknown:
-            raise RequestError(
-                422, "unknown_endpoint",
+            raise InvalidInput(
                 f"unknown endpoint(s): {', '.join(map(repr, unknown))}; "
                 f"GET /v1/endpoints lists the {len(known)} available",
-                {"unknown": unknown, "available": sorted(known)},
+                code="unknown_endpoint", details={"unknown": unknown, "available": sorted(known)},
             )
         if not requested:
-            raise RequestError(422, "no_endpoints", "endpoints is empty; name at least one")
+            raise InvalidInput("endpoints is empty; name at least one", code="no_endpoints")
         return list(dict.fromkeys(requested))
 
     def check_size(self, n: int) -> None:
         if n > self.max_batch:
-            raise RequestError(
-                413, "batch_too_large",
+            raise TooLarge(
                 f"{n} molecules in one request; the limit is {self.max_batch}. Split the batch, "
                 "or submit a screen job for large files",
-                {"limit": self.max_batch, "received": n},
+                code="batch_too_large", details={"limit": self.max_batch, "received": n},
             )
 
     def endpoint_info(self) -> list[dict[str, Any]]:
@@ -160,13 +150,10 @@ class Router:
             return "fast"
         if endpoint not in self.fast.models:
             return "transformer"
-        fast_test = self.fast.models[endpoint].manifest["metrics"]["test"]
-        remote_test = served[endpoint].get("metrics") or {}
-        if "rmse" in fast_test and "rmse" in remote_test:
-            return "transformer" if remote_test["rmse"] < fast_test["rmse"] else "fast"
-        if "roc_auc" in fast_test and "roc_auc" in remote_test:
-            return "transformer" if remote_test["roc_auc"] > fast_test["roc_auc"] else "fast"
-        return "fast"
+        fast_test = self.fast.models[endpoint].artifact.info.metrics.test
+        # A worker lists each model's test metrics as a plain dict.
+        remote_test = served[endpoint].get("metrics")
+        return "transformer" if scored_better(remote_test, fast_test) else "fast"
 
     def plan(self, names: list[str], tier: str) -> dict[str, str]:
         """endpoint -> the tier to try first ('fast', 'transformer' or 'computed')."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import EndpointInfo
 from molserve.gateway.security import require_read
 from molserve.responses import JSONResponse
@@ -11,7 +12,8 @@ from molserve.responses import JSONResponse
 router = APIRouter(tags=["endpoints"])
 
 
-@router.get("/v1/endpoints", response_model=list[EndpointInfo], dependencies=[Depends(require_read)],
+@router.get("/v1/endpoints", response_model=list[EndpointInfo], responses=documented(*AUTH),
+            dependencies=[Depends(require_read)],
             summary="List every endpoint with task, units, training data and held-out metrics")
 async def list_endpoints(request: Request) -> JSONResponse:
     return JSONResponse(request.app.state.router.endpoint_info())

@@ -5,17 +5,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from molserve.gateway.schemas import LegacyHealth, Liveness, Readiness
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The process is alive")
-async def healthz() -> dict:
-    return {"status": "ok"}
+@router.get("/healthz", response_model=Liveness, summary="The process is alive")
+async def healthz() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz", summary="Models are loaded and requests can be answered")
+@router.get("/readyz", response_model=Readiness,
+            responses={503: {"model": Readiness, "description": "Not ready: the body says why"}},
+            summary="Models are loaded and requests can be answered")
 async def readyz(request: Request) -> JSONResponse:
     router = request.app.state.router
     ready = router.loaded_at is not None and bool(router.fast.models)
@@ -37,7 +40,9 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                             "description": "The Prometheus text format"}})
 async def metrics(request: Request) -> Response:
     metrics_ = request.app.state.metrics
     remote = request.app.state.router.remote
@@ -56,14 +61,15 @@ async def metrics(request: Request) -> Response:
                     media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/health", summary="Health in the shape clients of the older API expect")
-async def legacy_health(request: Request) -> dict:
+@router.get("/api/health", response_model=LegacyHealth,
+            summary="Health in the shape clients of the older API expect")
+async def legacy_health(request: Request) -> JSONResponse:
     router = request.app.state.router
     loaded = router.fast.endpoints()
-    return {
+    return JSONResponse({
         "status": "healthy" if loaded else "degraded",
         "models_loaded": len(loaded),
         "model_type": "lightgbm ensemble (numpy trees), fast tier" if loaded else "none",
         "available_targets": loaded,
         "computed_properties": router.computed.endpoints(),
-    }
+    })

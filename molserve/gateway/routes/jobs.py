@@ -10,32 +10,58 @@ from fastapi import APIRouter, Depends, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from molserve.errors import Conflict, InvalidInput, NotFound, StorageError, Unavailable
+from molserve.gateway.errors import AUTH, UnsupportedFile, documented
+from molserve.gateway.schemas import ENDPOINT_NAME, EndpointRef, Job, JobWithLogs, SubmittedJob, Upload
 from molserve.gateway.security import require_predict, require_read, require_train
-from molserve.prediction.router import RequestError
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
-_UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
+UPLOAD_ID = r"^[0-9a-f]{32}$"
 UPLOAD_SUFFIXES = {".csv", ".tsv", ".smi", ".txt", ".sdf"}
 
 
+EXAMPLE_UPLOAD = "0123456789abcdef0123456789abcdef"
+# Which fields each kind of job needs, stated in the document (the route checks them, with a
+# code for each case): a screen reads an upload or a dataset; a gradient-boosted model trains on
+# a dataset or on an upload's labelled column; a transformer starts from an endpoint's fast model.
+_TEXT = {"type": "string", "minLength": 1}
+_NAMED_FAST_ENDPOINT = {"type": "string", "format": "endpoint"}
+JOB_RULES = [
+    {"properties": {"kind": {"const": "screen"}},
+     "anyOf": [{"required": ["upload_id"], "properties": {"upload_id": _TEXT}},
+               {"required": ["dataset"], "properties": {"dataset": _TEXT}}]},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "gbm"}},
+     "anyOf": [{"required": ["dataset"], "properties": {"dataset": _TEXT}},
+               {"required": ["upload_id", "label_col", "endpoint"],
+                "properties": {"upload_id": _TEXT, "label_col": _TEXT, "endpoint": _TEXT}}]},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "transformer"},
+                    "endpoint": _NAMED_FAST_ENDPOINT,
+                    "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 2},
+                                            {"type": "null"}]}},
+     "required": ["model", "endpoint"]},
+]
+
+
 class JobRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"kind": "screen", "upload_id": "<from POST /v1/uploads>", "endpoints": ["solubility"]},
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": JOB_RULES, "examples": [
+        {"kind": "screen", "upload_id": EXAMPLE_UPLOAD, "endpoints": ["solubility"]},
         {"kind": "train", "dataset": "chembl_egfr_pic50", "model": "gbm"},
-        {"kind": "train", "upload_id": "<id>", "endpoint": "my_assay", "label_col": "pIC50"},
+        {"kind": "train", "upload_id": EXAMPLE_UPLOAD, "endpoint": "my_assay", "label_col": "pIC50"},
     ]})
 
     kind: Literal["train", "screen"]
-    upload_id: str | None = Field(None, description="A file from POST /v1/uploads.")
+    upload_id: str | None = Field(None, pattern=UPLOAD_ID, description="A file from POST /v1/uploads.")
     dataset: str | None = Field(None, description="A stored dataset (molserve data list).")
-    endpoints: list[str] | None = Field(
+    endpoints: list[EndpointRef] | None = Field(
         None, description="screen: endpoints to predict. train with model=transformer: two or more "
-        "endpoints make one multi-task model, registered under `endpoint`.")
+        "endpoints make one multi-task model, registered under `endpoint`.",
+        json_schema_extra={"minItems": 1})
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
     model: Literal["gbm", "transformer"] = "gbm"
-    endpoint: str | None = Field(None, description="train: the endpoint to (re)train.")
+    endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
+                                 json_schema_extra={"pattern": ENDPOINT_NAME})
     label_col: str | None = None
     task: Literal["regression", "classification"] = "regression"
     units: str = ""
@@ -48,17 +74,17 @@ class JobRequest(BaseModel):
 def _runner(request: Request):
     runner = request.app.state.jobs
     if runner is None:
-        raise RequestError(503, "jobs_disabled", "this gateway runs no jobs (MOLSERVE_JOBS_DIR)")
+        raise Unavailable("this gateway runs no jobs (MOLSERVE_JOBS_DIR)", code="jobs_disabled")
     return runner
 
 
 def _upload_path(request: Request, upload_id: str):
-    if not _UPLOAD_ID.match(upload_id):
-        raise RequestError(422, "invalid_upload_id", "upload_id is the hex id POST /v1/uploads returned")
+    if not re.match(UPLOAD_ID, upload_id):  # it becomes a file name pattern below
+        raise InvalidInput("upload_id is the hex id POST /v1/uploads returned", code="invalid_upload_id")
     folder = _runner(request).jobs_dir / "uploads"
     matches = list(folder.glob(f"{upload_id}.*"))
     if not matches:
-        raise RequestError(404, "upload_not_found", f"no upload {upload_id}")
+        raise NotFound(f"no upload {upload_id}", code="upload_not_found")
     return matches[0]
 
 
@@ -70,14 +96,17 @@ def _public(job: dict) -> dict:
     return shown
 
 
-@router.post("/v1/uploads", status_code=201, dependencies=[Depends(require_predict)],
+@router.post("/v1/uploads", status_code=201, response_model=Upload,
+             responses=documented(400, *AUTH, 413, 415, 422, 503, 507),
+             dependencies=[Depends(require_predict)],
              summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job")
 async def upload(file: UploadFile, request: Request) -> JSONResponse:
     runner = _runner(request)
     name = file.filename or "upload.csv"
-    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    # A name without a suffix (`curl -F file=@molecules`) is read as text, one SMILES a line.
+    suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ".txt"
     if suffix not in UPLOAD_SUFFIXES:
-        raise RequestError(415, "unsupported_file", f"{name}: use one of {sorted(UPLOAD_SUFFIXES)}")
+        raise UnsupportedFile(f"{name}: use one of {sorted(UPLOAD_SUFFIXES)}")
     upload_id = uuid.uuid4().hex
     folder = runner.jobs_dir / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,13 +119,15 @@ async def upload(file: UploadFile, request: Request) -> JSONResponse:
                 handle.write(block)
     except OSError as error:  # disk full or read-only: keep nothing, say what happened
         target.unlink(missing_ok=True)
-        raise RequestError(507, "insufficient_storage",
-                           f"the upload could not be stored after {size} bytes: {error.strerror}; "
-                           "free space in the jobs directory and upload again") from None
+        raise StorageError(f"the upload could not be stored after {size} bytes: {error.strerror}; "
+                           "free space in the jobs directory and upload again",
+                           code="insufficient_storage") from None
     return JSONResponse({"upload_id": upload_id, "filename": name, "bytes": size}, status_code=201)
 
 
-@router.post("/v1/jobs", status_code=202, summary="Submit a training job or a screen; returns at once")
+@router.post("/v1/jobs", status_code=202, response_model=SubmittedJob,
+             responses=documented(400, *AUTH, 404, 413, 422, 503),
+             summary="Submit a training job or a screen; returns at once")
 async def submit(body: JobRequest, request: Request) -> JSONResponse:
     runner = _runner(request)
     settings = request.app.state.settings
@@ -115,26 +146,26 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             try:
                 artifact = DatasetStore(settings.datasets).get(body.dataset)
             except Exception as error:
-                raise RequestError(404, "dataset_not_found", str(error)) from None
+                raise NotFound(str(error), code="dataset_not_found") from None
             params["input_path"] = str(artifact.file("data.csv"))
             params["smiles_col"] = "canonical_smiles"
         if "input_path" not in params:
-            raise RequestError(422, "no_input", "a screen needs upload_id or dataset")
+            raise InvalidInput("a screen needs upload_id or dataset", code="no_input")
         router.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
     else:
         if body.model == "transformer" and body.endpoints:
             tasks = list(dict.fromkeys(body.endpoints))
             missing = [e for e in tasks if e not in router.fast.models]
             if len(tasks) < 2 or missing or not body.endpoint:
-                raise RequestError(422, "invalid_multitask_job",
-                                   "multi-task training needs two or more `endpoints` that have fast "
+                raise InvalidInput("multi-task training needs two or more `endpoints` that have fast "
                                    "models (missing: " + (", ".join(missing) or "none") + ") and "
-                                   "`endpoint`, the name to register the model under")
+                                   "`endpoint`, the name to register the model under",
+                                   code="invalid_multitask_job")
             params["tasks"] = tasks
         elif body.model == "transformer":
             if not body.endpoint or body.endpoint not in router.fast.models:
-                raise RequestError(422, "no_fast_model", "transformer training needs `endpoint` with a "
-                                   "fast model, whose curated data and split it reuses")
+                raise InvalidInput("transformer training needs `endpoint` with a fast model, whose "
+                                   "curated data and split it reuses", code="no_fast_model")
         elif body.dataset:
             params.setdefault("endpoint", body.endpoint)
             if not body.endpoint:
@@ -143,44 +174,53 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                 try:
                     manifest = DatasetStore(settings.datasets).get(body.dataset).manifest
                 except Exception as error:
-                    raise RequestError(404, "dataset_not_found", str(error)) from None
+                    raise NotFound(str(error), code="dataset_not_found") from None
                 params["endpoint"] = manifest.get("endpoint_suggestion", body.dataset)
         elif not (body.upload_id and body.label_col and body.endpoint):
-            raise RequestError(422, "incomplete_training_job",
-                               "train needs dataset, or upload_id with label_col and endpoint")
+            raise InvalidInput("train needs dataset, or upload_id with label_col and endpoint",
+                               code="incomplete_training_job")
         from molserve.registry.store import validate_endpoint_name
 
         try:
             validate_endpoint_name(params["endpoint"])
         except ValueError as error:
-            raise RequestError(422, "invalid_endpoint_name", str(error)) from None
+            raise InvalidInput(str(error), code="invalid_endpoint_name") from None
     job = runner.store.create(body.kind, params)
     runner.wake()
     request.app.state.metrics.jobs_submitted.labels(body.kind).inc()
     return JSONResponse({**_public(job), "url": f"/v1/jobs/{job['id']}"}, status_code=202)
 
 
-@router.get("/v1/jobs", dependencies=[Depends(require_read)], summary="Recent jobs")
+@router.get("/v1/jobs", response_model=list[Job], responses=documented(*AUTH, 422, 503),
+            dependencies=[Depends(require_read)], summary="Recent jobs")
 async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
     return JSONResponse([_public(j) for j in _runner(request).store.list(limit)])
 
 
-@router.get("/v1/jobs/{job_id}", dependencies=[Depends(require_read)],
+@router.get("/v1/jobs/{job_id}", response_model=JobWithLogs, responses=documented(*AUTH, 404, 422, 503),
+            dependencies=[Depends(require_read)],
             summary="State, progress (fraction, step, ETA, metrics so far) and recent logs")
 async def get_job(job_id: str, request: Request) -> JSONResponse:
     store = _runner(request).store
     job = store.get(job_id)
     if job is None:
-        raise RequestError(404, "job_not_found", f"no job {job_id}")
+        raise NotFound(f"no job {job_id}", code="job_not_found")
     return JSONResponse({**_public(job), "logs": store.logs(job_id, 50)})
 
 
-@router.delete("/v1/jobs/{job_id}", dependencies=[Depends(require_predict)], summary="Cancel a job")
+@router.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
+             dependencies=[Depends(require_predict)],
+             summary="Cancel a job; it stays listed, in state cancelled once it has stopped")
+# Cancelling is not deleting (the job and its logs stay readable): DELETE is kept for existing
+# clients only.
+@router.delete("/v1/jobs/{job_id}", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
+               dependencies=[Depends(require_predict)], deprecated=True,
+               summary="Cancel a job (use POST /v1/jobs/{job_id}/cancel)")
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     runner = _runner(request)
     job = runner.store.get(job_id)
     if job is None:
-        raise RequestError(404, "job_not_found", f"no job {job_id}")
+        raise NotFound(f"no job {job_id}", code="job_not_found")
     if job["kind"] == "train":
         require_train(request)
     cancelled = runner.cancel(job_id)
@@ -188,13 +228,16 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     return JSONResponse(_public(cancelled or job))
 
 
-@router.get("/v1/jobs/{job_id}/result", dependencies=[Depends(require_read)],
-            summary="Download a finished screen's CSV")
+@router.get("/v1/jobs/{job_id}/result", response_class=FileResponse,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                             "description": "One row per input molecule"},
+                       **documented(*AUTH, 404, 409, 422, 503)},
+            dependencies=[Depends(require_read)], summary="Download a finished screen's CSV")
 async def job_result(job_id: str, request: Request):
     job = _runner(request).store.get(job_id)
     if job is None:
-        raise RequestError(404, "job_not_found", f"no job {job_id}")
+        raise NotFound(f"no job {job_id}", code="job_not_found")
     if job["state"] != "succeeded" or not (job.get("result") or {}).get("path"):
-        raise RequestError(409, "no_result", f"job {job_id} is {job['state']} and has no result file")
+        raise Conflict(f"job {job_id} is {job['state']} and has no result file", code="no_result")
     return FileResponse(job["result"]["path"], media_type="text/csv",
                         filename=f"molserve-{job_id}.csv")

@@ -2,47 +2,72 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
+from fastapi import APIRouter, Depends, Path, Request
+
+from molserve.errors import NotFound
+from molserve.gateway.errors import AUTH, documented
+from molserve.gateway.schemas import ENDPOINT_NAME, DeleteResult, ModelManifest, ModelSummary, ReloadResult
 from molserve.gateway.security import require_key, require_read
-from molserve.prediction.router import RequestError
-from molserve.registry.store import ArtifactError
+from molserve.registry.store import Artifact, ArtifactError
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["models"])
 
+# The registry's own rule for endpoint names and versions (v1, v2, ...): anything else names
+# nothing, so the document says so and such a path is refused before the registry is read.
+EndpointName = Path(pattern=ENDPOINT_NAME, description="An endpoint name.")
+Version = Path(ge=1, description="A version number (GET /v1/models lists them).")
 
-def _summary(artifact) -> dict:
-    m = artifact.manifest
-    summary = {
+
+def _summary(artifact: Artifact) -> dict[str, Any]:
+    try:
+        info = artifact.info
+    except ArtifactError as error:  # one unreadable manifest does not hide the others
+        return {"endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
+                "error": error.message}
+    summary: dict[str, Any] = {
         "endpoint": artifact.endpoint, "version": artifact.version, "kind": artifact.kind,
-        "tier": m.get("tier"), "created": m.get("created"), "task": m.get("task"),
-        "metrics": (m.get("metrics") or {}).get("test"), "dataset": (m.get("dataset") or {}).get("name"),
+        "tier": info.tier, "created": info.created, "task": info.task,
+        "metrics": info.metrics.test, "dataset": info.dataset.name if info.dataset else None,
     }
-    if m.get("task") == "multitask":
+    if info.multitask:
         # One model, several endpoints: each endpoint's test metrics on its own split.
-        summary["tasks"] = {e: {"task": t["task"], "metrics": t["metrics"]["test"]}
-                            for e, t in (m.get("tasks") or {}).items()}
+        summary["tasks"] = {e: {"task": t.task, "metrics": t.metrics.test}
+                            for e, t in (info.tasks or {}).items()}
     return summary
 
 
-@router.get("/v1/models", dependencies=[Depends(require_read)], summary="Registered model versions")
+@contextmanager
+def _missing_is_not_found() -> Iterator[None]:
+    # The registry says "no such version" with its general ArtifactError.
+    try:
+        yield
+    except ArtifactError as error:
+        raise NotFound(error.message) from None
+
+
+@router.get("/v1/models", response_model=list[ModelSummary], responses=documented(*AUTH),
+            dependencies=[Depends(require_read)], summary="Registered model versions")
 async def list_models(request: Request) -> JSONResponse:
     registry = request.app.state.router.registry
     return JSONResponse([_summary(a) for a in registry.all_artifacts()])
 
 
-@router.get("/v1/models/{endpoint}/{version}", dependencies=[Depends(require_read)],
+@router.get("/v1/models/{endpoint}/{version}", response_model=ModelManifest,
+            responses=documented(*AUTH, 404, 422), dependencies=[Depends(require_read)],
             summary="One version's full manifest")
-async def get_model(endpoint: str, version: int, request: Request) -> JSONResponse:
-    try:
+async def get_model(request: Request, endpoint: str = EndpointName, version: int = Version) -> JSONResponse:
+    with _missing_is_not_found():
         artifact = request.app.state.router.registry.get(endpoint, version)
-    except ArtifactError as error:
-        raise RequestError(404, "not_found", str(error)) from None
     return JSONResponse(artifact.manifest)
 
 
-@router.post("/v1/models/reload", dependencies=[Depends(require_key)],
+@router.post("/v1/models/reload", response_model=ReloadResult, responses=documented(*AUTH),
+             dependencies=[Depends(require_key)],
              summary="Load the newest version of every endpoint (after training)")
 async def reload_models(request: Request) -> JSONResponse:
     router = request.app.state.router
@@ -50,13 +75,13 @@ async def reload_models(request: Request) -> JSONResponse:
     return JSONResponse({"loaded": router.fast.endpoints(), "errors": router.fast.load_errors})
 
 
-@router.delete("/v1/models/{endpoint}/{version}", dependencies=[Depends(require_key)],
+@router.delete("/v1/models/{endpoint}/{version}", response_model=DeleteResult,
+               responses=documented(*AUTH, 404, 422), dependencies=[Depends(require_key)],
                summary="Delete one model version and reload")
-async def delete_model(endpoint: str, version: int, request: Request) -> JSONResponse:
+async def delete_model(request: Request, endpoint: str = EndpointName,
+                       version: int = Version) -> JSONResponse:
     router = request.app.state.router
-    try:
+    with _missing_is_not_found():
         router.registry.delete(endpoint, version)
-    except ArtifactError as error:
-        raise RequestError(404, "not_found", str(error)) from None
     request.app.state.load_models()
     return JSONResponse({"deleted": {"endpoint": endpoint, "version": version}})

@@ -1,12 +1,13 @@
-"""POST /v1/predict."""
+"""POST /v1/predict: parse the body, admit it, ask the router, render its answer once."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from molserve.gateway.schemas import ErrorBody, PredictRequest, PredictResponse
+from molserve.errors import Unavailable
+from molserve.gateway.errors import AUTH, documented
+from molserve.gateway.schemas import PredictRequest, PredictResponse
 from molserve.gateway.security import require_predict
-from molserve.prediction.router import RequestError
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["predict"])
@@ -14,8 +15,9 @@ router = APIRouter(tags=["predict"])
 
 @router.post(
     "/v1/predict",
+    # Documented, not re-validated: the route returns the router's answer serialized once.
     response_model=PredictResponse,
-    responses={413: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=documented(400, *AUTH, 413, 422, 503),
     summary="Predict endpoints for a batch of SMILES",
     dependencies=[Depends(require_predict)],
 )
@@ -31,10 +33,9 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     # letting every client wait.
     limit = state.settings.max_pending_molecules
     if state.pending_molecules + len(body.molecules) > limit and state.pending_molecules > 0:
-        raise RequestError(503, "overloaded",
-                           f"{state.pending_molecules} molecules are being predicted; the gateway "
-                           f"holds at most {limit}. Retry shortly or submit a screen job",
-                           {"retry_after_s": 1.0})
+        raise Unavailable(f"{state.pending_molecules} molecules are being predicted; the gateway "
+                          f"holds at most {limit}. Retry shortly or submit a screen job",
+                          code="overloaded", details={"retry_after_s": 1.0})
     state.pending_molecules += len(body.molecules)
     try:
         return await _predict(body, state, router, metrics)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
+from molserve.gateway.errors import AUTH, documented
+from molserve.gateway.schemas import ServiceStatus
 from molserve.gateway.security import require_read
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/v1/status", dependencies=[Depends(require_read)],
+@router.get("/v1/status", response_model=ServiceStatus, responses=documented(*AUTH),
+            dependencies=[Depends(require_read)],
             summary="Tiers and workers: breaker state, recent latency and error rate, models")
 async def status(request: Request) -> JSONResponse:
     router = request.app.state.router

@@ -1,30 +1,22 @@
-"""Settings, read once from the environment (prefix MOLSERVE_) or a .env file."""
+"""Settings, read once from the environment (prefix MOLSERVE_) or a .env file, in sections."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+_ENV = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MOLSERVE_", env_file=".env", extra="ignore")
 
-    registry: Path = Field(Path("registry"), description="Model registry directory.")
-    datasets: Path = Field(Path("datasets"), description="Curated dataset store directory.")
-    jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
-                                  "empty disables jobs.")
-    bootstrap: bool = Field(False, description="At start-up, train the bundled endpoints the "
-                            "registry lacks, in a background process (`molserve serve --bootstrap`).")
-    bootstrap_endpoints: list[str] | None = Field(
-        None, description="Only these bundled endpoints (JSON list); default: all of them.")
-    bootstrap_profile: str = Field("standard", description="Training profile of the bootstrap.")
-    max_concurrent_jobs: int = Field(1, ge=1)
-    job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
-    max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")
+class GatewaySettings(BaseSettings):
+    """The HTTP gateway: where it listens, what it accepts, who may call it, its start-up."""
+
+    model_config = _ENV
+
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")
@@ -34,28 +26,46 @@ class Settings(BaseSettings):
     require_key_for_reads: bool = Field(False, description="Also require the key for reads.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty.")
     inline_batch: int = Field(
-        16, description="Batches up to this size run on the event loop; larger ones in a thread."
-    )
-    log_json: bool = False
+        16, description="Batches up to this size run on the event loop; larger ones in a thread.")
     access_log: bool = Field(False, description="One log line per request (method, path, status, ms).")
     compute_threads: int = Field(2, ge=1, description="Threads for large prediction batches.")
     max_pending_molecules: int = Field(20000, ge=1, description="Molecules in flight before 503.")
-    # The transformer tier (remote workers). Empty: the gateway serves the fast tier alone.
+    bootstrap: bool = Field(False, description="At start-up, train the bundled endpoints the "
+                            "registry lacks, in a background process (`molserve serve --bootstrap`).")
+    bootstrap_endpoints: list[str] | None = Field(
+        None, description="Only these bundled endpoints (JSON list); default: all of them.")
+    bootstrap_profile: Literal["standard", "quick"] = Field(
+        "standard", description="Training profile of the bootstrap.")
+
+
+class RemoteSettings(BaseSettings):
+    """The transformer tier as the gateway reaches it: workers, deadlines, breakers, batching.
+    Empty `worker_urls`: the gateway serves the fast tier alone."""
+
+    model_config = _ENV
+
     worker_urls: list[str] = Field(default_factory=list,
                                    description='JSON list, e.g. ["http://127.0.0.1:8100"].')
     worker_token: str | None = Field(None, description="Bearer token sent to workers.")
-    worker_timeout_ms: float = Field(2000, description="Per-call timeout and default deadline.")
-    breaker_failures: int = Field(3, description="Consecutive failures that open a breaker.")
-    breaker_reset_s: float = Field(5.0, description="Open time before a half-open probe.")
-    health_interval_s: float = Field(2.0, description="Worker health-probe period.")
-    remote_max_batch: int = 64
-    remote_max_wait_ms: float = 2.0
-    remote_max_queue: int = Field(4096, description="Molecules waiting for workers, at most.")
+    worker_timeout_ms: float = Field(2000, gt=0, description="Per-call timeout and default deadline.")
+    breaker_failures: int = Field(3, ge=1, description="Consecutive failures that open a breaker.")
+    breaker_reset_s: float = Field(5.0, gt=0, description="Open time before a half-open probe.")
+    health_interval_s: float = Field(2.0, gt=0, description="Worker health-probe period.")
+    remote_max_batch: int = Field(64, ge=1, description="Molecules per call to a worker.")
+    remote_max_wait_ms: float = Field(2.0, ge=0, description="Longest wait to fill a worker call.")
+    remote_max_queue: int = Field(4096, ge=1, description="Molecules waiting for workers, at most.")
 
 
-def _xdg_cache() -> Path:
-    # The XDG base-directory convention, as every well-behaved tool reads it.
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molserve"
+class JobSettings(BaseSettings):
+    """Persisted jobs (training, screens) and the uploads they read."""
+
+    model_config = _ENV
+
+    jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
+                                  "empty disables jobs.")
+    max_concurrent_jobs: int = Field(1, ge=1)
+    job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")
 
 
 class WorkerSettings(BaseSettings):
@@ -76,6 +86,11 @@ class WorkerSettings(BaseSettings):
     max_molecules_per_request: int = 1000
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body; 413 beyond.")
     log_json: bool = False
+
+
+def _xdg_cache() -> Path:
+    # The XDG base-directory convention, as every well-behaved tool reads it.
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molserve"
 
 
 class ComputeSettings(BaseSettings):
@@ -126,6 +141,56 @@ class RayDeploySettings(BaseSettings):
 
     gpus_per_replica: float = Field(0, ge=0)
 
+
+# The sections a field may be given by name for (the worker's own settings are separate: its
+# names overlap the gateway's).
+_SECTIONS = ("gateway", "remote", "jobs", "compute", "engines")
+
+
+class Settings(BaseSettings):
+    """Every setting, in sections, validated once. Each section reads its own variables (the
+    names in README's configuration table, prefix MOLSERVE_), so a section can also be built
+    alone (`RemoteSettings()`); nothing outside this module reads the environment.
+
+    Overrides in code name the section: `Settings(registry=path, gateway=GatewaySettings(...))`,
+    or `Settings(...).with_overrides(...)` for a few fields by name.
+    """
+
+    model_config = _ENV
+
+    registry: Path = Field(Path("registry"), description="Model registry directory.")
+    datasets: Path = Field(Path("datasets"), description="Curated dataset store directory.")
+    log_json: bool = Field(False, description="Logs as JSON lines.")
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    engines: EngineSettings = Field(default_factory=EngineSettings)
+
+    def __init__(self, **fields: Any) -> None:
+        """`Settings(max_batch=10)` sets `gateway.max_batch`: a field given by name goes to the
+        section that owns it (built with the environment for its other fields); a name no
+        section owns is an error, never a silent no-op."""
+        for section in _SECTIONS:
+            model = type(self).model_fields[section].annotation
+            assert isinstance(model, type) and issubclass(model, BaseSettings)
+            flat = {k: fields.pop(k) for k in list(fields)
+                    if k in model.model_fields and k not in type(self).model_fields}
+            if flat:
+                given = fields.get(section)
+                base = given.model_dump() if isinstance(given, BaseModel) else dict(given or {})
+                fields[section] = model(**{**base, **flat})
+        unknown = sorted(k for k in set(fields) - set(type(self).model_fields)
+                         if not k.startswith("_"))  # _env_file and the like
+        if unknown:
+            raise TypeError(f"no setting named {', '.join(unknown)}")
+        super().__init__(**fields)
+
+    def with_overrides(self, **fields: Any) -> Settings:
+        """A copy with fields changed by name, wherever they live."""
+        data: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
+        return type(self)(**{**data, **fields})
 
 def get_settings() -> Settings:
     return Settings()

@@ -12,7 +12,7 @@ from molserve.prediction.batcher import DynamicBatcher
 from molserve.prediction.remote import (
     CircuitBreaker,
     RemoteFailure,
-    RemoteSettings,
+    RemoteOptions,
     RemoteTier,
     WorkerClient,
 )
@@ -103,7 +103,7 @@ def test_the_picker_takes_the_next_worker_when_one_cannot_take_a_call():
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as c:
-            tier = RemoteTier(RemoteSettings(urls=["http://a", "http://b"]), client=c, clock=clock)
+            tier = RemoteTier(RemoteOptions(urls=["http://a", "http://b"]), client=c, clock=clock)
             tier.workers[0].breaker = stuck
             for worker in tier.workers:
                 worker.models = {"logbb": MODEL}
@@ -128,7 +128,7 @@ def test_a_callers_short_deadline_never_opens_the_breaker_for_others():
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            tier = RemoteTier(RemoteSettings(urls=["http://w"], timeout_s=2.0, failure_threshold=3,
+            tier = RemoteTier(RemoteOptions(urls=["http://w"], timeout_s=2.0, failure_threshold=3,
                                              max_wait_s=0.0), client=client)
             await tier.refresh()
             reasons = []
@@ -217,7 +217,7 @@ def test_a_worker_that_answers_503_is_left_alone_for_its_retry_after():
 
     async def scenario():
         async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-            tier = RemoteTier(RemoteSettings(urls=["http://a", "http://b"], max_wait_s=0.0),
+            tier = RemoteTier(RemoteOptions(urls=["http://a", "http://b"], max_wait_s=0.0),
                               client=client, clock=clock)
             for worker in tier.workers:
                 worker.models = {"logbb": MODEL}
@@ -226,7 +226,7 @@ def test_a_worker_that_answers_503_is_left_alone_for_its_retry_after():
             during = [tier._pick(tier._candidates("logbb"), set()).url for _ in range(20)]
             clock.now = 3.5
             after = tier._pick(tier._candidates("logbb"), set()).url
-            alone = RemoteTier(RemoteSettings(urls=["http://a"]), client=client, clock=clock)
+            alone = RemoteTier(RemoteOptions(urls=["http://a"]), client=client, clock=clock)
             alone.workers[0].models = {"logbb": MODEL}
             calls.clear()
             with pytest.raises(RemoteFailure):

@@ -98,8 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # CPU work of large batches runs on as many threads as cores, not one per request, so
     # concurrent batches queue instead of thrashing (and memory stays bounded).
-    compute = ThreadPoolExecutor(max_workers=settings.compute_threads, thread_name_prefix="predict")
-    router = Router(Registry(settings.registry), max_batch=settings.max_batch, compute=compute)
+    compute = ThreadPoolExecutor(max_workers=settings.gateway.compute_threads, thread_name_prefix="predict")
+    router = Router(Registry(settings.registry), max_batch=settings.gateway.max_batch, compute=compute)
     metrics = GatewayMetrics()
     router.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
         endpoint, tier).observe(seconds)
@@ -117,33 +117,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load_models()
         log.info("loaded %d fast models in %.3f s", len(router.fast.models),
                  time.perf_counter() - started)
-        if settings.worker_urls:
-            from molserve.prediction.remote import RemoteSettings, RemoteTier
+        if settings.remote.worker_urls:
+            from molserve.prediction.remote import RemoteOptions, RemoteTier
 
-            router.remote = RemoteTier(RemoteSettings(
-                urls=settings.worker_urls, token=settings.worker_token,
-                timeout_s=settings.worker_timeout_ms / 1000,
-                failure_threshold=settings.breaker_failures,
-                reset_timeout_s=settings.breaker_reset_s,
-                health_interval_s=settings.health_interval_s,
-                max_batch=settings.remote_max_batch,
-                max_wait_s=settings.remote_max_wait_ms / 1000,
-                max_queue=settings.remote_max_queue))
+            router.remote = RemoteTier(RemoteOptions.from_settings(settings.remote))
             await router.remote.start()
-        if settings.jobs_dir:
+        if settings.jobs.jobs_dir:
             from molserve.jobs.runner import JobRunner
 
             app.state.jobs = JobRunner(
-                settings.jobs_dir, settings.registry, settings.datasets,
-                max_concurrent=settings.max_concurrent_jobs, max_attempts=settings.job_max_attempts,
+                settings.jobs.jobs_dir, settings.registry, settings.datasets,
+                max_concurrent=settings.jobs.max_concurrent_jobs, max_attempts=settings.jobs.job_max_attempts,
                 on_model_registered=load_models)
             app.state.jobs.start()
-        if settings.bootstrap:
+        if settings.gateway.bootstrap:
             from molserve.operations.bootstrap import BackgroundBootstrap
 
             app.state.bootstrap = BackgroundBootstrap(
-                router.registry, load_models, only=settings.bootstrap_endpoints,
-                profile=settings.bootstrap_profile)
+                router.registry, load_models, only=settings.gateway.bootstrap_endpoints,
+                profile=settings.gateway.bootstrap_profile)
             router.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "
@@ -167,7 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     from molserve.gateway.keys import KeyStore
 
-    app.state.keys = KeyStore(settings.api_keys_file, settings.api_key)
+    app.state.keys = KeyStore(settings.gateway.api_keys_file, settings.gateway.api_key)
     app.state.router = router
     app.state.load_models = load_models
     app.state.metrics = metrics
@@ -182,12 +174,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
 
-    if settings.cors_origins:
+    if settings.gateway.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+        app.add_middleware(CORSMiddleware, allow_origins=settings.gateway.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
-    app.add_middleware(Observe, metrics=metrics, access_log=settings.access_log)
+    app.add_middleware(BodyLimit, limit=settings.gateway.max_body_bytes,
+                       upload_limit=settings.jobs.max_upload_bytes)
+    app.add_middleware(Observe, metrics=metrics, access_log=settings.gateway.access_log)
     return app

@@ -21,7 +21,7 @@ def authorize(request: Request, scope: str) -> KeyRecord | None:
     settings = request.app.state.settings
     keys = request.app.state.keys
     key = presented_key(request)
-    open_scope = scope in ("read", "predict") and not settings.require_key_for_reads
+    open_scope = scope in ("read", "predict") and not settings.gateway.require_key_for_reads
     if key is None:
         if open_scope:
             return None

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from molserve.answers import Answer
+from molserve.config import RemoteSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
 
 log = logging.getLogger("molserve.prediction.remote")
@@ -259,7 +260,10 @@ class WorkerClient:
 
 
 @dataclass
-class RemoteSettings:
+class RemoteOptions:
+    """The remote tier's running parameters, in seconds (`from_settings` reads the gateway's
+    configured section)."""
+
     urls: list[str]
     token: str | None = None
     timeout_s: float = 2.0
@@ -271,11 +275,22 @@ class RemoteSettings:
     max_queue: int = 4096
     retry_ratio: float = 0.1
 
+    @classmethod
+    def from_settings(cls, settings: RemoteSettings) -> RemoteOptions:
+        return cls(urls=list(settings.worker_urls), token=settings.worker_token,
+                   timeout_s=settings.worker_timeout_ms / 1000,
+                   failure_threshold=settings.breaker_failures,
+                   reset_timeout_s=settings.breaker_reset_s,
+                   health_interval_s=settings.health_interval_s,
+                   max_batch=settings.remote_max_batch,
+                   max_wait_s=settings.remote_max_wait_ms / 1000,
+                   max_queue=settings.remote_max_queue)
+
 
 class RemoteTier:
     name = "transformer"
 
-    def __init__(self, settings: RemoteSettings, *, client: httpx.AsyncClient | None = None,
+    def __init__(self, settings: RemoteOptions, *, client: httpx.AsyncClient | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)

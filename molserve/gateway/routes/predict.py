@@ -31,7 +31,7 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     metrics = state.metrics
     # Admission control: beyond this many molecules in flight, say so at once (503) rather than
     # letting every client wait.
-    limit = state.settings.max_pending_molecules
+    limit = state.settings.gateway.max_pending_molecules
     if state.pending_molecules + len(body.molecules) > limit and state.pending_molecules > 0:
         raise Unavailable(f"{state.pending_molecules} molecules are being predicted; the gateway "
                           f"holds at most {limit}. Retry shortly or submit a screen job",
@@ -48,7 +48,7 @@ async def _predict(body: PredictRequest, state, router, metrics) -> JSONResponse
 
     result = await router.predict(
         body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
-        request_id=request_id.get(), inline_limit=state.settings.inline_batch,
+        request_id=request_id.get(), inline_limit=state.settings.gateway.inline_batch,
         on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc())
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:

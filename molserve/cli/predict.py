@@ -35,16 +35,19 @@ def predict(
     shown: dict[str, Any] = {}
 
     def start(total: int | None, names: list[str]) -> None:
-        # The bar appears once the input is known to be readable: an error before it is one line.
-        if not quiet:
+        shown["total"] = total
+
+    def chunk(checkpoint: Any, total: int | None) -> None:
+        # The bar appears with the first chunk written, once the input proved readable: an
+        # error found on reading it (a missing column) is printed alone.
+        if quiet:
+            return
+        if "bar" not in shown:
             from tqdm import tqdm
 
             tqdm.monitor_interval = 0  # no monitor thread: worker processes are forked
-            shown["bar"] = tqdm(total=total, unit="mol", file=sys.stderr, desc="predicting")
-
-    def chunk(checkpoint: Any, total: int | None) -> None:
-        if "bar" in shown:
-            shown["bar"].update(checkpoint.rows_done - shown["bar"].n)
+            shown["bar"] = tqdm(total=shown.get("total"), unit="mol", file=sys.stderr, desc="predicting")
+        shown["bar"].update(checkpoint.rows_done - shown["bar"].n)
 
     try:
         summary = screen_file(

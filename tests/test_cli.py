@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from molserve.cli import app, main
@@ -199,3 +200,32 @@ def test_help_and_serve_load_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {m.split(".")[0] for m in json.loads(out.stdout.strip().splitlines()[-1])}
     assert not loaded & {"lightgbm", "torch", "tqdm", "httpx", "rdkit", "numpy", "uvicorn", "rich"}
+
+
+def test_deploy_ray_serves_until_interrupted_then_shuts_serve_and_ray_down(tmp_path, monkeypatch):
+    """The run-until-signal loop, without a cluster: `run` is replaced, an interrupt arrives."""
+    import os
+    import signal
+    import threading
+
+    ray_app = pytest.importorskip("molserve.deploy.ray_app")
+    calls: dict = {}
+
+    def run(**options):
+        calls["run"] = options
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return f"http://{options['host']}:{options['port']}"
+
+    monkeypatch.setattr(ray_app, "run", run)
+    monkeypatch.setattr(ray_app.serve, "shutdown", lambda: calls.setdefault("serve down", True))
+    monkeypatch.setattr(ray_app.ray, "shutdown", lambda: calls.setdefault("ray down", True))
+    monkeypatch.setenv("MOLSERVE_WORKER_TOKEN", "t0ken")
+    before = signal.getsignal(signal.SIGINT)
+    result = invoke("--registry", str(tmp_path), "deploy", "ray", "--port", "8123", "--backend", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "worker tier on Ray Serve at http://127.0.0.1:8123" in result.stdout
+    options = calls["run"]
+    assert options["token"] == "t0ken" and options["backend"] == "onnx" and options["blocking"] is False
+    assert options["registry"] == tmp_path and options["max_replicas"] == 4
+    assert calls["serve down"] and calls["ray down"]
+    assert signal.getsignal(signal.SIGINT) is before

@@ -1,9 +1,15 @@
-"""The command line, run as a user runs it (subprocesses of the installed entry point)."""
+"""The command line, run as a user runs it (subprocesses of the installed entry point) and through
+Typer's test runner for the verbs that are cheap to run."""
 
 import csv
+import json
 import subprocess
 import sys
 
+import pytest
+from typer.testing import CliRunner
+
+from molserve.cli import app, main
 from molserve.data.bundled import load_bundled
 
 
@@ -89,3 +95,137 @@ def test_a_file_with_several_labels_trains_one_endpoint_each_then_one_multitask_
     calc_fast = json.loads((registry / "calc" / "v1" / "manifest.json").read_text())
     assert manifest["tasks"]["calc"]["metrics"]["test"]["n"] == calc_fast["metrics"]["test"]["n"]
     assert manifest["rows"]["labels"] < 2 * manifest["rows"]["molecules"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_tdc_list_prints_the_catalogue_one_endpoint_a_line():
+    result = invoke("data", "tdc", "list")
+    assert result.exit_code == 0 and result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 40
+    assert lines[0].split()[:2] == ["caco2_permeability", "Caco2_Wang"] and "benchmark, mae" in lines[0]
+
+
+def test_main_returns_the_exit_code_as_an_int(capsys):
+    assert main(["data", "tdc", "list"]) == 0
+    assert "caco2_permeability" in capsys.readouterr().out
+    assert main(["data", "tdc", "list", "--all"]) == 2
+
+
+def test_models_list_shows_each_model_and_each_task_of_a_multitask_one(trained_registry):
+    result = invoke("--registry", str(trained_registry.root), "models", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["endpoint", "ver", "kind", "task", "n_test", "held-out", "(test)", "metrics"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    solubility = trained_registry.latest("solubility").manifest["metrics"]["test"]
+    assert rows["solubility"].split()[3:5] == ["regression", str(solubility["n"])]
+    assert f"RMSE {solubility['rmse']:.3f}" in rows["solubility"]
+    assert "ROC AUC" in rows["bbb_penetration"] and "classification" in rows["bbb_penetration"]
+    listed = json.loads(invoke("--registry", str(trained_registry.root), "models", "list", "--json").stdout)
+    entry = next(m for m in listed if m["endpoint"] == "solubility")
+    assert set(entry) == {"endpoint", "version", "kind", "created", "test"}
+    assert entry["test"] == solubility
+
+
+def test_predict_a_tiny_file_through_the_runner(tmp_path, trained_registry):
+    source = tmp_path / "in.smi"
+    source.write_text("CCO\nc1ccccc1O\n")
+    target = tmp_path / "out.csv"
+    result = invoke("--registry", str(trained_registry.root), "predict", str(source), "-o", str(target),
+                    "--endpoints", "solubility tpsa", "--jobs", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stderr)
+    assert summary["molecules"] == 2 and summary["endpoints"] == ["solubility", "tpsa"]
+    rows = list(csv.DictReader(open(target)))
+    assert rows[1]["tpsa"] == "20.23" and rows[0]["solubility"] != ""
+
+
+def test_keys_create_list_and_revoke_through_the_runner(tmp_path):
+    keys_file = tmp_path / "keys.json"
+    created = invoke("keys", "--file", str(keys_file), "create", "--name", "ci", "--scopes", "read,predict",
+                     "--rate", "60")
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    assert key.startswith("ms_") and "shown once" in created.stderr and key not in keys_file.read_text()
+    listing = invoke("keys", "--file", str(keys_file), "list")
+    assert "ci" in listing.stdout and "read,predict" in listing.stdout and "60/min" in listing.stdout
+    key_id = key.split("_")[1]
+    revoked = invoke("keys", "--file", str(keys_file), "revoke", key_id)
+    assert revoked.stdout == f"revoked {key_id}\n"
+    assert json.loads(keys_file.read_text())["keys"] == []
+
+
+def test_import_with_ic50_in_nm_drops_non_positive_values_and_says_how_many(tmp_path):
+    data = tmp_path / "assay.csv"
+    data.write_text("smiles,ic50_nM\nCCO,1000\nOCC,100\nc1ccccc1O,10\nCCN,0\nCCC,-5\n")
+    result = invoke("--datasets", str(tmp_path / "d"), "data", "import", str(data), "--name", "my_assay",
+                    "--label-col", "ic50_nM", "--ic50-nm")
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 row(s) whose IC50 was zero or negative" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["dataset"] == "my_assay" and summary["rows"] == 2
+    assert summary["curation"]["ic50_non_positive_dropped"] == 2
+    assert summary["curation"]["converted_from_ic50_nm"] is True
+
+
+def test_import_refuses_a_file_whose_ic50s_are_all_non_positive(tmp_path):
+    data = tmp_path / "assay.csv"
+    data.write_text("smiles,ic50_nM\nCCO,0\nOCC,-1\n")
+    result = invoke("--datasets", str(tmp_path / "d"), "data", "import", str(data), "--name", "a",
+                    "--label-col", "ic50_nM", "--ic50-nm")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("molserve: error: no positive IC50")
+    assert "2 zero or negative" in result.stderr
+
+
+def test_repeated_and_comma_separated_options_are_read_alike(tmp_path):
+    from molserve.cli.common import items
+
+    assert items(["a,b", " c ", "d,,e"]) == ["a", "b", "c", "d", "e"]
+    result = invoke("--registry", str(tmp_path / "r"), "bootstrap", "--only", "x1,x2", "--only", "x3")
+    assert result.exit_code == 2 and "not bundled endpoints: x1, x2, x3" in result.stderr
+
+
+def test_help_and_serve_load_no_heavy_library():
+    """`molserve --help` and building `molserve serve`'s command import neither the trainer,
+    progress bars nor an HTTP client."""
+    code = ("import sys, json\n"
+            "from molserve.cli import main\n"
+            "assert main(['--help']) == 0 and main(['serve', '--help']) == 0\n"
+            "print(json.dumps(sorted(sys.modules)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {m.split(".")[0] for m in json.loads(out.stdout.strip().splitlines()[-1])}
+    assert not loaded & {"lightgbm", "torch", "tqdm", "httpx", "rdkit", "numpy", "uvicorn", "rich"}
+
+
+def test_deploy_ray_serves_until_interrupted_then_shuts_serve_and_ray_down(tmp_path, monkeypatch):
+    """The run-until-signal loop, without a cluster: `run` is replaced, an interrupt arrives."""
+    import os
+    import signal
+    import threading
+
+    ray_app = pytest.importorskip("molserve.deploy.ray_app")
+    calls: dict = {}
+
+    def run(**options):
+        calls["run"] = options
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return f"http://{options['host']}:{options['port']}"
+
+    monkeypatch.setattr(ray_app, "run", run)
+    monkeypatch.setattr(ray_app.serve, "shutdown", lambda: calls.setdefault("serve down", True))
+    monkeypatch.setattr(ray_app.ray, "shutdown", lambda: calls.setdefault("ray down", True))
+    monkeypatch.setenv("MOLSERVE_WORKER_TOKEN", "t0ken")
+    before = signal.getsignal(signal.SIGINT)
+    result = invoke("--registry", str(tmp_path), "deploy", "ray", "--port", "8123", "--backend", "onnx")
+    assert result.exit_code == 0, result.output
+    assert "worker tier on Ray Serve at http://127.0.0.1:8123" in result.stdout
+    options = calls["run"]
+    assert options["token"] == "t0ken" and options["backend"] == "onnx" and options["blocking"] is False
+    assert options["registry"] == tmp_path and options["max_replicas"] == 4
+    assert calls["serve down"] and calls["ray down"]
+    assert signal.getsignal(signal.SIGINT) is before

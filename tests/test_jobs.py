@@ -265,8 +265,8 @@ def test_cancel_a_running_screen_and_a_queued_job(job_env, tmp_path):
             while client.get(f"/v1/jobs/{running}").json()["progress"] <= 0:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-            assert client.delete(f"/v1/jobs/{queued}").json()["state"] == "cancelled"
-            client.delete(f"/v1/jobs/{running}")
+            assert client.post(f"/v1/jobs/{queued}/cancel").json()["state"] == "cancelled"
+            client.post(f"/v1/jobs/{running}/cancel")
             final = wait_job(gateway.url, running, timeout=60)
             assert final["state"] == "cancelled" and final["progress"] < 1.0
             assert client.get(f"/v1/jobs/{running}/result").status_code == 409

@@ -17,6 +17,9 @@ The registry directory must be visible to every node (shared filesystem or synce
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -114,6 +117,27 @@ def run(*, registry: str | Path, address: str | None = None, host: str = "127.0.
     serve.run(build_app(registry=registry, **options), name="molserve", route_prefix="/",
               blocking=blocking)
     return f"http://{host}:{port}"
+
+
+def serve_until_stopped(*, registry: str | Path, address: str | None = None, host: str = "127.0.0.1",
+                        port: int = 8100, on_ready: Callable[[str], None] | None = None,
+                        poll_s: float = 0.5, **options) -> None:
+    """Deploy the worker (as `run`), tell `on_ready` its URL, and keep it up until SIGINT or
+    SIGTERM; then shut Serve and Ray down (a local Ray instance goes with them)."""
+    url = run(registry=registry, address=address, host=host, port=port, blocking=False, **options)
+    if on_ready is not None:
+        on_ready(url)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Short waits rather than one long one: the signal handler runs between them.
+        while not stop.wait(poll_s):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        serve.shutdown()
+        ray.shutdown()
 
 
 # For `serve run molserve.deploy.ray_app:app`: the worker's settings (MOLSERVE_WORKER_*) and the

@@ -1,0 +1,67 @@
+"""`molserve serve` (the HTTP gateway) and `molserve worker` (the transformer tier's service).
+
+Both only build their settings from the options and hand the app to uvicorn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from molserve.cli.common import group, settings
+
+app = group()
+
+# uvicorn's levels; anything else would only fail after the models are loaded.
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+Host = Annotated[str | None, typer.Option(help="default: the settings' host", show_default=False)]
+Port = Annotated[int | None, typer.Option(min=1, max=65535, help="default: the settings' port",
+                                          show_default=False)]
+
+
+@app.command("serve", help="serve the HTTP gateway")
+def serve(
+    ctx: typer.Context,
+    host: Host = None,
+    port: Port = None,
+    bootstrap: Annotated[bool, typer.Option(
+        "--bootstrap", help="train the bundled endpoints the registry lacks in the background; each "
+        "is served as soon as it is trained")] = False,
+    log_level: Annotated[LogLevel, typer.Option("--log-level")] = "info",
+) -> int:
+    import uvicorn
+
+    from molserve.gateway.app import create_app
+
+    config = settings(ctx)
+    if bootstrap:
+        config = config.with_overrides(bootstrap=True)
+    uvicorn.run(create_app(config), host=host or config.gateway.host, port=port or config.gateway.port,
+                log_level=log_level, access_log=False, loop="auto", http="auto")
+    return 0
+
+
+@app.command("worker", help="serve transformer models (the worker tier)")
+def worker(
+    ctx: typer.Context,
+    host: Host = None,
+    port: Port = None,
+    backend: Annotated[Literal["torch", "onnx", "onnx-int8"] | None, typer.Option()] = None,
+    device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda")] = None,
+    log_level: Annotated[LogLevel, typer.Option("--log-level")] = "info",
+) -> int:
+    import uvicorn
+
+    from molserve.config import WorkerSettings
+    from molserve.worker.app import create_worker_app
+
+    overrides: dict[str, object] = {k: v for k, v in {"backend": backend, "device": device}.items() if v}
+    registry: Path | None = ctx.meta.get("molserve.registry")
+    if registry is not None:
+        overrides["registry"] = registry
+    config = WorkerSettings(**overrides)
+    uvicorn.run(create_worker_app(config), host=host or config.host, port=port or config.port,
+                log_level=log_level, access_log=False)
+    return 0

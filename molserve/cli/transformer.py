@@ -1,0 +1,96 @@
+"""`molserve pretrain` (masked-language pretraining on SMILES) and `molserve finetune` (a
+transformer on endpoints that have fast models, through `operations.training.finetune`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from molserve.cli.common import build, group, items, settings, transformer_progress
+
+app = group()
+
+Device = Annotated[str | None, typer.Option(show_default=False)]
+
+
+@app.command("finetune", help="fine-tune a RoBERTa on an endpoint's curated data and split")
+def finetune(
+    ctx: typer.Context,
+    dataset: Annotated[list[str], typer.Option(
+        metavar="ENDPOINT", show_default=False,
+        help="an endpoint with a fast model (its curated data and split are reused); repeat it or "
+        "give a comma-separated list for one multi-task model")],
+    name: Annotated[str | None, typer.Option(
+        help="registry name of a multi-task model (several --dataset)", show_default=False)] = None,
+    base: Annotated[str, typer.Option(
+        help="hub id (downloaded when online), local directory (e.g. from `pretrain`), or "
+        "random:tiny|small|chemberta-zinc-base")] = "seyonec/ChemBERTa-zinc-base-v1",
+    epochs: Annotated[int, typer.Option()] = 30,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 5e-5,
+    patience: Annotated[int, typer.Option()] = 5,
+    no_onnx: Annotated[bool, typer.Option("--no-onnx", help="skip the ONNX (fp32, int8) export")] = False,
+    device: Device = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> int:
+    from molserve.operations.training import TransformerParams
+    from molserve.operations.training import finetune as finetune_endpoints
+    from molserve.registry import Registry
+
+    params = build(TransformerParams, {"export_onnx": "--no-onnx"}, base=base, epochs=epochs,
+                   batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+                   export_onnx=not no_onnx, device=device, seed=seed)
+    endpoints = list(dict.fromkeys(items(dataset)))
+    registry = Registry(settings(ctx).registry)
+    bar, report = transformer_progress(name or (endpoints[0] if endpoints else "finetune"))
+    try:
+        artifact = finetune_endpoints(registry, endpoints, params, name=name, progress=report)
+    finally:
+        bar.close()
+    from molserve.models.transformer.pipeline import describe
+
+    print(describe(artifact))
+    print(f"registered {artifact.endpoint} v{artifact.version} (transformer) at {artifact.path}")
+    return 0
+
+
+@app.command("pretrain", help="masked-language pretraining of a RoBERTa on SMILES")
+def pretrain(
+    corpus: Annotated[str, typer.Option(help="SMILES file (.smi/.txt/.csv[.gz]) or 'moses'",
+                                        show_default=False)],
+    output: Annotated[Path, typer.Option(show_default=False)],
+    size: Annotated[Literal["tiny", "small", "chemberta-zinc-base"], typer.Option()] = "small",
+    base: Annotated[str | None, typer.Option(
+        help="continue from this model (an earlier --output, or a hub id) with its tokenizer, "
+        "instead of starting from scratch", show_default=False)] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, show_default=False)] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="use at most this many molecules (random sample)", show_default=False)] = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        "--max-minutes", min=0, help="stop after this much training time", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0)] = 5e-4,
+    device: Device = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> int:
+    from molserve.models.transformer.corpus import read_corpus
+
+    # The corpus is read before the trainer (torch) is imported: a wrong path fails at once.
+    smiles = read_corpus(corpus, limit=limit, seed=seed)
+    from molserve.models.transformer.modeling import pretrain as run_pretraining
+
+    bar, report = transformer_progress("pretraining")
+    try:
+        summary = run_pretraining(
+            smiles, output, size=size, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+            learning_rate=learning_rate, device=device, seed=seed,
+            max_seconds=max_minutes * 60 if max_minutes else None, base=base, progress=report)
+    finally:
+        bar.close()
+    print(json.dumps(summary, indent=2))
+    print(f"pretrained model written to {output}; fine-tune with --base {output}")
+    return 0

@@ -35,7 +35,7 @@ CASES = [
     ("predict", ["predict", "{tmp}/data.csv"], "--output"),
     ("predict", ["predict", "{tmp}/data.csv", "-o", "{tmp}/out.csv", "--chunk-size", "0"], "--chunk-size"),
     ("predict", ["predict", "{tmp}/data.csv", "-o", "{tmp}/out.csv", "--smiles-col", "structure",
-                 "--endpoints", "tpsa"], "no SMILES column"),
+                 "--endpoints", "tpsa"], "no column 'structure'"),
     ("data chembl", ["data", "chembl", "KRAS"], "KRAS"),
     ("data import", ["data", "import", "{tmp}/missing.csv", "--name", "d", "--label-col", "y"],
      "no such file"),

@@ -130,14 +130,6 @@ def message_of(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def _request_error(error: BaseException) -> bool:
-    # The prediction router still raises its own RequestError (an unknown endpoint); once it
-    # raises MolserveError subclasses, this check and its branch below go away. Only a module
-    # already imported can have raised it, so the check imports nothing.
-    router = sys.modules.get("molserve.prediction.router")
-    return router is not None and isinstance(error, getattr(router, "RequestError", ()))
-
-
 def usage_message(error: UsageError) -> str:
     # Typer checks choices with pydantic, whose message starts "Value error, ".
     message = error.format_message().replace("Value error, ", "")
@@ -170,11 +162,7 @@ def guarded(invoke: Callable[[], Any]) -> int:
     except (ModuleNotFoundError, *EXPECTED) as error:
         fail(message_of(error))
         return USAGE
-    except Exception as error:
-        if _request_error(error):
-            fail(error.message)  # type: ignore[attr-defined]
-            return USAGE
-        raise  # a bug: its traceback is what a report needs
+    # Anything else is a bug: its traceback is what a report needs, so it is not caught.
     if result is None:
         return 0
     return result if isinstance(result, int) else 0

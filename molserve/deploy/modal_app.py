@@ -63,7 +63,7 @@ def _worker_settings():
 
     # The token comes from the Modal Secret, exposed to the container as MOLSERVE_WORKER_TOKEN.
     return WorkerSettings(registry=Path(REGISTRY_MOUNT), backend="torch", device="auto",
-                          token=Settings().worker_token, max_batch=MAX_BATCH,
+                          token=Settings().remote.worker_token, max_batch=MAX_BATCH,
                           max_wait_ms=float(WAIT_MS))
 
 

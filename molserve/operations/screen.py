@@ -39,7 +39,8 @@ def iter_smiles(path: Path, smiles_col: str | None = None) -> Iterator[str]:
             fields = reader.fieldnames or []
             column = smiles_col or next((f for f in fields if f.strip().lower() == "smiles"), None)
             if column is None or column not in fields:
-                raise InvalidInput(f"no SMILES column in {path.name} (columns: {fields}); "
+                missing = f"no column {column!r}" if column else "no SMILES column"
+                raise InvalidInput(f"{missing} in {path.name} (columns: {', '.join(fields)}); "
                                    "name the column that holds SMILES (--smiles-col, smiles_col)",
                                    code="no_smiles_column")
             for row in reader:

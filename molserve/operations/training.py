@@ -117,9 +117,8 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
              name: str | None = None, extra_manifest: dict | None = None,
              progress: TransformerProgress | None = None) -> Artifact:
     """Fine-tune one transformer on `endpoints` (several: one multi-task model named `name`),
-    reusing each endpoint's curated data and split from its fast model."""
-    from molserve.models.transformer.pipeline import finetune_endpoints
-
+    reusing each endpoint's curated data and split from its fast model. Bad input is refused
+    before torch is imported."""
     endpoints = list(dict.fromkeys(endpoints))
     if not endpoints:
         raise InvalidInput("name at least one endpoint with a fast model to fine-tune on")
@@ -128,8 +127,13 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
         raise InvalidInput(f"no fast model for {', '.join(missing)}: a transformer reuses the fast "
                            "model's curated data and split; train one first (molserve train)",
                            code="no_fast_model")
+    if len(endpoints) > 1 and not name:
+        raise InvalidInput("several endpoints make one multi-task model: give it a registry name "
+                           "(--name, e.g. --name adme)", code="multitask_needs_a_name")
     if name is not None:
         validate_endpoint_name(name)
+    from molserve.models.transformer.pipeline import finetune_endpoints
+
     return finetune_endpoints(
         registry, endpoints, name=name, base=params.base, epochs=params.epochs,
         batch_size=params.batch_size, learning_rate=params.learning_rate, patience=params.patience,

@@ -90,9 +90,13 @@ class Router:
                 "(GET /readyz shows progress)",
                 code="endpoint_training", details={"training": training, "retry_after_s": 30.0})
         if unknown:
+            import difflib
+
+            close = sorted({m for name in unknown for m in difflib.get_close_matches(name, known, n=2)})
+            hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
             raise InvalidInput(
-                f"unknown endpoint(s): {', '.join(map(repr, unknown))}; "
-                f"GET /v1/endpoints lists the {len(known)} available",
+                f"unknown endpoint(s): {', '.join(map(repr, unknown))}; {hint}{len(known)} are "
+                "available (GET /v1/endpoints, molserve models list)",
                 code="unknown_endpoint", details={"unknown": unknown, "available": sorted(known)},
             )
         if not requested:

@@ -7,6 +7,8 @@ import importlib.util
 import random
 from pathlib import Path
 
+from molserve.errors import NotFound
+
 
 def moses_path() -> Path:
     """MOSES training SMILES (1.58M, MIT) inside the molsets package, found without importing
@@ -20,6 +22,8 @@ def moses_path() -> Path:
 def read_corpus(source: str, limit: int | None = None, seed: int = 0) -> list[str]:
     """SMILES from 'moses', a .smi/.txt file (first field per line) or a CSV with a SMILES column."""
     path = moses_path() if source == "moses" else Path(source)
+    if not path.is_file():
+        raise NotFound(f"no corpus file {path} (give a .smi/.txt/.csv[.gz] file of SMILES, or 'moses')")
     opener = gzip.open if path.suffix == ".gz" else open
     smiles: list[str] = []
     with opener(path, "rt") as handle:

@@ -1,8 +1,21 @@
-"""Facts about OS processes that the job runner and the bootstrap both need."""
+"""Processes and background tasks: facts about OS processes (the job runner and the bootstrap
+both need them) and stopping the asyncio loops the gateway and the remote tier run."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+
+
+async def cancel_and_wait(task: asyncio.Task | None) -> None:
+    """Cancel a background task and wait until it has stopped (its cancellation is expected)."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
 
 
 def pid_alive(pid: int | None) -> bool:

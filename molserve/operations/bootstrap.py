@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from molserve.data.catalog import BundledEndpoint, bundled_endpoints
-from molserve.processes import pid_alive
+from molserve.processes import cancel_and_wait, pid_alive
 from molserve.registry.store import Registry
 
 STATUS_FILE = ".bootstrap.json"
@@ -306,12 +306,7 @@ class BackgroundBootstrap:
     async def stop(self) -> None:
         import asyncio
 
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

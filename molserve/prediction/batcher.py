@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from molserve.processes import cancel_and_wait
+
 
 class Overloaded(Exception):
     def __init__(self, waiting: int, limit: int, retry_after_s: float) -> None:
@@ -66,13 +68,8 @@ class DynamicBatcher:
     async def stop(self) -> None:
         for call in list(self._calls):
             call.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def submit(self, smiles: list[str], tag: Any = None) -> list[Any]:
         if len(self._pending) + len(smiles) > self.max_queue:

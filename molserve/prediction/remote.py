@@ -24,6 +24,7 @@ import httpx
 from molserve.answers import Answer
 from molserve.config import RemoteSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
+from molserve.processes import cancel_and_wait
 
 log = logging.getLogger("molserve.prediction.remote")
 
@@ -311,12 +312,7 @@ class RemoteTier:
         self._health_task = asyncio.create_task(self._health_loop())
 
     async def stop(self) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            try:
-                await self._health_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._health_task)
         for batcher in self.batchers.values():
             await batcher.stop()
         await self.client.aclose()

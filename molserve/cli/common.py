@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from molserve.config import Settings
 
-USAGE = 2  # bad usage and refused input, as argparse and the former main() answered
+USAGE = 2  # bad usage and refused input (the conventional usage-error code)
 ABORTED = 130
 # Errors that lower layers still raise with a message a user can act on. The project's own
 # errors (MolserveError) are the rule; OSError covers unreadable or unwritable files.

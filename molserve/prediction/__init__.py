@@ -1,4 +1,4 @@
-"""Answering predictions, for every caller (the gateway, the batch command, screening jobs).
+"""Answering predictions, for every caller (the gateway, `molserve predict`, screening jobs).
 
 `tiers` holds the in-process tiers (fast models, computed properties) and `remote` the
 transformer tier reached over HTTP; all speak one small protocol. `router` plans per endpoint

@@ -1,5 +1,5 @@
 """The router: one place that answers a predict request for every caller (the gateway, the
-batch command, screening jobs).
+`molserve predict`, screening jobs).
 
 It parses each input once, merges duplicates, plans per endpoint which tier answers first
 (computed, fast, or the remote transformer tier when its model scored better on the same test
@@ -222,7 +222,7 @@ class Router:
         }
 
     def predict_local(self, molecules: list[str], endpoints: list[str] | None) -> dict[str, Any]:
-        """This process's tiers only (fast and computed): the offline path of the batch command
+        """This process's tiers only (fast and computed): the offline path of `molserve predict`
         and screening jobs, and of the gateway when no remote tier is asked."""
         started = time.perf_counter()
         self.check_size(len(molecules))

@@ -1,4 +1,4 @@
-"""The router: one place that answers a predict request for every caller (the gateway, the
+"""The router: one place that answers a predict request for every caller (the gateway,
 `molserve predict`, screening jobs).
 
 It parses each input once, merges duplicates, plans per endpoint which tier answers first

@@ -191,6 +191,3 @@ class Settings(BaseSettings):
         """A copy with fields changed by name, wherever they live."""
         data: dict[str, Any] = {name: getattr(self, name) for name in type(self).model_fields}
         return type(self)(**{**data, **fields})
-
-def get_settings() -> Settings:
-    return Settings()

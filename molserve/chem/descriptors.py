@@ -57,10 +57,6 @@ def structural_alerts(mol: Chem.Mol) -> list[dict[str, str]]:
     return alerts
 
 
-def warm_up() -> None:
-    _alert_catalog()
-
-
 _RDKIT = f"RDKit {rdBase.rdkitVersion}"
 
 COMPUTED: dict[str, ComputedProperty] = {

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from molserve.jobs.store import SQLiteJobStore
+from molserve.jobs.store import FINAL, SQLiteJobStore
 from molserve.processes import cancel_and_wait, pid_alive
 
 log = logging.getLogger("molserve.jobs")
@@ -104,7 +104,7 @@ class JobRunner:
 
     def cancel(self, job_id: str) -> dict | None:
         job = self.store.get(job_id)
-        if job is None or job["state"] in ("succeeded", "failed", "cancelled"):
+        if job is None or job["state"] in FINAL:
             return job
         if job["state"] == "queued":
             self.store.update(job_id, state="cancelled", cancel_requested=1, finished=time.time())

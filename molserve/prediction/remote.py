@@ -29,8 +29,6 @@ from molserve.processes import cancel_and_wait
 log = logging.getLogger("molserve.prediction.remote")
 
 PROBE_HEADER = "x-molserve-probe"  # marks the health probe's prediction (workers may discount it)
-REASONS = ("worker_unreachable", "deadline_exceeded", "circuit_open", "worker_overloaded",
-           "no_transformer_model", "worker_error")
 
 
 class RemoteFailure(Exception):

@@ -35,7 +35,6 @@ from molserve.models.transformer.modeling import (
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 CONFIDENCE = 0.9
-SIDES = ("train", "valid", "test")
 
 
 def _fast_model(registry: Registry, endpoint: str) -> Artifact:

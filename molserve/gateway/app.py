@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -119,9 +120,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                  time.perf_counter() - started)
         if settings.remote.worker_urls:
             from molserve.prediction.remote import RemoteOptions, RemoteTier
+            from molserve.prediction.router import REMOTE_TIERS
 
-            router.remote = RemoteTier(RemoteOptions.from_settings(settings.remote))
-            await router.remote.start()
+            # The same workers host both worker tiers; each tier keeps its own breakers.
+            for name in REMOTE_TIERS:
+                router.remotes[name] = RemoteTier(RemoteOptions.from_settings(settings.remote),
+                                                  name=name)
+            await asyncio.gather(*(tier.start() for tier in router.remotes.values()))
         if settings.jobs.jobs_dir:
             from molserve.jobs.runner import JobRunner
 
@@ -146,8 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.bootstrap.stop()
         if app.state.jobs is not None:
             await app.state.jobs.stop()
-        if router.remote is not None:
-            await router.remote.stop()
+        for tier in router.remotes.values():
+            await tier.stop()
 
     app = FastAPI(
         title="molserve",

@@ -45,7 +45,7 @@ class PredictRequest(BaseModel):
         # Stated, not enforced here: the router refuses an empty list with its own code.
         json_schema_extra={"minItems": 1},
     )
-    tier: Literal["auto", "fast", "transformer"] = Field(
+    tier: Literal["auto", "fast", "transformer", "graph"] = Field(
         "auto", description="Which tier should answer; `auto` picks the best-validated healthy one."
     )
     deadline_ms: float | None = Field(
@@ -80,7 +80,7 @@ class ApplicabilityDomain(Answered):
 class Provenance(Answered):
     model_id: str
     version: int | str
-    tier: Literal["fast", "transformer", "computed"]
+    tier: Literal["fast", "transformer", "graph", "computed"]
     kind: str | None = None
     trained: str | None = None
     dataset: str | None = Field(None, description="The training data, e.g. `TDC Caco2_Wang`.")

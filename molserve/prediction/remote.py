@@ -1,4 +1,4 @@
-"""The remote transformer tier: workers reached over HTTP behind the tiers' protocol, with
+"""The remote worker tiers (transformer, graph): workers reached over HTTP behind the tiers' protocol, with
 pooled async clients, a circuit breaker per worker, load balancing, batching of concurrent
 requests with several calls in flight, a retry budget and background health probes.
 
@@ -153,8 +153,9 @@ class WorkerStats:
 
 class WorkerClient:
     def __init__(self, url: str, client: httpx.AsyncClient, breaker: CircuitBreaker,
-                 token: str | None) -> None:
+                 token: str | None, tier: str = "transformer") -> None:
         self.url = url.rstrip("/")
+        self.tier = tier  # which of the worker's model kinds this client asks for
         self.client = client
         self.breaker = breaker
         self.headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -177,7 +178,8 @@ class WorkerClient:
                                               timeout=timeout_s)
             response.raise_for_status()
             listing = response.json()
-            self.models = {m["endpoint"]: m for m in listing}
+            self.models = {m["endpoint"]: m for m in listing
+                           if m.get("tier", "transformer") == self.tier}
             self.reachable = True
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
             self.reachable = False
@@ -187,7 +189,7 @@ class WorkerClient:
             endpoint = sorted(self.models)[0]
             try:
                 response = await self.client.post(
-                    f"{self.url}/v1/predict", json={"molecules": ["C"], "endpoints": [endpoint]},
+                    f"{self.url}/v1/predict", json=self._body(["C"], endpoint),
                     headers={**self.headers, PROBE_HEADER: "health"}, timeout=timeout_s)
                 answers = response.json()["results"][endpoint] if response.status_code == 200 else None
             except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -204,7 +206,7 @@ class WorkerClient:
             if request_id:
                 headers["x-request-id"] = request_id
             response = await self.client.post(
-                f"{self.url}/v1/predict", json={"molecules": smiles, "endpoints": [endpoint]},
+                f"{self.url}/v1/predict", json=self._body(smiles, endpoint),
                 headers=headers, timeout=timeout_s)
         except httpx.TimeoutException as error:
             self._fail(f"timeout after {timeout_s:.2f} s")
@@ -230,7 +232,7 @@ class WorkerClient:
             self.stats.record(False, latency_ms)
             self.breaker.record_alive()
             self.models.pop(endpoint, None)
-            raise RemoteFailure("no_transformer_model", f"{self.url} does not serve {endpoint}")
+            raise RemoteFailure(f"no_{self.tier}_model", f"{self.url} does not serve {endpoint}")
         if response.status_code != 200:
             self._fail(f"HTTP {response.status_code}")
             raise RemoteFailure("worker_error", f"HTTP {response.status_code}")
@@ -246,6 +248,12 @@ class WorkerClient:
         self.stats.record(True, latency_ms)
         self.reachable = True
         return answers
+
+    def _body(self, smiles: list[str], endpoint: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"molecules": smiles, "endpoints": [endpoint]}
+        if self.tier != "transformer":  # the field workers have always assumed
+            body["tier"] = self.tier
+        return body
 
     def _fail(self, detail: str) -> None:
         self.breaker.record_failure()
@@ -287,10 +295,13 @@ class RemoteOptions:
 
 
 class RemoteTier:
-    name = "transformer"
+    """One worker tier (transformer or graph) across every configured worker. Each tier keeps
+    its own breakers and batchers: a worker whose graph models fail is not thereby cut off for
+    its transformers."""
 
     def __init__(self, settings: RemoteOptions, *, client: httpx.AsyncClient | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, name: str = "transformer") -> None:
+        self.name = name
         self.settings = settings
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=16)
         self.client = client or httpx.AsyncClient(limits=limits, timeout=settings.timeout_s)
@@ -298,7 +309,7 @@ class RemoteTier:
             WorkerClient(url, self.client,
                          CircuitBreaker(settings.failure_threshold, settings.reset_timeout_s,
                                         clock=clock),
-                         settings.token)
+                         settings.token, tier=name)
             for url in settings.urls
         ]
         self.budget = RetryBudget(settings.retry_ratio)
@@ -363,8 +374,8 @@ class RemoteTier:
         """None when some worker can take `endpoint` now, else the reason it cannot."""
         candidates = self._candidates(endpoint)
         if not candidates:
-            return "no_transformer_model" if any(w.reachable for w in self.workers) or not self.workers \
-                else "worker_unreachable"
+            return f"no_{self.name}_model" if any(w.reachable for w in self.workers) \
+                or not self.workers else "worker_unreachable"
         if all(w.breaker.state == "open" for w in candidates):
             return "circuit_open"
         if all(w.breaker.state == "open" or w.busy() for w in candidates):
@@ -404,7 +415,7 @@ class RemoteTier:
 
     async def predict(self, endpoint: str, smiles: list[str], timeout_s: float,
                       request_id: str | None = None) -> list[Answer]:
-        """Answers for `smiles` from the transformer tier within `timeout_s`, or RemoteFailure."""
+        """Answers for `smiles` from this tier within `timeout_s`, or RemoteFailure."""
         reason = self.availability(endpoint)
         if reason:
             raise RemoteFailure(reason)

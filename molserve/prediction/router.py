@@ -2,10 +2,10 @@
 `molserve predict`, screening jobs).
 
 It parses each input once, merges duplicates, plans per endpoint which tier answers first
-(computed, fast, or the remote transformer tier when its model scored better on the same test
-split), sends the remote work first so the fast tier answers meanwhile (hedging), degrades an
-endpoint to the fast tier with the reason whenever the remote tier cannot answer in time, and
-assembles the answers in input order. No request fails because a worker failed.
+(computed, fast, or a remote worker tier, transformer or graph, when its model scored better on
+the same test split), sends the remote work first so the fast tier answers meanwhile (hedging),
+degrades an endpoint to the fast tier with the reason whenever the remote tier cannot answer in
+time, and assembles the answers in input order. No request fails because a worker failed.
 
 Per-molecule problems (an unreadable SMILES) are values in the answer; request-level problems
 (unknown endpoint, batch too large) are the project's own errors (`molserve.errors`), which each
@@ -32,8 +32,11 @@ if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are 
     from molserve.prediction.remote import RemoteTier
 
 
+REMOTE_TIERS = ("transformer", "graph")
+
+
 class Router:
-    """The tiers of this process (fast, computed) and, when configured, the remote one."""
+    """The tiers of this process (fast, computed) and, when configured, the remote ones."""
 
     def __init__(self, registry: Registry, *, max_batch: int = 1000,
                  compute: Executor | None = None) -> None:
@@ -41,7 +44,7 @@ class Router:
         self.max_batch = max_batch
         self.fast = FastTier(registry)
         self.computed = ComputedTier()
-        self.remote: RemoteTier | None = None
+        self.remotes: dict[str, RemoteTier] = {}  # tier name -> the workers' tier
         # CPU work of large batches runs here (the gateway gives a pool sized to the cores), so
         # concurrent batches queue instead of thrashing.
         self.compute = compute
@@ -63,8 +66,17 @@ class Router:
         return self.fast.endpoints()
 
     @property
+    def remote(self) -> RemoteTier | None:
+        """The transformer tier (the remote tier this router had before graph models)."""
+        return self.remotes.get("transformer")
+
+    def served_remotely(self) -> dict[str, dict[str, dict]]:
+        """tier -> {endpoint: model info (with test metrics)} for every remote tier."""
+        return {name: tier.served_endpoints() for name, tier in self.remotes.items()}
+
+    @property
     def remote_endpoints(self) -> list[str]:
-        return self.remote.endpoints() if self.remote else []
+        return sorted({e for tier in self.remotes.values() for e in tier.endpoints()})
 
     @property
     def default_endpoints(self) -> list[str]:
@@ -112,15 +124,18 @@ class Router:
             )
 
     def endpoint_info(self) -> list[dict[str, Any]]:
-        served = self.remote.served_endpoints() if self.remote else {}
+        remote = self.served_remotely()
+        names = set(self.fast.endpoints()) | {e for served in remote.values() for e in served}
         infos = []
-        for name in sorted(set(self.fast.endpoints()) | set(served)):
+        for name in sorted(names):
+            listed = [(tier, served[name]) for tier, served in remote.items() if name in served]
             info = self.fast.info(name) if name in self.fast.models else {
-                "name": name, "kind": "predicted", "task": served[name].get("task", ""),
-                "units": served[name].get("units", ""), "description": "", "tiers": [], "models": []}
-            if name in served:
-                info["tiers"] = [*info["tiers"], "transformer"]
-                info["models"] = [*info["models"], served[name]]
+                "name": name, "kind": "predicted", "task": listed[0][1].get("task", ""),
+                "units": listed[0][1].get("units", ""), "description": "", "tiers": [],
+                "models": []}
+            if listed:
+                info["tiers"] = [*info["tiers"], *(tier for tier, _ in listed)]
+                info["models"] = [*info["models"], *(model for _, model in listed)]
                 info["preferred_tier"] = self.preferred_tier(name)
             infos.append(info)
         infos += self.pending_info()
@@ -148,24 +163,29 @@ class Router:
 
     # Planning ----------------------------------------------------------------------------
     def preferred_tier(self, endpoint: str) -> str:
-        """The tier whose model scored better on its held-out test split (same split for both)."""
-        served = self.remote.served_endpoints() if self.remote else {}
-        if endpoint not in served:
-            return "fast"
-        if endpoint not in self.fast.models:
-            return "transformer"
-        fast_test = self.fast.models[endpoint].artifact.info.metrics.test
-        # A worker lists each model's test metrics as a plain dict.
-        remote_test = served[endpoint].get("metrics")
-        return "transformer" if scored_better(remote_test, fast_test) else "fast"
+        """The tier whose model scored best on the endpoint's held-out test split. Every worker
+        model is trained and tested on its fast model's split, so all compete on the same
+        molecules; a tie goes to the tier listed first (fast, then transformer, then graph)."""
+        best: str | None = None
+        best_test: dict | None = None
+        if endpoint in self.fast.models:
+            best, best_test = "fast", self.fast.models[endpoint].artifact.info.metrics.test
+        for tier, served in self.served_remotely().items():
+            if endpoint not in served:
+                continue
+            # A worker lists each model's test metrics as a plain dict.
+            test = served[endpoint].get("metrics")
+            if best is None or scored_better(test, best_test):
+                best, best_test = tier, test
+        return best or "fast"
 
     def plan(self, names: list[str], tier: str) -> dict[str, str]:
-        """endpoint -> the tier to try first ('fast', 'transformer' or 'computed')."""
+        """endpoint -> the tier to try first ('fast', 'transformer', 'graph' or 'computed')."""
         plan = {}
         for name in names:
             if name in self.computed.served():
                 plan[name] = "computed"
-            elif tier in ("fast", "transformer"):
+            elif tier in ("fast", *REMOTE_TIERS):
                 plan[name] = tier
             else:
                 plan[name] = self.preferred_tier(name)
@@ -242,7 +262,7 @@ class Router:
         self.check_size(len(molecules))
         names = self.resolve_endpoints(endpoints)
         plan = self.plan(names, tier)
-        if "transformer" not in plan.values():
+        if not set(plan.values()) & set(REMOTE_TIERS):
             if len(molecules) <= inline_limit or self.compute is None:
                 response = self.predict_local(molecules, names)
             else:
@@ -256,19 +276,21 @@ class Router:
             response = self._assemble(results, owners, {}, names, started, len(molecules), batch)
             return {**response, "tiers": plan, "degraded": {}}
         # The caller's deadline (or the remote tier's default) bounds this request's wait only.
-        timeout_s = (deadline_ms / 1000) if deadline_ms else (
-            self.remote.settings.timeout_s if self.remote else 1.0)
+        timeout_s = (deadline_ms / 1000) if deadline_ms else max(
+            (t.settings.timeout_s for t in self.remotes.values()), default=1.0)
         deadline = time.monotonic() + timeout_s
         remote_tasks: dict[str, asyncio.Task] = {}
         reasons: dict[str, str] = {}
         for name, first in plan.items():
-            if first != "transformer":
+            if first not in REMOTE_TIERS:
                 continue
-            if self.remote is None:
-                reasons[name] = "no_transformer_model"
+            remote = self.remotes.get(first)
+            if remote is None:
+                reasons[name] = f"no_{first}_model"
                 continue
             # Sent first, so the worker computes while the fast tier answers here (hedging).
-            remote_tasks[name] = asyncio.create_task(self._remote_timed(batch, name, deadline, request_id))
+            remote_tasks[name] = asyncio.create_task(
+                self._remote_timed(remote, batch, name, deadline, request_id))
         if len(batch.canonical_smiles) <= inline_limit or self.compute is None:
             answers = self._local_answers(batch, names)
         else:
@@ -293,7 +315,7 @@ class Router:
             if name in answers:
                 answers[name] = [a.degrade(reason) for a in answers[name]]
             else:
-                message = f"the transformer tier could not answer ({reason}) and no fast model exists"
+                message = f"the {plan[name]} tier could not answer ({reason}) and no fast model exists"
                 missing = Answer(Provenance(f"{name}/none", 0, "fast", degraded=True,
                                             degraded_reason=reason), error=message)
                 answers[name] = [missing for _ in batch.canonical_smiles]
@@ -302,10 +324,10 @@ class Router:
         response["degraded"] = dict(reasons)
         return response
 
-    async def _remote_timed(self, batch: MoleculeBatch, name: str, deadline: float,
-                            request_id: str | None) -> list[Answer]:
+    async def _remote_timed(self, remote: RemoteTier, batch: MoleculeBatch, name: str,
+                            deadline: float, request_id: str | None) -> list[Answer]:
         started = time.perf_counter()
-        answers = await self.remote.answer(batch, name, deadline, request_id)
-        self.observe_tier(name, "transformer", time.perf_counter() - started)
+        answers = await remote.answer(batch, name, deadline, request_id)
+        self.observe_tier(name, remote.name, time.perf_counter() - started)
         return answers
 

@@ -1,7 +1,9 @@
-"""The worker's HTTP API: the same predict contract as the gateway's backends, for transformers.
+"""The worker's HTTP API: the same predict contract as the gateway's backends, for the worker
+tiers (transformers, and graph models: D-MPNN ensembles).
 
-POST /v1/predict {"molecules": [canonical SMILES], "endpoints": [...]} ->
-{"results": {endpoint: [answer per molecule]}}. Health, readiness and Prometheus metrics as in
+POST /v1/predict {"molecules": [canonical SMILES], "endpoints": [...], "tier": "transformer" |
+"graph"} -> {"results": {endpoint: [answer per molecule]}}; GET /v1/models lists every served
+model with its tier. Health, readiness and Prometheus metrics as in
 the gateway. When a token is configured, every route but /healthz needs it as a bearer token,
 checked before the body is read; bodies above `max_body_bytes` get 413.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,10 +36,21 @@ from molserve.responses import JSONResponse
 log = logging.getLogger("molserve.worker")
 
 
+TIERS = ("transformer", "graph")
+
+
+def model_key(tier: str, endpoint: str) -> str:
+    """How a worker names a served model: the endpoint (transformer, as always) or
+    `graph:<endpoint>`."""
+    return endpoint if tier == "transformer" else f"{tier}:{endpoint}"
+
+
 class WorkerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     molecules: list[str] = Field(..., min_length=1)
     endpoints: list[str] = Field(..., min_length=1)
+    tier: Literal["transformer", "graph"] = Field(
+        "transformer", description="Which of the worker's model kinds answers.")
 
 
 class _Error(Exception):
@@ -46,9 +60,37 @@ class _Error(Exception):
 
 def load_models(settings: WorkerSettings) -> tuple[dict, dict]:
     """For every endpoint, the transformer that scored best on its test split (single-task or
-    a multi-task model's head): ({endpoint: model}, {endpoint: error}). A multi-task model is
-    loaded once and serves each of its endpoints. Hosts that load models ahead of serving
-    (Modal's @enter, Ray's constructor) call this and hand the result to create_worker_app."""
+    a multi-task model's head), and its graph model if it has one: ({key: model}, {key:
+    error}), keys from `model_key`. A multi-task model is loaded once and serves each of its
+    endpoints. Hosts that load models ahead of serving (Modal's @enter, Ray's constructor) call
+    this and hand the result to create_worker_app."""
+    models, errors = _load_transformers(settings)
+    graph_models, graph_errors = _load_graphs(settings)
+    return {**models, **graph_models}, {**errors, **graph_errors}
+
+
+def _load_graphs(settings: WorkerSettings) -> tuple[dict, dict]:
+    registry = Registry(settings.registry)
+    models: dict = {}
+    errors: dict = {}
+    if not any(registry.latest(name, kind="graph") for name in registry.endpoints()):
+        return models, errors  # nothing to load: chemprop is not even imported
+    try:
+        from molserve.models.graph.runtime import GraphModel, graph_artifacts
+    except ImportError as error:
+        return models, {"graph:*": f"graph models need chemprop ({error})"}
+    device = None if settings.device == "auto" else settings.device
+    for endpoint, artifact in sorted(graph_artifacts(registry).items()):
+        key = model_key("graph", endpoint)
+        try:
+            models[key] = GraphModel.load(artifact, device=device, threads=settings.threads)
+        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as error:
+            errors[key] = str(error)
+            log.error("not serving the graph model of %s: %s", endpoint, error)
+    return models, errors
+
+
+def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
     from transformers.utils import logging as hf_logging
 
     from molserve.models.transformer.runtime import TransformerModel, transformer_artifacts
@@ -135,18 +177,21 @@ def create_worker_app(settings: WorkerSettings | None = None,
         if len(body.molecules) > settings.max_molecules_per_request:
             raise _Error(413, "batch_too_large",
                          f"at most {settings.max_molecules_per_request} molecules per request")
-        unknown = [e for e in body.endpoints if e not in state["batchers"]]
+        unknown = [e for e in body.endpoints if model_key(body.tier, e) not in state["batchers"]]
         if unknown:
-            raise _Error(404, "no_transformer_model",
-                         f"this worker serves no transformer for {unknown}; it serves "
-                         f"{sorted(state['batchers'])}")
+            served = sorted(k.split(":", 1)[-1] for k in state["batchers"]
+                            if (":" in k) == (body.tier != "transformer"))
+            raise _Error(404, f"no_{body.tier}_model",
+                         f"this worker serves no {body.tier} model for {unknown}; it serves "
+                         f"{served}")
         results = {}
         try:
             for endpoint in dict.fromkeys(body.endpoints):
-                batcher = state["batchers"][endpoint]
+                key = model_key(body.tier, endpoint)
+                batcher = state["batchers"][key]
                 results[endpoint] = await batcher.submit(body.molecules)
-                queue_depth.labels(endpoint).set(batcher.waiting)
-                batches.labels(endpoint).set(batcher.batches)
+                queue_depth.labels(key).set(batcher.waiting)
+                batches.labels(key).set(batcher.batches)
         except Overloaded as error:
             raise _Error(503, "overloaded", str(error),
                          {"Retry-After": str(max(1, round(error.retry_after_s)))}) from None
@@ -173,9 +218,10 @@ def create_worker_app(settings: WorkerSettings | None = None,
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         return JSONResponse([
-            {**m.provenance(), "endpoint": e, "task": m.info.task, "units": m.info.units,
-             "metrics": m.info.metrics.test, "backend": m.backend, "device": m.device}
-            for e, m in state["models"].items()
+            {**m.provenance(), "endpoint": key.split(":", 1)[-1], "task": m.info.task,
+             "units": m.info.units, "metrics": m.info.metrics.test, "backend": m.backend,
+             "device": m.device}
+            for key, m in state["models"].items()
         ])
 
     @app.get("/metrics")

@@ -11,7 +11,6 @@ comparison on that endpoint's test split.
 
 from __future__ import annotations
 
-import csv
 import math
 import tempfile
 import time
@@ -20,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from molserve.chem.features import FeatureSpec, featurize
-from molserve.chem.molecules import parse_smiles
-from molserve.chem.similarity import SimilarityIndex
+from molserve.chem.features import FeatureSpec
 from molserve.models import metrics as M
+from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows
 from molserve.models.transformer.modeling import (
     FineTuneData,
     Progress,
@@ -32,35 +30,15 @@ from molserve.models.transformer.modeling import (
     finetune,
     predict_logits,
 )
-from molserve.registry.store import Artifact, ArtifactError, Registry
+from molserve.registry.store import Artifact, Registry
 
 CONFIDENCE = 0.9
 
 
-def _fast_model(registry: Registry, endpoint: str) -> Artifact:
-    fast = registry.latest(endpoint, kind="gbm")
-    if fast is None:
-        raise ArtifactError(
-            f"no fast model for {endpoint!r}: train one first (`molserve train` or `bootstrap`) "
-            "so both tiers share one curated dataset and split")
-    fast.verify()
-    return fast
-
-
-def _read_fast_rows(fast: Artifact) -> tuple[list[str], list[float], list[str]]:
-    smiles, labels, split = [], [], []
-    with open(fast.file("data.csv"), newline="") as handle:
-        for row in csv.DictReader(handle):
-            smiles.append(row["canonical_smiles"])
-            labels.append(float(row["label"]))
-            split.append(row["split"])
-    return smiles, labels, split
-
-
 def data_from_fast_model(registry: Registry, endpoint: str) -> tuple[FineTuneData, Artifact]:
     """The curated rows and split recorded by the endpoint's newest fast model."""
-    fast = _fast_model(registry, endpoint)
-    smiles, labels, split = _read_fast_rows(fast)
+    fast = fast_model(registry, endpoint)
+    smiles, labels, split = read_fast_rows(fast)
     return FineTuneData(smiles, np.array(labels), split, fast.manifest["task"]), fast
 
 
@@ -74,11 +52,11 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     """
     if len(set(endpoints)) != len(endpoints) or len(endpoints) < 2:
         raise ValueError("multi-task fine-tuning needs at least two different endpoints")
-    fasts = {e: _fast_model(registry, e) for e in endpoints}
+    fasts = {e: fast_model(registry, e) for e in endpoints}
     row_of: dict[str, int] = {}
     cells: list[tuple[int, int, float, str]] = []
     for column, endpoint in enumerate(endpoints):
-        for smiles, label, side in zip(*_read_fast_rows(fasts[endpoint]), strict=True):
+        for smiles, label, side in zip(*read_fast_rows(fasts[endpoint]), strict=True):
             row = row_of.setdefault(smiles, len(row_of))
             cells.append((row, column, label, side))
     n, width = len(row_of), len(endpoints)
@@ -119,27 +97,6 @@ def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -
                     "valid": M.classification_metrics(y[va], values[va]), "primary": "roc_auc"},
         "test_predictions": {"roc": M.roc_curve(y[te], values[te])},
     }
-
-
-def _domain_files(data: FineTuneData) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The similarity index over training molecules and its threshold from validation ones."""
-    from safetensors.numpy import save
-
-    spec = FeatureSpec()
-    side = np.array(data.split)
-    tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "valid")
-    bits = featurize([parse_smiles(data.smiles[i]).mol for i in tr], spec).on_bits
-    index = SimilarityIndex.build(bits, spec.n_bits)
-    all_sims, _ = index.nearest_many(featurize([parse_smiles(data.smiles[i]).mol for i in va],
-                                               spec).on_bits)
-    files = {"ad_index.safetensors": save(index.arrays(), metadata={"n_bits": str(spec.n_bits)}),
-             "train_smiles.txt": ("\n".join(data.smiles[i] for i in tr) + "\n").encode()}
-    domain = {
-        "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training split",
-        "threshold": float(np.quantile(all_sims, 0.05)) if len(all_sims) else 0.0,
-        "threshold_rule": "5th percentile of validation molecules' max similarity",
-    }
-    return files, domain
 
 
 def finetune_endpoint(registry: Registry, endpoint: str, **options: Any) -> Artifact:
@@ -208,7 +165,7 @@ def finetune_endpoints(
         if export:
             files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
             files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx", quantize=True)
-        domain_files, domain = _domain_files(data)
+        domain_files, domain = domain_index_files(data.smiles, data.split)
         files.update(domain_files)
         # save_pretrained writes only JSON and safetensors here; anything else is not stored.
         allowed = {".json", ".safetensors", ".onnx", ".txt"}

@@ -1,0 +1,56 @@
+"""What every worker-tier model (transformer, graph) takes from its endpoint's fast model: the
+curated rows and their train/valid/test split, so all tiers are scored on the same test
+molecules, and the applicability-domain index over the training split."""
+
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import numpy as np
+
+from molserve.chem.features import FeatureSpec, featurize
+from molserve.chem.molecules import parse_smiles
+from molserve.chem.similarity import SimilarityIndex
+from molserve.registry.store import Artifact, ArtifactError, Registry
+
+
+def fast_model(registry: Registry, endpoint: str) -> Artifact:
+    fast = registry.latest(endpoint, kind="gbm")
+    if fast is None:
+        raise ArtifactError(
+            f"no fast model for {endpoint!r}: train one first (`molserve train` or `bootstrap`) "
+            "so both tiers share one curated dataset and split")
+    fast.verify()
+    return fast
+
+
+def read_fast_rows(fast: Artifact) -> tuple[list[str], list[float], list[str]]:
+    smiles, labels, split = [], [], []
+    with open(fast.file("data.csv"), newline="") as handle:
+        for row in csv.DictReader(handle):
+            smiles.append(row["canonical_smiles"])
+            labels.append(float(row["label"]))
+            split.append(row["split"])
+    return smiles, labels, split
+
+
+def domain_index_files(smiles: list[str], split: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The similarity index over training molecules and its threshold from validation ones."""
+    from safetensors.numpy import save
+
+    spec = FeatureSpec()
+    side = np.array(split)
+    tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "valid")
+    bits = featurize([parse_smiles(smiles[i]).mol for i in tr], spec).on_bits
+    index = SimilarityIndex.build(bits, spec.n_bits)
+    all_sims, _ = index.nearest_many(featurize([parse_smiles(smiles[i]).mol for i in va],
+                                               spec).on_bits)
+    files = {"ad_index.safetensors": save(index.arrays(), metadata={"n_bits": str(spec.n_bits)}),
+             "train_smiles.txt": ("\n".join(smiles[i] for i in tr) + "\n").encode()}
+    domain = {
+        "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training split",
+        "threshold": float(np.quantile(all_sims, 0.05)) if len(all_sims) else 0.0,
+        "threshold_rule": "5th percentile of validation molecules' max similarity",
+    }
+    return files, domain

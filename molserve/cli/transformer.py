@@ -1,50 +1,72 @@
-"""`molserve pretrain` (masked-language pretraining on SMILES) and `molserve finetune` (a
-transformer on endpoints that have fast models, through `operations.training.finetune`)."""
+"""`molserve pretrain` (masked-language pretraining on SMILES) and `molserve finetune` (a worker-
+tier model on endpoints that have fast models: a transformer through
+`operations.training.finetune`, or graph models through `operations.training.train_graph`)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from molserve.cli.common import build, group, items, settings, transformer_progress
+from molserve.errors import InvalidInput
 
 app = group()
 
 Device = Annotated[str | None, typer.Option(show_default=False)]
 
 
-@app.command("finetune", help="fine-tune a RoBERTa on an endpoint's curated data and split")
+@app.command("finetune", help="train a worker-tier model on endpoints' curated data and split: "
+             "a RoBERTa (--model transformer) or a D-MPNN ensemble (--model graph)")
 def finetune(
     ctx: typer.Context,
-    dataset: Annotated[list[str], typer.Option(
+    dataset: Annotated[list[str] | None, typer.Option(
         metavar="ENDPOINT", show_default=False,
         help="an endpoint with a fast model (its curated data and split are reused); repeat it or "
-        "give a comma-separated list for one multi-task model")],
+        "give a comma-separated list: one multi-task transformer, or one graph model each")] = None,
+    model: Annotated[Literal["transformer", "graph"], typer.Option(
+        help="transformer: a RoBERTa; graph: an ensemble of Chemprop D-MPNNs with RDKit "
+        "descriptors")] = "transformer",
+    all_endpoints: Annotated[bool, typer.Option(
+        "--all", help="graph: every endpoint with a fast model and no graph model for its "
+        "current data, smallest first")] = False,
     name: Annotated[str | None, typer.Option(
         help="registry name of a multi-task model (several --dataset)", show_default=False)] = None,
     base: Annotated[str, typer.Option(
-        help="hub id (downloaded when online), local directory (e.g. from `pretrain`), or "
-        "random:tiny|small|chemberta-zinc-base")] = "seyonec/ChemBERTa-zinc-base-v1",
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-    learning_rate: Annotated[float, typer.Option("--learning-rate")] = 5e-5,
-    patience: Annotated[int, typer.Option()] = 5,
+        help="transformer: hub id (downloaded when online), local directory (e.g. from "
+        "`pretrain`), or random:tiny|small|chemberta-zinc-base")] = "seyonec/ChemBERTa-zinc-base-v1",
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="default: 30 (transformer), 50 (graph)", show_default=False)] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, help="default: 32 (transformer), 64 (graph)", show_default=False)] = None,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", help="transformer")] = 5e-5,
+    patience: Annotated[int | None, typer.Option(
+        min=1, help="default: 5 (transformer), 10 (graph)", show_default=False)] = None,
+    ensemble: Annotated[int, typer.Option(help="graph: networks per endpoint")] = 5,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="skip the ONNX (fp32, int8) export")] = False,
     device: Device = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> int:
-    from molserve.operations.training import TransformerParams
-    from molserve.operations.training import finetune as finetune_endpoints
     from molserve.registry import Registry
 
-    params = build(TransformerParams, {"export_onnx": "--no-onnx"}, base=base, epochs=epochs,
-                   batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                   export_onnx=not no_onnx, device=device, seed=seed)
-    endpoints = list(dict.fromkeys(items(dataset)))
+    endpoints = list(dict.fromkeys(items(dataset or [])))
     registry = Registry(settings(ctx).registry)
+    sized = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size,
+                               "patience": patience}.items() if v is not None}
+    if model == "graph":
+        return _graph(registry, endpoints, all_endpoints, ensemble=ensemble, device=device,
+                      seed=seed, **sized)
+    if all_endpoints:
+        raise InvalidInput("--all trains graph models; add --model graph")
+    from molserve.operations.training import TransformerParams
+    from molserve.operations.training import finetune as finetune_endpoints
+
+    params = build(TransformerParams, {"export_onnx": "--no-onnx"}, base=base,
+                   learning_rate=learning_rate, export_onnx=not no_onnx, device=device, seed=seed,
+                   **sized)
     bar, report = transformer_progress(name or (endpoints[0] if endpoints else "finetune"))
     try:
         artifact = finetune_endpoints(registry, endpoints, params, name=name, progress=report)
@@ -54,6 +76,33 @@ def finetune(
 
     print(describe(artifact))
     print(f"registered {artifact.endpoint} v{artifact.version} (transformer) at {artifact.path}")
+    return 0
+
+
+def _graph(registry, endpoints: list[str], all_endpoints: bool, **values) -> int:
+    from molserve.operations.training import GraphParams, graph_candidates, train_graph
+
+    if all_endpoints and endpoints:
+        raise InvalidInput("give --dataset or --all, not both")
+    params = build(GraphParams, {}, **values)
+    if all_endpoints:
+        endpoints = graph_candidates(registry)
+        if not endpoints:
+            print(f"every endpoint with a fast model in {registry.root} has its graph model",
+                  file=sys.stderr)
+            return 0
+        print(f"training graph models for {len(endpoints)} endpoint(s), smallest first",
+              file=sys.stderr)
+    bar, report = transformer_progress("graph")
+    try:
+        artifacts = train_graph(registry, endpoints, params, progress=report)
+    finally:
+        bar.close()
+    from molserve.models.graph.pipeline import describe
+
+    for artifact in artifacts:
+        print(describe(artifact))
+        print(f"registered {artifact.endpoint} v{artifact.version} (graph) at {artifact.path}")
     return 0
 
 

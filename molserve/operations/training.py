@@ -53,6 +53,22 @@ class TransformerParams(BaseModel):
     seed: int = 0
 
 
+class GraphParams(BaseModel):
+    """How a graph-tier model (an ensemble of D-MPNNs with RDKit descriptors) is trained."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ensemble: int = Field(5, ge=1, le=20, description="Networks per endpoint (different seeds).")
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1)
+    patience: int = Field(10, ge=1, description="Epochs without validation gain before stopping.")
+    hidden: int = Field(300, ge=8, description="Message size of the D-MPNN.")
+    depth: int = Field(3, ge=1, le=10, description="Message-passing steps.")
+    descriptors: bool = Field(True, description="Feed RDKit 2D descriptors beside the graph.")
+    device: str | None = Field(None, description="auto (default), cpu or cuda.")
+    seed: int = 0
+
+
 def endpoint_from_column(column: str) -> str:
     """An endpoint name made from a label column's name (`LogD7.4` -> `logd7_4`)."""
     name = re.sub(r"[^a-z0-9_-]+", "_", column.strip().lower()).strip("_-")
@@ -121,7 +137,7 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
     before torch is imported."""
     endpoints = list(dict.fromkeys(endpoints))
     if not endpoints:
-        raise InvalidInput("name at least one endpoint with a fast model to fine-tune on")
+        raise InvalidInput("name at least one endpoint with a fast model to fine-tune on (--dataset)")
     missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
     if missing:
         raise InvalidInput(f"no fast model for {', '.join(missing)}: a transformer reuses the fast "
@@ -139,6 +155,52 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
         batch_size=params.batch_size, learning_rate=params.learning_rate, patience=params.patience,
         export=params.export_onnx, device=params.device, seed=params.seed,
         extra_manifest=extra_manifest, progress=progress)
+
+
+def graph_candidates(registry: Registry) -> list[str]:
+    """Endpoints with a fast model and no graph model trained on that fast model's data yet:
+    what `finetune --model graph --all` trains, smallest dataset first."""
+    todo = []
+    for endpoint in registry.endpoints():
+        fast = registry.latest(endpoint, kind="gbm")
+        if fast is None or fast.info.task not in ("regression", "classification"):
+            continue
+        graph = registry.latest(endpoint, kind="graph")
+        shared = f"{endpoint} v{fast.version} (gbm)"
+        if graph is None or graph.manifest.get("split", {}).get("shared_with") != shared:
+            rows = (fast.manifest.get("dataset") or {}).get("rows") or 0
+            todo.append((rows, endpoint))
+    return [endpoint for _, endpoint in sorted(todo)]
+
+
+def train_graph(registry: Registry, endpoints: list[str], params: GraphParams, *,
+                extra_manifest: dict | None = None,
+                progress: TransformerProgress | None = None) -> list[Artifact]:
+    """Train one graph model per endpoint on its fast model's curated data and split, each
+    registered as kind `graph`. Bad input is refused before torch is imported."""
+    endpoints = list(dict.fromkeys(endpoints))
+    if not endpoints:
+        raise InvalidInput("name at least one endpoint with a fast model (--dataset, or --all)")
+    missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
+    if missing:
+        raise InvalidInput(f"no fast model for {', '.join(missing)}: a graph model reuses the fast "
+                           "model's curated data and split; train one first (molserve train)",
+                           code="no_fast_model")
+    from molserve.models.graph.pipeline import train_graph_endpoint
+
+    artifacts = []
+    for position, endpoint in enumerate(endpoints):
+        def report(step: str, fraction: float, info: dict[str, Any], _p: int = position,
+                   _e: str = endpoint) -> None:
+            if progress is not None:
+                progress(f"{_e}: {step}", (_p + fraction) / len(endpoints), info)
+
+        artifacts.append(train_graph_endpoint(
+            registry, endpoint, ensemble=params.ensemble, epochs=params.epochs,
+            batch_size=params.batch_size, patience=params.patience, hidden=params.hidden,
+            depth=params.depth, descriptors=params.descriptors, device=params.device or "auto",
+            seed=params.seed, extra_manifest=extra_manifest, progress=report))
+    return artifacts
 
 
 def registered_by(registry: Registry, endpoint: str, job_id: str) -> Artifact | None:

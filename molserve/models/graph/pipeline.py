@@ -61,12 +61,15 @@ def interval(calibration: dict[str, Any], mean: np.ndarray,
 
 def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5, epochs: int = 50,
                          batch_size: int = 64, patience: int = 10, hidden: int = 300, depth: int = 3,
-                         descriptors: bool = True, device: str = "cpu", seed: int = 0,
+                         descriptors: bool = True, device: str | None = None, seed: int = 0,
                          threads: int | None = None, extra_manifest: dict | None = None,
                          progress: Progress | None = None) -> Artifact:
     """Train `ensemble` networks (different seeds, same split), evaluate, register."""
     from safetensors.numpy import save
 
+    from molserve.models.transformer.modeling import pick_device
+
+    device = pick_device(None if device in (None, "auto") else device)
     fast = fast_model(registry, endpoint)
     smiles, labels, split = read_fast_rows(fast)
     kind = fast.info.task

@@ -67,10 +67,13 @@ class Gateway:
             self.process.wait(timeout=10)
 
 
+KEY = {"x-api-key": "k3y"}
+
+
 def wait_job(url: str, job_id: str, timeout: float = 240, until=("succeeded", "failed", "cancelled")):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5, headers=KEY).json()
         if job["state"] in until:
             return job
         time.sleep(0.2)
@@ -105,7 +108,7 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
     registry, jobs_dir, datasets = job_env
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             inputs = _smiles_file(tmp_path / "screen.csv", 20_000)
             files = {"file": ("screen.csv", open(tmp_path / "screen.csv", "rb"))}
             upload = client.post("/v1/uploads", files=files)
@@ -123,8 +126,8 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
             train_upload = client.post("/v1/uploads", files={"file": ("train.csv", open(train_csv, "rb"))})
             body = {"kind": "train", "upload_id": train_upload.json()["upload_id"], "endpoint": "my_logbb",
                     "label_col": "y", "profile": "quick"}
-            assert client.post("/v1/jobs", json=body).status_code == 401  # training needs the key
-            train = client.post("/v1/jobs", json=body, headers={"x-api-key": "k3y"})
+            assert httpx.post(f"{gateway.url}/v1/jobs", json=body).status_code == 401  # needs the key
+            train = client.post("/v1/jobs", json=body)
             assert train.status_code == 202
 
             screened = wait_job(gateway.url, screen_id)
@@ -132,7 +135,7 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
             assert screened["result"]["rows"] == 20_000 and screened["result"]["invalid"] >= 1
             assert screened["progress"] == 1.0 and screened["logs"]
             _check_result(client.get(f"/v1/jobs/{screen_id}/result").text, inputs)
-            cli = [sys.executable, "-m", "molserve", "jobs", "--url", gateway.url]
+            cli = [sys.executable, "-m", "molserve", "jobs", "--url", gateway.url, "--api-key", "k3y"]
             listing = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=60)
             assert screen_id in listing.stdout and "succeeded" in listing.stdout
             subprocess.run([*cli, "result", screen_id, "-o", str(tmp_path / "cli.csv")], check=True,
@@ -166,7 +169,7 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
     inputs = _smiles_file(tmp_path / "screen.smi", 20_000)
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             files = {"file": ("screen.smi", open(tmp_path / "screen.smi", "rb"))}
             upload = client.post("/v1/uploads", files=files)
             screen_id = client.post("/v1/jobs", json={
@@ -186,7 +189,7 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
         assert job["state"] == "succeeded", job
         assert job["attempts"] == 2
         assert any("resum" in line for line in job["logs"])
-        _check_result(httpx.get(f"{gateway.url}/v1/jobs/{screen_id}/result").text, inputs)
+        _check_result(httpx.get(f"{gateway.url}/v1/jobs/{screen_id}/result", headers=KEY).text, inputs)
 
         # Training killed mid-way: no half-registered model, and the job ends with a state.
         before = {p.name for p in (registry / "solubility").iterdir()}
@@ -253,7 +256,7 @@ def test_cancel_a_running_screen_and_a_queued_job(job_env, tmp_path):
     registry, jobs_dir, datasets = job_env
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             _smiles_file(tmp_path / "big.smi", 20_000)
             with open(tmp_path / "big.smi", "rb") as handle:
                 upload = client.post("/v1/uploads", files={"file": ("big.smi", handle)}).json()

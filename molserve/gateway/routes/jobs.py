@@ -140,8 +140,9 @@ _FRAMING_BYTES = 64 * 1024
              # The body is read by the route after the caller and its quota are checked, so a
              # refused upload is not received first; the document still states its form.
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
-                 "schema": {"type": "object", "required": ["file"],
-                            "properties": {"file": {"type": "string", "format": "binary"}}}}}}})
+                 "schema": {"type": "object", "required": ["file"], "title": "UploadBody",
+                            "properties": {"file": {"type": "string", "title": "File",
+                                                    "contentMediaType": "application/octet-stream"}}}}}}})
 async def upload(request: Request) -> JSONResponse:
     caller = job_submitter(request, "predict")
     runner = _runner(request)
@@ -152,7 +153,7 @@ async def upload(request: Request) -> JSONResponse:
         raise _quota("upload_bytes", used, quota, f"{caller.owner} stores {used} bytes of uploads; "
                      f"this one ({declared} bytes) would pass the quota of {quota}. Uploads are "
                      "deleted after the retention period", )
-    form = await request.form(max_files=1, max_fields=4)
+    form = await request.form()
     file = form.get("file")
     if file is None or isinstance(file, str):
         raise InvalidInput("send the file as the multipart form field 'file' "

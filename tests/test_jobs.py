@@ -298,3 +298,40 @@ def test_the_registry_write_check_leaves_nothing_behind(tmp_path):
     registry.check_writable()
     assert list((tmp_path / "registry" / ".staging").iterdir()) == []
     assert registry.endpoints() == []
+
+
+def test_the_client_carries_an_anonymous_jobs_token_and_others_cannot_read_the_job(trained_registry,
+                                                                                  tmp_path):
+    """With anonymous jobs on, the client keeps the token its submission returned and sends it
+    with every call about that job; a client without it finds nothing."""
+    from fastapi.testclient import TestClient
+
+    from molserve.client import GatewayClient
+    from molserve.config import Settings
+    from molserve.errors import NotFound
+    from molserve.gateway.app import create_app
+    from molserve.jobs.runner import JobRunner
+
+    app = create_app(Settings(registry=trained_registry.root, jobs_dir=tmp_path / "jobs",
+                              anonymous_jobs=True))
+    app.state.jobs = JobRunner(tmp_path / "jobs", trained_registry.root, tmp_path / "d")  # not started
+    served = TestClient(app)
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        answer = served.request(request.method, request.url.raw_path.decode(), content=request.read(),
+                                headers=dict(request.headers))
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    transport = httpx.MockTransport(forward)
+    (tmp_path / "m.smi").write_text("CCO\n")
+    with GatewayClient("http://testserver", transport=transport) as client:
+        upload = client.upload(tmp_path / "m.smi")
+        job = client.submit_screen(upload_id=upload.upload_id, endpoints=["tpsa"])
+        assert job.token and client.job_tokens == {job.id: job.token}
+        assert client.get(job.id).state == "queued"
+        assert client.cancel(job.id).state == "cancelled"
+    with GatewayClient("http://testserver", transport=transport) as stranger:
+        with pytest.raises(NotFound):
+            stranger.get(job.id)
+    with GatewayClient("http://testserver", transport=transport, job_tokens={job.id: job.token}) as holder:
+        assert holder.get(job.id).state == "cancelled"

@@ -348,3 +348,11 @@ def test_csv_results_escape_cells_a_spreadsheet_would_run(tmp_path, trained_regi
     assert [r["input"] for r in rows] == ["'=HYPERLINK(\"http://evil\")", "'+1+2", "'-C", "'@SUM(A1)", "CCO"]
     assert float(rows[4]["tpsa"]) > 0 and not rows[4]["error"]
     assert spreadsheet_safe(-1.5) == -1.5 and spreadsheet_safe("CCO") == "CCO"
+
+
+def test_a_wrong_method_on_the_static_files_names_the_methods_they_allow(strict_client):
+    wrong = strict_client.post("/static/app.js")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.json()["message"].endswith("use GET")
+    missing = strict_client.get("/static/nothing.js")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

@@ -170,6 +170,9 @@ def install(app: FastAPI) -> None:
                                   "lists the API")
         if error.status_code == 405:
             allowed = _allowed_methods(request.app, request.scope)
+            if not allowed:  # a mounted app (the static files) says itself what it allows
+                given = (error.headers or {}).get("Allow") or (error.headers or {}).get("allow", "")
+                allowed = [m.strip() for m in given.split(",") if m.strip()]
             return error_response(405, "method_not_allowed",
                                   f"{request.method} is not allowed on {request.url.path}; "
                                   f"use {', '.join(m for m in allowed if m != 'HEAD')}",

@@ -7,8 +7,9 @@ import hmac
 
 
 class BodyLimit:
-    """Reject bodies larger than the limit with 413 before they are read into memory
-    (file uploads, which stream to disk, have a limit of their own)."""
+    """Reject bodies larger than the limit with 413 before they are read into memory, whether
+    declared (`content-length`) or found while reading a chunked body (file uploads, which stream
+    to disk, have a limit of their own)."""
 
     def __init__(self, app, limit: int, upload_limit: int | None = None) -> None:
         self.app = app
@@ -23,20 +24,36 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return await self._reject(send, limit)
         received = 0
+        exceeded = False
+        started = False
 
         async def limited_receive():
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    exceeded = True
                     raise _TooLarge()
             return message
 
+        async def guarded_send(message):
+            # A route or framework that catches the error and answers (FastAPI turns any failure
+            # while reading a body into a 400) is overruled: past the limit the answer is 413.
+            nonlocal started
+            if exceeded:
+                if not started:
+                    started = True
+                    await self._reject(send, limit)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            await self._reject(send, limit)
+            if not started:
+                await self._reject(send, limit)
 
     @staticmethod
     async def _reject(send, limit: int) -> None:

@@ -4,7 +4,9 @@ job, read, list and cancel jobs, follow one until it ends, download a screen's r
 Every HTTP error becomes a `molserve.errors` error carrying the gateway's own message (404:
 NotFound, 409: Conflict, 413: TooLarge, 400/415/422: InvalidInput, 5xx: Unavailable or
 StorageError), and a gateway that cannot be reached is `Unavailable`, so a face prints one line
-for either. httpx is imported when a client is made, not with this module.
+for either. A job submitted without a key comes back with a job token (the only way to read it
+again); the client remembers it and sends it with every later call about that job. httpx is
+imported when a client is made, not with this module.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ class Job:
         return self.data.get("result_url")
 
     @property
+    def token(self) -> str | None:
+        """An anonymous job's token (only in the answer to its submission)."""
+        return self.data.get("job_token")
+
+    @property
     def finished(self) -> bool:
         return self.state in TERMINAL
 
@@ -83,7 +90,7 @@ class GatewayClient:
     the gateway requires one. Use as a context manager, or call `close()`."""
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0,
-                 transport: Any = None) -> None:
+                 transport: Any = None, job_tokens: dict[str, str] | None = None) -> None:
         import httpx
 
         if not url.startswith(("http://", "https://")):
@@ -92,6 +99,12 @@ class GatewayClient:
         headers = {"x-api-key": api_key} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
                                   transport=transport)
+        self.job_tokens: dict[str, str] = dict(job_tokens or {})
+
+    def _about(self, job_id: str) -> dict[str, Any]:
+        """Request arguments for a call about one job: its token, when the client has one."""
+        token = self.job_tokens.get(job_id)
+        return {"headers": {"x-job-token": token}} if token else {}
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -156,7 +169,10 @@ class GatewayClient:
         """Submit a job of `kind` (screen, train) with the request's fields; None fields are left
         out, so the gateway's defaults apply."""
         body = {"kind": kind, **{k: v for k, v in fields.items() if v is not None}}
-        return Job(self._request("POST", "/v1/jobs", json=body))
+        job = Job(self._request("POST", "/v1/jobs", json=body))
+        if job.token:
+            self.job_tokens[job.id] = job.token
+        return job
 
     def submit_screen(self, *, upload_id: str | None = None, dataset: str | None = None,
                       endpoints: list[str] | None = None) -> Job:
@@ -170,13 +186,13 @@ class GatewayClient:
                            label_col=label_col, model=model, profile=profile, split=split, base=base)
 
     def get(self, job_id: str) -> Job:
-        return Job(self._request("GET", f"/v1/jobs/{job_id}"))
+        return Job(self._request("GET", f"/v1/jobs/{job_id}", **self._about(job_id)))
 
     def list(self) -> list[Job]:
         return [Job(job) for job in self._request("GET", "/v1/jobs")]
 
     def cancel(self, job_id: str) -> Job:
-        return Job(self._request("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job(self._request("POST", f"/v1/jobs/{job_id}/cancel", **self._about(job_id)))
 
     def follow(self, job_id: str, on_update: Callable[[Job], None] | None = None, *,
                interval_s: float = 0.5) -> Job:
@@ -195,8 +211,10 @@ class GatewayClient:
 
         destination = Path(destination)
         partial = destination.with_name(destination.name + ".partial")
+        parts = url.rstrip("/").split("/")
+        about = self._about(parts[-2]) if len(parts) >= 2 and parts[-1] == "result" else {}
         try:
-            with self._http.stream("GET", url) as response:
+            with self._http.stream("GET", url, **about) as response:
                 if response.status_code >= 400:
                     response.read()
                     self._check(response)

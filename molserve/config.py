@@ -66,6 +66,18 @@ class JobSettings(BaseSettings):
     max_concurrent_jobs: int = Field(1, ge=1)
     job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")
+    anonymous_jobs: bool = Field(False, description="Let callers without a key upload and start "
+                                 "screens; each such job is then readable only with its job token.")
+    quota_upload_bytes: int = Field(10 * 1024**3, ge=0, description="Bytes of stored uploads per key "
+                                    "(all anonymous callers share one quota).")
+    quota_queued_jobs: int = Field(20, ge=0, description="Queued jobs per key.")
+    quota_running_jobs: int = Field(1, ge=1, description="Jobs of one key running at once.")
+    job_time_limits: dict[str, float] = Field(
+        default_factory=lambda: {"screen": 6 * 3600.0, "train": 24 * 3600.0},
+        description='Seconds a job of each kind may run, JSON: {"screen": 21600, "train": 86400}; '
+        "a kind not named has no limit.")
+    retention_days: float = Field(7.0, gt=0, description="Uploads and results are deleted this many "
+                                  "days after their last use (never those of a queued or running job).")
 
 
 class WorkerSettings(BaseSettings):

@@ -28,16 +28,18 @@ def test_the_documented_example(app_client):
     assert body["n_errors"] == 1
 
 
-def test_the_readme_curl_without_a_content_type_works(app_client):
-    """`curl -d` sends application/x-www-form-urlencoded; the JSON body is still read."""
+def test_a_json_body_sent_as_a_form_is_refused_and_the_readme_curl_sends_the_header(app_client):
+    """`curl -d` alone sends application/x-www-form-urlencoded, which a web page may also send
+    to another site unasked: 415. The README's curl examples send the JSON content type."""
     import json
+    from pathlib import Path
 
     response = app_client.post("/v1/predict", content=json.dumps(ISSUE_EXAMPLE),
                                headers={"content-type": "application/x-www-form-urlencoded"})
-    assert response.status_code == 200 and response.json()["n_errors"] == 1
-    broken = app_client.post("/v1/predict", content=b"molecules=CCO",
-                             headers={"content-type": "application/x-www-form-urlencoded"})
-    assert broken.status_code == 400 and broken.json()["message"]
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    posts = [block for block in readme.split("curl ")[1:] if " -d " in block.split("\n\n")[0]]
+    assert posts and all("content-type: application/json" in b.split("\n\n")[0] for b in posts)
 
 
 def test_answers_keep_input_order_and_duplicates_are_computed_once(app_client):

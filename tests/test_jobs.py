@@ -67,10 +67,13 @@ class Gateway:
             self.process.wait(timeout=10)
 
 
+KEY = {"x-api-key": "k3y"}
+
+
 def wait_job(url: str, job_id: str, timeout: float = 240, until=("succeeded", "failed", "cancelled")):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5).json()
+        job = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=5, headers=KEY).json()
         if job["state"] in until:
             return job
         time.sleep(0.2)
@@ -105,7 +108,7 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
     registry, jobs_dir, datasets = job_env
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             inputs = _smiles_file(tmp_path / "screen.csv", 20_000)
             files = {"file": ("screen.csv", open(tmp_path / "screen.csv", "rb"))}
             upload = client.post("/v1/uploads", files=files)
@@ -123,8 +126,8 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
             train_upload = client.post("/v1/uploads", files={"file": ("train.csv", open(train_csv, "rb"))})
             body = {"kind": "train", "upload_id": train_upload.json()["upload_id"], "endpoint": "my_logbb",
                     "label_col": "y", "profile": "quick"}
-            assert client.post("/v1/jobs", json=body).status_code == 401  # training needs the key
-            train = client.post("/v1/jobs", json=body, headers={"x-api-key": "k3y"})
+            assert httpx.post(f"{gateway.url}/v1/jobs", json=body).status_code == 401  # needs the key
+            train = client.post("/v1/jobs", json=body)
             assert train.status_code == 202
 
             screened = wait_job(gateway.url, screen_id)
@@ -132,7 +135,7 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
             assert screened["result"]["rows"] == 20_000 and screened["result"]["invalid"] >= 1
             assert screened["progress"] == 1.0 and screened["logs"]
             _check_result(client.get(f"/v1/jobs/{screen_id}/result").text, inputs)
-            cli = [sys.executable, "-m", "molserve", "jobs", "--url", gateway.url]
+            cli = [sys.executable, "-m", "molserve", "jobs", "--url", gateway.url, "--api-key", "k3y"]
             listing = subprocess.run([*cli, "list"], capture_output=True, text=True, timeout=60)
             assert screen_id in listing.stdout and "succeeded" in listing.stdout
             subprocess.run([*cli, "result", screen_id, "-o", str(tmp_path / "cli.csv")], check=True,
@@ -166,7 +169,7 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
     inputs = _smiles_file(tmp_path / "screen.smi", 20_000)
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             files = {"file": ("screen.smi", open(tmp_path / "screen.smi", "rb"))}
             upload = client.post("/v1/uploads", files=files)
             screen_id = client.post("/v1/jobs", json={
@@ -186,7 +189,7 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
         assert job["state"] == "succeeded", job
         assert job["attempts"] == 2
         assert any("resum" in line for line in job["logs"])
-        _check_result(httpx.get(f"{gateway.url}/v1/jobs/{screen_id}/result").text, inputs)
+        _check_result(httpx.get(f"{gateway.url}/v1/jobs/{screen_id}/result", headers=KEY).text, inputs)
 
         # Training killed mid-way: no half-registered model, and the job ends with a state.
         before = {p.name for p in (registry / "solubility").iterdir()}
@@ -253,7 +256,7 @@ def test_cancel_a_running_screen_and_a_queued_job(job_env, tmp_path):
     registry, jobs_dir, datasets = job_env
     gateway = Gateway(registry, jobs_dir, datasets).start()
     try:
-        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+        with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             _smiles_file(tmp_path / "big.smi", 20_000)
             with open(tmp_path / "big.smi", "rb") as handle:
                 upload = client.post("/v1/uploads", files={"file": ("big.smi", handle)}).json()
@@ -295,3 +298,40 @@ def test_the_registry_write_check_leaves_nothing_behind(tmp_path):
     registry.check_writable()
     assert list((tmp_path / "registry" / ".staging").iterdir()) == []
     assert registry.endpoints() == []
+
+
+def test_the_client_carries_an_anonymous_jobs_token_and_others_cannot_read_the_job(trained_registry,
+                                                                                  tmp_path):
+    """With anonymous jobs on, the client keeps the token its submission returned and sends it
+    with every call about that job; a client without it finds nothing."""
+    from fastapi.testclient import TestClient
+
+    from molserve.client import GatewayClient
+    from molserve.config import Settings
+    from molserve.errors import NotFound
+    from molserve.gateway.app import create_app
+    from molserve.jobs.runner import JobRunner
+
+    app = create_app(Settings(registry=trained_registry.root, jobs_dir=tmp_path / "jobs",
+                              anonymous_jobs=True))
+    app.state.jobs = JobRunner(tmp_path / "jobs", trained_registry.root, tmp_path / "d")  # not started
+    served = TestClient(app)
+
+    def forward(request: httpx.Request) -> httpx.Response:
+        answer = served.request(request.method, request.url.raw_path.decode(), content=request.read(),
+                                headers=dict(request.headers))
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    transport = httpx.MockTransport(forward)
+    (tmp_path / "m.smi").write_text("CCO\n")
+    with GatewayClient("http://testserver", transport=transport) as client:
+        upload = client.upload(tmp_path / "m.smi")
+        job = client.submit_screen(upload_id=upload.upload_id, endpoints=["tpsa"])
+        assert job.token and client.job_tokens == {job.id: job.token}
+        assert client.get(job.id).state == "queued"
+        assert client.cancel(job.id).state == "cancelled"
+    with GatewayClient("http://testserver", transport=transport) as stranger:
+        with pytest.raises(NotFound):
+            stranger.get(job.id)
+    with GatewayClient("http://testserver", transport=transport, job_tokens={job.id: job.token}) as holder:
+        assert holder.get(job.id).state == "cancelled"

@@ -137,10 +137,26 @@ def test_arbitrary_request_bodies_get_answers_or_4xx_with_a_message(app_client, 
         assert response.json()["message"]
 
 
-def test_schemathesis_finds_no_failure_of_any_check_in_any_phase(trained_registry, tmp_path):
+FUZZ_CALLERS = {"anonymous": None, "read": ["read"], "predict": ["predict"], "train": ["train"],
+                "admin": ["admin"]}
+
+
+def fuzz_summary(output: str) -> str:
+    """The totals line schemathesis prints at the end of a run."""
+    import re
+
+    lines = [line.strip() for line in output.splitlines() if re.search(r"\d+ (passed|failed)", line)]
+    return lines[-1] if lines else output.strip().splitlines()[-1]
+
+
+def test_schemathesis_with_a_key_of_each_scope_finds_no_failure_and_no_success_it_must_refuse(
+        trained_registry, tmp_path):
     """Every documented operation, from the gateway's own OpenAPI document: every check, every
-    phase (examples, coverage, fuzzing, stateful), with a key. Deprecated operations (kept for
-    older clients) are left out; tests/schemathesis.toml says what else is configured, and why."""
+    phase (examples, coverage, fuzzing, stateful), once without a key and once with a key of each
+    scope, against a gateway that needs keys for reads. Besides schemathesis's own checks, one of
+    ours (tests/schemathesis_hooks.py) fails any 2xx to a caller tests/authorization_rules.py
+    refuses. Deprecated operations (kept for older clients) are left out; tests/schemathesis.toml
+    says what else is configured, and why."""
     import os
     import shutil
     from pathlib import Path
@@ -154,26 +170,39 @@ def test_schemathesis_finds_no_failure_of_any_check_in_any_phase(trained_registr
     here = Path(__file__).resolve().parent
     registry = tmp_path / "registry"  # the run deletes model versions: a copy of its own
     shutil.copytree(trained_registry.root, registry)
+    keys = KeyStore(tmp_path / "keys.json")
+    # A high rate: the run is about scopes, not about the rate limit (tested above).
+    made = {name: keys.create(f"fuzz-{name}", scopes, rate_per_minute=100_000)
+            for name, scopes in FUZZ_CALLERS.items() if scopes}
     port = free_port()
     env = {**os.environ, "MOLSERVE_REGISTRY": str(registry), "HF_HUB_OFFLINE": "1",
-           "MOLSERVE_JOBS_DIR": str(tmp_path / "jobs"), "MOLSERVE_API_KEY": "k3y",
+           "MOLSERVE_JOBS_DIR": str(tmp_path / "jobs"), "MOLSERVE_API_KEYS_FILE": str(tmp_path / "keys.json"),
+           "MOLSERVE_REQUIRE_KEY_FOR_READS": "true",
            "SCHEMATHESIS_HOOKS": str(here / "schemathesis_hooks.py"),
            "MOLSERVE_FUZZ_ENDPOINTS": ",".join(trained_registry.endpoints())}
     server = subprocess.Popen([sys.executable, "-m", "molserve", "serve", "--port", str(port),
                                "--log-level", "warning"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summaries = {}
     try:
-        wait_for(f"http://127.0.0.1:{port}/readyz")
-        run = subprocess.run(
-            [binary, "--config-file", str(here / "schemathesis.toml"), "run",
-             f"http://127.0.0.1:{port}/openapi.json", "--phases", "examples,coverage,fuzzing,stateful",
-             "--max-examples", "30", "--seed", "1", "--generation-database", "none",
-             "--request-timeout", "20", "-H", "x-api-key: k3y", "--exclude-deprecated", "--no-color"],
-            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-        assert run.returncode == 0, run.stdout[-5000:]
-        assert "Stateful" in run.stdout and " passed" in run.stdout and "failure" not in run.stdout
+        wait_for(f"http://127.0.0.1:{port}/readyz", headers={"x-api-key": made["read"][0]})
+        for name, scopes in FUZZ_CALLERS.items():
+            key, record = made[name] if scopes else (None, None)
+            caller_env = {**env, "MOLSERVE_FUZZ_SCOPES": ",".join(scopes) if scopes else "anonymous",
+                          "MOLSERVE_FUZZ_OWNER": f"key:{record.id}" if record else "anonymous"}
+            run = subprocess.run(
+                [binary, "--config-file", str(here / "schemathesis.toml"), "run",
+                 f"http://127.0.0.1:{port}/openapi.json", "--phases", "examples,coverage,fuzzing,stateful",
+                 "--max-examples", "20", "--seed", "1", "--generation-database", "none",
+                 "--request-timeout", "20", "--exclude-deprecated", "--no-color",
+                 *(["-H", f"x-api-key: {key}"] if key else [])],
+                capture_output=True, text=True, timeout=300, env=caller_env, cwd=tmp_path)
+            summaries[name] = fuzz_summary(run.stdout)
+            assert run.returncode == 0, (name, run.stdout[-5000:])
+            assert " passed" in run.stdout and "failure" not in run.stdout, (name, run.stdout[-3000:])
     finally:
         stop(server)
+        print("schemathesis per caller:", summaries)
 
 
 def test_the_offline_audit_flags_a_pin_with_a_known_advisory(tmp_path):
@@ -196,3 +225,134 @@ def test_the_offline_audit_flags_a_pin_with_a_known_advisory(tmp_path):
     assert not any(f["package"] == "numpy" for f in report["findings"])
     own = audit.offline_check(audit.read_lock(root / "requirements.lock"))
     assert own["pins_checked"] > 100 and own["findings"] == []
+
+
+@pytest.fixture()
+def strict_client(trained_registry, tmp_path):
+    """A gateway that needs a key for reads, with a small body limit."""
+    from fastapi.testclient import TestClient
+
+    from molserve.config import Settings
+    from molserve.gateway.app import create_app
+
+    keys_file = tmp_path / "keys.json"
+    reader = KeyStore(keys_file).create("reader", ["read", "predict"])[0]
+    settings = Settings(registry=trained_registry.root, api_keys_file=keys_file,
+                        require_key_for_reads=True, max_body_bytes=20_000, jobs_dir=tmp_path / "jobs",
+                        datasets=tmp_path / "datasets")
+    with TestClient(create_app(settings)) as client:
+        client.headers["x-api-key"] = reader
+        yield client
+
+
+def test_json_routes_refuse_other_media_types_with_415(strict_client):
+    body = b'{"molecules": ["CCO"], "endpoints": ["tpsa"]}'
+    for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        for path in ("/v1/predict", "/v1/jobs"):
+            refused = strict_client.post(path, content=body, headers={"content-type": media})
+            assert refused.status_code == 415, (path, media)
+            assert refused.json()["error"] == "unsupported_media_type"
+            assert "application/json" in refused.json()["message"]
+    assert strict_client.post("/v1/predict", content=body).status_code == 415  # no type at all
+    for media in ("application/json", "application/json; charset=utf-8", "application/vnd.x+json"):
+        answer = strict_client.post("/v1/predict", content=body, headers={"content-type": media})
+        assert answer.status_code == 200, media
+
+
+def test_unreadable_bodies_answer_422_and_oversized_chunked_bodies_413_in_the_error_shape(strict_client):
+    json_type = {"content-type": "application/json"}
+    not_utf8 = strict_client.post("/v1/predict", content=b'{"molecules": ["C\xff\xfeO"]}', headers=json_type)
+    assert not_utf8.status_code == 422 and not_utf8.json()["error"] == "invalid_encoding"
+    deep = b'{"molecules": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    nested = strict_client.post("/v1/predict", content=deep, headers=json_type)
+    assert nested.status_code == 422 and nested.json()["error"] == "too_deeply_nested"
+
+    def chunks():  # no content-length: the limit is found while reading
+        for _ in range(30):
+            yield b" " * 1000
+
+    chunked = strict_client.post("/v1/predict", content=chunks(), headers=json_type)
+    assert chunked.status_code == 413 and chunked.json()["error"] == "body_too_large"
+    for response in (not_utf8, nested, chunked):
+        assert set(response.json()) >= {"error", "message"} and "detail" not in response.json()
+
+
+def test_dataset_names_are_checked_and_a_missing_one_does_not_reveal_server_paths(strict_client, tmp_path):
+    for name in ("../../etc/passwd", "/etc", "a/b", "..", "Name With Spaces"):
+        answer = strict_client.post("/v1/jobs", json={"kind": "screen", "dataset": name,
+                                                      "endpoints": ["tpsa"]})
+        assert answer.status_code == 422, name
+    missing = strict_client.post("/v1/jobs", json={"kind": "screen", "dataset": "no_such_set",
+                                                   "endpoints": ["tpsa"]})
+    assert missing.status_code == 404 and missing.json()["error"] == "dataset_not_found"
+    assert str(tmp_path) not in missing.text and "/" not in missing.json()["message"].split("(")[0]
+
+
+def test_model_routes_refuse_dot_dot_path_segments(strict_client):
+    admin_free = [("GET", "/v1/models/%2e%2e/1"), ("GET", "/v1/models/%2E%2E/%2e%2e"),
+                  ("GET", "/v1/models/logbb/%2e%2e"), ("DELETE", "/v1/models/%2e%2e/1"),
+                  ("GET", "/v1/models/..%2f..%2fetc/1")]
+    for method, url in admin_free:
+        answer = strict_client.request(method, url)
+        assert answer.status_code in (403, 404, 422), (url, answer.status_code)
+        assert answer.json()["error"] != "internal_error"
+    assert strict_client.get("/v1/models/%2e%2e/1").status_code == 422
+
+
+def test_depictions_obey_the_read_policy_and_are_bounded(strict_client):
+    key = strict_client.headers.pop("x-api-key")
+    assert strict_client.get("/v1/depict?smiles=CCO").status_code == 401
+    assert strict_client.get("/v1/depict?smiles=CCO", headers={"x-api-key": "ms_x_y"}).status_code == 403
+    strict_client.headers["x-api-key"] = key
+    drawn = strict_client.get("/v1/depict?smiles=CCO")
+    assert drawn.status_code == 200 and drawn.text.lstrip().startswith("<?xml")
+    assert strict_client.get("/v1/depict?smiles=C1CC").status_code == 422
+    assert strict_client.get("/v1/depict", params={"smiles": "C" * 2001}).status_code == 422
+    assert strict_client.get("/v1/depict?smiles=CCO&width=5000").status_code == 422
+
+
+def test_a_slow_depiction_answers_503_without_blocking_other_requests(strict_client, monkeypatch):
+    import threading
+
+    from molserve.chem import depict as drawing
+    from molserve.gateway.routes import web
+
+    release = threading.Event()
+
+    def slow(smiles, width=240, height=180):
+        release.wait(10)
+        return "<svg/>"
+
+    monkeypatch.setattr(drawing, "svg", slow)
+    monkeypatch.setattr(web, "DEPICT_TIMEOUT_S", 0.3)
+    try:
+        started = time.perf_counter()
+        answer = strict_client.get("/v1/depict?smiles=CCCC")
+        assert answer.status_code == 503 and answer.json()["error"] == "depict_timeout"
+        assert time.perf_counter() - started < 2
+        assert strict_client.get("/healthz").status_code == 200
+    finally:
+        release.set()
+
+
+def test_csv_results_escape_cells_a_spreadsheet_would_run(tmp_path, trained_registry):
+    import csv
+
+    from molserve.operations.screen import screen_file, spreadsheet_safe
+
+    source = tmp_path / "in.smi"
+    source.write_text('=HYPERLINK("http://evil")\n+1+2\n-C\n@SUM(A1)\nCCO\n')
+    out = tmp_path / "out.csv"
+    screen_file(source, out, registry=trained_registry.root, endpoints=["tpsa", "solubility"])
+    rows = list(csv.DictReader(out.open()))
+    assert [r["input"] for r in rows] == ["'=HYPERLINK(\"http://evil\")", "'+1+2", "'-C", "'@SUM(A1)", "CCO"]
+    assert float(rows[4]["tpsa"]) > 0 and not rows[4]["error"]
+    assert spreadsheet_safe(-1.5) == -1.5 and spreadsheet_safe("CCO") == "CCO"
+
+
+def test_a_wrong_method_on_the_static_files_names_the_methods_they_allow(strict_client):
+    wrong = strict_client.post("/static/app.js")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.json()["message"].endswith("use GET")
+    missing = strict_client.get("/static/nothing.js")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

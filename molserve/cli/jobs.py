@@ -1,5 +1,6 @@
 """`molserve jobs ...`: screens and training jobs through a running gateway's HTTP API
-(`molserve.client`), with progress bars on stderr and each job's JSON on stdout."""
+(`molserve.client`), with progress bars on stderr and each job's JSON on stdout. A job submitted
+without a key is read with the token its submission printed (`--token`)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ def target(
     ctx.meta[_TARGET] = (url, api_key)
 
 
-def client(ctx: typer.Context) -> GatewayClient:
+def client(ctx: typer.Context, job_id: str | None = None, token: str | None = None) -> GatewayClient:
     from molserve.client import GatewayClient
 
     url, api_key = ctx.meta[_TARGET]
-    return GatewayClient(url, api_key)
+    return GatewayClient(url, api_key, job_tokens={job_id: token} if job_id and token else None)
 
 
 def follow(gateway: GatewayClient, job_id: str) -> Job:
@@ -62,6 +63,8 @@ def follow(gateway: GatewayClient, job_id: str) -> Job:
 def submitted(gateway: GatewayClient, job: Job, wait: bool, output: Path | None) -> int:
     """What `screen` and `train` print once the gateway took the job (and, with --wait, ran it)."""
     print(f"submitted {job.id}", file=sys.stderr)
+    if job.token:
+        print(f"job token (the only way to read this job again: --token): {job.token}", file=sys.stderr)
     if wait:
         job = follow(gateway, job.id)
         if job.state == "succeeded" and output and job.result_url:
@@ -124,6 +127,8 @@ def list_jobs(ctx: typer.Context) -> int:
 
 
 JobId = Annotated[str, typer.Argument(metavar="ID", show_default=False)]
+Token = Annotated[str | None, typer.Option("--token", envvar="MOLSERVE_JOB_TOKEN", show_default=False,
+                                           help="a job submitted without a key: its job token")]
 
 
 @app.command("show", help="one job: state, progress, logs")
@@ -131,16 +136,17 @@ def show(
     ctx: typer.Context,
     job_id: JobId,
     follow_it: Annotated[bool, typer.Option("--follow", help="live progress bar until the job ends")] = False,
+    token: Token = None,
 ) -> int:
-    with client(ctx) as gateway:
+    with client(ctx, job_id, token) as gateway:
         job = follow(gateway, job_id) if follow_it else gateway.get(job_id)
     print(json.dumps(job.data, indent=2))
     return 0
 
 
 @app.command("cancel", help="cancel a queued or running job")
-def cancel(ctx: typer.Context, job_id: JobId) -> int:
-    with client(ctx) as gateway:
+def cancel(ctx: typer.Context, job_id: JobId, token: Token = None) -> int:
+    with client(ctx, job_id, token) as gateway:
         print(json.dumps(gateway.cancel(job_id).data, indent=2))
     return 0
 
@@ -150,8 +156,9 @@ def result(
     ctx: typer.Context,
     job_id: JobId,
     output: Annotated[Path, typer.Option("-o", "--output", show_default=False)],
+    token: Token = None,
 ) -> int:
-    with client(ctx) as gateway:
+    with client(ctx, job_id, token) as gateway:
         gateway.download_result(job_id, output)
     print(f"result written to {output}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
+import orjson
 from fastapi import FastAPI
 
 from molserve import __version__, logs
@@ -32,22 +33,37 @@ uncertainty estimate and an applicability-domain score.
 """
 
 
+# The routes whose body is JSON (a test checks this against the routes' own bodies).
 JSON_ROUTES = {"/v1/predict", "/v1/jobs"}
 
 
-class JsonBodies:
-    """`curl -d '{...}'` sends form encoding by default: read JSON routes' bodies as JSON anyway
-    (anything that is not JSON gets a 400 saying so)."""
+class JsonOnly:
+    """JSON routes read only JSON bodies (`application/json` or `application/*+json`) and answer
+    any other media type with 415. A web page may POST text/plain or form bodies to another
+    origin without a CORS preflight; reading those as JSON would let any site fire predictions
+    and screens from a visitor's browser."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope.get("path") in JSON_ROUTES and scope["method"] == "POST":
-            headers = [(k, v) for k, v in scope.get("headers") or () if k != b"content-type"]
-            current = dict(scope.get("headers") or ()).get(b"content-type", b"")
-            if not current.startswith(b"application/json"):
-                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        if scope["type"] == "http" and scope["method"] == "POST" and scope.get("path") in JSON_ROUTES:
+            headers = dict(scope.get("headers") or ())
+            media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+            has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+            is_json = media == b"application/json" or (media.startswith(b"application/")
+                                                        and media.endswith(b"+json"))
+            if (media or has_body) and not is_json:
+                shown = media.decode("latin-1")[:100] or "none"
+                body = orjson.dumps({
+                    "error": "unsupported_media_type",
+                    "message": f"{scope['path']} reads JSON: send the body with 'Content-Type: "
+                               f"application/json' (this request's type: {shown})"})
+                await send({"type": "http.response.start", "status": 415,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
         return await self.app(scope, receive, send)
 
 
@@ -133,7 +149,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.jobs = JobRunner(
                 settings.jobs.jobs_dir, settings.registry, settings.datasets,
                 max_concurrent=settings.jobs.max_concurrent_jobs, max_attempts=settings.jobs.job_max_attempts,
-                on_model_registered=load_models)
+                on_model_registered=load_models, max_running_per_owner=settings.jobs.quota_running_jobs,
+                time_limits=settings.jobs.job_time_limits,
+                retention_s=settings.jobs.retention_days * 86400)
             app.state.jobs.start()
         if settings.gateway.bootstrap:
             from molserve.operations.bootstrap import BackgroundBootstrap
@@ -184,7 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.add_middleware(CORSMiddleware, allow_origins=settings.gateway.cors_origins,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["*"])
-    app.add_middleware(JsonBodies)
+    app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, limit=settings.gateway.max_body_bytes,
                        upload_limit=settings.jobs.max_upload_bytes)
     app.add_middleware(Observe, metrics=metrics, access_log=settings.gateway.access_log)

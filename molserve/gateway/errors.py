@@ -4,9 +4,11 @@ body every error answer has (`ErrorBody`), and how routes document the errors th
 Below the gateway, code raises `molserve.errors` classes and knows nothing of HTTP; the classes
 here are the few that only exist at the HTTP edge (credentials, rate limits, file types). One
 handler turns any of them into a status, a body `{"error": code, "message": ..., "details": ...}`
-and, for errors worth retrying, a `Retry-After` header. Unparsable JSON is a 400, schema
-violations a 422, unknown paths a 404 and wrong methods a 405 whose `Allow` lists every method
-the path has.
+and, for errors worth retrying, a `Retry-After` header. Unparsable JSON is a 400; schema
+violations, a body that is not UTF-8 and JSON nested too deeply to read are 422; a body of
+another media type on a JSON route is 415 (`molserve.gateway.app`), one over the size limit
+413 (`molserve.asgi`); unknown paths a 404 and wrong methods a 405 whose `Allow` lists every
+method the path has.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class RateLimited(Unavailable):
     code = "rate_limited"
 
 
+class QuotaExceeded(MolserveError):
+    """The caller's key holds as many uploaded bytes or queued or running jobs as its quota
+    allows; `details` says which quota, what is used and the limit."""
+
+    code = "quota_exceeded"
+
+
 class UnsupportedFile(InvalidInput):
     """An uploaded file of a type molserve does not read."""
 
@@ -64,6 +73,7 @@ STATUS: dict[type[MolserveError], int] = {
     MissingCredentials: 401,
     Forbidden: 403,
     RateLimited: 429,
+    QuotaExceeded: 429,
     UnsupportedFile: 415,
     InvalidInput: 422,
     NotFound: 404,
@@ -81,9 +91,10 @@ DESCRIPTIONS = {
     404: "Not found",
     409: "Conflicts with the current state",
     413: "The request body or batch is too large",
-    415: "The uploaded file type is not supported",
+    415: "The body's media type (a JSON route takes application/json) or the uploaded file type "
+         "is not supported",
     422: "The request is well-formed JSON but not a valid request",
-    429: "The API key's rate limit is exceeded; see Retry-After",
+    429: "The API key's rate limit (see Retry-After) or quota (uploads, jobs) is exceeded",
     503: "Not available now; retry later (see Retry-After when present)",
     507: "The server could not store the upload",
 }
@@ -159,10 +170,22 @@ def install(app: FastAPI) -> None:
                                   "lists the API")
         if error.status_code == 405:
             allowed = _allowed_methods(request.app, request.scope)
+            if not allowed:  # a mounted app (the static files) says itself what it allows
+                given = (error.headers or {}).get("Allow") or (error.headers or {}).get("allow", "")
+                allowed = [m.strip() for m in given.split(",") if m.strip()]
             return error_response(405, "method_not_allowed",
                                   f"{request.method} is not allowed on {request.url.path}; "
                                   f"use {', '.join(m for m in allowed if m != 'HEAD')}",
                                   headers={"allow": ", ".join(allowed)})
+        # A body the JSON parser gave up on for a reason other than syntax: the request is
+        # well-formed HTTP but its content cannot be used (the same 422 as a schema violation).
+        cause = error.__cause__
+        if error.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+            return error_response(422, "invalid_encoding", "the request body is not UTF-8 text: "
+                                  f"byte {cause.start} cannot be decoded")
+        if error.status_code == 400 and isinstance(cause, RecursionError):
+            return error_response(422, "too_deeply_nested", "the request body's JSON is nested too "
+                                  "deeply to read; no request needs more than a few levels")
         # Starlette's own refusals, e.g. a multipart body it cannot parse (400).
         code = "invalid_body" if error.status_code == 400 else "http_error"
         return error_response(error.status_code, code, str(error.detail).rstrip("."),

@@ -5,6 +5,10 @@ compared with `hmac.compare_digest`. The keys file (MOLSERVE_API_KEYS_FILE, JSON
 names, scopes, rate limits and hashes; no plaintext key is ever stored or logged. The legacy
 MOLSERVE_API_KEY, when set, acts as one admin key.
 
+The gateway rereads the keys file when it changes (checked at most every `recheck_s`, 0.5 s),
+so a key revoked or changed with `molserve keys` stops or changes within a second, without a
+restart.
+
 Scopes: `read` (GET routes), `predict` (predictions, uploads, screens), `train` (training
 jobs), `admin` (everything, including deleting models).
 """
@@ -60,24 +64,55 @@ class _Bucket:
 
 
 class KeyStore:
-    def __init__(self, path: Path | None = None, legacy_key: str | None = None) -> None:
+    def __init__(self, path: Path | None = None, legacy_key: str | None = None, *,
+                 recheck_s: float = 0.5) -> None:
         self.path = path
         self.records: dict[str, KeyRecord] = {}
         self._legacy_hash = digest(legacy_key) if legacy_key else None
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
-        if path is not None and path.exists():
-            data = json.loads(path.read_text())
-            for item in data.get("keys", []):
-                record = KeyRecord(**item)
-                self.records[record.id] = record
+        self.recheck_s = recheck_s
+        self._checked = 0.0
+        self._signature: tuple[int, int, int] | None = None
+        self._load()
+
+    def _load(self) -> None:
+        """Read the keys file if it changed since the last read (a missing file: no keys)."""
+        if self.path is None:
+            return
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self.records, self._signature = {}, None
+            return
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if signature == self._signature:
+            return
+        data = json.loads(self.path.read_text())
+        self.records = {item["id"]: KeyRecord(**item) for item in data.get("keys", [])}
+        self._signature = signature
+
+    def refresh(self) -> None:
+        """Pick up changes to the keys file; cheap enough to call on every request."""
+        now = time.monotonic()
+        if now - self._checked < self.recheck_s:
+            return
+        with self._lock:
+            self._checked = now
+            try:
+                self._load()
+            except (OSError, ValueError, TypeError, KeyError):
+                # A file caught mid-edit by hand: keep the keys already loaded, read it next time.
+                self._checked = now - self.recheck_s / 2
 
     @property
     def configured(self) -> bool:
+        self.refresh()
         return bool(self.records) or self._legacy_hash is not None
 
     def verify(self, presented: str) -> KeyRecord | None:
         """The record of a valid key, else None (the same work whether or not the id exists)."""
+        self.refresh()
         presented_hash = digest(presented)
         parts = presented.split("_")
         record = self.records.get(parts[1]) if len(parts) == 3 and parts[0] == "ms" else None

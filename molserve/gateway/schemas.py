@@ -276,10 +276,13 @@ class Job(Answered):
     started: float | None = None
     finished: float | None = None
     heartbeat: float | None = None
+    owner: str | None = Field(None, description="Who submitted it: `key:<id>`, or `anonymous`.")
 
 
 class SubmittedJob(Job):
     url: str = Field(..., description="Where to follow the job.")
+    job_token: str | None = Field(None, description="An anonymous job only: send it as "
+                                  "`X-Job-Token` to read, cancel or download the job; shown once.")
 
 
 class JobWithLogs(Job):

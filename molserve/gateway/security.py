@@ -1,12 +1,61 @@
-"""Authorization of requests by scope, with per-key rate limits (the statuses these answer are
-`molserve.gateway.errors.AUTH`)."""
+"""Who is calling and what they may do: authorization by scope with per-key rate limits (the
+statuses these answer are `molserve.gateway.errors.AUTH`), and ownership of uploads, jobs and
+results.
+
+Every upload and job belongs to the key that created it (`Caller.owner`). Another key asking for
+it gets the same 404 as for something that does not exist, so ids leak nothing; admin keys see
+everything. Callers without a key may predict (unless MOLSERVE_REQUIRE_KEY_FOR_READS), but may
+upload and screen only when MOLSERVE_ANONYMOUS_JOBS is on; such a job is then readable only
+with the job token returned when it was submitted (`X-Job-Token`), which the server keeps as a
+SHA-256 hash.
+"""
 
 from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
 
 from fastapi import Request
 
 from molserve.gateway.errors import Forbidden, MissingCredentials, RateLimited
-from molserve.gateway.keys import KeyRecord
+from molserve.gateway.keys import KeyRecord, digest
+
+# The owner of everything callers without a key create (they share one quota).
+ANONYMOUS = "anonymous"
+TOKEN_HEADER = "X-Job-Token"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The key a request came with (None: anonymous) and the job token it presented, if any."""
+
+    key: KeyRecord | None
+    token: str | None = None
+
+    @property
+    def owner(self) -> str:
+        return f"key:{self.key.id}" if self.key is not None else ANONYMOUS
+
+    @property
+    def admin(self) -> bool:
+        return self.key is not None and "admin" in self.key.scopes
+
+    def sees(self, owner: str | None, token_hash: str | None = None) -> bool:
+        """Whether this caller may see a job or upload of `owner` (None: one stored before
+        jobs had owners, which only admins see). Anonymous things need their token."""
+        if self.admin:
+            return True
+        if owner == ANONYMOUS:
+            return (token_hash is not None and self.token is not None
+                    and hmac.compare_digest(digest(self.token), token_hash))
+        return owner is not None and self.key is not None and owner == self.owner
+
+
+def new_job_token() -> tuple[str, str]:
+    """A job token (shown once, to the submitter) and the hash the store keeps."""
+    token = "jt_" + secrets.token_urlsafe(32)
+    return token, digest(token)
 
 
 def presented_key(request: Request) -> str | None:
@@ -16,14 +65,18 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def authorize(request: Request, scope: str) -> KeyRecord | None:
-    """The caller's key record; None for an anonymous read or predict where those are open."""
+def authorize(request: Request, scope: str | None, *, anonymous: bool | None = None) -> KeyRecord | None:
+    """The caller's key record, or None for an anonymous caller where `anonymous` allows one
+    (by default: reads and predictions, unless the server requires a key for those). A presented
+    key is always checked (an invalid one is refused even where anonymous callers are not);
+    `scope` None accepts a valid key of any scope."""
     settings = request.app.state.settings
     keys = request.app.state.keys
     key = presented_key(request)
-    open_scope = scope in ("read", "predict") and not settings.gateway.require_key_for_reads
+    if anonymous is None:
+        anonymous = scope in ("read", "predict") and not settings.gateway.require_key_for_reads
     if key is None:
-        if open_scope:
+        if anonymous:
             return None
         if not keys.configured:
             raise Forbidden("this route needs an API key and none is configured on the server "
@@ -32,7 +85,9 @@ def authorize(request: Request, scope: str) -> KeyRecord | None:
     record = keys.verify(key)
     if record is None:
         raise Forbidden("the API key is not valid", code="invalid_api_key")
-    if not record.allows(scope):
+    # Where anyone may call, a valid key needs no particular scope (it only counts against its
+    # own rate); elsewhere the key must carry the scope.
+    if scope is not None and not anonymous and not record.allows(scope):
         raise Forbidden(f"key {record.id} ({record.name}) lacks the '{scope}' scope",
                         code="insufficient_scope")
     wait = keys.throttle(record)
@@ -40,6 +95,22 @@ def authorize(request: Request, scope: str) -> KeyRecord | None:
         raise RateLimited(f"key {record.id} is limited to {record.rate_per_minute} requests/minute",
                           details={"retry_after_s": round(wait, 2)})
     return record
+
+
+def job_submitter(request: Request, scope: str) -> Caller:
+    """Who uploads or submits: a key with `scope`, or anyone when anonymous jobs are on (and
+    the scope is not `train`: training always needs a key)."""
+    open_ = request.app.state.settings.jobs.anonymous_jobs and scope != "train"
+    return Caller(authorize(request, scope, anonymous=open_))
+
+
+def job_reader(request: Request, token: str | None = None) -> Caller:
+    """Who reads, lists or cancels jobs: any valid key (ownership decides what it sees), or an
+    anonymous caller where reads are open or anonymous jobs are on (it sees only what its job
+    token opens)."""
+    settings = request.app.state.settings
+    open_ = not settings.gateway.require_key_for_reads or settings.jobs.anonymous_jobs
+    return Caller(authorize(request, None, anonymous=open_), token)
 
 
 def require_read(request: Request) -> None:

@@ -27,6 +27,10 @@ class Cancelled(Exception):
     pass
 
 
+class TimeLimitExceeded(Exception):
+    """The job ran past its kind's time limit (MOLSERVE_JOB_TIME_LIMITS); it fails with this."""
+
+
 class JobContext:
     def __init__(self, store: SQLiteJobStore, job: dict[str, Any]) -> None:
         self.store = store
@@ -156,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs-dir", required=True)
     parser.add_argument("--registry", required=True)
     parser.add_argument("--datasets", required=True)
+    parser.add_argument("--time-limit", type=float, default=None, help="seconds left to run")
     args = parser.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
     store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
@@ -168,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         raise Cancelled()
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.time_limit:
+        def on_alarm(signum, frame):
+            raise TimeLimitExceeded(f"the {job['kind']} job ran out of its time limit")
+
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.alarm(max(1, round(args.time_limit)))
     ctx = JobContext(store, job)
     store.update(job["id"], pid=os.getpid(), heartbeat=time.time())
     try:

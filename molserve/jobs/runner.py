@@ -4,6 +4,11 @@ Runs as a background task in the gateway. Each job is its own OS process (in its
 so it outlives a gateway that is killed); the store is the only channel between them. A job
 whose process died while `running` is queued again (resumed from its checkpoint) until it has
 been attempted `max_attempts` times, then failed with the reason.
+
+It also keeps jobs bounded: the queue is fair between owners (`SQLiteJobStore.claim_queued`), a
+job of a kind with a time limit is told its remaining time (it fails itself when that runs out;
+one that does not is killed shortly after), and uploads and results older than the retention
+period are deleted, never those a queued or running job reads or writes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,11 +29,17 @@ from molserve.processes import cancel_and_wait, pid_alive
 
 log = logging.getLogger("molserve.jobs")
 
+# How long past its limit a job may take to fail itself before it is killed.
+TIME_LIMIT_GRACE_S = 30.0
+
 
 class JobRunner:
     def __init__(self, jobs_dir: Path, registry: Path, datasets: Path, *, max_concurrent: int = 1,
                  max_attempts: int = 3, poll_s: float = 0.3, idle_poll_s: float = 2.0,
-                 on_model_registered: Callable[[], None] | None = None) -> None:
+                 on_model_registered: Callable[[], None] | None = None,
+                 max_running_per_owner: int | None = None, time_limits: dict[str, float] | None = None,
+                 retention_s: float | None = None, clean_every_s: float = 600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.jobs_dir = jobs_dir
         self.store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
         self.registry = registry
@@ -43,6 +56,12 @@ class JobRunner:
         self.children: dict[str, subprocess.Popen] = {}
         self._task: asyncio.Task | None = None
         self._seen_success: set[str] = set()
+        self.max_running_per_owner = max_running_per_owner
+        self.time_limits = time_limits or {}
+        self.retention_s = retention_s
+        self.clean_every_s = clean_every_s
+        self.clock = clock
+        self._cleaned = float("-inf")
 
     def start(self) -> None:
         self.recover()
@@ -75,6 +94,10 @@ class JobRunner:
         command = [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"],
                    "--jobs-dir", str(self.jobs_dir), "--registry", str(self.registry),
                    "--datasets", str(self.datasets)]
+        limit = self.time_limits.get(job["kind"])
+        if limit is not None:  # counted from the first start: a resumed job does not start over
+            remaining = limit - (self.clock() - (job["started"] or self.clock()))
+            command += ["--time-limit", f"{max(1.0, remaining):.0f}"]
         log_path = self.jobs_dir / "logs"
         log_path.mkdir(parents=True, exist_ok=True)
         with open(log_path / f"{job['id']}.log", "ab") as output:
@@ -82,14 +105,67 @@ class JobRunner:
         self.children[job["id"]] = process
         self.store.update(job["id"], pid=process.pid)
 
+    def enforce_time_limits(self) -> None:
+        """Kill jobs that outlived their kind's limit by more than the grace they get to fail
+        themselves (one stuck in native code may not notice its alarm)."""
+        now = self.clock()
+        for job in self.store.running():
+            limit = self.time_limits.get(job["kind"])
+            if limit is None or job["started"] is None or now - job["started"] < limit + TIME_LIMIT_GRACE_S:
+                continue
+            if pid_alive(job["pid"]):
+                try:  # the job's session: a screen's pool processes go with it
+                    os.killpg(job["pid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            self.store.update(job["id"], state="failed", finished=now,
+                              error=f"the {job['kind']} job exceeded its time limit of {limit:.0f} s")
+            self.store.log(job["id"], "killed: time limit exceeded")
+            if job["kind"] == "screen":
+                shutil.rmtree(self.jobs_dir / "results" / job["id"], ignore_errors=True)
+
+    def clean(self) -> dict[str, int]:
+        """Delete uploads and results past the retention period: uploads no queued or running
+        job reads, results of finished jobs only. Returns what was removed."""
+        removed = {"uploads": 0, "results": 0}
+        if self.retention_s is None:
+            return removed
+        now = self.clock()
+        before = now - self.retention_s
+        for upload in self.store.expired_uploads(before):
+            if self.store.delete_upload(upload["id"], now, unused_since=before):
+                Path(upload["path"]).unlink(missing_ok=True)
+                removed["uploads"] += 1
+        for job in self.store.expired_results(before):
+            shutil.rmtree(self.jobs_dir / "results" / job["id"], ignore_errors=True)
+            kept = {k: v for k, v in job["result"].items() if k != "path"}
+            self.store.update(job["id"], result={**kept, "expired": True})
+            removed["results"] += 1
+        # Upload files no row describes (stored before uploads had owners, or cut short by a
+        # crash) age by their modification time.
+        known, busy = self.store.upload_paths(), self.store.active_inputs()
+        for path in (self.jobs_dir / "uploads").glob("*"):
+            name = str(path)
+            if name not in known and name not in busy and path.stat().st_mtime < before:
+                path.unlink(missing_ok=True)
+                removed["uploads"] += 1
+        return removed
+
     def tick(self) -> None:
         for job_id, process in list(self.children.items()):
             if process.poll() is not None:
                 del self.children[job_id]
         self.recover()
+        self.enforce_time_limits()
+        if self.clock() - self._cleaned >= self.clean_every_s:
+            self._cleaned = self.clock()
+            removed = self.clean()
+            if any(removed.values()):
+                log.info("retention: removed %d uploads and %d results", removed["uploads"],
+                         removed["results"])
         live = sum(1 for job in self.store.running() if job["id"] in self.children or pid_alive(job["pid"]))
         while live < self.max_concurrent:
-            job = self.store.claim_queued()
+            job = self.store.claim_queued(self.max_running_per_owner)
             if job is None:
                 break
             self._spawn(job)

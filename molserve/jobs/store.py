@@ -3,6 +3,11 @@
 Several processes use it at once (the gateway's runner and each job's own process), so every
 change is one short transaction. A PostgreSQL store for multi-gateway deployments would
 implement the same methods.
+
+Each job and upload records its owner (the key that created it, `molserve.gateway.security`
+says who that is) so that listing, quotas and the queue's fairness are per owner; an anonymous
+job keeps only the SHA-256 of its token. Databases written before jobs had owners are migrated
+in place when opened (their jobs have no owner, which only admins see).
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ CREATE TABLE IF NOT EXISTS job_logs (
   job_id TEXT NOT NULL, at REAL NOT NULL, line TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, at);
+CREATE TABLE IF NOT EXISTS uploads (
+  id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, path TEXT NOT NULL,
+  bytes INTEGER NOT NULL, created REAL NOT NULL, last_used REAL NOT NULL, deleted REAL
+);
+CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner, deleted);
 """
+
+# Columns added after the first release, with their type: added to older databases on open.
+_ADDED_COLUMNS = {"owner": "TEXT", "token_hash": "TEXT"}
+ACTIVE = ("queued", "running")  # a job in one of these states may still read its input
 
 _JSON_FIELDS = ("params", "metrics", "result", "checkpoint")
 
@@ -41,6 +55,11 @@ class SQLiteJobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -59,11 +78,13 @@ class SQLiteJobStore:
         job["cancel_requested"] = bool(job["cancel_requested"])
         return job
 
-    def create(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    def create(self, kind: str, params: dict[str, Any], *, owner: str | None = None,
+               token_hash: str | None = None) -> dict[str, Any]:
         job_id = uuid.uuid4().hex[:16]
         with self._connect() as db:
-            db.execute("INSERT INTO jobs (id, kind, state, params, created) VALUES (?, ?, 'queued', ?, ?)",
-                       (job_id, kind, json.dumps(params), time.time()))
+            db.execute("INSERT INTO jobs (id, kind, state, params, created, owner, token_hash) "
+                       "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                       (job_id, kind, json.dumps(params), time.time(), owner, token_hash))
         job = self.get(job_id)
         assert job is not None
         return job
@@ -72,10 +93,20 @@ class SQLiteJobStore:
         with self._connect() as db:
             return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    def list(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
+        """The newest jobs; with `owner`, only that owner's."""
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY created DESC LIMIT ?",
+                              (*args, limit)).fetchall()
         return [self._row(r) for r in rows]  # type: ignore[misc]
+
+    def active_counts(self, owner: str) -> dict[str, int]:
+        """The owner's queued and running jobs, for quotas."""
+        with self._connect() as db:
+            rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs WHERE owner = ? AND state IN "
+                              "('queued', 'running') GROUP BY state", (owner,)).fetchall()
+        return {"queued": 0, "running": 0, **{r["state"]: r["n"] for r in rows}}
 
     def update(self, job_id: str, **fields: Any) -> None:
         if not fields:
@@ -98,15 +129,32 @@ class SQLiteJobStore:
                               (job_id, limit)).fetchall()
         return [f"{time.strftime('%H:%M:%S', time.gmtime(r['at']))} {r['line']}" for r in reversed(rows)]
 
-    def claim_queued(self) -> dict[str, Any] | None:
-        """Atomically move the oldest queued job to running and return it."""
+    def claim_queued(self, max_running_per_owner: int | None = None) -> dict[str, Any] | None:
+        """Atomically move the next queued job to running and return it.
+
+        The queue is fair between owners: the next job is the oldest of the owner with the fewest
+        running jobs, ties going to the owner who started a job least recently, so one key's
+        hundred queued screens cannot starve another key's one job. Owners already running
+        `max_running_per_owner` jobs wait."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' AND cancel_requested = 0 "
-                             "ORDER BY created LIMIT 1").fetchone()
-            if row is None:
+            queued = db.execute("SELECT id, owner, created FROM jobs WHERE state = 'queued' AND "
+                                "cancel_requested = 0 ORDER BY created").fetchall()
+            running: dict[str | None, int] = {}
+            for r in db.execute("SELECT owner, COUNT(*) AS n FROM jobs WHERE state = 'running' "
+                                "GROUP BY owner"):
+                running[r["owner"]] = r["n"]
+            last_start: dict[str | None, float] = {}
+            for r in db.execute("SELECT owner, MAX(started) AS at FROM jobs WHERE started IS NOT NULL "
+                                "GROUP BY owner"):
+                last_start[r["owner"]] = r["at"]
+            candidates = [r for r in queued if max_running_per_owner is None
+                          or running.get(r["owner"], 0) < max_running_per_owner]
+            if not candidates:
                 db.execute("COMMIT")
                 return None
+            row = min(candidates, key=lambda r: (running.get(r["owner"], 0),
+                                                 last_start.get(r["owner"], 0.0), r["created"]))
             now = time.time()
             db.execute("UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
                        "attempts = attempts + 1 WHERE id = ?", (now, now, row["id"]))
@@ -122,3 +170,65 @@ class SQLiteJobStore:
         with self._connect() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
+
+    # Results and uploads past their retention -------------------------------------------------
+    def expired_results(self, before: float) -> list[dict[str, Any]]:
+        """Finished jobs (finished before `before`) that still hold a result file."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
+                              "AND finished < ? AND json_extract(result, '$.path') IS NOT NULL",
+                              (before,)).fetchall()
+        return [self._row(r) for r in rows]  # type: ignore[misc]
+
+    def active_inputs(self) -> set[str]:
+        """The input files of queued and running jobs: never deleted."""
+        with self._connect() as db:
+            rows = db.execute("SELECT json_extract(params, '$.input_path') AS path FROM jobs "
+                              "WHERE state IN ('queued', 'running')").fetchall()
+        return {r["path"] for r in rows if r["path"]}
+
+    def add_upload(self, upload_id: str, owner: str, filename: str, path: str, size: int) -> None:
+        now = time.time()
+        with self._connect() as db:
+            db.execute("INSERT INTO uploads (id, owner, filename, path, bytes, created, last_used) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, owner, filename, path, size, now, now))
+
+    def upload(self, upload_id: str) -> dict[str, Any] | None:
+        """A stored upload (None once deleted)."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM uploads WHERE id = ? AND deleted IS NULL",
+                             (upload_id,)).fetchone()
+        return dict(row) if row else None
+
+    def touch_upload(self, upload_id: str) -> None:
+        """A job uses the upload: its retention counts from now."""
+        with self._connect() as db:
+            db.execute("UPDATE uploads SET last_used = ? WHERE id = ?", (time.time(), upload_id))
+
+    def upload_bytes(self, owner: str) -> int:
+        with self._connect() as db:
+            row = db.execute("SELECT COALESCE(SUM(bytes), 0) AS n FROM uploads WHERE owner = ? AND "
+                             "deleted IS NULL", (owner,)).fetchone()
+        return int(row["n"])
+
+    def expired_uploads(self, before: float) -> list[dict[str, Any]]:
+        """Uploads last used before `before` that no queued or running job reads."""
+        busy = self.active_inputs()
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM uploads WHERE deleted IS NULL AND last_used < ?",
+                              (before,)).fetchall()
+        return [dict(r) for r in rows if r["path"] not in busy]
+
+    def delete_upload(self, upload_id: str, at: float, unused_since: float) -> bool:
+        """Mark an upload deleted unless it was used since `unused_since` (a submission touches
+        the upload before it checks that it exists, so the two cannot both succeed); True when
+        the caller should remove the file."""
+        with self._connect() as db:
+            cursor = db.execute("UPDATE uploads SET deleted = ? WHERE id = ? AND deleted IS NULL AND "
+                                "last_used < ?", (at, upload_id, unused_since))
+            return cursor.rowcount == 1
+
+    def upload_paths(self) -> set[str]:
+        """Every upload file the store knows of (deleted or not)."""
+        with self._connect() as db:
+            return {r["path"] for r in db.execute("SELECT path FROM uploads")}

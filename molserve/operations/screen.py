@@ -149,13 +149,25 @@ def _worker_init(registry: str, chunk_size: int, only: list[str] | None) -> None
 Rendered = tuple[list[list[Any]], int, int]
 
 
+# A cell starting with one of these is run as a formula by spreadsheet programs.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """Text a spreadsheet would run as a formula (an input line `=HYPERLINK(...)` echoed back),
+    prefixed with an apostrophe so it shows as text; numbers are left as they are."""
+    if isinstance(cell, str) and cell.startswith(_FORMULA_START):
+        return "'" + cell
+    return cell
+
+
 def _render(router, chunk: list[str], names: list[str], columns: list[str]) -> Rendered:
     """Predict one chunk into CSV rows (row numbers within the chunk; the writer shifts them)."""
     response = router.predict_local(chunk, names)
     rows = []
     for result in response["results"]:
         flat = _flatten(result, 0, names)
-        rows.append([flat.get(c, "") for c in columns])
+        rows.append([spreadsheet_safe(flat.get(c, "")) for c in columns])
     return rows, response["n_molecules"], response["n_errors"]
 
 

@@ -1,19 +1,26 @@
-"""Jobs over HTTP: uploads, submission (202), status with progress and logs, cancel, result."""
+"""Jobs over HTTP: uploads, submission (202), status with progress and logs, cancel, result.
+
+Uploads and jobs belong to their submitter (`molserve.gateway.security.Caller`): every route
+here answers another key's upload or job with the same 404 as a missing one, admins excepted,
+and an anonymous job only to the holder of its job token. Submissions count against the key's
+quotas (stored upload bytes, queued jobs); the runner applies the rest (fair queue, running jobs
+per key, time limits, retention).
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, UploadFile
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.errors import Conflict, InvalidInput, NotFound, StorageError, Unavailable
-from molserve.gateway.errors import AUTH, UnsupportedFile, documented
+from molserve.gateway.errors import AUTH, QuotaExceeded, UnsupportedFile, documented
 from molserve.gateway.schemas import ENDPOINT_NAME, EndpointRef, Job, JobWithLogs, SubmittedJob, Upload
-from molserve.gateway.security import require_predict, require_read, require_train
+from molserve.gateway.security import TOKEN_HEADER, Caller, job_reader, job_submitter, new_job_token
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
@@ -52,7 +59,10 @@ class JobRequest(BaseModel):
 
     kind: Literal["train", "screen"]
     upload_id: str | None = Field(None, pattern=UPLOAD_ID, description="A file from POST /v1/uploads.")
-    dataset: str | None = Field(None, description="A stored dataset (molserve data list).")
+    # A dataset name is a directory name in the dataset store: the store's own rule, checked
+    # here, so no other string reaches the file system.
+    dataset: str | None = Field(None, pattern=ENDPOINT_NAME,
+                                description="A stored dataset (molserve data list).")
     endpoints: list[EndpointRef] | None = Field(
         None, description="screen: endpoints to predict. train with model=transformer: two or more "
         "endpoints make one multi-task model, registered under `endpoint`.",
@@ -78,30 +88,76 @@ def _runner(request: Request):
     return runner
 
 
-def _upload_path(request: Request, upload_id: str):
+def _upload_path(request: Request, upload_id: str, caller: Caller) -> str:
     if not re.match(UPLOAD_ID, upload_id):  # it becomes a file name pattern below
         raise InvalidInput("upload_id is the hex id POST /v1/uploads returned", code="invalid_upload_id")
-    folder = _runner(request).jobs_dir / "uploads"
-    matches = list(folder.glob(f"{upload_id}.*"))
-    if not matches:
+    store = _runner(request).store
+    store.touch_upload(upload_id)  # before the check: the retention cleaner then keeps it
+    upload = store.upload(upload_id)
+    # An anonymous upload's 128-bit id is itself the secret that opens it.
+    if upload is None or not (caller.sees(upload["owner"]) or upload["owner"] == caller.owner):
         raise NotFound(f"no upload {upload_id}", code="upload_not_found")
-    return matches[0]
+    return upload["path"]
+
+
+def _dataset(request: Request, name: str):
+    from molserve.data.store import DatasetStore
+
+    try:
+        return DatasetStore(request.app.state.settings.datasets).get(name)
+    except Exception:  # the store's message names its directory: not for callers
+        raise NotFound(f"no dataset named {name!r} on this server (molserve data list shows "
+                       "the stored ones)", code="dataset_not_found") from None
+
+
+def _visible_job(request: Request, job_id: str, caller: Caller) -> dict[str, Any]:
+    job = _runner(request).store.get(job_id)
+    if job is None or not caller.sees(job.get("owner"), job.get("token_hash")):
+        raise NotFound(f"no job {job_id}", code="job_not_found")
+    return job
 
 
 def _public(job: dict) -> dict:
-    shown = {k: v for k, v in job.items() if k not in ("pid", "checkpoint")}
+    shown = {k: v for k, v in job.items() if k not in ("pid", "checkpoint", "token_hash")}
     if job.get("result") and "path" in job["result"]:
         shown["result"] = {k: v for k, v in job["result"].items() if k != "path"}
         shown["result_url"] = f"/v1/jobs/{job['id']}/result"
     return shown
 
 
+def _quota(which: str, used: int, limit: int, message: str) -> QuotaExceeded:
+    return QuotaExceeded(message, details={"quota": which, "used": used, "limit": limit})
+
+
+# Multipart framing around the file: a declared length this far over the remaining quota is
+# refused before a byte of the body is read.
+_FRAMING_BYTES = 64 * 1024
+
+
 @router.post("/v1/uploads", status_code=201, response_model=Upload,
              responses=documented(400, *AUTH, 413, 415, 422, 503, 507),
-             dependencies=[Depends(require_predict)],
-             summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job")
-async def upload(file: UploadFile, request: Request) -> JSONResponse:
+             summary="Upload a CSV/TSV/SMI/SDF file for a screen or a training job",
+             # The body is read by the route after the caller and its quota are checked, so a
+             # refused upload is not received first; the document still states its form.
+             openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
+                 "schema": {"type": "object", "required": ["file"], "title": "UploadBody",
+                            "properties": {"file": {"type": "string", "title": "File",
+                                                    "contentMediaType": "application/octet-stream"}}}}}}})
+async def upload(request: Request) -> JSONResponse:
+    caller = job_submitter(request, "predict")
     runner = _runner(request)
+    quota = request.app.state.settings.jobs.quota_upload_bytes
+    used = runner.store.upload_bytes(caller.owner)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and used + int(declared) > quota + _FRAMING_BYTES:
+        raise _quota("upload_bytes", used, quota, f"{caller.owner} stores {used} bytes of uploads; "
+                     f"this one ({declared} bytes) would pass the quota of {quota}. Uploads are "
+                     "deleted after the retention period", )
+    form = await request.form()
+    file = form.get("file")
+    if file is None or isinstance(file, str):
+        raise InvalidInput("send the file as the multipart form field 'file' "
+                           "(curl -F file=@molecules.csv)", code="no_file")
     name = file.filename or "upload.csv"
     # A name without a suffix (`curl -F file=@molecules`) is read as text, one SMILES a line.
     suffix = "." + name.rsplit(".", 1)[-1].lower() if "." in name else ".txt"
@@ -116,38 +172,41 @@ async def upload(file: UploadFile, request: Request) -> JSONResponse:
         with open(target, "wb") as handle:
             while block := await file.read(1 << 20):
                 size += len(block)
+                if used + size > quota:
+                    break
                 handle.write(block)
     except OSError as error:  # disk full or read-only: keep nothing, say what happened
         target.unlink(missing_ok=True)
         raise StorageError(f"the upload could not be stored after {size} bytes: {error.strerror}; "
                            "free space in the jobs directory and upload again",
                            code="insufficient_storage") from None
+    if used + size > quota:
+        target.unlink(missing_ok=True)
+        raise _quota("upload_bytes", used, quota, f"{caller.owner} stores {used} bytes of uploads; "
+                     f"this one would pass the quota of {quota}. Uploads are deleted after the "
+                     "retention period")
+    runner.store.add_upload(upload_id, caller.owner, name, str(target), size)
     return JSONResponse({"upload_id": upload_id, "filename": name, "bytes": size}, status_code=201)
 
 
 @router.post("/v1/jobs", status_code=202, response_model=SubmittedJob,
-             responses=documented(400, *AUTH, 404, 413, 422, 503),
+             responses=documented(400, *AUTH, 404, 413, 415, 422, 503),
              summary="Submit a training job or a screen; returns at once")
 async def submit(body: JobRequest, request: Request) -> JSONResponse:
+    caller = job_submitter(request, "train" if body.kind == "train" else "predict")
     runner = _runner(request)
-    settings = request.app.state.settings
-    if body.kind == "train":
-        require_train(request)
-    else:
-        require_predict(request)
+    limit = request.app.state.settings.jobs.quota_queued_jobs
+    queued = runner.store.active_counts(caller.owner)["queued"]
+    if queued >= limit:
+        raise _quota("queued_jobs", queued, limit, f"{caller.owner} has {queued} queued jobs, its "
+                     f"quota; wait for some to start or cancel them")
     params = body.model_dump(exclude_none=True)
     if body.upload_id:
-        params["input_path"] = str(_upload_path(request, body.upload_id))
+        params["input_path"] = _upload_path(request, body.upload_id, caller)
     router = request.app.state.router
     if body.kind == "screen":
         if body.dataset:
-            from molserve.data.store import DatasetStore
-
-            try:
-                artifact = DatasetStore(settings.datasets).get(body.dataset)
-            except Exception as error:
-                raise NotFound(str(error), code="dataset_not_found") from None
-            params["input_path"] = str(artifact.file("data.csv"))
+            params["input_path"] = str(_dataset(request, body.dataset).file("data.csv"))
             params["smiles_col"] = "canonical_smiles"
         if "input_path" not in params:
             raise InvalidInput("a screen needs upload_id or dataset", code="no_input")
@@ -169,12 +228,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         elif body.dataset:
             params.setdefault("endpoint", body.endpoint)
             if not body.endpoint:
-                from molserve.data.store import DatasetStore
-
-                try:
-                    manifest = DatasetStore(settings.datasets).get(body.dataset).manifest
-                except Exception as error:
-                    raise NotFound(str(error), code="dataset_not_found") from None
+                manifest = _dataset(request, body.dataset).manifest
                 params["endpoint"] = manifest.get("endpoint_suggestion", body.dataset)
         elif not (body.upload_id and body.label_col and body.endpoint):
             raise InvalidInput("train needs dataset, or upload_id with label_col and endpoint",
@@ -185,44 +239,51 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             validate_endpoint_name(params["endpoint"])
         except ValueError as error:
             raise InvalidInput(str(error), code="invalid_endpoint_name") from None
-    job = runner.store.create(body.kind, params)
+    token, token_hash = new_job_token() if caller.key is None else (None, None)
+    job = runner.store.create(body.kind, params, owner=caller.owner, token_hash=token_hash)
     runner.wake()
     request.app.state.metrics.jobs_submitted.labels(body.kind).inc()
-    return JSONResponse({**_public(job), "url": f"/v1/jobs/{job['id']}"}, status_code=202)
+    answer = {**_public(job), "url": f"/v1/jobs/{job['id']}"}
+    if token is not None:  # shown this once; the store keeps its hash
+        answer["job_token"] = token
+    return JSONResponse(answer, status_code=202)
 
 
 @router.get("/v1/jobs", response_model=list[Job], responses=documented(*AUTH, 422, 503),
-            dependencies=[Depends(require_read)], summary="Recent jobs")
+            summary="Recent jobs: the key's own (every job for an admin key)")
 async def list_jobs(request: Request, limit: int = Query(50, ge=1, le=500)) -> JSONResponse:
-    return JSONResponse([_public(j) for j in _runner(request).store.list(limit)])
+    caller = job_reader(request)
+    store = _runner(request).store
+    if caller.admin:
+        jobs = store.list(limit)
+    elif caller.key is None:  # anonymous jobs are reached one by one, with their tokens
+        jobs = []
+    else:
+        jobs = store.list(limit, owner=caller.owner)
+    return JSONResponse([_public(j) for j in jobs])
+
+
+# An anonymous job is opened by its token (returned when it was submitted), sent as a header so
+# it stays out of URLs and access logs.
+JobToken = Header(None, alias=TOKEN_HEADER, description="An anonymous job's token (from its submission).")
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobWithLogs, responses=documented(*AUTH, 404, 422, 503),
-            dependencies=[Depends(require_read)],
             summary="State, progress (fraction, step, ETA, metrics so far) and recent logs")
-async def get_job(job_id: str, request: Request) -> JSONResponse:
-    store = _runner(request).store
-    job = store.get(job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}", code="job_not_found")
-    return JSONResponse({**_public(job), "logs": store.logs(job_id, 50)})
+async def get_job(job_id: str, request: Request, job_token: str | None = JobToken) -> JSONResponse:
+    job = _visible_job(request, job_id, job_reader(request, job_token))
+    return JSONResponse({**_public(job), "logs": _runner(request).store.logs(job_id, 50)})
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
-             dependencies=[Depends(require_predict)],
              summary="Cancel a job; it stays listed, in state cancelled once it has stopped")
 # Cancelling is not deleting (the job and its logs stay readable): DELETE is kept for existing
 # clients only.
 @router.delete("/v1/jobs/{job_id}", response_model=Job, responses=documented(*AUTH, 404, 422, 503),
-               dependencies=[Depends(require_predict)], deprecated=True,
-               summary="Cancel a job (use POST /v1/jobs/{job_id}/cancel)")
-async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+               deprecated=True, summary="Cancel a job (use POST /v1/jobs/{job_id}/cancel)")
+async def cancel_job(job_id: str, request: Request, job_token: str | None = JobToken) -> JSONResponse:
+    job = _visible_job(request, job_id, job_reader(request, job_token))
     runner = _runner(request)
-    job = runner.store.get(job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}", code="job_not_found")
-    if job["kind"] == "train":
-        require_train(request)
     cancelled = runner.cancel(job_id)
     runner.wake()
     return JSONResponse(_public(cancelled or job))
@@ -232,12 +293,13 @@ async def cancel_job(job_id: str, request: Request) -> JSONResponse:
             responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
                              "description": "One row per input molecule"},
                        **documented(*AUTH, 404, 409, 422, 503)},
-            dependencies=[Depends(require_read)], summary="Download a finished screen's CSV")
-async def job_result(job_id: str, request: Request):
-    job = _runner(request).store.get(job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}", code="job_not_found")
-    if job["state"] != "succeeded" or not (job.get("result") or {}).get("path"):
+            summary="Download a finished screen's CSV")
+async def job_result(job_id: str, request: Request, job_token: str | None = JobToken):
+    job = _visible_job(request, job_id, job_reader(request, job_token))
+    result = job.get("result") or {}
+    if result.get("expired"):
+        raise NotFound(f"job {job_id}'s result was deleted after the retention period",
+                       code="result_expired")
+    if job["state"] != "succeeded" or not result.get("path"):
         raise Conflict(f"job {job_id} is {job['state']} and has no result file", code="no_result")
-    return FileResponse(job["result"]["path"], media_type="text/csv",
-                        filename=f"molserve-{job_id}.csv")
+    return FileResponse(result["path"], media_type="text/csv", filename=f"molserve-{job_id}.csv")

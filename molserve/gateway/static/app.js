@@ -194,7 +194,9 @@ function renderResults() {
 }
 
 function csvField(value) {
-  const text = value === null || value === undefined ? "" : String(value);
+  let text = value === null || value === undefined ? "" : String(value);
+  // Text a spreadsheet would run as a formula is shown as text (numbers keep their sign).
+  if (typeof value === "string" && /^[=+\-@\t\r]/.test(text)) text = `'${text}`;
   return /[",\n]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
@@ -224,17 +226,34 @@ function downloadCsv() {
   link.remove();
 }
 
+// Uploads and jobs belong to the key that made them: the Jobs tab's key goes with every call.
+function withKey(headers = {}) {
+  const key = $("#train-key").value;
+  return key ? { ...headers, "x-api-key": key } : headers;
+}
+
 async function uploadFile(file) {
   const form = new FormData();
   form.append("file", file);
-  return api("/v1/uploads", { method: "POST", body: form });
+  return api("/v1/uploads", { method: "POST", body: form, headers: withKey() });
+}
+
+async function downloadResult(url, id) {
+  const response = await fetch(url, { headers: withKey() });
+  if (!response.ok) return;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = `molserve-${id}.csv`;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
 }
 
 async function screenFile(file, endpoints) {
   $("#status").textContent = `Uploading ${file.name} for a screening job…`;
   const upload = await uploadFile(file);
   const job = await api("/v1/jobs", {
-    method: "POST", headers: { "content-type": "application/json" },
+    method: "POST", headers: withKey({ "content-type": "application/json" }),
     body: JSON.stringify({ kind: "screen", upload_id: upload.upload_id, endpoints }),
   });
   $("#status").textContent = `SDF files run as a screening job (${job.id}); follow it on the Jobs tab.`;
@@ -311,18 +330,25 @@ let jobTimer = null;
 
 async function refreshJobs() {
   let jobs = [];
-  try { jobs = await api("/v1/jobs"); } catch (error) { return; }
+  try { jobs = await api("/v1/jobs", { headers: withKey() }); } catch (error) { return; }
   $("#job-table tbody").innerHTML = jobs.map((j) => `
     <tr data-job="${escapeHtml(j.id)}"><td>${escapeHtml(j.id)}</td><td>${escapeHtml(j.kind)}</td>
       <td class="job-state">${escapeHtml(j.state)}</td>
       <td><progress max="1" value="${j.progress}"></progress> ${(j.progress * 100).toFixed(0)}%</td>
       <td>${escapeHtml(j.step || "")}${j.eta_s ? ` (ETA ${Math.round(j.eta_s)} s)` : ""}${j.error ? `<div class="error">${escapeHtml(j.error)}</div>` : ""}</td>
-      <td>${j.result_url ? `<a href="${j.result_url}">CSV</a>` : ""}${j.result && j.result.endpoint ? `${escapeHtml(j.result.endpoint)} v${j.result.version}` : ""}</td></tr>`).join("");
+      <td>${j.result_url ? `<a href="${escapeHtml(j.result_url)}" data-result="${escapeHtml(j.id)}">CSV</a>` : ""}${j.result && j.result.endpoint ? `${escapeHtml(j.result.endpoint)} v${j.result.version}` : ""}</td></tr>`).join("");
   const active = jobs.some((j) => j.state === "queued" || j.state === "running");
   clearTimeout(jobTimer);
   if (active) jobTimer = setTimeout(refreshJobs, 1000);
   else if (jobs.some((j) => j.kind === "train" && j.state === "succeeded")) loadEndpoints();
 }
+
+$("#job-table").addEventListener("click", (event) => {
+  const link = event.target.closest("a[data-result]");
+  if (!link) return;
+  event.preventDefault();
+  downloadResult(link.getAttribute("href"), link.dataset.result);
+});
 
 $("#train-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -332,7 +358,7 @@ $("#train-form").addEventListener("submit", async (event) => {
     const upload = await uploadFile($("#train-file").files[0]);
     const job = await api("/v1/jobs", {
       method: "POST",
-      headers: { "content-type": "application/json", "x-api-key": $("#train-key").value },
+      headers: withKey({ "content-type": "application/json" }),
       body: JSON.stringify({
         kind: "train", upload_id: upload.upload_id, endpoint: $("#train-endpoint").value,
         label_col: $("#train-label").value, smiles_col: $("#train-smiles").value,

@@ -168,6 +168,7 @@ def train(spec: GraphSpec, mols_train: Sequence, y_train: np.ndarray, mols_valid
     import lightning.pytorch as pl
     import torch
 
+    _quiet_lightning()
     torch.manual_seed(options.seed)
     np.random.seed(options.seed)
     if options.threads:
@@ -195,6 +196,18 @@ def train(spec: GraphSpec, mols_train: Sequence, y_train: np.ndarray, mols_valid
                "best_valid_loss": round(keeper.best_loss, 6),
                "seconds": round(time.perf_counter() - started, 1)}
     return model, summary
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up banners and tips are noise in a progress bar's terminal and a job's
+    log; its warnings about data-loader workers do not apply (graphs are cached in memory)."""
+    import logging
+    import warnings
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(LeafSpec|num_workers|does not have many workers).*")
 
 
 def _best_weights(patience: int, epochs: int, progress: Progress | None, label: str):

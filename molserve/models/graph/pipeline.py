@@ -76,6 +76,10 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     if kind not in ("regression", "classification"):
         raise ValueError(f"{endpoint}: graph models serve regression or classification, not {kind}")
     y = np.asarray(labels, dtype=np.float64)
+    # Trained on the fast model's scale (log10 for skewed targets such as clearance), answered
+    # in the label's units.
+    transform = target_transform_of(fast)
+    z = transform.forward(y) if kind == "regression" else y
     sides = np.asarray(split)
     tr, va, te = (np.flatnonzero(sides == s) for s in ("train", "valid", "test"))
     if not len(va) or not len(te):
@@ -103,18 +107,20 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
 
         options = TrainOptions(epochs=epochs, batch_size=batch_size, patience=patience,
                                seed=seed * 1000 + member, threads=threads)
-        model, summary = train(spec, m_tr, y[tr], m_va, y[va], x_tr, x_va, options, device=device,
+        model, summary = train(spec, m_tr, z[tr], m_va, z[va], x_tr, x_va, options, device=device,
                                progress=report, label=f"member {member + 1}")
         members.append(model.cpu())
         summaries.append(summary)
         files[f"member{member}.safetensors"] = save(state_arrays(model))
-    outputs = predict(members, mols, x)  # (members, n)
-    mean, spread = outputs.mean(axis=0), outputs.std(axis=0)
-    calibration = calibrate(kind, y[va], mean[va], spread[va])
+    outputs = predict(members, mols, x)  # (members, n), on the training scale
+    mean_z, spread = outputs.mean(axis=0), outputs.std(axis=0)
+    calibration = calibrate(kind, z[va], mean_z[va], spread[va])
+    calibration["space"] = "log10" if transform.kind == "log10" else "value"
+    mean = transform.inverse(mean_z) if kind == "regression" else mean_z
     test_fast = fast.info.metrics.test
     if kind == "regression":
         test = M.regression_metrics(y[te], mean[te])
-        low, high = interval(calibration, mean[te], spread[te])
+        low, high = (transform.inverse(b) for b in interval(calibration, mean_z[te], spread[te]))
         test["interval_coverage"] = float(np.mean((y[te] >= low) & (y[te] <= high)))
         test["interval_mean_width"] = float(np.mean(high - low))
         metrics = {"test": test, "valid": M.regression_metrics(y[va], mean[va]), "primary": "rmse",
@@ -141,6 +147,7 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
                   "library": _library(), "ensemble_size": ensemble, "spec": spec.to_dict(),
                   "epochs": epochs, "batch_size": batch_size, "patience": patience,
                   "members": summaries, "device": device},
+        "target_transform": transform.to_dict(),
         "uncertainty": calibration, "applicability_domain": domain, "metrics": metrics,
         "test_predictions": test_predictions,
         "training_seconds": round(time.perf_counter() - started, 1),
@@ -150,6 +157,13 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     if progress is not None:
         progress("registered", 1.0, {})
     return artifact
+
+
+def target_transform_of(artifact: Artifact):
+    """The scale a model learns on (`identity` or `log10`), as its manifest records it."""
+    from molserve.models.gbm_runtime import TargetTransform
+
+    return TargetTransform(**artifact.manifest.get("target_transform", {}))
 
 
 def _library() -> str:

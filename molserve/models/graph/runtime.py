@@ -105,13 +105,14 @@ class GraphModel:
 
     def predict(self, smiles: list[str], endpoint: str | None = None) -> list[dict[str, Any]]:
         """Answers for canonical SMILES, in order; an unparsable one gets an `error` answer."""
-        from molserve.models.graph.pipeline import interval
+        from molserve.models.graph.pipeline import interval, target_transform_of
 
+        transform = target_transform_of(self.artifact)
         parsed = [try_parse(s) for s in smiles]
         valid = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
         mols = [parsed[i].mol for i in valid]
         outputs = self.outputs(mols) if valid else np.zeros((len(self.members), 0))
-        mean, spread = outputs.mean(axis=0), outputs.std(axis=0)
+        mean_z, spread = outputs.mean(axis=0), outputs.std(axis=0)
         bits = featurize(mols, FeatureSpec()).on_bits if valid else []
         manifest = self.manifest
         threshold = float(manifest["applicability_domain"]["threshold"])
@@ -122,8 +123,10 @@ class GraphModel:
             {"error": p.reason, "provenance": provenance} if isinstance(p, InvalidSmiles) else {}
             for p in parsed
         ]
+        mean = mean_z
         if info.task == "regression" and valid:
-            low, high = interval(calibration, mean, spread)
+            low, high = (transform.inverse(b) for b in interval(calibration, mean_z, spread))
+            mean = transform.inverse(mean_z)
         for slot, row in enumerate(valid):
             similarity, nearest = self.index.nearest(bits[slot])
             value = float(mean[slot])
@@ -142,7 +145,8 @@ class GraphModel:
                                          "interval": [round(float(low[slot]), 4),
                                                       round(float(high[slot]), 4)],
                                          "confidence": calibration["confidence"],
-                                         "method": calibration["method"]}
+                                         "method": calibration["method"],
+                                         "space": calibration.get("space", "value")}
             answer["applicability_domain"] = {
                 "max_similarity": round(similarity, 4), "in_domain": bool(similarity >= threshold),
                 "threshold": round(threshold, 4),

@@ -96,3 +96,46 @@ def test_a_transformer_training_job_runs_on_the_local_engine_and_registers_once(
     store.update(job["id"], state="running")
     assert main(argv) == 0
     assert [a.kind for a in Registry(root).versions("logbb")].count("transformer") == 1
+
+
+def test_the_modal_engine_hands_graph_training_to_its_own_function(monkeypatch):
+    from molserve.operations.training import GraphParams
+
+    spawned = {}
+
+    class Function:
+        @staticmethod
+        def from_name(app, name):
+            spawned["where"] = (app, name)
+            return types.SimpleNamespace(spawn=lambda *a, **k: spawned.update(args=a) or _FakeCall(0))
+
+    fake = types.SimpleNamespace(Function=Function, Dict=types.SimpleNamespace(from_name=lambda n: {}))
+    monkeypatch.setitem(sys.modules, "modal", fake)
+    result = ModalEngine("molserve-worker", poll_s=0).finetune(
+        "unused", FinetuneRequest("logbb", GraphParams(ensemble=3), tasks=["logbb", "dili"]),
+        lambda *_: None)
+    assert spawned["where"] == ("molserve-worker", "train_graph")
+    assert spawned["args"][0] == ["logbb", "dili"] and spawned["args"][1]["ensemble"] == 3
+    assert result["kind"] == "graph" and result["engine"] == "modal"
+
+
+def test_a_graph_training_job_trains_each_endpoint_on_the_local_engine(trained_registry, tmp_path):
+    pytest.importorskip("chemprop")
+    from molserve.jobs.execute import main
+
+    root = tmp_path / "registry"
+    shutil.copytree(trained_registry.root, root)
+    store = SQLiteJobStore(tmp_path / "jobs" / "jobs.sqlite3")
+    params = {"kind": "train", "model": "graph", "endpoint": "logbb", "tasks": ["logbb", "dili"],
+              "epochs": 1, "ensemble": 1, "hidden": 16}
+    job = store.create("train", params)
+    argv = ["--job", job["id"], "--jobs-dir", str(tmp_path / "jobs"), "--registry", str(root),
+            "--datasets", str(tmp_path / "datasets")]
+    assert main(argv) == 0
+    done = store.get(job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["kind"] == "graph" and done["result"]["engine"] == "local"
+    assert [m["endpoint"] for m in done["result"]["models"]] == ["logbb", "dili"]
+    for endpoint in ("logbb", "dili"):
+        graph = Registry(root).latest(endpoint, kind="graph")
+        assert graph is not None and graph.info.job_id == job["id"]

@@ -50,7 +50,7 @@ image = (
     .pip_install("torch>=2.4", "transformers>=4.44", "tokenizers>=0.19", "onnxruntime>=1.18",
                  "fastapi>=0.115", "uvicorn>=0.30", "pydantic-settings>=2.3", "rdkit>=2024.9.1",
                  "numpy>=1.26", "safetensors>=0.4", "prometheus-client>=0.20", "httpx>=0.27",
-                 "orjson>=3.10", "tqdm>=4.66")
+                 "orjson>=3.10", "tqdm>=4.66", "chemprop>=2.2.4,<2.3")
     .env({"HF_HOME": HF_MOUNT, "MOLSERVE_DEVICE": "auto"})
     .add_local_python_source("molserve")
 )
@@ -130,6 +130,31 @@ def finetune(endpoint: str, base: str = "seyonec/ChemBERTa-zinc-base-v1", epochs
     summary = {"endpoint": artifact.endpoint, "version": artifact.version,
                "metrics": artifact.info.test_metrics()}
     progress_dict_put(call_id, {"step": "done", "progress": 1.0, **summary})
+    return summary
+
+
+@app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
+def train_graph(endpoints: list[str], params: dict) -> dict:
+    """Graph models (D-MPNN ensembles) for `endpoints`, one each, on the registry volume, with
+    the same code as `molserve finetune --model graph`; progress in the same modal.Dict."""
+    from molserve.operations.training import GraphParams, outcome
+    from molserve.operations.training import train_graph as train_graph_models
+    from molserve.registry import Registry
+
+    call_id = modal.current_function_call_id() if not modal.is_local() else "local"
+
+    def report(step: str, fraction: float, info: dict) -> None:
+        progress_dict_put(call_id, {"step": step, "progress": round(fraction, 4),
+                                    **{k: v for k, v in info.items() if isinstance(v, int | float)}})
+
+    if not modal.is_local():
+        registry_volume.reload()
+    artifacts = train_graph_models(Registry(REGISTRY_MOUNT), endpoints, GraphParams(**params),
+                                   progress=report)
+    if not modal.is_local():
+        registry_volume.commit()
+    summary = {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts]}
+    progress_dict_put(call_id, {"step": "done", "progress": 1.0})
     return summary
 
 

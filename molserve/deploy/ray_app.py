@@ -92,6 +92,22 @@ def submit_finetune(registry: str, endpoint: str, base: str, *, num_gpus: float 
     return finetune_task.options(num_gpus=num_gpus).remote(registry, endpoint, base, **kwargs)
 
 
+@ray.remote(max_retries=0)
+def graph_task(registry: str, endpoints: list[str], params: dict) -> dict:
+    """Graph models for `endpoints` (one each), with the same code as `molserve finetune
+    --model graph`."""
+    from molserve.operations.training import GraphParams, outcome, train_graph
+    from molserve.registry import Registry
+
+    artifacts = train_graph(Registry(registry), endpoints, GraphParams(**params))
+    return {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts]}
+
+
+def submit_graph(registry: str, endpoints: list[str], params: dict, *, num_gpus: float = 0):
+    """Start graph training on the cluster; returns the task's ObjectRef at once."""
+    return graph_task.options(num_gpus=num_gpus).remote(registry, endpoints, params)
+
+
 def build_app(*, registry: str | Path, backend: str = "torch", token: str | None = None,
               num_gpus: float = 0, num_cpus: float = 1, min_replicas: int = 1,
               max_replicas: int = 4, target_ongoing_requests: int = 16):

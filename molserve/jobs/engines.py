@@ -1,4 +1,5 @@
-"""Where a training job's transformer fine-tuning runs: here, on Modal, or on a Ray cluster.
+"""Where a training job's worker-tier model trains (a transformer, or graph models): here, on
+Modal, or on a Ray cluster.
 
 Each engine takes the same request and the same progress callback and returns the same outcome
 (`operations.training.outcome`'s shape, plus `engine`), so the job that uses one does not know
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from molserve.config import EngineSettings
-from molserve.operations.training import TransformerParams
+from molserve.operations.training import GraphParams, TransformerParams
 
 # progress(fraction, step, metrics or None); raising from it (a cancelled job) stops the wait.
 Progress = Callable[[float, str, dict[str, Any] | None], None]
@@ -26,8 +27,8 @@ Progress = Callable[[float, str, dict[str, Any] | None], None]
 @dataclass(frozen=True)
 class FinetuneRequest:
     endpoint: str  # the registry name; with `tasks`, the multi-task model's name
-    params: TransformerParams
-    tasks: list[str] | None = None
+    params: TransformerParams | GraphParams  # which kind of model, and how to train it
+    tasks: list[str] | None = None  # transformer: one multi-task model; graph: one model each
     job_id: str | None = None
 
 
@@ -49,10 +50,19 @@ class LocalEngine:
 
         store = Registry(registry)
         store.check_writable()  # fail now, not after the training compute is spent
+        extra = {"job_id": request.job_id} if request.job_id else None
+        if isinstance(request.params, GraphParams):
+            from molserve.operations.training import train_graph
+
+            artifacts = train_graph(
+                store, request.tasks or [request.endpoint], request.params, extra_manifest=extra,
+                progress=lambda step, fraction, info: progress(fraction * 0.95, step, dict(info)))
+            return {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts],
+                    "engine": self.name}
         artifact = finetune(
             store, request.tasks or [request.endpoint], request.params,
             name=request.endpoint if request.tasks else None,
-            extra_manifest={"job_id": request.job_id} if request.job_id else None,
+            extra_manifest=extra,
             progress=lambda step, fraction, info: progress(fraction * 0.95, step, dict(info)))
         return {**outcome(artifact), "engine": self.name}
 
@@ -71,9 +81,13 @@ class ModalEngine:
         import modal
 
         params = request.params
-        call = modal.Function.from_name(self.app_name, "finetune").spawn(
-            request.endpoint, base=params.base, epochs=params.epochs,
-            learning_rate=params.learning_rate, batch_size=params.batch_size, tasks=request.tasks)
+        if isinstance(params, GraphParams):
+            call = modal.Function.from_name(self.app_name, "train_graph").spawn(
+                request.tasks or [request.endpoint], params.model_dump())
+        else:
+            call = modal.Function.from_name(self.app_name, "finetune").spawn(
+                request.endpoint, base=params.base, epochs=params.epochs,
+                learning_rate=params.learning_rate, batch_size=params.batch_size, tasks=request.tasks)
         progress(0.0, f"modal: spawned call {call.object_id}", None)
         states = modal.Dict.from_name("molserve-progress")
         while True:
@@ -84,7 +98,11 @@ class ModalEngine:
                 state = states.get(call.object_id) or {}
                 progress(float(state.get("progress", 0.0)) * 0.98,
                          f"modal: {state.get('step', 'starting')}", None)
-        return {**result, "kind": "transformer", "engine": self.name}
+        return {**result, "kind": _kind(params), "engine": self.name}
+
+
+def _kind(params: TransformerParams | GraphParams) -> str:
+    return "graph" if isinstance(params, GraphParams) else "transformer"
 
 
 class RayEngine:
@@ -100,13 +118,18 @@ class RayEngine:
     def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
         import ray
 
-        from molserve.deploy.ray_app import submit_finetune
+        from molserve.deploy.ray_app import submit_finetune, submit_graph
 
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False)
         params = request.params
-        reference = submit_finetune(str(Path(registry).resolve()), request.endpoint, params.base,
-                                    num_gpus=self.num_gpus, epochs=params.epochs,
-                                    learning_rate=params.learning_rate, tasks=request.tasks)
+        where = str(Path(registry).resolve())
+        if isinstance(params, GraphParams):
+            reference = submit_graph(where, request.tasks or [request.endpoint], params.model_dump(),
+                                     num_gpus=self.num_gpus)
+        else:
+            reference = submit_finetune(where, request.endpoint, params.base,
+                                        num_gpus=self.num_gpus, epochs=params.epochs,
+                                        learning_rate=params.learning_rate, tasks=request.tasks)
         progress(0.0, "ray: submitted a fine-tuning task", None)
         started = time.time()
         while True:
@@ -115,8 +138,8 @@ class RayEngine:
                 result = ray.get(reference)
                 break
             # A Ray task reports no progress of its own: show time passing, never "done".
-            progress(min(0.9, (time.time() - started) / 3600), "ray: fine-tuning", None)
-        return {**result, "kind": "transformer", "engine": self.name}
+            progress(min(0.9, (time.time() - started) / 3600), "ray: training", None)
+        return {**result, "kind": _kind(params), "engine": self.name}
 
 
 def engine(settings: EngineSettings | None = None) -> Engine:

@@ -102,13 +102,13 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     if existing is not None:
         ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
         return training.outcome(existing)
-    if params.get("model", "gbm") == "transformer":
+    if params.get("model", "gbm") in ("transformer", "graph"):
         from molserve.jobs.engines import FinetuneRequest, engine
 
         chosen = engine()
-        fields = {k: params[k] for k in training.TransformerParams.model_fields if k in params}
-        request = FinetuneRequest(endpoint, training.TransformerParams(**fields),
-                                  tasks=params.get("tasks"), job_id=ctx.id)
+        kind = training.GraphParams if params["model"] == "graph" else training.TransformerParams
+        fields = {k: params[k] for k in kind.model_fields if k in params}
+        request = FinetuneRequest(endpoint, kind(**fields), tasks=params.get("tasks"), job_id=ctx.id)
         ctx.log(f"fine-tuning on the {chosen.name} engine")
         result = chosen.finetune(registry_root, request,
                                  lambda fraction, step, metrics: ctx.progress(fraction, step, metrics))

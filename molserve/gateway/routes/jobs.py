@@ -47,6 +47,11 @@ JOB_RULES = [
                     "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 2},
                                             {"type": "null"}]}},
      "required": ["model", "endpoint"]},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "graph"},
+                    "endpoint": _NAMED_FAST_ENDPOINT,
+                    "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 1},
+                                            {"type": "null"}]}},
+     "anyOf": [{"required": ["model", "endpoint"]}, {"required": ["model", "endpoints"]}]},
 ]
 
 
@@ -65,11 +70,12 @@ class JobRequest(BaseModel):
                                 description="A stored dataset (molserve data list).")
     endpoints: list[EndpointRef] | None = Field(
         None, description="screen: endpoints to predict. train with model=transformer: two or more "
-        "endpoints make one multi-task model, registered under `endpoint`.",
+        "endpoints make one multi-task model, registered under `endpoint`; with model=graph: one "
+        "graph model for each.",
         json_schema_extra={"minItems": 1})
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
-    model: Literal["gbm", "transformer"] = "gbm"
+    model: Literal["gbm", "transformer", "graph"] = "gbm"
     endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
                                  json_schema_extra={"pattern": ENDPOINT_NAME})
     label_col: str | None = None
@@ -79,6 +85,7 @@ class JobRequest(BaseModel):
     profile: Literal["standard", "quick"] = "standard"
     base: str | None = Field(None, description="transformer: hub id or local directory.")
     epochs: int = Field(30, ge=1, le=1000)
+    ensemble: int = Field(5, ge=1, le=20, description="graph: networks per endpoint.")
 
 
 def _runner(request: Request):
@@ -221,6 +228,14 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                                    "`endpoint`, the name to register the model under",
                                    code="invalid_multitask_job")
             params["tasks"] = tasks
+        elif body.model == "graph":
+            tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
+            missing = [e for e in tasks if e not in router.fast.models]
+            if missing:
+                raise InvalidInput("graph training needs endpoints with fast models, whose curated "
+                                   f"data and split it reuses (missing: {', '.join(missing)})",
+                                   code="no_fast_model")
+            params["tasks"], params["endpoint"] = tasks, tasks[0]
         elif body.model == "transformer":
             if not body.endpoint or body.endpoint not in router.fast.models:
                 raise InvalidInput("transformer training needs `endpoint` with a fast model, whose "

@@ -21,8 +21,13 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not instal
 
 @pytest.fixture(scope="module")
 def served(trained_registry, tmp_path_factory):
+    import shutil
+
+    # The jobs tab registers a model: on a copy, so the session's registry stays as trained.
+    registry = tmp_path_factory.mktemp("web") / "registry"
+    shutil.copytree(trained_registry.root, registry)
     port = free_port()
-    env = {**os.environ, "MOLSERVE_REGISTRY": str(trained_registry.root),
+    env = {**os.environ, "MOLSERVE_REGISTRY": str(registry),
            "MOLSERVE_JOBS_DIR": str(tmp_path_factory.mktemp("webjobs")), "MOLSERVE_API_KEY": "k3y"}
     process = subprocess.Popen([sys.executable, "-m", "molserve", "serve", "--port", str(port),
                                 "--log-level", "warning"], env=env,

@@ -188,7 +188,7 @@ class FastTierStatus(Answered):
     load_errors: dict[str, str]
 
 
-class TransformerTierStatus(Answered):
+class WorkerTierStatus(Answered):
     configured: bool
     endpoints: list[str]
     preferred: dict[str, str] = Field(..., description="endpoint -> the tier `auto` picks.")
@@ -202,7 +202,8 @@ class ComputedTierStatus(Answered):
 
 class ServiceStatus(Answered):
     fast: FastTierStatus
-    transformer: TransformerTierStatus
+    transformer: WorkerTierStatus
+    graph: WorkerTierStatus
     computed: ComputedTierStatus
 
 

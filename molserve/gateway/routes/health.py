@@ -45,13 +45,15 @@ async def readyz(request: Request) -> JSONResponse:
                              "description": "The Prometheus text format"}})
 async def metrics(request: Request) -> Response:
     metrics_ = request.app.state.metrics
-    remote = request.app.state.router.remote
-    if remote is not None:
-        states = {"closed": 0, "half_open": 1, "open": 2}
+    states = {"closed": 0, "half_open": 1, "open": 2}
+    for name, remote in request.app.state.router.remotes.items():
         for worker in remote.workers:
-            metrics_.breaker_state.labels(worker.url).set(states[worker.breaker.state])
+            # One breaker per worker and tier; the gauge shows the transformer tier's, as before.
+            if name == "transformer":
+                metrics_.breaker_state.labels(worker.url).set(states[worker.breaker.state])
         for endpoint, batcher in remote.batchers.items():
-            metrics_.remote_queue.labels(endpoint).set(batcher.waiting)
+            label = endpoint if name == "transformer" else f"{name}:{endpoint}"
+            metrics_.remote_queue.labels(label).set(batcher.waiting)
     jobs = request.app.state.jobs
     if jobs is not None:
         counts = jobs.store.counts()

@@ -1,4 +1,5 @@
-"""GET /v1/status: each tier's health, each worker's breaker, latency, errors and models."""
+"""GET /v1/status: each tier's health (fast, transformer, graph, computed), each worker's breaker,
+latency, errors and models."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import ServiceStatus
 from molserve.gateway.security import require_read
+from molserve.prediction.router import REMOTE_TIERS
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
@@ -17,19 +19,17 @@ router = APIRouter(tags=["health"])
             summary="Tiers and workers: breaker state, recent latency and error rate, models")
 async def status(request: Request) -> JSONResponse:
     router = request.app.state.router
-    remote = router.remote
-    workers = remote.status() if remote else []
     metrics = request.app.state.metrics
-    for worker in workers:
-        metrics.breaker_state.labels(worker["url"]).set(
-            {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
-    return JSONResponse({
-        "fast": {"models": router.fast.endpoints(), "load_errors": router.fast.load_errors},
-        "transformer": {
-            "configured": remote is not None,
-            "endpoints": router.remote_endpoints,
-            "preferred": {e: router.preferred_tier(e) for e in router.remote_endpoints},
-            "workers": workers,
-        },
-        "computed": {"endpoints": router.computed.endpoints()},
-    })
+    body: dict = {"fast": {"models": router.fast.endpoints(), "load_errors": router.fast.load_errors}}
+    for name in REMOTE_TIERS:
+        remote = router.remotes.get(name)
+        workers = remote.status() if remote else []
+        for worker in workers if name == "transformer" else []:  # the gauge's series, as before
+            metrics.breaker_state.labels(worker["url"]).set(
+                {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
+        endpoints = remote.endpoints() if remote else []
+        body[name] = {"configured": remote is not None, "endpoints": endpoints,
+                      "preferred": {e: router.preferred_tier(e) for e in endpoints},
+                      "workers": workers}
+    body["computed"] = {"endpoints": router.computed.endpoints()}
+    return JSONResponse(body)

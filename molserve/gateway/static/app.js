@@ -90,10 +90,14 @@ async function watchBootstrap() {
 async function loadHealth() {
   try {
     const status = await api("/v1/status");
-    const workers = status.transformer.workers;
-    const healthy = workers.filter((w) => w.breaker === "closed" && w.reachable).length;
+    const worker = (name) => {
+      const tier = status[name];
+      if (!tier || !tier.configured) return ` · no ${name} tier`;
+      const healthy = tier.workers.filter((w) => w.breaker === "closed" && w.reachable).length;
+      return ` · ${name}: ${tier.endpoints.length} models, workers healthy ${healthy}/${tier.workers.length}`;
+    };
     $("#tier-health").textContent = `fast tier: ${status.fast.models.length} models` +
-      (status.transformer.configured ? ` · transformer workers healthy: ${healthy}/${workers.length}` : " · no transformer tier");
+      worker("transformer") + worker("graph");
   } catch (error) {
     $("#tier-health").textContent = `status unavailable: ${error.message}`;
   }
@@ -298,6 +302,21 @@ function metricList(metrics) {
     .map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${Number.isInteger(v) ? v : v.toFixed(3)}</dd>`).join("");
 }
 
+// Each tier's held-out figure for the endpoint, side by side (every tier is tested on the fast
+// model's test split, so the rows compare like with like); the row `auto` picks is marked.
+function tierTable(e) {
+  const rows = e.models.map((m) => {
+    const test = (m.tier === "fast" ? (m.metrics || {}).test : m.metrics) || {};
+    const shown = test.rmse !== undefined
+      ? `RMSE ${test.rmse.toFixed(3)}` + (test.mae !== undefined ? `, MAE ${test.mae.toFixed(3)}` : "")
+      : (test.roc_auc !== undefined ? `ROC AUC ${test.roc_auc.toFixed(3)}` : "");
+    const auto = (e.preferred_tier || "fast") === m.tier ? " (auto)" : "";
+    return `<tr><td>${escapeHtml(m.tier)}${auto}</td><td>${escapeHtml(shown)}</td></tr>`;
+  }).join("");
+  return `<table class="tier-metrics"><thead><tr><th>tier</th><th>held-out test</th></tr></thead>` +
+    `<tbody>${rows}</tbody></table>`;
+}
+
 async function renderModels() {
   const predicted = state.endpoints.filter((e) => e.kind === "predicted" && (!e.status || e.status === "available"));
   const cards = await Promise.all(predicted.map(async (e) => {
@@ -311,6 +330,7 @@ async function renderModels() {
       <h2>${escapeHtml(e.name)} <span class="units">${escapeHtml(e.units)}</span></h2>
       <div>${tiers}</div>
       <p class="units">${escapeHtml(e.description)}</p>
+      ${tierTable(e)}
       <dl><dt>data</dt><dd>${escapeHtml(manifest.dataset.source)} (${manifest.dataset.rows} rows, ${escapeHtml(manifest.dataset.licence)})</dd>
         ${manifest.dataset.citation ? `<dt>cite</dt><dd class="citation">${escapeHtml(manifest.dataset.citation)}</dd>` : ""}
         ${manifest.metrics.tdc ? `<dt>TDC ${escapeHtml(manifest.metrics.tdc.metric)}</dt><dd>${manifest.metrics.tdc.test.toFixed(3)} (TDC's test set)</dd>` : ""}

@@ -72,6 +72,11 @@ CASES = [
     ("finetune", ["finetune", "--dataset", "logbb", "--epochs", "0"], "--epochs"),
     ("finetune", ["finetune", "--dataset", "logbb", "--learning-rate", "-1"], "--learning-rate"),
     ("finetune", ["finetune"], "--dataset"),
+    ("finetune", ["finetune", "--model", "graph", "--dataset", "nosuch"], "no fast model for nosuch"),
+    ("finetune", ["finetune", "--all"], "--model graph"),
+    ("finetune", ["finetune", "--model", "graph", "--all", "--dataset", "logbb"], "not both"),
+    ("finetune", ["finetune", "--model", "graph", "--dataset", "logbb", "--ensemble", "0"],
+     "--ensemble"),
     ("molserve", ["predcit"], "predcit"),
     ("molserve", ["--registry"], "--registry"),
 ]

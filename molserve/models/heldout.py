@@ -35,6 +35,15 @@ def read_fast_rows(fast: Artifact) -> tuple[list[str], list[float], list[str]]:
     return smiles, labels, split
 
 
+def domain_answer(index: SimilarityIndex, train_smiles: list[str], bits: np.ndarray,
+                  threshold: float) -> dict[str, Any]:
+    """The applicability-domain part of a worker-tier answer for one molecule's on-bits."""
+    similarity, nearest = index.nearest(bits)
+    return {"max_similarity": round(similarity, 4), "in_domain": bool(similarity >= threshold),
+            "threshold": round(threshold, 4),
+            "nearest_training_smiles": train_smiles[nearest] if nearest >= 0 else None}
+
+
 def domain_index_files(smiles: list[str], split: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The similarity index over training molecules and its threshold from validation ones."""
     from safetensors.numpy import save

@@ -129,20 +129,27 @@ def train_stored(registry: Registry, datasets: Path, dataset: str, params: FastP
                       extra_manifest=extra_manifest, progress=progress)
 
 
+def _with_fast_models(registry: Registry, endpoints: list[str], what: str, how: str) -> list[str]:
+    """The endpoints, once each, after checking each has the fast model whose curated data and
+    split a worker-tier model reuses."""
+    endpoints = list(dict.fromkeys(endpoints))
+    if not endpoints:
+        raise InvalidInput(f"name at least one endpoint with a fast model {how}")
+    missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
+    if missing:
+        raise InvalidInput(f"no fast model for {', '.join(missing)}: {what} reuses the fast "
+                           "model's curated data and split; train one first (molserve train)",
+                           code="no_fast_model")
+    return endpoints
+
+
 def finetune(registry: Registry, endpoints: list[str], params: TransformerParams, *,
              name: str | None = None, extra_manifest: dict | None = None,
              progress: TransformerProgress | None = None) -> Artifact:
     """Fine-tune one transformer on `endpoints` (several: one multi-task model named `name`),
     reusing each endpoint's curated data and split from its fast model. Bad input is refused
     before torch is imported."""
-    endpoints = list(dict.fromkeys(endpoints))
-    if not endpoints:
-        raise InvalidInput("name at least one endpoint with a fast model to fine-tune on (--dataset)")
-    missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
-    if missing:
-        raise InvalidInput(f"no fast model for {', '.join(missing)}: a transformer reuses the fast "
-                           "model's curated data and split; train one first (molserve train)",
-                           code="no_fast_model")
+    endpoints = _with_fast_models(registry, endpoints, "a transformer", "(--dataset)")
     if len(endpoints) > 1 and not name:
         raise InvalidInput("several endpoints make one multi-task model: give it a registry name "
                            "(--name, e.g. --name adme)", code="multitask_needs_a_name")
@@ -178,14 +185,7 @@ def train_graph(registry: Registry, endpoints: list[str], params: GraphParams, *
                 progress: TransformerProgress | None = None) -> list[Artifact]:
     """Train one graph model per endpoint on its fast model's curated data and split, each
     registered as kind `graph`. Bad input is refused before torch is imported."""
-    endpoints = list(dict.fromkeys(endpoints))
-    if not endpoints:
-        raise InvalidInput("name at least one endpoint with a fast model (--dataset, or --all)")
-    missing = [e for e in endpoints if registry.latest(e, kind="gbm") is None]
-    if missing:
-        raise InvalidInput(f"no fast model for {', '.join(missing)}: a graph model reuses the fast "
-                           "model's curated data and split; train one first (molserve train)",
-                           code="no_fast_model")
+    endpoints = _with_fast_models(registry, endpoints, "a graph model", "(--dataset, or --all)")
     from molserve.models.graph.pipeline import train_graph_endpoint
 
     artifacts = []

@@ -14,6 +14,7 @@ import numpy as np
 from molserve.chem.features import FeatureSpec, featurize
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.chem.similarity import SimilarityIndex
+from molserve.models.heldout import domain_answer
 from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
@@ -128,7 +129,6 @@ class GraphModel:
             low, high = (transform.inverse(b) for b in interval(calibration, mean_z, spread))
             mean = transform.inverse(mean_z)
         for slot, row in enumerate(valid):
-            similarity, nearest = self.index.nearest(bits[slot])
             value = float(mean[slot])
             answer: dict[str, Any] = {"value": round(value, 4), "units": info.units,
                                       "kind": "predicted"}
@@ -147,11 +147,8 @@ class GraphModel:
                                          "confidence": calibration["confidence"],
                                          "method": calibration["method"],
                                          "space": calibration.get("space", "value")}
-            answer["applicability_domain"] = {
-                "max_similarity": round(similarity, 4), "in_domain": bool(similarity >= threshold),
-                "threshold": round(threshold, 4),
-                "nearest_training_smiles": self.train_smiles[nearest] if nearest >= 0 else None,
-            }
+            answer["applicability_domain"] = domain_answer(self.index, self.train_smiles,
+                                                           bits[slot], threshold)
             answer["provenance"] = provenance
             answers[row] = answer
         return answers

@@ -15,6 +15,7 @@ import numpy as np
 from molserve.chem.features import FeatureSpec, featurize
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.chem.similarity import SimilarityIndex
+from molserve.models.heldout import domain_answer
 from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
@@ -175,7 +176,6 @@ class TransformerModel:
             for p in parsed
         ]
         for slot, row in enumerate(valid):
-            similarity, nearest = self.index.nearest(bits[slot])
             value = float(values[slot])
             answer: dict[str, Any] = {"value": round(value, 4), "units": units, "kind": "predicted"}
             if manifest["task"] == "classification":
@@ -188,11 +188,8 @@ class TransformerModel:
                 answer["uncertainty"] = {"interval": [round(value - q, 4), round(value + q, 4)],
                                          "confidence": calibration["confidence"],
                                          "method": calibration["method"]}
-            answer["applicability_domain"] = {
-                "max_similarity": round(similarity, 4), "in_domain": bool(similarity >= threshold),
-                "threshold": round(threshold, 4),
-                "nearest_training_smiles": self.train_smiles[nearest] if nearest >= 0 else None,
-            }
+            answer["applicability_domain"] = domain_answer(self.index, self.train_smiles,
+                                                           bits[slot], threshold)
             answer["provenance"] = provenance
             answers[row] = answer
         return answers

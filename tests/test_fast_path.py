@@ -123,6 +123,19 @@ def test_every_endpoint_at_once_answers_what_each_endpoint_alone_answered(router
     assert checked == len(molecules) * len(router.fast.models)
 
 
+def test_one_molecule_at_a_time_answers_what_the_reference_answers(router, molecules):
+    # One row per request: the statistics over members are computed with Python floats there.
+    chosen = molecules[:12]
+    canonical, reference = expected(router, chosen)
+    slot = {smiles: i for i, smiles in enumerate(canonical)}
+    for text in chosen:
+        for endpoints in (None, sorted(router.fast.models)[:1]):
+            (result,) = router.predict_local([text], endpoints)["results"]
+            assert result["predictions"]
+            for name, answer in result["predictions"].items():
+                assert_same(answer, reference[name][slot[result["canonical_smiles"]]])
+
+
 @pytest.mark.parametrize("count", [1, 2, 3])
 def test_asking_one_two_or_three_endpoints_gives_the_same_answers_as_asking_all(router, molecules, count):
     names = sorted(router.fast.models)[-count:]

@@ -161,10 +161,12 @@ class SharedIndex:
         if not names:
             return {}
         spans = [self.ranges[n] for n in names]
-        take = np.concatenate([self.members[a:b] for a, b in spans])
-        starts = np.cumsum([0] + [b - a for a, b in spans])
+        if len(spans) == 1:
+            take = self.members[spans[0][0] : spans[0][1]]
+        else:
+            take = np.concatenate([self.members[a:b] for a, b in spans])
+        bounds = np.cumsum([0] + [b - a for a, b in spans]).tolist()
         found = {n: (np.zeros(len(query_bits)), [None] * len(query_bits)) for n in names}
-        nonempty = [i for i, (a, b) in enumerate(spans) if b > a]
         ptr, ids, size = self.index.bit_ptr, self.index.mol_ids, self.index.size
         for row, bits in enumerate(query_bits):
             if len(bits) == 0 or size == 0:
@@ -172,14 +174,13 @@ class SharedIndex:
             postings = np.concatenate([ids[ptr[b] : ptr[b + 1]] for b in bits.tolist()])
             shared = np.bincount(postings, minlength=size)
             similarity = (shared / (self.index.bit_counts + len(bits) - shared))[take]
-            heads = starts[nonempty]
-            best = np.maximum.reduceat(similarity, heads)
-            # The first member reaching the maximum, as argmax would pick within the set.
-            hits = np.flatnonzero(similarity == np.repeat(best, np.diff(np.append(heads, len(take)))))
-            first = hits[np.searchsorted(hits, heads)]
-            for k, value, at in zip(nonempty, best.tolist(), first.tolist(), strict=True):
+            for name, start, stop in zip(names, bounds[:-1], bounds[1:], strict=True):
+                if stop == start:
+                    continue
+                at = start + int(similarity[start:stop].argmax())  # the first of the most similar
+                value = float(similarity[at])
                 if value > 0.0:
-                    sims, nearest = found[names[k]]
+                    sims, nearest = found[name]
                     sims[row] = value
                     nearest[row] = self.smiles(int(take[at]))
         return found

@@ -8,6 +8,7 @@ training molecules is the fast tier's (`molserve.prediction.tiers`), for every e
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,28 @@ def _verified(artifact: Artifact, name: str) -> bytes:
             f"{artifact.endpoint} v{artifact.version}: {name} does not match its checksum; "
             "the artifact was modified after it was written and will not be loaded")
     return data
+
+
+# Up to this many rows, member statistics are computed with Python floats: for one molecule,
+# numpy's per-call overhead on five numbers costs more than the arithmetic.
+_FEW_ROWS = 8
+
+
+def _member_stats(members: list[float], logistic: bool) -> tuple[float, float, float, float]:
+    """Mean, standard deviation, min and max of the members (their probabilities when
+    `logistic`), computed as numpy computes them for a short row (a sequential sum; the
+    deviation from the mean squared, averaged, square-rooted)."""
+    if logistic:
+        members = [1.0 / (1.0 + math.exp(-m)) for m in members]
+    n = len(members)
+    total = 0.0
+    for m in members:
+        total += m
+    mean = total / n
+    spread = 0.0
+    for m in members:
+        spread += (m - mean) * (m - mean)
+    return mean, math.sqrt(spread / n), min(members), max(members)
 
 
 @dataclass(frozen=True)
@@ -166,22 +189,21 @@ class FastModel:
         method = calibration["method"]
         domains = [Domain(round(s, 4), s >= threshold, shown_threshold, n)
                    for s, n in zip(similarity.tolist(), nearest, strict=True)]
+        if raw.shape[0] <= _FEW_ROWS:
+            stats = [_member_stats(row, self.task == "classification") for row in raw.tolist()]
+        else:
+            members = 1.0 / (1.0 + np.exp(-raw)) if self.task == "classification" else raw
+            stats = list(zip(members.mean(axis=1).tolist(), members.std(axis=1).tolist(),
+                             members.min(axis=1).tolist(), members.max(axis=1).tolist(), strict=True))
         if self.task == "classification":
-            # Per row, as numpy's mean/std/min/max over the members: the same values as before.
-            probabilities = 1.0 / (1.0 + np.exp(-raw))
             names = self.manifest.get("label_names") or ["negative", "positive"]
-            p = probabilities.mean(axis=1)
             # Python's round (correctly rounded), not np.round, as the answers always used.
-            return [Answer(provenance, round(value, 4), units,
-                           label=names[1] if value >= 0.5 else names[0],
+            return [Answer(provenance, round(p, 4), units, label=names[1] if p >= 0.5 else names[0],
                            uncertainty=Uncertainty(round(sd, 4), (round(lo, 4), round(hi, 4)), method),
                            applicability_domain=domain)
-                    for value, sd, lo, hi, domain in zip(
-                        p.tolist(), probabilities.std(axis=1).tolist(),
-                        probabilities.min(axis=1).tolist(), probabilities.max(axis=1).tolist(), domains,
-                        strict=True)]
-        mean = raw.mean(axis=1)
-        std = raw.std(axis=1)
+                    for (p, sd, lo, hi), domain in zip(stats, domains, strict=True)]
+        mean = np.array([m for m, _, _, _ in stats])
+        std = np.array([sd for _, sd, _, _ in stats])
         if calibration.get("scale") == "distance":
             half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
         else:  # models trained before distance scaling: scaled by the members' spread

@@ -320,26 +320,43 @@ class Forest:
                           if n in names},
         )
 
-    def raw_scores(self, features: np.ndarray, budget: int = 1 << 18) -> np.ndarray:
+    def raw_scores(self, features: np.ndarray, budget: int = 1 << 21) -> np.ndarray:
         """(rows, outputs) raw scores, equal to each ensemble's `TreeEnsemble.raw_scores` up to
-        the order of floating-point summation. Rows go through in blocks of about `budget`
-        split tests, so the temporaries stay a few megabytes."""
+        the order of floating-point summation.
+
+        The work goes in pieces of about `budget` split tests (whole trees, and as many rows as
+        fit), so the temporaries stay around a megabyte: they are reused from the heap request
+        after request instead of growing it, and they stay in cache.
+        """
         x = np.asarray(features, dtype=np.float32)
-        rows = x.shape[0]
+        rows, splits = x.shape[0], len(self.feature)
         out = np.empty((rows, len(self.output_start)), dtype=np.float64)
         if len(self.output_start) == 0 or rows == 0:
             return out
-        block = max(1, budget // max(1, len(self.feature)))
+        block = max(1, budget // max(1, splits))
+        pieces = self._pieces(max(budget, 1))
         for start in range(0, rows, block):
-            out[start : start + block] = self._raw_scores(x[start : start + block])
+            rows_x = x[start : start + block]
+            values = np.empty((rows_x.shape[0], self.n_trees), dtype=np.float64)
+            for first, last in pieces:
+                values[:, first:last] = self._leaf_values(rows_x, first, last)
+            out[start : start + block] = np.add.reduceat(values, self.output_start, axis=1)
         return out
 
-    def _raw_scores(self, x: np.ndarray) -> np.ndarray:
+    def _pieces(self, budget: int) -> list[tuple[int, int]]:
+        """Consecutive runs of whole trees with about `budget` splits each."""
+        cuts = np.searchsorted(self.tree_start, np.arange(budget, int(self.tree_start[-1]), budget))
+        bounds = np.unique(np.concatenate([[0], cuts, [self.n_trees]]))
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def _leaf_values(self, x: np.ndarray, first: int, last: int) -> np.ndarray:
+        """(rows, last - first): the exit leaf's value of trees first..last-1."""
+        begin, end = int(self.tree_start[first]), int(self.tree_start[last])
+        mask = self.mask[begin:end]
         # A true split leaves every leaf standing: mask | all ones (cheaper than np.where).
-        true = np.take(x, self.feature, axis=1) <= self.threshold
-        standing = self.mask | (true.view(np.uint8) * self.mask.dtype.type(np.iinfo(self.mask.dtype).max))
-        exits = np.bitwise_and.reduceat(standing, self.tree_start[:-1], axis=1)
+        true = np.take(x, self.feature[begin:end], axis=1) <= self.threshold[begin:end]
+        standing = mask | (true.view(np.uint8) * mask.dtype.type(np.iinfo(mask.dtype).max))
+        exits = np.bitwise_and.reduceat(standing, self.tree_start[first:last] - begin, axis=1)
         lowest = exits & (~exits + exits.dtype.type(1))  # the leftmost leaf left standing
         rank = np.frexp(lowest.astype(np.float64))[1] - 1  # exact: a power of two
-        values = self.leaf_value[self.leaf_start[:-1] + rank]
-        return np.add.reduceat(values, self.output_start, axis=1)
+        return self.leaf_value[self.leaf_start[first:last] + rank]

@@ -24,7 +24,7 @@ import numpy as np
 class SimilarityIndex:
     n_bits: int
     bit_ptr: np.ndarray  # int64, (n_bits + 1,): molecules with bit b are mol_ids[bit_ptr[b]:bit_ptr[b+1]]
-    mol_ids: np.ndarray  # int32
+    mol_ids: np.ndarray  # int32 (uint16 in a SharedIndex of at most 65,536 molecules)
     bit_counts: np.ndarray  # int32, (n_reference,): set bits per reference molecule
 
     @property
@@ -147,7 +147,10 @@ class SharedIndex:
         encoded = [t.encode() for t in distinct]
         ends = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=ends[1:])
-        return cls(SimilarityIndex(n_bits, ptr, owners[np.argsort(narrow, kind="stable")],
+        postings = owners[np.argsort(narrow, kind="stable")]
+        if len(distinct) <= 1 << 16:  # half the memory; bincount widens the few it reads
+            postings = postings.astype(np.uint16)
+        return cls(SimilarityIndex(n_bits, ptr, postings,
                                    counts[first].astype(np.int32)),
                    ids, ranges, b"".join(encoded), ends)
 

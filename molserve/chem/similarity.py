@@ -157,10 +157,21 @@ class SharedIndex:
     def smiles(self, position: int) -> str:
         return self.smiles_blob[self.smiles_end[position] : self.smiles_end[position + 1]].decode()
 
-    def nearest(self, query_bits: Sequence[np.ndarray],
-                names: Sequence[str]) -> dict[str, tuple[np.ndarray, list[str | None]]]:
+    def similarities(self, query_bits: np.ndarray) -> np.ndarray | None:
+        """One query's Tanimoto similarity to every distinct molecule (None: no bit set)."""
+        if len(query_bits) == 0 or self.index.size == 0:
+            return None
+        ptr, ids = self.index.bit_ptr, self.index.mol_ids
+        postings = np.concatenate([ids[ptr[b] : ptr[b + 1]] for b in query_bits.tolist()])
+        shared = np.bincount(postings, minlength=self.index.size)
+        return shared / (self.index.bit_counts + len(query_bits) - shared)
+
+    def nearest(self, query_bits: Sequence[np.ndarray], names: Sequence[str],
+                similarities: Sequence[np.ndarray | None] | None = None,
+                ) -> dict[str, tuple[np.ndarray, list[str | None]]]:
         """For each set in `names`: each query's max Tanimoto similarity to the set and the SMILES
-        of its nearest member (0 and None when no member shares a bit)."""
+        of its nearest member (0 and None when no member shares a bit). `similarities`: the
+        queries' `similarities`, when already computed."""
         if not names:
             return {}
         spans = [self.ranges[n] for n in names]
@@ -170,13 +181,11 @@ class SharedIndex:
             take = np.concatenate([self.members[a:b] for a, b in spans])
         bounds = np.cumsum([0] + [b - a for a, b in spans]).tolist()
         found = {n: (np.zeros(len(query_bits)), [None] * len(query_bits)) for n in names}
-        ptr, ids, size = self.index.bit_ptr, self.index.mol_ids, self.index.size
         for row, bits in enumerate(query_bits):
-            if len(bits) == 0 or size == 0:
+            every = self.similarities(bits) if similarities is None else similarities[row]
+            if every is None:
                 continue
-            postings = np.concatenate([ids[ptr[b] : ptr[b + 1]] for b in bits.tolist()])
-            shared = np.bincount(postings, minlength=size)
-            similarity = (shared / (self.index.bit_counts + len(bits) - shared))[take]
+            similarity = every[take]
             for name, start, stop in zip(names, bounds[:-1], bounds[1:], strict=True):
                 if stop == start:
                     continue

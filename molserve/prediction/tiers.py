@@ -27,6 +27,10 @@ from molserve.registry.store import ArtifactError, Registry
 
 log = logging.getLogger("molserve.prediction")
 
+# Up to this many molecules a batch keeps each molecule's similarity to every training molecule
+# (about 0.5 MB a molecule for the bundled endpoints) between the endpoints asked.
+_FEW_MOLECULES = 16
+
 
 @dataclass
 class MoleculeBatch:
@@ -39,9 +43,12 @@ class MoleculeBatch:
     canonical_smiles: list[str]
     mols: list[Chem.Mol]
     _features: dict[FeatureSpec, FeatureBatch] = field(default_factory=dict)
-    # endpoint -> (raw member scores, domain similarity, nearest training SMILES), filled by the
-    # fast tier, several endpoints at a time.
-    fast: dict[str, tuple[np.ndarray, np.ndarray, list[str | None]]] = field(default_factory=dict)
+    # Filled by the fast tier, several endpoints at a time: endpoint -> raw member scores;
+    # endpoint -> (domain similarity, nearest training SMILES); and, for a few molecules, each
+    # one's similarity to every training molecule of a group (keyed by the group's index).
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    domains: dict[str, tuple[np.ndarray, list[str | None]]] = field(default_factory=dict)
+    similarities: dict[int, list[np.ndarray | None]] = field(default_factory=dict)
 
     def features(self, spec: FeatureSpec) -> FeatureBatch:
         if spec not in self._features:
@@ -214,18 +221,33 @@ class FastTier:
 
     def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
         model = self.models[endpoint]
-        if endpoint not in batch.fast:
-            group = self._group_of[endpoint]
-            # The router asks endpoint by endpoint. The first endpoint asked of a batch is
-            # computed alone; a second one means the request names several (one that names none
-            # asks them all), so every endpoint of the group left is computed in one pass.
-            names = [n for n in group.names if n not in batch.fast]
-            several = len(names) < len(group.names)
+        group = self._group_of[endpoint]
+        features = batch.features(group.spec)
+        # The router asks endpoint by endpoint. The first endpoint asked of a batch is evaluated
+        # alone; a second one means the request names several (one that names none asks them
+        # all), so every endpoint of the group left is evaluated in one pass.
+        left = [n for n in group.names if n not in batch.scores]
+        if endpoint not in batch.scores:
+            several = len(left) < len(group.names)
             forest = group.forest if several else model.forest
-            features = batch.features(group.spec)
             raw = forest.raw_scores(features.matrix)
-            domains = group.domain.nearest(features.on_bits, names if several else [endpoint])
-            for name, (similarity, nearest) in domains.items():
+            for name in left if several else [endpoint]:
                 first, last = forest.output_range[name]
-                batch.fast[name] = (raw[:, first:last], similarity, nearest)
-        return model.answers(*batch.fast[endpoint])
+                batch.scores[name] = raw[:, first:last]
+        if endpoint not in batch.domains:
+            # Scoring a molecule against every distinct training molecule is most of a domain's
+            # cost, and the same for one endpoint as for all. For a few molecules the scores are
+            # kept for the endpoints asked next; for more, every endpoint's domain is taken from
+            # them at once.
+            names = [n for n in group.names if n not in batch.domains]
+            if len(batch.canonical_smiles) <= _FEW_MOLECULES:
+                key = id(group.domain)
+                if key not in batch.similarities:
+                    batch.similarities[key] = [group.domain.similarities(b) for b in features.on_bits]
+                if len(names) == len(group.names):
+                    names = [endpoint]
+                batch.domains.update(group.domain.nearest(features.on_bits, names,
+                                                          batch.similarities[key]))
+            else:
+                batch.domains.update(group.domain.nearest(features.on_bits, names))
+        return model.answers(batch.scores[endpoint], *batch.domains[endpoint])

@@ -201,3 +201,27 @@ def test_a_feature_layout_maps_its_columns_into_a_wider_one():
     assert where[:2048].tolist() == list(range(2048))
     assert where[2048] == wide.block_offsets()["erg"]
     assert wide.positions_in(narrow)[2048] == -1
+
+
+def test_a_stored_stack_serves_the_same_answers_and_a_damaged_one_is_rebuilt(trained_registry, molecules):
+    from molserve.prediction import stacked
+
+    store = trained_registry.root / ".serving"
+    first = Router(trained_registry)
+    first.load()  # builds the stack, or reads the one an earlier load stored
+    (stored,) = store.glob("*.safetensors")
+    again = Router(trained_registry)
+    again.load()
+    assert again.fast.groups[0].key == first.fast.groups[0].key
+    assert stacked.read(first.fast.groups[0].key, list(first.fast.models.values()), store) is not None
+    expected = first.predict_local(molecules[:30], None)["results"]
+    assert again.predict_local(molecules[:30], None)["results"] == expected
+
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    assert stacked.read(first.fast.groups[0].key, list(first.fast.models.values()), store) is None
+    rebuilt = Router(trained_registry)
+    rebuilt.load()
+    assert rebuilt.predict_local(molecules[:30], None)["results"] == expected
+    assert stacked.read(first.fast.groups[0].key, list(first.fast.models.values()), store) is not None

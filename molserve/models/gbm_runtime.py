@@ -49,6 +49,9 @@ class TargetTransform:
         return {"kind": self.kind, "offset": self.offset}
 
 
+RUNTIME_FILES = ("trees.safetensors", "ad_index.safetensors", "train_smiles.txt")
+
+
 def _verified(artifact: Artifact, name: str) -> bytes:
     """A file the runtime reads, read once and checked against its manifest checksum (files the
     runtime does not read, such as the training data, are not hashed at every start)."""
@@ -99,7 +102,7 @@ class FastModel:
 
     artifact: Artifact
     spec: FeatureSpec
-    forest: Forest
+    forest: Forest | None
     layout: FeatureSpec
     load_seconds: float
     transform: TargetTransform = TargetTransform()
@@ -123,20 +126,37 @@ class FastModel:
         return self.info.task
 
     @classmethod
-    def load(cls, artifact: Artifact) -> FastModel:
+    def load(cls, artifact: Artifact, arrays: bool = True) -> FastModel:
+        """The model of `artifact`; without `arrays`, its manifest only, for a fast tier that
+        takes the trees and training molecules from its stored stack (`forest` stays None
+        until then)."""
         from safetensors.numpy import load as load_arrays
 
         started = time.perf_counter()
         if artifact.kind != "gbm":
             raise ArtifactError(f"{artifact.endpoint} v{artifact.version} is not a fast-tier model")
         spec = FeatureSpec.from_dict(artifact.manifest["features"])
-        trees = TreeEnsemble.from_arrays(load_arrays(_verified(artifact, "trees.safetensors")))
-        forest = Forest.from_ensemble(artifact.endpoint, trees)
+        forest = None
+        if arrays:
+            trees = TreeEnsemble.from_arrays(load_arrays(_verified(artifact, "trees.safetensors")))
+            forest = Forest.from_ensemble(artifact.endpoint, trees)
         model = cls(artifact, spec, forest, spec, 0.0,
                     TargetTransform(**artifact.manifest.get("target_transform", {})))
-        model._reference = model.reference()
+        if arrays:
+            model._reference = model.reference()
         model.load_seconds = time.perf_counter() - started
         return model
+
+    def load_arrays(self) -> None:
+        """Read the trees and training molecules of a model loaded without them."""
+        if self.forest is None:
+            full = FastModel.load(self.artifact)
+            self.forest, self.layout, self._reference = full.forest, full.layout, full._reference
+
+    def checksums(self) -> tuple[str, ...]:
+        """The stored checksums of the files the runtime reads: what a stack of models is keyed by."""
+        files = self.manifest["files"]
+        return tuple(files[name]["sha256"] for name in RUNTIME_FILES)
 
     def reference(self) -> Reference:
         """The training molecules (read again from the artifact once released)."""

@@ -17,11 +17,11 @@ from rdkit import Chem
 
 from molserve.answers import Answer, Provenance
 from molserve.chem import descriptors
-from molserve.chem.features import FeatureBatch, FeatureSpec, featurize, union_spec
+from molserve.chem.features import FeatureBatch, FeatureSpec, featurize
 from molserve.chem.molecules import largest_fragment
-from molserve.chem.similarity import SharedIndex
 from molserve.models.gbm_runtime import FastModel
-from molserve.models.trees import Forest
+from molserve.prediction import stacked
+from molserve.prediction.stacked import Stack
 from molserve.registry.manifest import DatasetInfo
 from molserve.registry.store import ArtifactError, Registry
 
@@ -83,37 +83,6 @@ class ComputedTier:
                 for mol in batch.mols]
 
 
-@dataclass(frozen=True)
-class _Group:
-    """Fast models sharing fingerprint settings: one feature layout (the union of their specs),
-    their trees stacked in one forest, their training molecules in one similarity index."""
-
-    spec: FeatureSpec
-    names: tuple[str, ...]
-    versions: tuple[int, ...]
-    forest: Forest
-    domain: SharedIndex
-
-
-def _stack(models: list[FastModel]) -> _Group:
-    """Stack the models' forests (each then serves from a view of the stack) and their training
-    molecules (each then released from the model)."""
-    spec = union_spec([m.spec for m in models])
-    assert spec is not None
-    forest = Forest.concat([(m.forest, m.layout.positions_in(spec)) for m in models])
-    if len(forest.feature) and forest.feature.min() < 0:
-        raise ValueError("a split on a column outside the shared layout")
-    references = {m.endpoint: m.reference() for m in models}
-    domain = SharedIndex.build({name: (ref.index, ref.smiles) for name, ref in references.items()},
-                               spec.n_bits)
-    for model in models:
-        model.forest = forest.part([model.endpoint])
-        model.layout = spec
-        model.release_reference()
-    return _Group(spec, tuple(m.endpoint for m in models),
-                  tuple(m.artifact.version for m in models), forest, domain)
-
-
 def _return_freed_memory() -> None:
     """Give the heap pages freed after loading back to the system (glibc only; elsewhere a
     no-op). Loading reads each model's arrays and training SMILES, stacks them and drops the
@@ -146,8 +115,8 @@ class FastTier:
         self.models: dict[str, FastModel] = {}
         self.load_errors: dict[str, str] = {}
         self.shared_spec: FeatureSpec | None = None
-        self.groups: list[_Group] = []
-        self._group_of: dict[str, _Group] = {}
+        self.groups: list[Stack] = []
+        self._group_of: dict[str, Stack] = {}
 
     def load(self, only: list[str] | None = None) -> None:
         """Serve the newest version of each endpoint; a model already loaded at that version is
@@ -167,27 +136,47 @@ class FastTier:
                 models[endpoint] = current
                 continue
             try:
-                models[endpoint] = FastModel.load(artifact)
+                models[endpoint] = FastModel.load(artifact, arrays=False)
             except (ArtifactError, OSError, ValueError, KeyError) as error:
                 errors[endpoint] = str(error)
                 log.error("not serving %s: %s", endpoint, error)
         by_settings: dict[tuple[int, int], list[FastModel]] = {}
         for model in models.values():
             by_settings.setdefault((model.spec.radius, model.spec.n_bits), []).append(model)
-        kept = {(g.names, g.versions): g for g in self.groups}
-        groups, stacked = [], False
+        kept = {g.key: g for g in self.groups}
+        # The stack of every endpoint is stored next to the registry (one file), so a start reads
+        # it instead of every model's arrays; a subset (`only`) is stacked in memory only.
+        store = self.registry.root / ".serving" if only is None else None
+        groups, built = [], False
         for members in by_settings.values():
-            key = (tuple(m.endpoint for m in members), tuple(m.artifact.version for m in members))
-            if key not in kept:
-                kept[key], stacked = _stack(members), True
-            groups.append(kept[key])
+            key = Stack.key_of(members)
+            group = kept.get(key)
+            if group is None and store is not None:
+                group = stacked.read(key, members, store)
+                built = built or group is not None
+            if group is None:
+                for model in list(members):
+                    try:
+                        model.load_arrays()
+                    except (ArtifactError, OSError, ValueError, KeyError) as error:
+                        errors[model.endpoint] = str(error)
+                        log.error("not serving %s: %s", model.endpoint, error)
+                        members.remove(model)
+                        del models[model.endpoint]
+                if not members:
+                    continue
+                group, built = stacked.build(members), True
+                if store is not None and group.key == key:
+                    stacked.write(group, store)
+            group.attach(members)
+            groups.append(group)
         self.models = models
         self.load_errors = errors
         self.groups = groups
         self._group_of = {name: group for group in groups for name in group.names}
         self.shared_spec = next((g.spec for g in groups if (g.spec.radius, g.spec.n_bits) == (2, 2048)),
                                 None)
-        if stacked:
+        if built:
             gc.collect()
             _return_freed_memory()
 

@@ -215,8 +215,8 @@ class FastTier:
         # The router asks endpoint by endpoint. The first endpoint asked of a batch is evaluated
         # alone; a second one means the request names several (one that names none asks them
         # all), so every endpoint of the group left is evaluated in one pass.
-        left = [n for n in group.names if n not in batch.scores]
         if endpoint not in batch.scores:
+            left = [n for n in group.names if n not in batch.scores]
             several = len(left) < len(group.names)
             forest = group.forest if several else model.forest
             raw = forest.raw_scores(features.matrix)

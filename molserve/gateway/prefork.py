@@ -1,10 +1,12 @@
 """Serving one gateway app from several processes that share its loaded models.
 
-The models are loaded once, in the parent, before it forks: the children inherit the stacked
-forest and the similarity index as copy-on-write pages that nobody writes, so N processes take
-little more memory than one. Each child runs its own uvicorn server (and event loop) on the
-same listening socket, which the kernel balances between them. The parent only supervises: a
-child that dies is forked again from the same loaded state, and SIGTERM or SIGINT stops them all.
+The models are loaded once, in the first process, before it forks: the others inherit the
+stacked forest and the similarity index as copy-on-write pages that nobody writes, so N
+processes take little more memory than one. Every process, the first included, runs its own
+uvicorn server (and event loop) on the same listening socket, which the kernel balances between
+them. SIGTERM or SIGINT to the first stops them all (a process whose first process died is sent
+SIGTERM by the kernel); a forked process that dies is not replaced, and the others keep
+serving.
 
 Each process keeps its own metrics, admission count and job runner (the job store is shared
 and claims are atomic); a model registered by a job is picked up by the process that ran the job
@@ -35,62 +37,68 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child(app: FastAPI, sock: socket.socket, log_level: str) -> None:
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the first process exits (Linux; elsewhere nothing)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl(
+            1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _server(app: FastAPI, log_level: str):
     import uvicorn
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, loop="auto", http="auto")
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        os._exit(0)
+    return uvicorn.Server(config)
 
 
 def serve(app: FastAPI, host: str, port: int, workers: int, log_level: str) -> None:
-    """Load the app's models, fork `workers` servers on one socket, supervise until stopped."""
+    """Load the app's models, fork `workers - 1` more servers on one socket, serve until
+    stopped."""
     started = time.perf_counter()
-    app.state.load_models()  # each child's start-up reload then finds them loaded, and keeps them
-    log.info("loaded %d fast models in %.3f s before forking %d processes",
+    app.state.load_models()  # each process's start-up reload then finds them loaded, and keeps them
+    log.info("loaded %d fast models in %.3f s; serving from %d processes",
              len(app.state.router.fast.models), time.perf_counter() - started, workers)
     sock = _listen(host, port)
-    # Objects alive now are never collected in the children, so the collector does not write to
-    # (and so copy) the pages they live on.
+    # Objects alive now are never collected in the forked processes, so the collector does not
+    # write to (and so copy) the pages they live on.
     gc.collect()
     gc.freeze()
-    children: set[int] = set()
-    stopping = False
-
-    def stop(signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
+    parent = os.getpid()
+    children = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            _die_with_parent()
+            if os.getppid() != parent:  # the first process is already gone
+                os._exit(0)
+            try:
+                _server(app, log_level).run(sockets=[sock])
+            finally:
+                os._exit(0)
+        children.append(pid)
+    try:
+        _server(app, log_level).run(sockets=[sock])
+    finally:
+        for pid in children:
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-    def fork() -> None:
-        pid = os.fork()
-        if pid == 0:
-            _child(app, sock, log_level)
-        children.add(pid)
-
-    for _ in range(workers):
-        fork()
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        children.discard(pid)
-        if not stopping:
-            log.error("gateway process %d exited (status %d); starting another", pid, status)
-            time.sleep(0.5)  # a child that dies at once is not restarted in a tight loop
-            fork()
-    sock.close()
+                continue
+        deadline = time.monotonic() + 10
+        for pid in children:
+            while time.monotonic() < deadline:
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    if status:
+                        log.info("gateway process %d exited with status %d", pid, status)
+                    break
+                time.sleep(0.05)
+        sock.close()

@@ -225,3 +225,20 @@ def test_a_stored_stack_serves_the_same_answers_and_a_damaged_one_is_rebuilt(tra
     rebuilt.load()
     assert rebuilt.predict_local(molecules[:30], None)["results"] == expected
     assert stacked.read(first.fast.groups[0].key, list(first.fast.models.values()), store) is not None
+
+
+def test_a_reload_that_adds_an_endpoint_restacks_the_loaded_models_with_the_new_one(trained_registry,
+                                                                                     molecules):
+    names = sorted(trained_registry.endpoints())
+    router = Router(trained_registry)
+    router.load(only=names[:2])  # a subset: stacked in memory, not stored
+    kept = router.fast.models[names[0]]
+    router.load(only=names[:3])
+    assert router.fast.models[names[0]] is kept  # kept, now a view of the new stack
+    assert sorted(router.fast.models) == names[:3]
+    canonical, reference = expected(router, molecules[:40])
+    slot = {smiles: i for i, smiles in enumerate(canonical)}
+    for result in router.predict_local(molecules[:40], None)["results"]:
+        assert sorted(result["predictions"]) == names[:3]
+        for name, answer in result["predictions"].items():
+            assert_same(answer, reference[name][slot[result["canonical_smiles"]]])

@@ -95,10 +95,11 @@ class Reference:
 
 @dataclass
 class FastModel:
-    """One endpoint's fast model. Its trees are a `Forest` whose columns follow `layout` (the
-    model's own spec when loaded; the fast tier moves them into its stacked forest, in the shared
-    layout). Its training molecules are read at load and handed to the fast tier's shared
-    similarity index (`reference`)."""
+    """One endpoint's fast model. Its trees are a `Forest` whose columns follow `layout`: its
+    own spec when read from the artifact, the shared layout once the fast tier serves it from a
+    view of its stack (`molserve.prediction.stacked`), which may also hold it from the start
+    (loaded without arrays). Its training molecules (`reference`) go into the stack's similarity
+    index and are then released."""
 
     artifact: Artifact
     spec: FeatureSpec

@@ -1,7 +1,12 @@
-"""Batch throughput: `molserve predict` on 10,000 molecules, one endpoint, against RDKit alone
-parsing the same SMILES and computing their Morgan count fingerprints, in the same run.
+"""Batch throughput: `molserve predict` on 10,000 molecules, one endpoint and then every
+endpoint of the registry, against RDKit alone parsing the same SMILES and computing their Morgan
+count fingerprints, in the same run.
+
+With `--baseline REV`, `molserve predict` of git revision REV runs too, in the same run, each
+measurement right after this tree's.
 
 Run: .venv/bin/python -m benchmarks.bench_batch [--registry registry] [--endpoint solubility]
+     [--baseline REV]
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ensure_registry
+from benchmarks.bench_gateway import export
+from benchmarks.common import ROOT, ensure_registry
 
 
 def rdkit_alone(smiles: list[str]) -> int:
@@ -47,11 +53,16 @@ def main() -> None:
     parser.add_argument("--registry", default="registry")
     parser.add_argument("--endpoint", default="solubility")
     parser.add_argument("-n", type=int, default=10_000)
+    parser.add_argument("--baseline", help="git revision to measure side by side")
     args = parser.parse_args()
-    registry = ensure_registry(Path(args.registry))
+    registry = ensure_registry(Path(args.registry).resolve())
     smiles = molecules(args.n)
     jobs = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
+        sides = {"this": str(ROOT)}
+        if args.baseline:
+            sides["baseline"] = str(export(args.baseline, Path(tmp)))
+        os.chdir(tmp)  # so that PYTHONPATH alone says which molserve runs
         source = Path(tmp) / "in.smi"
         source.write_text("\n".join(smiles) + "\n")
 
@@ -65,14 +76,23 @@ def main() -> None:
             pool.map(rdkit_alone, halves)
         rdkit_n = args.n / (time.perf_counter() - started)
 
-        rates = {}
-        for j in (1, jobs):
+        def predict(j: int, endpoints: list[str], side: str = "this") -> float:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-m", "molserve", "--registry", str(registry), "predict",
-                            str(source), "-o", str(Path(tmp) / "out.csv"), "--endpoints",
-                            args.endpoint, "--jobs", str(j), "--quiet"], check=True,
-                           stderr=subprocess.DEVNULL)
-            rates[j] = args.n / (time.perf_counter() - started)
+                            str(source), "-o", str(Path(tmp) / "out.csv"), *endpoints,
+                            "--jobs", str(j), "--quiet"], check=True, stderr=subprocess.DEVNULL,
+                           env={**os.environ, "PYTHONPATH": sides[side]})
+            return args.n / (time.perf_counter() - started)
+
+        rates, every, baseline = {}, 0.0, {}
+        for j in (1, jobs):
+            rates[j] = predict(j, ["--endpoints", args.endpoint])
+            if args.baseline:
+                baseline[f"one_endpoint_per_s_{j}_jobs"] = round(predict(j, ["--endpoints", args.endpoint],
+                                                                         "baseline"))
+        every = predict(jobs, [])
+        if args.baseline:
+            baseline[f"every_endpoint_per_s_{jobs}_jobs"] = round(predict(jobs, [], "baseline"))
     print(json.dumps({
         "molecules": args.n,
         "endpoint": args.endpoint,
@@ -84,6 +104,10 @@ def main() -> None:
         "ratio_default_jobs_vs_rdkit_1_process": round(rates[jobs] / rdkit_1, 3),
         "ratio_same_parallelism": round(rates[jobs] / rdkit_n, 3),
         "ratio_1_job_vs_rdkit_1_process": round(rates[1] / rdkit_1, 3),
+        f"molserve_predict_every_endpoint_per_s_{jobs}_jobs": round(every),
+        "ratio_every_endpoint_same_parallelism": round(every / rdkit_n, 3),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **({"baseline": {"revision": args.baseline, **baseline}} if args.baseline else {}),
         "note": "molserve timings are whole CLI runs: process start, model load, file read/write",
     }, indent=2))
 

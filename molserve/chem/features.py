@@ -188,6 +188,20 @@ class FeatureSpec:
         return np.asarray(keep, dtype=np.int64)
 
 
+    def positions_in(self, target: FeatureSpec) -> np.ndarray:
+        """Where each of this spec's columns is in `target`'s layout (-1: not there)."""
+        if (target.radius, target.n_bits) != (self.radius, self.n_bits):
+            raise ValueError("fingerprint settings differ; the layouts share no column")
+        where = [*range(self.n_bits)]
+        where += [target.n_bits + target.descriptors.index(d) if d in target.descriptors else -1
+                  for d in self.descriptors]
+        offsets = target.block_offsets()
+        for name in self.blocks:
+            width = BLOCKS[name].width
+            where += range(offsets[name], offsets[name] + width) if name in offsets else [-1] * width
+        return np.asarray(where, dtype=np.int64)
+
+
 def union_spec(specs: Sequence[FeatureSpec]) -> FeatureSpec | None:
     """One spec whose columns cover every spec sharing the first one's fingerprint settings."""
     if not specs:

@@ -30,6 +30,9 @@ def serve(
         "--bootstrap", help="train the bundled endpoints the registry lacks in the background; each "
         "is served as soon as it is trained")] = False,
     log_level: Annotated[LogLevel, typer.Option("--log-level")] = "info",
+    workers: Annotated[int, typer.Option(
+        "--workers", min=1, help="processes serving the port; the models are loaded once and "
+        "shared (forked after loading)")] = 1,
 ) -> int:
     import uvicorn
 
@@ -38,8 +41,18 @@ def serve(
     config = settings(ctx)
     if bootstrap:
         config = config.with_overrides(bootstrap=True)
-    uvicorn.run(create_app(config), host=host or config.gateway.host, port=port or config.gateway.port,
-                log_level=log_level, access_log=False, loop="auto", http="auto")
+    if workers > 1 and config.gateway.bootstrap:
+        raise typer.BadParameter("the start-up bootstrap trains in one process: run it with one "
+                                 "worker, then restart with --workers", param_hint="--workers")
+    app_ = create_app(config)
+    host, port = host or config.gateway.host, port or config.gateway.port
+    if workers > 1:
+        from molserve.gateway import prefork
+
+        prefork.serve(app_, host, port, workers, log_level)
+        return 0
+    uvicorn.run(app_, host=host, port=port, log_level=log_level, access_log=False, loop="auto",
+                http="auto")
     return 0
 
 

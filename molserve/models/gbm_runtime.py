@@ -1,11 +1,14 @@
 """Serve a fast-tier model from its registry artifact (numpy only; no LightGBM import).
 
-`FastModel.predict` turns a feature matrix into per-molecule answers: value, uncertainty,
-applicability domain and provenance.
+`FastModel.answers` turns raw member scores and domain similarities into per-molecule answers:
+value, uncertainty, applicability domain and provenance. Evaluating the trees and searching the
+training molecules is the fast tier's (`molserve.prediction.tiers`), for every endpoint at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +18,7 @@ import numpy as np
 from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
-from molserve.models.trees import TreeEnsemble
+from molserve.models.trees import Forest, TreeEnsemble
 from molserve.registry.manifest import Manifest
 from molserve.registry.store import Artifact, ArtifactError
 
@@ -46,16 +49,66 @@ class TargetTransform:
         return {"kind": self.kind, "offset": self.offset}
 
 
+RUNTIME_FILES = ("trees.safetensors", "ad_index.safetensors", "train_smiles.txt")
+
+
+def _verified(artifact: Artifact, name: str) -> bytes:
+    """A file the runtime reads, read once and checked against its manifest checksum (files the
+    runtime does not read, such as the training data, are not hashed at every start)."""
+    data = artifact.file(name).read_bytes()
+    if hashlib.sha256(data).hexdigest() != artifact.manifest["files"][name]["sha256"]:
+        raise ArtifactError(
+            f"{artifact.endpoint} v{artifact.version}: {name} does not match its checksum; "
+            "the artifact was modified after it was written and will not be loaded")
+    return data
+
+
+# Up to this many rows, member statistics are computed with Python floats: for one molecule,
+# numpy's per-call overhead on five numbers costs more than the arithmetic.
+_FEW_ROWS = 8
+
+
+def _member_stats(members: list[float], logistic: bool) -> tuple[float, float, float, float]:
+    """Mean, standard deviation, min and max of the members (their probabilities when
+    `logistic`), computed as numpy computes them for a short row (a sequential sum; the
+    deviation from the mean squared, averaged, square-rooted)."""
+    if logistic:
+        members = [1.0 / (1.0 + math.exp(-m)) for m in members]
+    n = len(members)
+    total = 0.0
+    for m in members:
+        total += m
+    mean = total / n
+    spread = 0.0
+    for m in members:
+        spread += (m - mean) * (m - mean)
+    return mean, math.sqrt(spread / n), min(members), max(members)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model's training molecules: their similarity index and SMILES (applicability domain)."""
+
+    index: SimilarityIndex
+    smiles: list[str]
+
+
 @dataclass
 class FastModel:
+    """One endpoint's fast model. Its trees are a `Forest` whose columns follow `layout`: its
+    own spec when read from the artifact, the shared layout once the fast tier serves it from a
+    view of its stack (`molserve.prediction.stacked`), which may also hold it from the start
+    (loaded without arrays). Its training molecules (`reference`) go into the stack's similarity
+    index and are then released."""
+
     artifact: Artifact
     spec: FeatureSpec
-    trees: TreeEnsemble
-    index: SimilarityIndex
-    train_smiles: list[str]
+    forest: Forest | None
+    layout: FeatureSpec
     load_seconds: float
     transform: TargetTransform = TargetTransform()
-    _columns: dict = field(default_factory=dict, repr=False)
+    _reference: Reference | None = field(default=None, repr=False)
+    _provenance: Provenance | None = field(default=None, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -74,31 +127,62 @@ class FastModel:
         return self.info.task
 
     @classmethod
-    def load(cls, artifact: Artifact) -> FastModel:
-        from safetensors.numpy import load_file
+    def load(cls, artifact: Artifact, arrays: bool = True) -> FastModel:
+        """The model of `artifact`; without `arrays`, its manifest only, for a fast tier that
+        takes the trees and training molecules from its stored stack (`forest` stays None
+        until then)."""
+        from safetensors.numpy import load as load_arrays
 
         started = time.perf_counter()
         if artifact.kind != "gbm":
             raise ArtifactError(f"{artifact.endpoint} v{artifact.version} is not a fast-tier model")
-        artifact.verify()
         spec = FeatureSpec.from_dict(artifact.manifest["features"])
-        trees = TreeEnsemble.from_arrays(load_file(str(artifact.file("trees.safetensors"))))
-        index = SimilarityIndex.from_arrays(load_file(str(artifact.file("ad_index.safetensors"))),
-                                            spec.n_bits)
-        train_smiles = artifact.file("train_smiles.txt").read_text().split()
-        transform = TargetTransform(**artifact.manifest.get("target_transform", {}))
-        return cls(artifact, spec, trees, index, train_smiles, time.perf_counter() - started,
-                   transform)
+        forest = None
+        if arrays:
+            trees = TreeEnsemble.from_arrays(load_arrays(_verified(artifact, "trees.safetensors")))
+            forest = Forest.from_ensemble(artifact.endpoint, trees)
+        model = cls(artifact, spec, forest, spec, 0.0,
+                    TargetTransform(**artifact.manifest.get("target_transform", {})))
+        if arrays:
+            model._reference = model.reference()
+        model.load_seconds = time.perf_counter() - started
+        return model
 
-    def columns_from(self, matrix: np.ndarray, source: FeatureSpec) -> np.ndarray:
-        """Select this model's columns from a matrix featurized with the wider `source` spec."""
-        if source not in self._columns:  # the same few source specs, request after request
-            self._columns[source] = self.spec.columns_in(source)
-        keep = self._columns[source]
-        return matrix if keep is None else matrix[:, keep]
+    def load_arrays(self) -> None:
+        """Read the trees and training molecules of a model loaded without them."""
+        if self.forest is None:
+            full = FastModel.load(self.artifact)
+            self.forest, self.layout, self._reference = full.forest, full.layout, full._reference
 
-    def raw_scores(self, features: np.ndarray) -> np.ndarray:
-        return self.trees.raw_scores(features)
+    def checksums(self) -> tuple[str, ...]:
+        """The stored checksums of the files the runtime reads: what a stack of models is keyed by."""
+        files = self.manifest["files"]
+        return tuple(files[name]["sha256"] for name in RUNTIME_FILES)
+
+    def reference(self) -> Reference:
+        """The training molecules (read again from the artifact once released)."""
+        if self._reference is not None:
+            return self._reference
+        from safetensors.numpy import load as load_arrays
+
+        index = SimilarityIndex.from_arrays(
+            load_arrays(_verified(self.artifact, "ad_index.safetensors")), self.spec.n_bits)
+        smiles = _verified(self.artifact, "train_smiles.txt").decode().split()
+        if len(smiles) != index.size:
+            raise ArtifactError(f"{self.endpoint} v{self.artifact.version}: {len(smiles)} training "
+                                f"SMILES for {index.size} indexed molecules")
+        return Reference(index, smiles)
+
+    def release_reference(self) -> None:
+        self._reference = None
+
+    def reference_scores(self, features: np.ndarray) -> np.ndarray:
+        """Raw scores from the stored trees evaluated level by level (the reference the served
+        forest is checked against), `features` in this model's own layout."""
+        from safetensors.numpy import load as load_arrays
+
+        arrays = load_arrays(_verified(self.artifact, "trees.safetensors"))
+        return TreeEnsemble.from_arrays(arrays).raw_scores(features)
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -110,46 +194,47 @@ class FastModel:
             "dataset": self.info.dataset.label() if self.info.dataset else None,
         }
 
-    def predict(self, features: np.ndarray, on_bits: list[np.ndarray]) -> list[Answer]:
-        """One answer per row of `features` (already in this model's column layout)."""
-        raw = self.raw_scores(features).astype(np.float64)
-        provenance = Provenance.from_json(self.provenance())
-        ad = self.manifest["applicability_domain"]
-        threshold = float(ad["threshold"])
+    def answers(self, raw: np.ndarray, similarity: np.ndarray,
+                nearest: list[str | None]) -> list[Answer]:
+        """One answer per row of `raw` (rows, members): value, uncertainty, applicability domain
+        (max Tanimoto `similarity` to the training molecules, the `nearest` one's SMILES) and
+        provenance."""
+        raw = np.asarray(raw, dtype=np.float64)
+        if self._provenance is None:
+            self._provenance = Provenance.from_json(self.provenance())
+        provenance = self._provenance
+        threshold = float(self.manifest["applicability_domain"]["threshold"])
+        shown_threshold = round(threshold, 4)
         calibration = self.manifest["uncertainty"]
         units = self.manifest["units"]
-        answers = []
+        method = calibration["method"]
+        domains = [Domain(round(s, 4), s >= threshold, shown_threshold, n)
+                   for s, n in zip(similarity.tolist(), nearest, strict=True)]
+        if raw.shape[0] <= _FEW_ROWS:
+            stats = [_member_stats(row, self.task == "classification") for row in raw.tolist()]
+        else:
+            members = 1.0 / (1.0 + np.exp(-raw)) if self.task == "classification" else raw
+            stats = list(zip(members.mean(axis=1).tolist(), members.std(axis=1).tolist(),
+                             members.min(axis=1).tolist(), members.max(axis=1).tolist(), strict=True))
+        if self.task == "classification":
+            names = self.manifest.get("label_names") or ["negative", "positive"]
+            # Python's round (correctly rounded), not np.round, as the answers always used.
+            return [Answer(provenance, round(p, 4), units, label=names[1] if p >= 0.5 else names[0],
+                           uncertainty=Uncertainty(round(sd, 4), (round(lo, 4), round(hi, 4)), method),
+                           applicability_domain=domain)
+                    for (p, sd, lo, hi), domain in zip(stats, domains, strict=True)]
+        mean = np.array([m for m, _, _, _ in stats])
+        std = np.array([sd for _, sd, _, _ in stats])
+        if calibration.get("scale") == "distance":
+            half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
+        else:  # models trained before distance scaling: scaled by the members' spread
+            half = calibration["quantile"] * (std + calibration["stabilizer"])
+        low, value, high = (self.transform.inverse(v).tolist() for v in (mean - half, mean, mean + half))
         confidence = calibration.get("confidence")
         space = (f"std of the members in {self.transform.kind} space"
                  if self.transform.kind != "identity" else None)
-        for row in range(raw.shape[0]):
-            similarity, nearest = self.index.nearest(on_bits[row])
-            domain = Domain(round(similarity, 4), bool(similarity >= threshold), round(threshold, 4),
-                            self.train_smiles[nearest] if nearest >= 0 else None)
-            members = raw[row]
-            if self.task == "classification":
-                probabilities = 1.0 / (1.0 + np.exp(-members))
-                p = float(probabilities.mean())
-                names = self.manifest.get("label_names") or ["negative", "positive"]
-                answers.append(Answer(
-                    provenance, round(p, 4), units, label=names[1] if p >= 0.5 else names[0],
-                    uncertainty=Uncertainty(round(float(probabilities.std()), 4),
-                                            (round(float(probabilities.min()), 4),
-                                             round(float(probabilities.max()), 4)),
-                                            calibration["method"]),
-                    applicability_domain=domain))
-                continue
-            mean = float(members.mean())
-            std = float(members.std())
-            if calibration.get("scale") == "distance":
-                half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
-            else:  # models trained before distance scaling: scaled by the members' spread
-                half = calibration["quantile"] * (std + calibration["stabilizer"])
-            low, value, high = (float(v) for v in self.transform.inverse(
-                np.array([mean - half, mean, mean + half])))
-            answers.append(Answer(
-                provenance, _round(value), units,
-                uncertainty=Uncertainty(round(std, 4), (_round(low), _round(high)),
-                                        calibration["method"], confidence, space),
-                applicability_domain=domain))
-        return answers
+        return [Answer(provenance, _round(v), units,
+                       uncertainty=Uncertainty(round(sd, 4), (_round(lo), _round(hi)), method,
+                                               confidence, space),
+                       applicability_domain=domain)
+                for v, lo, hi, sd, domain in zip(value, low, high, std.tolist(), domains, strict=True)]

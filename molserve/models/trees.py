@@ -5,10 +5,20 @@ The gateway evaluates them with a few vectorized gathers per tree level: no Ligh
 onnxruntime in the serving process, a model costs megabytes less memory and loads in
 microseconds. Several boosters (ensemble members) share one set of arrays; each tree records
 the member it belongs to, and evaluation returns one raw score per member.
+
+`TreeEnsemble` is the stored layout (and the reference evaluation, level by level). `Forest` is
+the serving layout: the internal nodes of many ensembles (every endpoint's) in one set of arrays,
+evaluated without walking the trees at all (QuickScorer, Lucchese et al., SIGIR 2015): every
+split is tested in one vectorized comparison, each false split clears its left subtree's leaves
+from its tree's bitmask, and the leftmost leaf left standing is the exit leaf. The passes are
+sequential over small arrays instead of a random walk over large ones: for the 45 bundled
+endpoints (about 40,000 trees) one molecule costs a few milliseconds instead of about 18, and the
+arrays take half the memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,3 +164,210 @@ def from_lightgbm(boosters: list[Any]) -> TreeEnsemble:
         membership=membership,
         depth=deepest,
     )
+
+
+def _leaf_masks(ensemble: TreeEnsemble) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each internal node: its tree and the bitmask of its tree's leaves that stay possible
+    when the split is false (its left subtree cleared), leaves numbered left to right.
+
+    Returns (internal node ids, their masks as uint64, leaves per tree, leaf node ids in order).
+    Relies on the pre-order layout `from_lightgbm` writes (a node, then its left subtree, then its
+    right), which is checked: there, a tree's leaves in index order are its leaves left to right.
+    """
+    n = len(ensemble.feature)
+    index = np.arange(n, dtype=np.int64)
+    right = ensemble.children[:, 0].astype(np.int64)
+    left = ensemble.children[:, 1].astype(np.int64)
+    is_leaf = left == index
+    roots = ensemble.roots.astype(np.int64)
+    bounds = np.append(roots, n)
+    internal = np.flatnonzero(~is_leaf)
+    if (len(roots) and roots[0] != 0) or np.any(np.diff(bounds) <= 0) \
+            or np.any(left[internal] != internal + 1) or np.any(right[internal] <= left[internal]):
+        raise ValueError("tree arrays are not in pre-order; evaluate them level by level")
+    tree_of = np.repeat(np.arange(len(roots)), np.diff(bounds))
+    leaves_before = np.zeros(n + 1, dtype=np.int64)  # leaves with a smaller index
+    np.cumsum(is_leaf, out=leaves_before[1:])
+    leaves_per_tree = leaves_before[bounds[1:]] - leaves_before[bounds[:-1]]
+    if leaves_per_tree.max(initial=0) > 64:
+        raise ValueError("a tree with more than 64 leaves; evaluate level by level")
+    first = leaves_before[roots][tree_of[internal]]
+    low = leaves_before[left[internal]] - first  # the left subtree's leaves: [low, high)
+    high = leaves_before[right[internal]] - first
+    ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+    def below(k: np.ndarray) -> np.ndarray:  # bits 0..k-1 set, for 0 <= k <= 64
+        shifted = np.left_shift(np.uint64(1), np.minimum(k, 63).astype(np.uint64)) - np.uint64(1)
+        return np.where(k >= 64, ones, shifted)
+
+    masks = ~(below(high) ^ below(low))
+    return internal, masks, leaves_per_tree, np.flatnonzero(is_leaf)
+
+
+def _column_type(columns: np.ndarray) -> type:
+    """int16 where every column fits (5 MB less than intp for the bundled endpoints; numpy's
+    take widens each piece's indices as it goes)."""
+    return np.int16 if columns.max(initial=0) < 2**15 else np.int32
+
+
+@dataclass(frozen=True)
+class Forest:
+    """Tree ensembles of several models in one serving layout (see the module docstring).
+
+    Each tree has at least one split (a one-leaf tree gets a split that is always true), so the
+    splits of tree t are `tree_start[t]:tree_start[t + 1]` and its leaves, left to right,
+    `leaf_start[t]:leaf_start[t + 1]`. Outputs are the models' members, model after model; a
+    model's trees are `tree_range[name]`, its outputs `output_range[name]`.
+    """
+
+    feature: np.ndarray  # int16 (int32 for layouts of 32,768 columns or more) (splits,)
+    threshold: np.ndarray  # float32 (splits,): true (left) when x <= threshold
+    mask: np.ndarray  # uint32 or uint64 (splits,): leaves left standing when the split is false
+    tree_start: np.ndarray  # int64 (trees + 1,)
+    leaf_start: np.ndarray  # int64 (trees + 1,)
+    leaf_value: np.ndarray  # float64 (leaves,)
+    output_start: np.ndarray  # int64 (outputs,): first tree of each output
+    tree_range: dict[str, tuple[int, int]]
+    output_range: dict[str, tuple[int, int]]
+
+    @property
+    def n_trees(self) -> int:
+        return int(len(self.tree_start)) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.feature, self.threshold, self.mask, self.tree_start,
+                                      self.leaf_start, self.leaf_value, self.output_start))
+
+    @classmethod
+    def from_ensemble(cls, name: str, ensemble: TreeEnsemble) -> Forest:
+        """One model's forest, in its own column layout."""
+        internal, mask, leaves_per_tree, leaf_nodes = _leaf_masks(ensemble)
+        n_trees = ensemble.n_trees
+        bounds = np.append(ensemble.roots.astype(np.int64), len(ensemble.feature))
+        per_tree = np.bincount(np.searchsorted(bounds, internal, side="right") - 1, minlength=n_trees)
+        # A one-leaf tree gets one split that is always true (threshold +inf).
+        stumps = np.flatnonzero(per_tree == 0)
+        at = np.searchsorted(np.repeat(np.arange(n_trees), per_tree), stumps)
+        member = np.argmax(ensemble.membership, axis=1) if n_trees else np.zeros(0, np.int64)
+        if np.any(np.diff(member) < 0) or len(np.unique(member)) != ensemble.n_members:
+            raise ValueError(f"{name}: each member's trees must be contiguous and non-empty")
+        tree_start = np.zeros(n_trees + 1, dtype=np.int64)
+        np.cumsum(np.maximum(per_tree, 1), out=tree_start[1:])
+        leaf_start = np.zeros(n_trees + 1, dtype=np.int64)
+        np.cumsum(leaves_per_tree, out=leaf_start[1:])
+        widest = int(leaves_per_tree.max(initial=0))
+        return cls(
+            feature=np.insert(ensemble.feature[internal], at, 0).astype(_column_type(ensemble.feature)),
+            threshold=np.insert(ensemble.threshold[internal], at, np.float32(np.inf)),
+            mask=np.insert(mask, at, np.uint64(0xFFFFFFFFFFFFFFFF)).astype(
+                np.uint32 if widest <= 32 else np.uint64),
+            tree_start=tree_start,
+            leaf_start=leaf_start,
+            leaf_value=ensemble.value[leaf_nodes].astype(np.float64),
+            output_start=np.searchsorted(member, np.arange(ensemble.n_members)).astype(np.int64),
+            tree_range={name: (0, n_trees)},
+            output_range={name: (0, ensemble.n_members)},
+        )
+
+    @classmethod
+    def concat(cls, parts: Sequence[tuple[Forest, np.ndarray | None]]) -> Forest:
+        """Forests one after another, each with its columns moved to a shared layout
+        (`columns[j]`: where its column j is there; None: already there). Copies the arrays."""
+        trees = outputs = splits = leaves = 0
+        feature, tree_start, leaf_start, output_start = [], [], [], []
+        tree_range, output_range = {}, {}
+        for forest, columns in parts:
+            feature.append(forest.feature if columns is None else columns[forest.feature])
+            tree_start.append(forest.tree_start[:-1] + splits)
+            leaf_start.append(forest.leaf_start[:-1] + leaves)
+            output_start.append(forest.output_start + trees)
+            for name, (a, b) in forest.tree_range.items():
+                tree_range[name] = (a + trees, b + trees)
+            for name, (a, b) in forest.output_range.items():
+                output_range[name] = (a + outputs, b + outputs)
+            splits += len(forest.feature)
+            leaves += int(forest.leaf_start[-1])
+            trees += forest.n_trees
+            outputs += len(forest.output_start)
+        wide = any(f.mask.dtype == np.uint64 for f, _ in parts)
+
+        def cat(arrays, dtype):
+            return np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
+
+        return cls(
+            feature=cat(feature, _column_type(np.concatenate(feature) if feature else np.zeros(0))),
+            threshold=cat([f.threshold for f, _ in parts], np.float32),
+            mask=cat([f.mask.astype(np.uint64) if wide else f.mask for f, _ in parts],
+                     np.uint64 if wide else np.uint32),
+            tree_start=cat([*tree_start, np.array([splits])], np.int64),
+            leaf_start=cat([*leaf_start, np.array([leaves])], np.int64),
+            leaf_value=cat([f.leaf_value for f, _ in parts], np.float64),
+            output_start=cat(output_start, np.int64),
+            tree_range=tree_range,
+            output_range=output_range,
+        )
+
+    def part(self, names: Sequence[str]) -> Forest:
+        """The models `names` (contiguous in this forest, in this order) as a forest of views."""
+        first_tree, last_tree = self.tree_range[names[0]][0], self.tree_range[names[-1]][1]
+        first_out, last_out = self.output_range[names[0]][0], self.output_range[names[-1]][1]
+        splits = slice(int(self.tree_start[first_tree]), int(self.tree_start[last_tree]))
+        leaves = slice(int(self.leaf_start[first_tree]), int(self.leaf_start[last_tree]))
+        return Forest(
+            feature=self.feature[splits], threshold=self.threshold[splits], mask=self.mask[splits],
+            tree_start=self.tree_start[first_tree : last_tree + 1] - self.tree_start[first_tree],
+            leaf_start=self.leaf_start[first_tree : last_tree + 1] - self.leaf_start[first_tree],
+            leaf_value=self.leaf_value[leaves],
+            output_start=self.output_start[first_out:last_out] - first_tree,
+            tree_range={n: (a - first_tree, b - first_tree) for n, (a, b) in self.tree_range.items()
+                        if n in names},
+            output_range={n: (a - first_out, b - first_out) for n, (a, b) in self.output_range.items()
+                          if n in names},
+        )
+
+    def raw_scores(self, features: np.ndarray, budget: int = 1 << 17) -> np.ndarray:
+        """(rows, outputs) raw scores, equal to each ensemble's `TreeEnsemble.raw_scores` up to
+        the order of floating-point summation.
+
+        The work goes in pieces of about `budget` split tests (whole trees, and as many rows as
+        fit), so the temporaries stay around a megabyte: they are reused from the heap request
+        after request instead of growing it, and they stay in cache.
+        """
+        x = np.asarray(features, dtype=np.float32)
+        rows, splits = x.shape[0], len(self.feature)
+        out = np.empty((rows, len(self.output_start)), dtype=np.float64)
+        if len(self.output_start) == 0 or rows == 0:
+            return out
+        block = max(1, budget // max(1, splits))
+        pieces = self._pieces(max(budget, 1))
+        for start in range(0, rows, block):
+            rows_x = x[start : start + block]
+            values = np.empty((rows_x.shape[0], self.n_trees), dtype=np.float64)
+            for first, last in pieces:
+                values[:, first:last] = self._leaf_values(rows_x, first, last)
+            out[start : start + block] = np.add.reduceat(values, self.output_start, axis=1)
+        return out
+
+    def _pieces(self, budget: int) -> list[tuple[int, int]]:
+        """Consecutive runs of whole trees with about `budget` splits each."""
+        cuts = np.searchsorted(self.tree_start, np.arange(budget, int(self.tree_start[-1]), budget))
+        bounds = np.unique(np.concatenate([[0], cuts, [self.n_trees]]))
+        return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def _leaf_values(self, x: np.ndarray, first: int, last: int) -> np.ndarray:
+        """(rows, last - first): the exit leaf's value of trees first..last-1."""
+        begin, end = int(self.tree_start[first]), int(self.tree_start[last])
+        mask = self.mask[begin:end]
+        tested = np.take(x, self.feature[begin:end], axis=1)
+        true = tested <= self.threshold[begin:end]
+        # A true split leaves every leaf standing: mask | all ones (cheaper than np.where),
+        # written over the tested values when the widths match (one temporary less).
+        standing = tested.view(mask.dtype) if tested.itemsize == mask.itemsize else None
+        standing = np.multiply(true.view(np.uint8), mask.dtype.type(np.iinfo(mask.dtype).max),
+                               out=standing, dtype=mask.dtype)
+        np.bitwise_or(standing, mask, out=standing)
+        exits = np.bitwise_and.reduceat(standing, self.tree_start[first:last] - begin, axis=1)
+        lowest = exits & (~exits + exits.dtype.type(1))  # the leftmost leaf left standing
+        rank = np.frexp(lowest.astype(np.float64))[1] - 1  # exact: a power of two
+        return self.leaf_value[self.leaf_start[first:last] + rank]

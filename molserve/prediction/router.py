@@ -217,6 +217,7 @@ class Router:
 
     def _local_answers(self, batch: MoleculeBatch, names: list[str]) -> dict[str, list[Answer]]:
         answers: dict[str, list[Answer]] = {}
+        batch.wanted = frozenset(names)
         for name in names:
             for tier in (self.fast, self.computed):
                 if name in tier.served():

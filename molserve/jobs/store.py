@@ -55,11 +55,19 @@ class SQLiteJobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in present:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-            db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
+            # Several processes may open an old store at once (`serve --workers N`): the check
+            # and the upgrade happen in one write transaction, so only the first one alters.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+                for column, kind in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+                db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

@@ -123,7 +123,8 @@ def test_a_job_past_its_time_limit_fails_itself_with_the_reason(trained_registry
     from tests.test_jobs import _smiles_file
 
     store = SQLiteJobStore(tmp_path / "jobs" / "jobs.sqlite3")
-    _smiles_file(tmp_path / "big.smi", 20_000)
+    # Far more than a second's work even on a fast path (20,000 rows once finished in under one).
+    _smiles_file(tmp_path / "big.smi", 300_000)
     job = store.create("screen", {"input_path": str(tmp_path / "big.smi"), "endpoints": ["solubility"],
                                   "chunk_size": 100})
     store.claim_queued()

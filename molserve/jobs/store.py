@@ -52,8 +52,21 @@ class SQLiteJobStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Several processes may open the store at the same moment (`serve --workers N`): a
+        # journal-mode switch or schema upgrade racing another one's is retried, not fatal.
+        for attempt in range(100):
+            try:
+                self._initialize()
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+
+    def _initialize(self) -> None:
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             # Several processes may open an old store at once (`serve --workers N`): the check
             # and the upgrade happen in one write transaction, so only the first one alters.

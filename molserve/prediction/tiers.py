@@ -230,16 +230,14 @@ class FastTier:
                 batch.scores[name] = raw[:, first:last]
         if endpoint not in batch.domains:
             # Scoring a molecule against every distinct training molecule is most of a domain's
-            # cost, and the same for one endpoint as for all. For a few molecules the scores are
-            # kept for the endpoints asked next; for more, every endpoint's domain is taken from
-            # them at once.
-            names = [n for n in group.names if n not in batch.domains]
+            # cost, and the same for one endpoint as for all: every wanted endpoint's domain is
+            # taken from one pass (for a few molecules, the scores are kept as well).
+            names = [n for n in group.names
+                     if n not in batch.domains and (n in batch.wanted or n == endpoint)]
             if len(batch.canonical_smiles) <= _FEW_MOLECULES:
                 key = id(group.domain)
                 if key not in batch.similarities:
                     batch.similarities[key] = [group.domain.similarities(b) for b in features.on_bits]
-                if len(names) == len(group.names):
-                    names = [endpoint]
                 batch.domains.update(group.domain.nearest(features.on_bits, names,
                                                           batch.similarities[key]))
             else:

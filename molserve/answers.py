@@ -106,6 +106,13 @@ class Answer:
     uncertainty: Uncertainty | None = None
     applicability_domain: Domain | None = None
     error: str | None = None
+    # Asked for (`explain`): per-atom and per-descriptor contributions to the model's raw output,
+    # {"space", "base", "atoms", "descriptors", "raw"} (and "svg" when drawn).
+    explanation: dict[str, Any] | None = None
+    # What a computed rule or alert found: e.g. {"violations": [...]} or {"alerts": [...]}.
+    details: dict[str, Any] | None = None
+    # The value's percentile (0-100) within a reference set's predictions for this endpoint.
+    reference_percentile: float | None = None
 
     @property
     def is_error(self) -> bool:
@@ -129,6 +136,12 @@ class Answer:
         out["kind"] = self.kind
         if self.applicability_domain is not None:
             out["applicability_domain"] = self.applicability_domain.to_json()
+        if self.details is not None:
+            out["details"] = self.details
+        if self.reference_percentile is not None:
+            out["reference_percentile"] = self.reference_percentile
+        if self.explanation is not None:
+            out["explanation"] = self.explanation
         out["provenance"] = self.provenance.to_json()
         return out
 
@@ -145,7 +158,8 @@ class Answer:
             kind=str(data.get("kind", "predicted")), label=data.get("label"),
             uncertainty=Uncertainty.from_json(uncertainty) if uncertainty is not None else None,
             applicability_domain=Domain.from_json(domain) if domain is not None else None,
-            error=data.get("error"))
+            error=data.get("error"), explanation=data.get("explanation"),
+            details=data.get("details"), reference_percentile=data.get("reference_percentile"))
 
 
 def to_json(item: Any) -> Any:

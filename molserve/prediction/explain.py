@@ -108,29 +108,23 @@ def _lightgbm_counts(text: str) -> list[list[float]]:
 
 @dataclass(frozen=True)
 class TreePaths:
-    """The trees of one model (its stored arrays, in its own column layout) or of several
-    (`stack`, in a shared layout) with every node's expected output, ready for path attribution.
-    Models are the outputs; each model's trees are contiguous (`model_trees`)."""
+    """One model's trees (its stored arrays, in its own column layout) with every node's
+    expected output, ready for path attribution."""
 
-    feature: np.ndarray  # int32 (nodes,): the split's column (0 for leaves)
+    feature: np.ndarray  # int16/int32 (nodes,): the column a split reads (0 for leaves)
     threshold: np.ndarray  # float32 (nodes,)
     children: np.ndarray  # int32 (nodes * 2,): [right, left] of each node, flattened
     expectation: np.ndarray  # float64 (nodes,)
     is_leaf: np.ndarray  # bool (nodes,)
     roots: np.ndarray  # int64 (trees,)
-    model_trees: np.ndarray  # int64 (models + 1,): the trees of model m are [m, m + 1)
-    scale: np.ndarray  # float64 (models,): 1 / members, each model answers its members' mean
-    base: np.ndarray  # float64 (models,): expected raw output (members' mean of sum E[root])
-    width: int  # columns of the layout the features come in
-
-    @property
-    def n_models(self) -> int:
-        return len(self.scale)
+    scale: float  # 1 / members: the model answers its members' mean
+    base: float  # expected raw output: the members' mean of sum E[root]
+    width: int  # columns of the model's layout
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.feature, self.threshold, self.children, self.expectation,
-                                      self.is_leaf, self.roots, self.model_trees))
+                                      self.is_leaf, self.roots))
 
     @classmethod
     def from_model(cls, model: FastModel) -> TreePaths:
@@ -156,70 +150,28 @@ class TreePaths:
             expectation[node] = ((n_lo * expectation[lo] + n_hi * expectation[hi]) / total
                                  if total > 0 else 0.5 * (expectation[lo] + expectation[hi]))
         scale = 1.0 / max(1, ensemble.n_members)
-        return cls(ensemble.feature.astype(np.int32), ensemble.threshold,
-                   ensemble.children.astype(np.int32).ravel(), expectation, is_leaf,
-                   ensemble.roots.astype(np.int64), np.array([0, ensemble.n_trees], dtype=np.int64),
-                   np.array([scale]), np.array([expectation[ensemble.roots].sum() * scale]),
-                   model.spec.width)
+        width = model.spec.width
+        return cls(ensemble.feature.astype(np.int16 if width < 2**15 else np.int32),
+                   ensemble.threshold, ensemble.children.astype(np.int32).ravel(), expectation,
+                   is_leaf, ensemble.roots.astype(np.int64), scale,
+                   float(expectation[ensemble.roots].sum() * scale), width)
 
-    @classmethod
-    def stack(cls, parts: list[tuple[TreePaths, np.ndarray]], width: int) -> TreePaths:
-        """Several one-model paths as one, each with its columns moved into a layout `width`
-        wide (`columns[j]`: where its column j is there)."""
-        nodes = np.cumsum([0, *(len(p.feature) for p, _ in parts)])
-        return cls(
-            feature=np.concatenate([columns[p.feature] for p, columns in parts]).astype(
-                np.int16 if width < 2**15 else np.int32),
-            threshold=np.concatenate([p.threshold for p, _ in parts]),
-            children=np.concatenate([p.children + n for (p, _), n in zip(parts, nodes, strict=False)]),
-            expectation=np.concatenate([p.expectation for p, _ in parts]),
-            is_leaf=np.concatenate([p.is_leaf for p, _ in parts]),
-            roots=np.concatenate([p.roots + n for (p, _), n in zip(parts, nodes, strict=False)]),
-            model_trees=np.cumsum([0, *(len(p.roots) for p, _ in parts)]).astype(np.int64),
-            scale=np.concatenate([p.scale for p, _ in parts]),
-            base=np.concatenate([p.base for p, _ in parts]),
-            width=width,
-        )
-
-    def attribute(self, x: np.ndarray, models: list[int] | None = None,
-                  budget: int = 1 << 21) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, models, columns) credits of each feature to each of `models` (indices; default
-        all) and (rows, models) raw outputs (members' means) for features `x` (rows, `width`).
+    def attribute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, columns) credits of each feature and (rows,) raw outputs (the members' mean)
+        for features `x` in this model's layout.
 
         Walks every (molecule, tree) pair down one level at a time, dropping the pairs that
-        reached a leaf: most paths end well before the deepest tree's depth. Only the trees of
-        `models` are walked. Rows go in blocks of about `budget` credits."""
+        reached a leaf: most paths end well before the deepest tree's depth. (Walking every
+        endpoint's trees stacked in one set of arrays was measured slower for more than one
+        molecule: one model's nodes stay in cache, a stack's do not.)"""
         x = np.asarray(x, dtype=np.float32)
-        rows = x.shape[0]
-        if x.shape[1] != self.width:
-            raise ValueError(f"features have {x.shape[1]} columns; these trees read {self.width}")
-        chosen = list(range(self.n_models)) if models is None else list(models)
-        trees = [np.arange(self.model_trees[m], self.model_trees[m + 1]) for m in chosen]
-        roots = np.concatenate([self.roots[t] for t in trees]) if trees else np.zeros(0, np.int64)
-        owner = np.concatenate([np.full(len(t), k) for k, t in enumerate(trees)]) if trees \
-            else np.zeros(0, np.int64)
-        scale = self.scale[chosen]
-        block = max(1, budget // max(1, len(chosen) * self.width))
-        credit = np.empty((rows, len(chosen), self.width), dtype=np.float64)
-        raw = np.empty((rows, len(chosen)), dtype=np.float64)
-        for start in range(0, rows, block):
-            part = x[start : start + block]
-            c, r = self._attribute(part, roots, owner, len(chosen))
-            credit[start : start + block] = c * scale[None, :, None]
-            raw[start : start + block] = r * scale
-        return credit, raw
-
-    def _attribute(self, x: np.ndarray, roots: np.ndarray, owner: np.ndarray,
-                   models: int) -> tuple[np.ndarray, np.ndarray]:
-        """Unscaled credits and leaf sums of the trees at `roots`, `owner` their output."""
         rows, width = x.shape
-        n_trees = len(roots)
+        if width != self.width:
+            raise ValueError(f"features have {width} columns; these trees read {self.width}")
         flat = x.ravel()
-        node = np.tile(roots, rows)
-        row = np.repeat(np.arange(rows, dtype=np.int64), n_trees)
-        # Where a pair's credit goes: (row, model) block of the credits, then the column.
-        slot = (row * models + np.tile(owner, rows)) * width
-        feature_at = row * width  # where the row's features start in `flat`
+        n_trees = len(self.roots)
+        node = np.tile(self.roots, rows)
+        offset = np.repeat(np.arange(rows, dtype=np.int64) * width, n_trees)
         pair = np.arange(rows * n_trees)
         exit_leaf = np.empty(rows * n_trees, dtype=np.int64)
         columns, deltas = [], []
@@ -228,22 +180,19 @@ class TreePaths:
             if ended.any():
                 exit_leaf[pair[ended]] = node[ended]
                 going = ~ended
-                node, slot, feature_at, pair = node[going], slot[going], feature_at[going], pair[going]
+                node, offset, pair = node[going], offset[going], pair[going]
                 if not len(node):
                     break
-            feature = self.feature[node]
-            go_left = flat[feature_at + feature] <= self.threshold[node]
+            column = offset + self.feature[node]
+            go_left = flat[column] <= self.threshold[node]
             following = self.children[2 * node + go_left]
-            columns.append(slot + feature)
+            columns.append(column)
             deltas.append(self.expectation[following] - self.expectation[node])
             node = following
-        size = rows * models * width
-        credit = np.bincount(np.concatenate(columns), weights=np.concatenate(deltas), minlength=size) \
-            if columns else np.zeros(size)
-        leaves = self.expectation[exit_leaf].reshape(rows, n_trees)
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if n_trees else np.zeros(0, int)
-        raw = np.add.reduceat(leaves, starts, axis=1) if n_trees else np.zeros((rows, models))
-        return credit.reshape(rows, models, width), raw
+        credit = np.bincount(np.concatenate(columns), weights=np.concatenate(deltas),
+                             minlength=rows * width) if columns else np.zeros(rows * width)
+        raw = self.expectation[exit_leaf].reshape(rows, n_trees).sum(axis=1) * self.scale
+        return (credit * self.scale).reshape(rows, width), raw
 
 
 def column_names(spec: FeatureSpec) -> list[str | None]:
@@ -336,22 +285,17 @@ def space_of(model: FastModel) -> str:
 
 
 class Explainer:
-    """Explanations of fast models. A model's node expectations are computed at its first
-    explanation and kept; once several endpoints of one fast-tier stack are explained together,
-    every model of the stack is held in one set of arrays in its shared layout (as the fast tier
-    holds their trees) and each request walks the trees of the endpoints it asks."""
+    """Explanations of fast models, each model's node expectations computed at its first
+    explanation and kept (`nbytes`: about 43 MB for the 45 bundled endpoints)."""
 
     def __init__(self) -> None:
         self._paths: dict[str, tuple[int, TreePaths]] = {}
         self._names: dict[FeatureSpec, list[str | None]] = {}
-        # The stack of one fast-tier group: its key, the paths, each endpoint's index there.
-        self._stack: tuple[str, TreePaths, dict[str, int]] | None = None
         self._lock = threading.Lock()
 
     @property
     def nbytes(self) -> int:
-        held = sum(p.nbytes for _, p in self._paths.values())
-        return held + (self._stack[1].nbytes if self._stack is not None else 0)
+        return sum(p.nbytes for _, p in self._paths.values())
 
     def names(self, spec: FeatureSpec) -> list[str | None]:
         if spec not in self._names:
@@ -359,7 +303,6 @@ class Explainer:
         return self._names[spec]
 
     def paths(self, model: FastModel) -> TreePaths:
-        """One model's paths, in its own layout."""
         held = self._paths.get(model.endpoint)
         if held is None or held[0] != model.artifact.version:
             with self._lock:
@@ -369,62 +312,22 @@ class Explainer:
                     self._paths[model.endpoint] = held
         return held[1]
 
-    def stack(self, key: str, members: list[FastModel],
-              layout: FeatureSpec) -> tuple[TreePaths, dict[str, int]]:
-        """The paths of every model of a fast-tier group (`key`: the group's, which changes with
-        any model's version) in its `layout`; the models' own copies are released."""
-        if self._stack is None or self._stack[0] != key:
-            parts = [(self.paths(m), m.spec.positions_in(layout)) for m in members]
-            stacked = TreePaths.stack(parts, layout.width)
-            with self._lock:
-                self._stack = (key, stacked, {m.endpoint: i for i, m in enumerate(members)})
-                for model in members:
-                    self._paths.pop(model.endpoint, None)
-        return self._stack[1], self._stack[2]
-
-    def explain(self, models: list[FastModel], matrix: np.ndarray, layout: FeatureSpec,
-                smiles: list[str], atom_maps: dict[tuple[str, int, int], AtomMap],
-                group: tuple[str, list[FastModel]] | None = None) -> list[list[dict]]:
-        """For each model, one explanation per row of `matrix` (features in the `layout` the fast
-        tier computed, every model's columns among them); `smiles` are the rows' canonical SMILES
-        and `atom_maps` keeps each molecule's atom mapping across calls. `group` (the fast-tier
-        group's key and models): walk the group's stack, built when a quarter or more of its
-        models are asked together (as the fast tier chooses between its stacked and own trees),
-        and used for every request once built."""
-        stacked = self._stack is not None and group is not None and self._stack[0] == group[0]
-        several = group is not None and len(models) > 1 and 4 * len(models) >= len(group[1])
-        if group is not None and (stacked or several):
-            paths, index = self.stack(group[0], group[1], layout)
-            credit, raw = paths.attribute(matrix, [index[m.endpoint] for m in models])
-            base = paths.base[[index[m.endpoint] for m in models]]
-            wide = True
-        else:
-            out = []
-            for model in models:
-                paths = self.paths(model)
-                columns = model.spec.columns_in(layout)
-                credit, raw = paths.attribute(matrix if columns is None else matrix[:, columns])
-                out.append(self._explained(model, credit[:, 0], raw[:, 0], float(paths.base[0]),
-                                           matrix, layout, smiles, atom_maps, wide=False))
-            return out
-        return [self._explained(model, credit[:, m], raw[:, m], float(base[m]), matrix, layout,
-                                smiles, atom_maps, wide)
-                for m, model in enumerate(models)]
-
-    def _explained(self, model: FastModel, credit: np.ndarray, raw: np.ndarray, base: float,
-                   matrix: np.ndarray, layout: FeatureSpec, smiles: list[str],
-                   atom_maps: dict[tuple[str, int, int], AtomMap], wide: bool) -> list[dict]:
+    def explain(self, model: FastModel, matrix: np.ndarray, layout: FeatureSpec,
+                smiles: list[str], atom_maps: dict[tuple[str, int, int], AtomMap]) -> list[dict]:
+        """One explanation per row of `matrix` (features in the `layout` the fast tier computed,
+        the model's columns among them); `smiles` are the rows' canonical SMILES and `atom_maps`
+        keeps each molecule's atom mapping across endpoints."""
+        paths = self.paths(model)
         spec, names, space = model.spec, self.names(model.spec), space_of(model)
         columns = spec.columns_in(layout)
-        x = matrix if columns is None else matrix[:, columns]
-        if wide and columns is not None:
-            credit = credit[:, columns]
+        credit, raw = paths.attribute(matrix if columns is None else matrix[:, columns])
+        counts = matrix[:, : spec.n_bits]  # every layout starts with the same Morgan counts
         explained = []
         for row, key in enumerate(smiles):
             cached = (key, spec.radius, spec.n_bits)
             atoms = atom_maps.get(cached)
             if atoms is None:
                 atoms = atom_maps[cached] = atom_map(key, spec.radius, spec.n_bits)
-            explained.append(explain_molecule(credit[row], x[row, : spec.n_bits], float(raw[row]),
-                                              base, atoms, names, space))
+            explained.append(explain_molecule(credit[row], counts[row], float(raw[row]), paths.base,
+                                              atoms, names, space))
         return explained

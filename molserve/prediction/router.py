@@ -261,39 +261,30 @@ class Router:
 
         if self._explainer is None:
             self._explainer = Explainer()
-        # The molecules each endpoint's fast answers are for, grouped by the fast tier's stacks.
-        wanted: dict[int, tuple[Any, dict[tuple[int, ...], list[str]]]] = {}
-        for name, listed in answers.items():
-            group = next((g for g in self.fast.groups if name in g.names), None)
-            slots = tuple(slot for slot, answer in enumerate(listed)
-                          if answer.provenance.tier == "fast" and not answer.is_error)
-            if name in self.fast.models and group is not None and slots:
-                wanted.setdefault(id(group), (group, {}))[1].setdefault(slots, []).append(name)
         atom_maps: dict = {}  # one mapping of each molecule's Morgan bits, for every endpoint
-        for group, by_slots in wanted.values():
-            matrix = batch.features(group.spec).matrix
-            for slots, names in by_slots.items():
-                models = [self.fast.models[name] for name in names]
-                smiles = [batch.canonical_smiles[slot] for slot in slots]
-                try:
-                    members = [self.fast.models[n] for n in group.names if n in self.fast.models]
-                    explained = self._explainer.explain(models, matrix[list(slots)], group.spec,
-                                                        smiles, atom_maps, (group.key, members))
-                except (ArtifactError, OSError, ValueError, KeyError) as error:
-                    log.error("no explanation for %s: %s", ", ".join(names), error)
-                    explained = [[{"error": f"no explanation for this model: {error}"} for _ in slots]
-                                 for _ in names]
-                for name, explanations in zip(names, explained, strict=True):
-                    served = batch.scores.get(name)
-                    listed = answers[name]
-                    for slot, key, explanation in zip(slots, smiles, explanations, strict=True):
-                        if "raw" in explanation and served is not None \
-                                and abs(float(served[slot].mean()) - explanation["raw"]) > 1e-6:
-                            explanation = {"error": "the explained trees disagree with the served "
-                                                    "model; no explanation can be given"}
-                        elif "atoms" in explanation:
-                            explanation["svg"] = contribution_svg(key, explanation["atoms"])
-                        listed[slot] = replace(listed[slot], explanation=explanation)
+        for name, listed in answers.items():
+            model = self.fast.models.get(name)
+            group = next((g for g in self.fast.groups if name in g.names), None)
+            slots = [slot for slot, answer in enumerate(listed)
+                     if answer.provenance.tier == "fast" and not answer.is_error]
+            if model is None or group is None or not slots:
+                continue
+            smiles = [batch.canonical_smiles[slot] for slot in slots]
+            try:
+                explained = self._explainer.explain(model, batch.features(group.spec).matrix[slots],
+                                                    group.spec, smiles, atom_maps)
+            except (ArtifactError, OSError, ValueError, KeyError) as error:
+                log.error("no explanation for %s: %s", name, error)
+                explained = [{"error": f"no explanation for this model: {error}"} for _ in slots]
+            served = batch.scores.get(name)
+            for slot, key, explanation in zip(slots, smiles, explained, strict=True):
+                if "raw" in explanation and served is not None \
+                        and abs(float(served[slot].mean()) - explanation["raw"]) > 1e-6:
+                    explanation = {"error": "the explained trees disagree with the served model; "
+                                            "no explanation can be given"}
+                elif "atoms" in explanation:
+                    explanation["svg"] = contribution_svg(key, explanation["atoms"])
+                listed[slot] = replace(listed[slot], explanation=explanation)
 
     def _annotate(self, response: dict[str, Any], reference: str | None) -> None:
         if self.references is not None:

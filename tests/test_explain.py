@@ -232,3 +232,20 @@ def test_the_api_refuses_a_malformed_explain_or_reference_with_a_message(app_cli
         response = app_client.post("/v1/predict", json={"molecules": ["CCO"], **extra})
         assert response.status_code == 422, (extra, response.text)
         assert response.json()["message"]
+
+
+def test_a_molecule_that_cannot_be_mapped_gets_its_own_explanation_error(router, monkeypatch):
+    from molserve.prediction import explain
+
+    real = explain.atom_map
+
+    def refuse_phenol(smiles: str, radius: int, n_bits: int):
+        if smiles == "Oc1ccccc1":
+            raise ValueError("cannot map this one")
+        return real(smiles, radius, n_bits)
+
+    monkeypatch.setattr(explain, "atom_map", refuse_phenol)
+    phenol, ethanol = router.predict_local(["c1ccccc1O", "CCO"], ["solubility"], explain=True)["results"]
+    answer = phenol["predictions"]["solubility"]
+    assert answer.value is not None and "cannot map this one" in answer.explanation["error"]
+    check_adds_up(router, "solubility", ethanol)

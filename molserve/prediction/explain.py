@@ -210,7 +210,7 @@ def column_names(spec: FeatureSpec) -> list[str | None]:
 @dataclass(frozen=True)
 class AtomMap:
     """Where a molecule's Morgan credit goes: `weights` (atoms of the full molecule, n_bits)
-    spreads each present bit's credit over atoms; `present` marks the bits the model saw."""
+    spreads each bit's credit over the atoms of its environments."""
 
     n_atoms: int
     weights: np.ndarray  # float64 (n_atoms, n_bits)
@@ -221,6 +221,8 @@ def atom_map(canonical_smiles: str, radius: int, n_bits: int) -> AtomMap:
     """The Morgan bits of the canonical molecule's largest fragment (the one the models see,
     chosen as `largest_fragment` chooses), mapped to the full molecule's atoms."""
     mol = Chem.MolFromSmiles(canonical_smiles)
+    if mol is None:  # a canonical SMILES RDKit does not read back (rare)
+        raise ValueError(f"RDKit does not read its canonical SMILES {canonical_smiles!r} back")
     n_atoms = mol.GetNumAtoms()
     mapping: list[tuple[int, ...]] = []
     fragments = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=True, fragsMolAtomMapping=mapping)
@@ -327,7 +329,11 @@ class Explainer:
             cached = (key, spec.radius, spec.n_bits)
             atoms = atom_maps.get(cached)
             if atoms is None:
-                atoms = atom_maps[cached] = atom_map(key, spec.radius, spec.n_bits)
+                try:
+                    atoms = atom_maps[cached] = atom_map(key, spec.radius, spec.n_bits)
+                except ValueError as error:
+                    explained.append({"error": f"no explanation for this molecule: {error}"})
+                    continue
             explained.append(explain_molecule(credit[row], counts[row], float(raw[row]), paths.base,
                                               atoms, names, space))
         return explained

@@ -283,7 +283,10 @@ class Router:
                     explanation = {"error": "the explained trees disagree with the served model; "
                                             "no explanation can be given"}
                 elif "atoms" in explanation:
-                    explanation["svg"] = contribution_svg(key, explanation["atoms"])
+                    try:
+                        explanation["svg"] = contribution_svg(key, explanation["atoms"])
+                    except ValueError as error:  # the numbers stand without their picture
+                        log.warning("no depiction of %s: %s", key, error)
                 listed[slot] = replace(listed[slot], explanation=explanation)
 
     def _annotate(self, response: dict[str, Any], reference: str | None) -> None:

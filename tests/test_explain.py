@@ -249,3 +249,22 @@ def test_a_molecule_that_cannot_be_mapped_gets_its_own_explanation_error(router,
     answer = phenol["predictions"]["solubility"]
     assert answer.value is not None and "cannot map this one" in answer.explanation["error"]
     check_adds_up(router, "solubility", ethanol)
+
+
+def test_the_depiction_shades_atoms_red_up_blue_down_and_leaves_zero_unshaded():
+    import re
+
+    from molserve.chem.depict import contribution_svg
+
+    svg = contribution_svg("Cc1ccc([N+](=O)[O-])cc1", [0.0, 0.1, 0, 0, 0, 0.4, 0.2, 0.2, 0, -0.4])
+
+    def fill(atom: int) -> tuple[int, int, int] | None:
+        found = re.search(rf"<ellipse [^>]*class='atom-{atom}'[^>]*fill:#([0-9A-F]{{6}})", svg)
+        return None if found is None else tuple(int(found.group(1)[i : i + 2], 16) for i in (0, 2, 4))
+
+    assert fill(0) is None and fill(2) is None  # contributes nothing: not shaded
+    red, blue, pale = fill(5), fill(9), fill(1)
+    assert red[0] > 200 and red[2] < 60  # the strongest positive atom: full red
+    assert blue[2] > 150 and blue[0] < 60  # the strongest negative atom: full blue
+    assert pale[0] > pale[2] and min(pale) > red[1]  # a weaker positive one: a paler red
+    assert svg.count("<ellipse") == 5  # atoms 1, 5, 6, 7 and 9

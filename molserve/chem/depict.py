@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from rdkit import Chem
@@ -26,47 +27,77 @@ def svg(smiles: str, width: int = 240, height: int = 180) -> str:
 # Diverging colours for contributions: red raises the model's output, blue lowers it; white is 0.
 _RAISES = (0.84, 0.19, 0.15)
 _LOWERS = (0.13, 0.40, 0.67)
+# Atom i is first drawn in a colour no depiction uses (#FE, then i coded in two bytes); each
+# drawing then recolours the atoms' highlights, or leaves them out.
+_ELLIPSE = re.compile(r"<ellipse [^>]*class='atom-(\d+)'[^>]*/>\n?")
 
 
 def _blend(colour: tuple[float, float, float], strength: float) -> tuple[float, float, float]:
     return tuple(1.0 - strength * (1.0 - c) for c in colour)  # type: ignore[return-value]
 
 
+def _hex(colour: tuple[float, float, float]) -> str:
+    return "#" + "".join(f"{round(255 * c):02X}" for c in colour)
+
+
+def _placeholder(atom: int) -> tuple[float, float, float]:
+    return (0xFE / 255, (1 + atom // 250) / 255, (1 + atom % 250) / 255)
+
+
 @lru_cache(maxsize=256)
-def _prepared(smiles: str):
-    """The molecule of a SMILES with its 2D layout (atoms in the SMILES' order; hydrogens drawn
-    at stereocentres come after them), laid out once for every endpoint's drawing."""
+def _template(smiles: str, width: int, height: int) -> tuple[int, tuple[str | tuple[int, str], ...]]:
+    """A molecule drawn once with every atom highlighted in its placeholder colour, cut into
+    fixed text and each atom's highlight: (atoms, parts). Laying the molecule out and drawing it
+    is most of a depiction's cost; recolouring the highlights costs microseconds, so every
+    endpoint's depiction of one molecule shares one drawing (and one geometry)."""
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot draw {smiles!r}")
-    return rdMolDraw2D.PrepareMolForDrawing(mol), mol.GetNumAtoms()
+    n_atoms = mol.GetNumAtoms()
+    drawer = rdMolDraw2D.MolDraw2DSVG(width, height)
+    options = drawer.drawOptions()
+    options.clearBackground = False
+    options.addStereoAnnotation = True
+    placeholders = {atom: _placeholder(atom) for atom in range(n_atoms)}
+    rdMolDraw2D.PrepareAndDrawMolecule(drawer, mol, highlightAtoms=list(placeholders),
+                                       highlightAtomColors=placeholders, highlightBonds=[])
+    drawer.FinishDrawing()
+    text = drawer.GetDrawingText()
+    parts: list[str | tuple[int, str]] = []
+    at = 0
+    for match in _ELLIPSE.finditer(text):
+        atom = int(match.group(1))
+        if atom >= n_atoms or _hex(_placeholder(atom)) not in match.group(0):
+            raise ValueError(f"unexpected highlight in the drawing of {smiles!r}")
+        parts += [text[at : match.start()], (atom, match.group(0))]
+        at = match.end()
+    parts.append(text[at:])
+    if len({p[0] for p in parts if isinstance(p, tuple)}) != n_atoms:
+        raise ValueError(f"the drawing of {smiles!r} does not highlight every atom")
+    return n_atoms, tuple(parts)
 
 
 def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
                      height: int = 240) -> str:
     """An SVG drawing of a molecule with each atom shaded by its contribution (one number per
     atom of `smiles`, in its atom order): red for positive, blue for negative, the strongest
-    atom at full colour, white for none.
+    atom at full colour, atoms contributing nothing unshaded.
 
     >>> contribution_svg("CCO", [0.1, 0.0, -0.2]).startswith("<?xml")
     True
     """
-    mol, n_atoms = _prepared(smiles)
+    n_atoms, parts = _template(smiles, width, height)
     if len(contributions) != n_atoms:
         raise ValueError(f"{len(contributions)} contributions for {n_atoms} atoms")
     largest = max((abs(c) for c in contributions), default=0.0)
-    colours: dict[int, tuple[float, float, float]] = {}
-    if largest > 0:
-        for atom, value in enumerate(contributions):
-            if value != 0:
-                colours[atom] = _blend(_RAISES if value > 0 else _LOWERS, abs(value) / largest)
-    drawer = rdMolDraw2D.MolDraw2DSVG(width, height)
-    options = drawer.drawOptions()
-    options.clearBackground = False
-    options.addStereoAnnotation = True
-    options.prepareMolsBeforeDrawing = False  # laid out once in `_prepared`
-    # A copy: RDKit caches on a molecule while drawing it, and drawings run in several threads.
-    drawer.DrawMolecule(Chem.Mol(mol), highlightAtoms=list(colours), highlightAtomColors=colours,
-                        highlightBonds=[])
-    drawer.FinishDrawing()
-    return drawer.GetDrawingText()
+    out = []
+    for part in parts:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        atom, highlight = part
+        value = contributions[atom]
+        if value != 0 and largest > 0:
+            colour = _blend(_RAISES if value > 0 else _LOWERS, abs(value) / largest)
+            out.append(highlight.replace(_hex(_placeholder(atom)), _hex(colour)))
+    return "".join(out)

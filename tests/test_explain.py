@@ -268,3 +268,31 @@ def test_the_depiction_shades_atoms_red_up_blue_down_and_leaves_zero_unshaded():
     assert blue[2] > 150 and blue[0] < 60  # the strongest negative atom: full blue
     assert pale[0] > pale[2] and min(pale) > red[1]  # a weaker positive one: a paler red
     assert svg.count("<ellipse") == 5  # atoms 1, 5, 6, 7 and 9
+
+
+def test_too_many_molecules_to_explain_is_a_413_with_the_limit(app_client):
+    molecules = ["CCO"] * 101
+    response = app_client.post("/v1/predict", json={"molecules": molecules, "explain": True})
+    assert response.status_code == 413
+    body = response.json()
+    assert body["error"] == "explain_batch_too_large" and body["details"]["limit"] == 100
+    assert "explain" in body["message"]
+    assert app_client.post("/v1/predict", json={"molecules": molecules}).status_code == 200
+
+
+def test_reference_sets_annotate_each_response_once_on_both_paths(trained_registry):
+    class References:
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, str | None]] = []
+
+        def annotate_response(self, response: dict, reference: str | None) -> None:
+            self.calls.append((len(response["results"]), reference))
+
+    router = Router(trained_registry)
+    router.load(["solubility"])
+    router.references = references = References()
+    router.predict_local(["CCO"], ["solubility"], reference="approved")
+    asyncio.run(router.predict(["CCO", "CCN"], ["solubility"]))
+    router.remotes["transformer"] = WorkerTier()
+    asyncio.run(router.predict(["CCO", "CCN", "CCC"], ["solubility"], tier="transformer", reference="x"))
+    assert references.calls == [(1, "approved"), (2, None), (3, "x")]

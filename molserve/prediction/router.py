@@ -45,9 +45,12 @@ class Router:
     """The tiers of this process (fast, computed) and, when configured, the remote ones."""
 
     def __init__(self, registry: Registry, *, max_batch: int = 1000,
-                 compute: Executor | None = None) -> None:
+                 compute: Executor | None = None, max_explained: int = 100) -> None:
         self.registry = registry
         self.max_batch = max_batch
+        # An explained answer weighs about 10 kB (its depiction most of it): every endpoint of
+        # 100 molecules is some 45 MB of JSON already.
+        self.max_explained = max_explained
         self.fast = FastTier(registry)
         self.computed = ComputedTier()
         self.remotes: dict[str, RemoteTier] = {}  # tier name -> the workers' tier
@@ -125,12 +128,18 @@ class Router:
             raise InvalidInput("endpoints is empty; name at least one", code="no_endpoints")
         return list(dict.fromkeys(requested))
 
-    def check_size(self, n: int) -> None:
+    def check_size(self, n: int, explain: bool = False) -> None:
         if n > self.max_batch:
             raise TooLarge(
                 f"{n} molecules in one request; the limit is {self.max_batch}. Split the batch, "
                 "or submit a screen job for large files",
                 code="batch_too_large", details={"limit": self.max_batch, "received": n},
+            )
+        if explain and n > self.max_explained:
+            raise TooLarge(
+                f"{n} molecules to explain in one request; explanations are given for at most "
+                f"{self.max_explained} at a time. Split the batch, or ask without explain",
+                code="explain_batch_too_large", details={"limit": self.max_explained, "received": n},
             )
 
     def endpoint_info(self) -> list[dict[str, Any]]:
@@ -296,7 +305,7 @@ class Router:
     def _predict_local(self, molecules: list[str], endpoints: list[str] | None,
                        explain: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
-        self.check_size(len(molecules))
+        self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
         results, batch, owners = self._parse(molecules)
         answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
@@ -325,7 +334,7 @@ class Router:
         molecule), compute in the executor, not on the event loop. `explain` and `reference` as
         in `predict_local`; only fast-tier answers are explained."""
         started = time.perf_counter()
-        self.check_size(len(molecules))
+        self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
         plan = self.plan(names, tier)
         if not set(plan.values()) & set(REMOTE_TIERS):

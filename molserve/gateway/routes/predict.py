@@ -24,10 +24,12 @@ router = APIRouter(tags=["predict"])
 async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     """Answers every input in order. An unreadable SMILES gets a per-molecule `error` with
     RDKit's reason and the rest are answered; duplicates (same canonical SMILES) are computed
-    once. Each answer carries units, uncertainty, applicability domain and provenance."""
+    once. Each answer carries units, uncertainty, applicability domain and provenance; with
+    `explain`, each fast-tier answer also carries its explanation (at most 100 molecules a
+    request by default; 413 beyond)."""
     state = request.app.state
     router = state.router
-    router.check_size(len(body.molecules))
+    router.check_size(len(body.molecules), body.explain)
     metrics = state.metrics
     # Admission control: beyond this many molecules in flight, say so at once (503) rather than
     # letting every client wait.

@@ -48,8 +48,8 @@ class Router:
                  compute: Executor | None = None, max_explained: int = 100) -> None:
         self.registry = registry
         self.max_batch = max_batch
-        # An explained answer weighs about 10 kB (its depiction most of it): every endpoint of
-        # 100 molecules is some 45 MB of JSON already.
+        # An explained answer adds about 13 kB of JSON (its depiction most of it): every
+        # endpoint of 100 molecules is some 60 MB already.
         self.max_explained = max_explained
         self.fast = FastTier(registry)
         self.computed = ComputedTier()

@@ -176,6 +176,18 @@ def test_nitro_aromatics_owe_their_mutagenicity_to_the_nitro_group(tdc_registry)
         assert atoms[group].mean() > rest.max(), (result["canonical_smiles"], atoms)
 
 
+def test_alcohols_owe_their_more_negative_hydration_free_energy_to_the_hydroxyl(router):
+    """A hydroxyl makes the free energy of hydration more negative: in every alcohol asked, its
+    oxygen carries the most negative contribution (runs with the default test registry)."""
+    alcohols = ["CCO", "CCCCO", "CCCCCCCCO", "OC1CCCCC1", "OCc1ccccc1", "CC(C)CCO", "CCCCCCO", "CC(O)CC"]
+    hydroxyl = Chem.MolFromSmarts("[CX4][OX2H]")
+    response = router.predict_local(alcohols, ["hydration_free_energy"], explain=True)
+    for result in response["results"]:
+        atoms = np.array(check_adds_up(router, "hydration_free_energy", result)["atoms"])
+        _, oxygen = Chem.MolFromSmiles(result["canonical_smiles"]).GetSubstructMatch(hydroxyl)
+        assert int(np.argmin(atoms)) == oxygen and atoms[oxygen] < 0, (result["canonical_smiles"], atoms)
+
+
 def test_node_counts_read_from_the_lightgbm_text_line_up_with_the_stored_trees(router):
     """Each internal node's training count is its two children's: the counts are in the stored
     trees' node order (so the node expectations are the right ones)."""

@@ -25,7 +25,7 @@ from molserve.chem.depict import contribution_svg
 from molserve.chem.features import featurize
 from molserve.chem.molecules import largest_fragment, parse_smiles
 from molserve.data.bundled import load_bundled
-from molserve.prediction.explain import Explainer, atom_map, column_names, explain_molecule, space_of
+from molserve.prediction.explain import ColumnNames, Explainer, atom_map, explain_molecule, space_of
 from molserve.prediction.router import Router
 from molserve.registry.store import Registry
 
@@ -70,7 +70,7 @@ def against_treeshap(router: Router, endpoint: str, molecules: list[str]) -> dic
     boosters = [lightgbm.Booster(model_str=member) for member in members]
     explainer = Explainer()
     paths = explainer.paths(model)
-    names, space = column_names(model.spec), space_of(model)
+    names, space = ColumnNames.of(model.spec), space_of(model)
     canonical = [parse_smiles(s).canonical_smiles for s in molecules]
     x = featurize([largest_fragment(parse_smiles(s).mol) for s in canonical], model.spec).matrix
     credit, raw = paths.attribute(x)

@@ -45,11 +45,13 @@ def _placeholder(atom: int) -> tuple[float, float, float]:
 
 
 @lru_cache(maxsize=256)
-def _template(smiles: str, width: int, height: int) -> tuple[int, tuple[str | tuple[int, str], ...]]:
+def _template(smiles: str, width: int,
+              height: int) -> tuple[int, tuple[str | tuple[int, str, str], ...]]:
     """A molecule drawn once with every atom highlighted in its placeholder colour, cut into
-    fixed text and each atom's highlight: (atoms, parts). Laying the molecule out and drawing it
-    is most of a depiction's cost; recolouring the highlights costs microseconds, so every
-    endpoint's depiction of one molecule shares one drawing (and one geometry)."""
+    fixed text and each atom's highlight (atom, its element, its placeholder): (atoms, parts).
+    Laying the molecule out and drawing it is most of a depiction's cost; recolouring the
+    highlights costs microseconds, so every endpoint's depiction of one molecule shares one
+    drawing (and one geometry)."""
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot draw {smiles!r}")
@@ -63,13 +65,14 @@ def _template(smiles: str, width: int, height: int) -> tuple[int, tuple[str | tu
                                        highlightAtomColors=placeholders, highlightBonds=[])
     drawer.FinishDrawing()
     text = drawer.GetDrawingText()
-    parts: list[str | tuple[int, str]] = []
+    parts: list[str | tuple[int, str, str]] = []
     at = 0
     for match in _ELLIPSE.finditer(text):
         atom = int(match.group(1))
-        if atom >= n_atoms or _hex(_placeholder(atom)) not in match.group(0):
+        placeholder = _hex(_placeholder(atom)) if atom < n_atoms else ""
+        if not placeholder or placeholder not in match.group(0):
             raise ValueError(f"unexpected highlight in the drawing of {smiles!r}")
-        parts += [text[at : match.start()], (atom, match.group(0))]
+        parts += [text[at : match.start()], (atom, match.group(0), placeholder)]
         at = match.end()
     parts.append(text[at:])
     if len({p[0] for p in parts if isinstance(p, tuple)}) != n_atoms:
@@ -95,9 +98,9 @@ def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
         if isinstance(part, str):
             out.append(part)
             continue
-        atom, highlight = part
+        atom, highlight, placeholder = part
         value = contributions[atom]
         if value != 0 and largest > 0:
             colour = _blend(_RAISES if value > 0 else _LOWERS, abs(value) / largest)
-            out.append(highlight.replace(_hex(_placeholder(atom)), _hex(colour)))
+            out.append(highlight.replace(placeholder, _hex(colour)))
     return "".join(out)

@@ -43,7 +43,7 @@ def test_no_pickle_on_any_load_path():
 # storage -> chem and the foundation.
 LAYERS = {
     "cli": 5, "__main__": 5,
-    "gateway": 4, "worker": 4, "jobs": 4, "deploy": 4, "client": 4,
+    "gateway": 4, "worker": 4, "jobs": 4, "deploy": 4, "client": 4, "predictor": 4,
     "operations": 3,
     "prediction": 2,
     "models": 1, "data": 1, "registry": 1, "answers": 1, "responses": 1,

@@ -62,19 +62,20 @@ def test_a_tiny_set_gives_the_hand_checked_percentiles_of_a_computed_endpoint(sm
     references = ReferenceSets(small_registry, router)
     info = references.add("tiny", TINY, description="four small molecules", compute=False)
     assert info["molecules"] == 4
-    response = router.predict_local(["CCO", "CCC", "CCCCCCCCCCCCCCCC(=O)O", "C", "C1CC"],
+    response = router.predict_local(["CCO", "CCC", "CCCCCCCCCCCCCCCC(=O)O", "C", "C1CC", "OCC"],
                                     ["molecular_weight", "logbb", "structural_alerts"])
     references.annotate_response(response, "tiny")
     shown = [r["predictions"].get("molecular_weight") for r in response["results"]]
     assert [a.reference_percentile for a in shown[:4]] == [37.5, 25.0, 100.0, 12.5]
     assert shown[4] is None  # the invalid input has no answers to annotate
+    assert shown[5].reference_percentile == 37.5  # a duplicate of ethanol: the same answer
     assert response["reference"]["name"] == "tiny" and response["reference"]["molecules"] == 4
     assert response["reference"]["omitted"] == {"structural_alerts": "its values are not numbers"}
     assert all(r["predictions"]["structural_alerts"].reference_percentile is None
-               for r in response["results"][:4])
+               for r in response["results"] if r["predictions"])
     # The fast model's percentile against the same model's values for the set, by hand.
     ref = [a["predictions"]["logbb"].value for a in router.predict_local(TINY, ["logbb"])["results"]]
-    for result in response["results"][:4]:
+    for result in [*response["results"][:4], response["results"][5]]:
         answer = result["predictions"]["logbb"]
         assert answer.reference_percentile == pytest.approx(mid_rank(ref, answer.value), abs=0.01)
     assert response["results"][0]["predictions"]["logbb"].to_json()["reference_percentile"] \

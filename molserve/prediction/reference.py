@@ -22,6 +22,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -143,6 +144,7 @@ def prepare(records: Iterable[str]) -> Prepared:
 ModelKey = tuple[str, str, str, str]
 
 
+@lru_cache(maxsize=256)
 def _definition(endpoint: str) -> str:
     prop = descriptors.COMPUTED[endpoint]
     return hashlib.sha256(f"{prop.method}\n{prop.description}".encode()).hexdigest()[:16]
@@ -440,20 +442,34 @@ class ReferenceSets:
                 found = self._distribution(name, info, pair[0], key)
                 if found is not None:
                     distributions[pair] = found
+        # One searchsorted per endpoint over all its answers; the same answer object (a
+        # duplicate input) is replaced once and shared again.
+        placed: dict[tuple[str, str], list[Answer]] = {}
         for result in results:
-            predictions = result["predictions"]
-            for endpoint, answer in predictions.items():
+            for endpoint, answer in result["predictions"].items():
                 key = keys.get(id(answer))
-                if key is None or answer.is_error:
-                    continue
-                found = distributions.get((endpoint, key[2]))
+                found = distributions.get((endpoint, key[2])) if key is not None else None
                 if found is None or found.key != key:
                     continue
                 if found.sorted_values.size == 0:
                     omitted[endpoint] = "no molecule of the reference set has a value"
                     continue
-                predictions[endpoint] = replace(
-                    answer, reference_percentile=percentile(found.sorted_values, answer.value))
+                placed.setdefault((endpoint, key[2]), []).append(answer)
+        annotated: dict[int, Answer] = {}
+        for pair, answers in placed.items():
+            reference_values = distributions[pair].sorted_values
+            unique = list({id(a): a for a in answers}.values())
+            values = np.array([a.value for a in unique], dtype=np.float64)
+            below = np.searchsorted(reference_values, values, side="left")
+            upto = np.searchsorted(reference_values, values, side="right")
+            ranks = np.round(100.0 * (below + 0.5 * (upto - below)) / reference_values.size, 2)
+            for answer, rank in zip(unique, ranks.tolist(), strict=True):
+                annotated[id(answer)] = replace(answer, reference_percentile=rank)
+        for result in results:
+            predictions = result["predictions"]
+            for endpoint, answer in predictions.items():
+                if id(answer) in annotated:
+                    predictions[endpoint] = annotated[id(answer)]
         response["reference"] = {
             "name": name, "description": info.get("description", ""),
             "molecules": info.get("molecules"), "percentile": PERCENTILE_DEFINITION,

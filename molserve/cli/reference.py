@@ -68,12 +68,16 @@ def list_sets(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json"
     if as_json:
         print(json.dumps(sets, indent=2))
         return 0
-    print(f"{'name':<24} {'molecules':>9} {'invalid':>7} {'values':>6} {'stale':>5}  description")
+    print(f"{'name':<30} {'molecules':>9} {'invalid':>7} {'values':>6} {'stale':>5}  description")
     for entry in sets:
         stale = sum(1 for v in entry["values"] if not v["current"])
-        marker = " (default)" if entry["default"] else ""
-        print(f"{entry['name']:<24} {entry['molecules']:>9} {entry['invalid'] or 0:>7} "
-              f"{len(entry['values']):>6} {stale:>5}  {entry['description'][:60]}{marker}")
+        shown = f"{entry['name']} (default)" if entry["default"] else entry["name"]
+        description = entry["description"]
+        description = description if len(description) <= 70 else description[:67] + "..."
+        print(f"{shown:<30} {entry['molecules']:>9} {entry['invalid'] or 0:>7} "
+              f"{len(entry['values']):>6} {stale:>5}  {description}")
+    print("values: endpoints whose values over the set are stored; stale: from a model version no "
+          "longer served (recomputed when next needed)")
     return 0
 
 

@@ -97,7 +97,8 @@ class ReferenceStore:
         """Store a set (its values, if any, go with a replaced one); returns its set.json."""
         validate_reference_name(name)
         if self.exists(name) and not replace:
-            raise Conflict(f"a reference set named {name!r} exists; remove it first or replace it",
+            raise Conflict(f"a reference set named {name!r} exists; remove it first, or replace it "
+                           "(molserve reference add --replace)",
                            code="reference_exists")
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".staging-{uuid.uuid4().hex}"

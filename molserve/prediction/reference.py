@@ -193,6 +193,7 @@ class ReferenceSets:
         self._pending_lock = threading.Lock()  # not the compute lock: held for microseconds
         self.store = ReferenceStore(registry.root)
         self._compute_lock = threading.Lock()
+        self._materialize_lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], _Distribution] = {}  # (set, endpoint, tier)
         self._molecules: dict[str, tuple[str, list[str]]] = {}  # set -> (sha256, SMILES)
         self._unstored: dict[str, tuple[dict[str, Any], list[str]]] = {}  # read-only registry
@@ -225,7 +226,7 @@ class ReferenceSets:
         return cached[1]
 
     def _materialize(self, bundled: BundledSet) -> dict[str, Any]:
-        with self._compute_lock:
+        with self._materialize_lock:
             if self.store.exists(bundled.name):
                 return self.store.info(bundled.name)
             prepared = prepare(bundled.smiles())

@@ -29,7 +29,9 @@ def violated(result):
 
 
 def test_every_rule_and_alert_is_a_computed_endpoint():
-    assert set(RULE_NAMES) | {"pains", "brenk", "structural_alerts"} <= set(descriptors.COMPUTED)
+    new = {"pains", "brenk", "structural_alerts", "fraction_csp3"}
+    assert set(RULE_NAMES) | new <= set(descriptors.COMPUTED)
+    assert evaluate("fraction_csp3", ASPIRIN).value == round(1 / 9, 4)  # one sp3 carbon of nine
     for name in RULE_NAMES:
         assert "SwissADME" in descriptors.COMPUTED[name].method
         assert descriptors.COMPUTED[name].units == "violations (count)"

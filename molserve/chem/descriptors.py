@@ -84,6 +84,10 @@ COMPUTED: dict[str, ComputedProperty] = {
                          "rdMolDescriptors.CalcNumLipinskiHBA", rdmd.CalcNumLipinskiHBA),
         ComputedProperty("rotatable_bonds", "count", "Rotatable bonds (strict definition).",
                          "rdMolDescriptors.CalcNumRotatableBonds", rdmd.CalcNumRotatableBonds),
+        ComputedProperty("fraction_csp3", "fraction in [0, 1]",
+                         "Fraction of sp3 carbons among all carbons (Fsp3; Lovering et al. 2009), "
+                         "SwissADME's saturation (INSATU) axis.",
+                         "rdMolDescriptors.CalcFractionCSP3", rdmd.CalcFractionCSP3),
         ComputedProperty("structural_alerts", "list of alerts",
                          "PAINS A/B/C and Brenk structural alerts matched by the molecule; details "
                          "give each alert's matched atoms (indices in the canonical SMILES).",

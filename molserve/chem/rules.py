@@ -66,6 +66,28 @@ PROPERTIES: dict[str, Callable[[Chem.Mol], float | int]] = {
     "heteroatoms": rdmd.CalcNumHeteroatoms,
 }
 
+_REAL = {"molecular_weight", "logp_crippen", "molar_refractivity", "tpsa_incl_s_p"}
+
+
+def molecule_property(mol: Chem.Mol, name: str) -> float | int:
+    """A rule property of the molecule, kept on the molecule (a private RDKit property) so the
+    rules asked of one molecule compute each once: rotatable bonds and TPSA, the dearest, are
+    read by three rules each.
+
+    >>> molecule_property(Chem.MolFromSmiles("CCO"), "carbons")
+    2
+    """
+    tag = f"_molserve_{name}"
+    if mol.HasProp(tag):
+        return mol.GetDoubleProp(tag) if name in _REAL else mol.GetIntProp(tag)
+    value = PROPERTIES[name](mol)
+    if name in _REAL:
+        mol.SetDoubleProp(tag, float(value), computed=True)
+    else:
+        mol.SetIntProp(tag, int(value), computed=True)
+    return value
+
+
 _OPERATORS = {"<=": operator.le, ">=": operator.ge, ">": operator.gt, "<": operator.lt}
 
 
@@ -98,12 +120,9 @@ class Rule:
         >>> LIPINSKI.evaluate(Chem.MolFromSmiles("CC(=O)Oc1ccccc1C(=O)O")).label
         'pass'
         """
-        values: dict[str, float | int] = {}
         violations = []
         for criterion in self.criteria:
-            if criterion.property not in values:
-                values[criterion.property] = PROPERTIES[criterion.property](mol)
-            value = values[criterion.property]
+            value = molecule_property(mol, criterion.property)
             if not criterion.holds(value):
                 shown = round(value, 4) if isinstance(value, float) else value
                 violations.append({"property": criterion.property, "value": shown,

@@ -101,6 +101,7 @@ class ReferenceStore:
                            "(molserve reference add --replace)",
                            code="reference_exists")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._sweep()
         staging = self.root / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
@@ -123,6 +124,16 @@ class ReferenceStore:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def _sweep(self, older_than_s: float = 3600.0) -> None:
+        """Remove what a crashed write left (staging folders an hour old)."""
+        now = time.time()
+        for child in self.root.glob(".staging-*"):
+            try:
+                if now - child.stat().st_mtime > older_than_s:
+                    shutil.rmtree(child, ignore_errors=True)
+            except OSError:
+                pass
 
     def remove(self, name: str) -> None:
         validate_reference_name(name)

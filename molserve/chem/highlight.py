@@ -30,7 +30,7 @@ def parse_atom_list(text: str) -> tuple[int, ...]:
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):  # "²" is a digit to str.isdigit, not to int
             raise InvalidInput(f"highlight must be atom indices separated by commas (e.g. 0,1,2); "
                                f"{part[:20]!r} is not an index", code="invalid_highlight")
         atoms.append(int(part))

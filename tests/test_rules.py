@@ -150,12 +150,13 @@ def test_rules_and_alerts_over_http(app_client):
     assert by_name.status_code == 200 and by_name.text == drawn.text
 
 
-@pytest.mark.parametrize("highlight, words", [("0,99", "out of range"), ("1,x", "not an index"),
-                                              ("1,\u00b2", "not an index"), ("-1", "not an index")])
-def test_a_bad_highlight_is_a_clear_4xx(app_client, highlight, words):
+@pytest.mark.parametrize("highlight, error, words", [
+    ("0,99", "invalid_highlight", "out of range"), ("1,x", "invalid_request", "highlight"),
+    ("1,\u00b2", "invalid_request", "highlight"), ("-1", "invalid_request", "highlight")])
+def test_a_bad_highlight_is_a_clear_4xx(app_client, highlight, error, words):
     response = app_client.get("/v1/depict", params={"smiles": "CCO", "highlight": highlight})
     assert 400 <= response.status_code < 500
-    assert response.json()["error"] == "invalid_highlight" and words in response.json()["message"]
+    assert response.json()["error"] == error and words in response.json()["message"]
 
 
 def test_highlight_helpers_refuse_what_they_cannot_draw():

@@ -29,6 +29,9 @@ DEPICT_THREADS = 2
 DEPICT_TIMEOUT_S = 2.0
 DEPICT_MAX_PENDING = 16
 
+# Atom indices separated by commas, or a word naming the alerts whose atoms to mark.
+HIGHLIGHT_PATTERN = r"^\s*(alerts|pains|brenk|[0-9]+(\s*,\s*[0-9]+)*)\s*$"
+
 _pool: ThreadPoolExecutor | None = None
 _pending = 0
 _lock = threading.Lock()
@@ -62,7 +65,8 @@ async def depict(smiles: str = Query(..., max_length=2000, json_schema_extra={"f
                  width: int = Query(240, ge=50, le=1200),
                  height: int = Query(180, ge=50, le=1200),
                  highlight: str | None = Query(
-                     None, max_length=4000,
+                     None, max_length=4000, pattern=HIGHLIGHT_PATTERN,
+                     json_schema_extra={"format": "atom-indices"},
                      description="Atoms to highlight: indices in the SMILES' atom order, "
                                  "comma-separated (e.g. the `atoms` of an alert, with the "
                                  "`canonical_smiles` of its prediction), or `alerts`, `pains` or "

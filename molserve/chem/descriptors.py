@@ -99,15 +99,15 @@ COMPUTED: dict[str, ComputedProperty] = {
                          "when none; details give each alert with its matched atoms (indices in "
                          "the canonical SMILES).",
                          f"FilterCatalog (PAINS A, B, C); {rules.PAINS_CITATION}",
-                         lambda mol: rules.alert_evaluation(rules.match_alerts(mol), _PAINS),
-                         lambda smiles: rules.alert_evaluation(rules.alerts_of_smiles(smiles), _PAINS)),
+                         lambda mol: rules.alert_evaluation(rules.match_alerts(mol, _PAINS)),
+                         lambda smiles: rules.alert_evaluation(rules.alerts_of_smiles(smiles, _PAINS))),
         ComputedProperty("brenk", "alerts (count)",
                          "Brenk alerts (unwanted, reactive or toxic groups) matched: their number, "
                          "pass when none; details give each alert with its matched atoms (indices "
                          "in the canonical SMILES).",
                          f"FilterCatalog (Brenk); {rules.BRENK_CITATION}",
-                         lambda mol: rules.alert_evaluation(rules.match_alerts(mol), _BRENK),
-                         lambda smiles: rules.alert_evaluation(rules.alerts_of_smiles(smiles), _BRENK)),
+                         lambda mol: rules.alert_evaluation(rules.match_alerts(mol, _BRENK)),
+                         lambda smiles: rules.alert_evaluation(rules.alerts_of_smiles(smiles, _BRENK))),
         *(_rule(rule) for rule in rules.RULES.values()),
     )
 }

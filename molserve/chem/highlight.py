@@ -61,14 +61,13 @@ def highlighted_svg(smiles: str, atoms: Iterable[int], width: int = 240, height:
     return _draw(smiles, tuple(sorted(set(atoms))), width, height)
 
 
-def alert_atoms(smiles: str, catalogs: Sequence[str] = ("PAINS", "Brenk")) -> tuple[int, ...]:
-    """Every atom a PAINS or Brenk alert matched (or those of the catalogs named), numbered in
+def alert_atoms(smiles: str, families: Sequence[str] = ("PAINS", "Brenk")) -> tuple[int, ...]:
+    """Every atom a PAINS or Brenk alert matched (or those of the catalogues named), numbered in
     the order of the given SMILES."""
     from molserve.chem.rules import match_alerts
 
     mol = parse_smiles(smiles).mol
-    return tuple(sorted({i for alert in match_alerts(mol) if alert["catalog"].startswith(tuple(catalogs))
-                         for i in alert["atoms"]}))
+    return tuple(sorted({i for alert in match_alerts(mol, tuple(families)) for i in alert["atoms"]}))
 
 
 @lru_cache(maxsize=1024)

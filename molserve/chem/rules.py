@@ -195,58 +195,62 @@ BRENK_CITATION = ("Brenk R, Schipani A, James D, et al. Lessons learnt from asse
                   "libraries for drug discovery for neglected diseases. ChemMedChem 2008;3:435-444. "
                   "doi:10.1002/cmdc.200700139")
 
-_catalog = None
+# The two catalogues are matched apart: PAINS (about 480 queries) costs about ten times Brenk
+# (about 105), so asking `brenk` alone does not pay for PAINS.
+FAMILIES = ("PAINS", "Brenk")
+_catalogs: dict[str, Any] = {}
 _catalog_lock = threading.Lock()
 
 
-def alert_catalog():
-    """PAINS (A, B, C) and Brenk filters, built once (about 20 ms, 11 MB) on first use."""
-    global _catalog
-    if _catalog is None:
+def alert_catalog(family: str):
+    """The PAINS (A, B, C) or Brenk filters, each built once (about 20 ms together) on first use."""
+    catalog = _catalogs.get(family)
+    if catalog is None:
         with _catalog_lock:
-            if _catalog is None:
+            catalog = _catalogs.get(family)
+            if catalog is None:
                 from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
 
                 params = FilterCatalogParams()
-                params.AddCatalog(FilterCatalogParams.FilterCatalogs.PAINS)
-                params.AddCatalog(FilterCatalogParams.FilterCatalogs.BRENK)
-                _catalog = FilterCatalog(params)
-    return _catalog
+                params.AddCatalog({"PAINS": FilterCatalogParams.FilterCatalogs.PAINS,
+                                   "Brenk": FilterCatalogParams.FilterCatalogs.BRENK}[family])
+                catalog = _catalogs[family] = FilterCatalog(params)
+    return catalog
 
 
-def match_alerts(mol: Chem.Mol) -> list[dict[str, Any]]:
-    """Every PAINS and Brenk filter the molecule matches: catalog (`PAINS_A`, `PAINS_B`,
-    `PAINS_C` or `Brenk`), description and the matched atoms (indices into `mol`, sorted; the
-    filter's first match, as RDKit's catalog reports one per filter).
+def match_alerts(mol: Chem.Mol, families: tuple[str, ...] = FAMILIES) -> list[dict[str, Any]]:
+    """Every filter of the families' catalogues the molecule matches: catalog (`PAINS_A`,
+    `PAINS_B`, `PAINS_C` or `Brenk`), description and the matched atoms (indices into `mol`,
+    sorted; the filter's first match, as RDKit's catalogue reports one per filter).
 
     >>> [(a["catalog"], a["atoms"]) for a in match_alerts(Chem.MolFromSmiles("CCc1ccccc1O"))]
     []
     """
     alerts = []
-    for entry in alert_catalog().GetMatches(mol):
-        family = entry.GetProp("FilterSet") if "FilterSet" in entry.GetPropList() else ""
-        atoms = sorted({pair[1] for match in entry.GetFilterMatches(mol) for pair in match.atomPairs})
-        alerts.append({"catalog": family, "description": entry.GetDescription(), "atoms": atoms})
+    for family in families:
+        for entry in alert_catalog(family).GetMatches(mol):
+            catalog = entry.GetProp("FilterSet") if "FilterSet" in entry.GetPropList() else family
+            atoms = sorted({pair[1] for match in entry.GetFilterMatches(mol) for pair in match.atomPairs})
+            alerts.append({"catalog": catalog, "description": entry.GetDescription(), "atoms": atoms})
     return alerts
 
 
-@lru_cache(maxsize=4096)
-def _alerts_of_smiles(smiles: str) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+@lru_cache(maxsize=8192)
+def _alerts_of_smiles(smiles: str, family: str) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"RDKit could not read {smiles!r}")
-    return tuple((a["catalog"], a["description"], tuple(a["atoms"])) for a in match_alerts(mol))
+    return tuple((a["catalog"], a["description"], tuple(a["atoms"])) for a in match_alerts(mol, (family,)))
 
 
-def alerts_of_smiles(smiles: str) -> list[dict[str, Any]]:
+def alerts_of_smiles(smiles: str, families: tuple[str, ...] = FAMILIES) -> list[dict[str, Any]]:
     """`match_alerts` of the molecule a SMILES writes, atoms numbered in that SMILES' order
-    (the order of the atoms as they appear in the string). Cached by SMILES: the PAINS, Brenk
-    and structural-alert endpoints of one molecule share one match."""
+    (the order of the atoms as they appear in the string). Cached by SMILES and catalogue: the
+    PAINS, Brenk and structural-alert endpoints of one molecule share one match of each."""
     return [{"catalog": catalog, "description": description, "atoms": list(atoms)}
-            for catalog, description, atoms in _alerts_of_smiles(smiles)]
+            for family in families for catalog, description, atoms in _alerts_of_smiles(smiles, family)]
 
 
-def alert_evaluation(alerts: list[dict[str, Any]], families: tuple[str, ...]) -> Evaluation:
-    """The alerts of the given catalogs: their number, "pass" when none, and the alerts."""
-    kept = [a for a in alerts if a["catalog"].startswith(families)]
-    return Evaluation(len(kept), "fail" if kept else "pass", {"alerts": kept})
+def alert_evaluation(alerts: list[dict[str, Any]]) -> Evaluation:
+    """Alerts as an endpoint's answer: their number, "pass" when none, and the alerts."""
+    return Evaluation(len(alerts), "fail" if alerts else "pass", {"alerts": alerts})

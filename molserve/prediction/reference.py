@@ -9,7 +9,8 @@ value is 0, above every one 100, and a value equal to all of them 50.
 A set's values are computed once per model version and stored with the registry
 (`molserve.registry.reference_store`). When the model that answered is not the one the stored
 values came from (a newer version was trained, a rule was redefined), this process's fast and
-computed tiers recompute them, for every endpoint of the response that needs it in one pass. An
+computed tiers recompute them, for every endpoint of the response that needs it in one pass (in
+place, or, for a server, in a background thread while answers say the percentile is pending). An
 answer from a worker tier (transformer, graph) gets no percentile: its model's values over the
 set are not computed here, and the response says so (`reference.omitted`).
 """

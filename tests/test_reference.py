@@ -159,6 +159,9 @@ def test_values_are_recomputed_when_the_served_model_version_changes(small_regis
     small_registry.write("logbb", {name: donor.path / name for name in donor.manifest["files"]}, manifest)
     router.load()
     assert router.fast.models["logbb"].artifact.version == 2
+    listed = {v["endpoint"]: v for v in references.list_sets()[-1]["values"]}
+    assert listed["logbb"]["version"] == "1" and listed["logbb"]["current"] is False  # stale
+    assert listed["molecular_weight"]["current"] is True
     queries = ["CCO", "CC(=O)Oc1ccccc1C(=O)O", "CCCCCCCCN"]
     response = router.predict_local(queries, ["logbb"])
     references.annotate_response(response, "tiny")
@@ -262,3 +265,21 @@ def test_a_server_answers_at_once_and_percentiles_follow_once_computed_in_the_ba
     assert "omitted" not in later["reference"], later["reference"]
     assert later["results"][0]["predictions"]["molecular_weight"].reference_percentile == 37.5
     assert later["results"][0]["predictions"]["logbb"].reference_percentile is not None
+
+
+def test_a_read_only_registry_still_gets_percentiles_kept_in_memory(small_registry, monkeypatch):
+    router = loaded_router(small_registry)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(ReferenceStore, "write_set", refuse)
+    monkeypatch.setattr(ReferenceStore, "write_values", refuse)
+    references = ReferenceSets(small_registry, router)
+    response = router.predict_local(["CC(=O)Oc1ccccc1C(=O)O"], ["molecular_weight", "logbb"])
+    references.annotate_response(response, None)
+    answers = response["results"][0]["predictions"]
+    assert answers["molecular_weight"].reference_percentile is not None
+    assert answers["logbb"].reference_percentile is not None
+    assert response["reference"]["name"] == "clintox_drugs" and "omitted" not in response["reference"]
+    assert not (small_registry.root / ".references").exists()

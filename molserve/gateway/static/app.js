@@ -302,7 +302,18 @@ function hasProfile() {
     || bioavailabilityAxes(r.profile).length >= 3));
 }
 
-function profileCells(r) {
+// The profile columns this batch has data for: a panel with nothing to show is left out.
+function profileColumns() {
+  if (!hasProfile()) return [];
+  const valid = state.results.filter((r) => r.profile);
+  const columns = [[null, "profile"]];
+  if (valid.some((r) => r.profile.egg)) columns.push(["egg", "BOILED-Egg"]);
+  if (valid.some((r) => r.profile.rules.length)) columns.push(["rules", "rules"]);
+  if (valid.some((r) => r.profile.alerts.length || r.predictions.structural_alerts)) columns.push(["alerts", "alerts"]);
+  return columns;
+}
+
+function profileCells(r, columns) {
   const p = r.profile;
   const axes = Object.keys(p.percentiles).length ? percentileAxes(p, state.names) : [];
   const radar = radarSvg(axes.length >= 3 ? axes : bioavailabilityAxes(p), { size: 84, mini: true, label: "profile radar" });
@@ -312,17 +323,21 @@ function profileCells(r) {
       ? p.failedRules.map((rule) => `<span class="badge fail" title="${escapeHtml(rule.violations.map((v) => `${v.property} ${v.value}`).join("; "))}">${escapeHtml(rule.name)}</span>`).join("")
       : `<span class="badge pass">all ${p.rules.length} pass</span>`)
     : "";
+  const catalogs = new Map();
+  p.alerts.forEach((a) => catalogs.set(a.catalog, [...(catalogs.get(a.catalog) || []), a.description]));
   const alerts = p.alerts.length
-    ? p.alerts.map((a) => `<span class="badge alert" title="${escapeHtml(a.description)}">${escapeHtml(a.catalog)}</span>`).join("")
+    ? [...catalogs].map(([catalog, found]) => `<span class="badge alert" title="${escapeHtml(found.join("; "))}">${escapeHtml(catalog)}${
+      found.length > 1 ? ` ×${found.length}` : ""}</span>`).join("")
     : (r.predictions.structural_alerts || p.rules.length ? `<span class="units">none</span>` : "");
-  return `<td class="mini-radar">${radar}</td><td class="egg-cell">${egg}</td><td class="rules-cell">${rules}</td><td class="alerts-cell">${alerts}</td>`;
+  const cells = { profile: `<td class="mini-radar">${radar}</td>`, "BOILED-Egg": `<td class="egg-cell">${egg}</td>`,
+    rules: `<td class="rules-cell">${rules}</td>`, alerts: `<td class="alerts-cell">${alerts}</td>` };
+  return columns.map(([, title]) => cells[title]).join("");
 }
 
 function renderResults() {
   const names = state.names;
-  const profile = hasProfile();
-  const columns = [["index", "#"], [null, "structure"], ["smiles", "SMILES"]];
-  if (profile) columns.push([null, "profile"], ["egg", "BOILED-Egg"], ["rules", "rules"], ["alerts", "alerts"]);
+  const extra = profileColumns();
+  const columns = [["index", "#"], [null, "structure"], ["smiles", "SMILES"], ...extra];
   names.forEach((n) => columns.push([`ep:${n}`, n]));
   $("#results thead").innerHTML = `<tr>${columns.map(([key, title]) => {
     if (!key) return `<th>${escapeHtml(title)}</th>`;
@@ -332,7 +347,7 @@ function renderResults() {
       title="sort by ${escapeHtml(title)}">${escapeHtml(title)}<span class="arrow">${on ? (view.descending ? "▼" : "▲") : "↕"}</span></th>`;
   }).join("")}</tr>`;
   const rows = visibleRows();
-  const span = names.length + (profile ? 4 : 0);
+  const span = names.length + extra.length;
   $("#results tbody").innerHTML = rows.map((r) => {
     if (r.error) {
       return `<tr class="invalid" data-index="${r.index}"><td>${r.index + 1}</td><td></td><td class="smiles">${escapeHtml(r.input)}</td>
@@ -340,7 +355,7 @@ function renderResults() {
     }
     const image = `<img alt="${escapeHtml(r.canonical_smiles)}" loading="lazy" src="/v1/depict?smiles=${encodeURIComponent(r.canonical_smiles)}">`;
     return `<tr data-index="${r.index}" class="${r.index === state.selected ? "selected" : ""}"><td>${r.index + 1}</td><td class="depiction">${image}</td><td class="smiles">${escapeHtml(r.canonical_smiles)}</td>
-      ${profile ? profileCells(r) : ""}${names.map((n) => answerCell(r.predictions[n])).join("")}</tr>`;
+      ${profileCells(r, extra)}${names.map((n) => answerCell(r.predictions[n])).join("")}</tr>`;
   }).join("");
   $("#filters").hidden = false;
   $("#filter-count").textContent = rows.length === state.results.length
@@ -435,7 +450,7 @@ function renderOverview() {
   detail.innerHTML = `<div class="detail-head"><h2>Molecule ${r.index + 1}</h2><code>${escapeHtml(r.canonical_smiles)}</code>
       ${p.egg ? `<span class="badge egg-${p.egg}">${EGG_LABELS[p.egg]}</span>` : ""}</div>
     <div class="detail-grid">
-      <div class="detail-block"><img class="detail-depiction" alt="${escapeHtml(r.canonical_smiles)}"
+      <div class="detail-block depiction-block"><img class="detail-depiction" alt="${escapeHtml(r.canonical_smiles)}"
         src="${depictUrl(r.canonical_smiles, highlighted && highlighted.atoms)}">
         ${highlighted && features.highlight ? `<div class="units">highlighted: ${escapeHtml(highlighted.description)}</div>` : ""}</div>
       ${radars ? `<div class="detail-block radars">${radars}</div>` : ""}
@@ -636,12 +651,14 @@ function screenProgress(job) {
   const shardsTotal = pick("shards_total", "shards.total", "chunks_total");
   const molecules = pick("molecules_done", "molecules.done", "rows_done", "molecules");
   const moleculesTotal = pick("molecules_total", "molecules.total", "rows_total");
-  const rate = pick("rate", "molecules_per_s", "rate_per_s", "rows_per_s");
+  const rate = pick("molecules_per_second", "rate", "molecules_per_s", "rows_per_s");
+  const hits = pick("hits", "hits_kept");
   const parts = [];
   if (shardsDone !== null) parts.push(`shards ${shardsDone}${shardsTotal !== null ? ` / ${shardsTotal}` : ""}`);
   if (molecules !== null) {
     parts.push(`${molecules.toLocaleString("en")}${moleculesTotal !== null ? ` / ${moleculesTotal.toLocaleString("en")}` : ""} molecules`);
   }
+  if (hits !== null) parts.push(`${hits.toLocaleString("en")} hits`);
   if (rate !== null) parts.push(`${rate >= 100 ? Math.round(rate).toLocaleString("en") : rate.toFixed(1)} molecules/s`);
   return parts.length ? `<div class="screen-progress units">${parts.map(escapeHtml).join(" · ")}</div>` : "";
 }

@@ -181,11 +181,14 @@ function ellipsePath(e, x, y) {
 // table; `selected` is the index of the molecule shown in the detail panel.
 function eggSvg(points, selected) {
   const width = 520, height = 380, left = 48, right = 16, top = 14, bottom = 42;
-  const tpsaMax = Math.max(180, ...points.map((p) => p.tpsa + 10));
-  const wlogpMin = Math.min(-4, ...points.map((p) => p.wlogp - 0.5));
-  const wlogpMax = Math.max(8, ...points.map((p) => p.wlogp + 0.5));
-  const x = (v) => left + (v / tpsaMax) * (width - left - right);
-  const y = (v) => height - bottom - ((v - wlogpMin) / (wlogpMax - wlogpMin)) * (height - top - bottom);
+  // The axes span the egg and most drug-like space; a molecule far outside is drawn on the edge
+  // as a hollow marker (its title gives the true values) rather than squeezing the egg.
+  const tpsaMax = Math.min(300, Math.max(180, ...points.map((p) => p.tpsa + 10)));
+  const wlogpMin = Math.max(-6, Math.min(-4, ...points.map((p) => p.wlogp - 0.5)));
+  const wlogpMax = Math.min(10, Math.max(8, ...points.map((p) => p.wlogp + 0.5)));
+  const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+  const x = (v) => left + (clamp(v, 0, tpsaMax) / tpsaMax) * (width - left - right);
+  const y = (v) => height - bottom - ((clamp(v, wlogpMin, wlogpMax) - wlogpMin) / (wlogpMax - wlogpMin)) * (height - top - bottom);
   const ticks = (lo, hi, step) => {
     const out = [];
     for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-9; v += step) out.push(v);
@@ -199,10 +202,12 @@ function eggSvg(points, selected) {
      <text x="${left - 7}" y="${y(v) + 3}" font-size="10" text-anchor="end" fill="#5b6475">${v}</text>`).join("");
   const dots = points.map((p) => {
     const on = p.index === selected;
-    return `<g class="egg-point${on ? " selected" : ""}" data-index="${p.index}" tabindex="0">
-      <circle cx="${x(p.tpsa).toFixed(1)}" cy="${y(p.wlogp).toFixed(1)}" r="${on ? 7 : 5}" fill="${on ? "#2857c5" : "#3b6fe0"}" fill-opacity="${on ? 1 : 0.8}" stroke="#fff" stroke-width="1.5"/>
+    const off = p.tpsa > tpsaMax || p.wlogp < wlogpMin || p.wlogp > wlogpMax;
+    const fill = off ? "#fff" : (on ? "#2857c5" : "#3b6fe0");
+    return `<g class="egg-point${on ? " selected" : ""}${off ? " off-scale" : ""}" data-index="${p.index}" tabindex="0">
+      <circle cx="${x(p.tpsa).toFixed(1)}" cy="${y(p.wlogp).toFixed(1)}" r="${on ? 7 : 5}" fill="${fill}" fill-opacity="${on || off ? 1 : 0.8}" stroke="${off ? "#2857c5" : "#fff"}" stroke-width="${off ? 2 : 1.5}"/>
       <text x="${(x(p.tpsa) + 8).toFixed(1)}" y="${(y(p.wlogp) - 6).toFixed(1)}" font-size="10" fill="#1d2433">${p.index + 1}</text>
-      <title>#${p.index + 1} ${escapeHtml(p.smiles)}: TPSA ${formatNumber(p.tpsa, 1)}, WLOGP ${formatNumber(p.wlogp)}, ${EGG_LABELS[p.region]}</title></g>`;
+      <title>#${p.index + 1} ${escapeHtml(p.smiles)}: TPSA ${formatNumber(p.tpsa, 1)}, WLOGP ${formatNumber(p.wlogp)}, ${EGG_LABELS[p.region]}${off ? " (off the plotted scale)" : ""}</title></g>`;
   }).join("");
   return `<svg class="egg" viewBox="0 0 ${width} ${height}" role="img" aria-label="BOILED-Egg: WLOGP against TPSA">
     <defs><clipPath id="egg-clip"><rect x="${left}" y="${top}" width="${width - left - right}" height="${height - top - bottom}"/></clipPath></defs>

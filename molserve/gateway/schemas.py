@@ -52,6 +52,17 @@ class PredictRequest(BaseModel):
         None, gt=0, le=60000,
         description="Answer within this time: past it, the fast tier answers (marked degraded).",
     )
+    explain: bool = Field(
+        False, description="Explain each fast-tier answer: per-atom and per-descriptor "
+        "contributions to the model's raw output and a depiction shaded by them (`explanation`). "
+        "Costs milliseconds a molecule and endpoint.",
+    )
+    reference: str | None = Field(
+        None, max_length=100,
+        description="name of a reference set (GET /v1/references); each answer's "
+        "reference_percentile is the value's percentile within that set's predictions; default: "
+        "the default set",
+    )
 
 
 class Answered(BaseModel):
@@ -90,6 +101,27 @@ class Provenance(Answered):
     degraded_reason: str | None = None
 
 
+class Explanation(Answered):
+    """Why a fast-tier model answered what it did: `base + sum(atoms) + sum(descriptors) ==
+    raw`, all in `space` (only `error` when the answer could not be explained)."""
+
+    space: str | None = Field(None, description="Where the contributions add up: `log-odds` (classifiers: "
+                       "the members' mean log-odds), `value`, or e.g. `log10(value)` for a model of "
+                       "a log-transformed target.")
+    base: float | None = Field(None, description="The model's expected raw output over its training data.")
+    atoms: list[float] | None = Field(None, description="One contribution per atom, in the atom order of "
+                               "`canonical_smiles` (atoms of stripped counter-ions and solvents: 0).")
+    descriptors: dict[str, float] | None = Field(
+        None, description="Contributions of features without atoms: each descriptor by name, the "
+        "`erg`, `avalon` and `maccs` blocks as wholes, and `morgan_absent_bits` (substructures the "
+        "molecule lacks). Zero contributions are left out.")
+    raw: float | None = Field(None, description="The model's raw output, from which the value is derived.")
+    svg: str | None = Field(None, description="The molecule with atoms shaded by contribution: "
+                            "red raises the output, blue lowers it.")
+    method: str | None = None
+    error: str | None = Field(None, description="Why this answer could not be explained.")
+
+
 class EndpointAnswer(Answered):
     value: Any = Field(None, description="The prediction, or the computed value (absent when "
                        "`error` says why there is none).")
@@ -100,6 +132,11 @@ class EndpointAnswer(Answered):
     applicability_domain: ApplicabilityDomain | None = None
     provenance: Provenance
     error: str | None = None
+    explanation: Explanation | None = Field(None, description="Asked with `explain`: fast-tier "
+                                            "answers only.")
+    details: dict[str, Any] | None = Field(None, description="What a computed rule or alert found.")
+    reference_percentile: float | None = Field(
+        None, description="The value's percentile (0-100) within the reference set's predictions.")
 
 
 class MoleculeResult(Answered):

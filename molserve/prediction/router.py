@@ -16,9 +16,12 @@ face turns into its own message (an HTTP status and body, a CLI line). Answers a
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from molserve.answers import Answer, Provenance
@@ -26,10 +29,13 @@ from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.errors import InvalidInput, TooLarge, Unavailable
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
 from molserve.registry.manifest import scored_better
-from molserve.registry.store import Registry
+from molserve.registry.store import ArtifactError, Registry
 
 if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
+    from molserve.prediction.explain import Explainer
     from molserve.prediction.remote import RemoteTier
+
+log = logging.getLogger("molserve.prediction")
 
 
 REMOTE_TIERS = ("transformer", "graph")
@@ -54,6 +60,10 @@ class Router:
         self.observe_tier: Callable[[str, str, float], None] = lambda *_: None
         # Endpoints a running bootstrap has not trained yet: name -> {state, progress, step}.
         self.pending: Callable[[], dict[str, dict]] = dict
+        # Reference sets: an object with `annotate_response(response, reference)` that sets each
+        # answer's reference percentile; None serves answers without one.
+        self.references: Any = None
+        self._explainer: Explainer | None = None  # built at the first `explain` request
 
     def load(self, only: list[str] | None = None) -> None:
         """Load the newest fast model of each endpoint (or of the endpoints in `only`)."""
@@ -242,40 +252,100 @@ class Router:
             "elapsed_ms": round((time.perf_counter() - started) * 1000, 3),
         }
 
-    def predict_local(self, molecules: list[str], endpoints: list[str] | None) -> dict[str, Any]:
-        """This process's tiers only (fast and computed): the offline path of `molserve predict`
-        and screening jobs, and of the gateway when no remote tier is asked."""
+    def _explain(self, batch: MoleculeBatch, answers: dict[str, list[Answer]]) -> None:
+        """Attach an explanation (`molserve.prediction.explain`) to every fast-tier answer, in
+        place: per-atom and per-descriptor contributions to the model's raw output, and the
+        molecule drawn with its atoms shaded by them."""
+        from molserve.chem.depict import contribution_svg
+        from molserve.prediction.explain import Explainer
+
+        if self._explainer is None:
+            self._explainer = Explainer()
+        atom_maps: dict = {}  # one mapping of each molecule's Morgan bits, for every endpoint
+        drawn: dict[tuple[str, tuple[float, ...]], str] = {}
+        for name, listed in answers.items():
+            model = self.fast.models.get(name)
+            slots = [slot for slot, answer in enumerate(listed)
+                     if answer.provenance.tier == "fast" and not answer.is_error]
+            group = next((g for g in self.fast.groups if name in g.names), None)
+            if model is None or group is None or not slots:
+                continue
+            smiles = [batch.canonical_smiles[slot] for slot in slots]
+            try:
+                explained = self._explainer.explain(model, batch.features(group.spec).matrix[slots],
+                                                    group.spec, smiles, atom_maps)
+            except (ArtifactError, OSError, ValueError, KeyError) as error:
+                log.error("no explanation for %s: %s", name, error)
+                explained = [{"error": f"no explanation for this model: {error}"} for _ in slots]
+            served = batch.scores.get(name)
+            for slot, key, explanation in zip(slots, smiles, explained, strict=True):
+                if "raw" in explanation and served is not None \
+                        and abs(float(served[slot].mean()) - explanation["raw"]) > 1e-6:
+                    explanation = {"error": "the explained trees disagree with the served model; "
+                                            "no explanation can be given"}
+                elif "atoms" in explanation:
+                    shading = tuple(explanation["atoms"])
+                    if (key, shading) not in drawn:
+                        drawn[key, shading] = contribution_svg(key, explanation["atoms"])
+                    explanation["svg"] = drawn[key, shading]
+                listed[slot] = replace(listed[slot], explanation=explanation)
+
+    def _annotate(self, response: dict[str, Any], reference: str | None) -> None:
+        if self.references is not None:
+            self.references.annotate_response(response, reference)
+
+    def _predict_local(self, molecules: list[str], endpoints: list[str] | None,
+                       explain: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
         self.check_size(len(molecules))
         names = self.resolve_endpoints(endpoints)
         results, batch, owners = self._parse(molecules)
         answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
+        if explain and answers:
+            self._explain(batch, answers)
         return self._assemble(results, owners, answers, names, started, len(molecules), batch)
+
+    def predict_local(self, molecules: list[str], endpoints: list[str] | None, *,
+                      explain: bool = False, reference: str | None = None) -> dict[str, Any]:
+        """This process's tiers only (fast and computed): the offline path of `molserve predict`
+        and screening jobs, and of the gateway when no remote tier is asked. With `explain`,
+        every fast-tier answer carries its explanation; `reference` names the reference set of
+        the answers' percentiles (None: the default set)."""
+        response = self._predict_local(molecules, endpoints, explain)
+        self._annotate(response, reference)
+        return response
 
     async def predict(self, molecules: list[str], endpoints: list[str] | None, *,
                       tier: str = "auto", deadline_ms: float | None = None,
                       request_id: str | None = None, inline_limit: int = 16,
-                      on_degraded: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+                      on_degraded: Callable[[str, str], None] | None = None,
+                      explain: bool = False, reference: str | None = None) -> dict[str, Any]:
         """Route each endpoint to its tier; fall back to the fast tier, labelled degraded with
         the reason, whenever the remote tier cannot answer within the deadline. Batches above
-        `inline_limit` molecules compute in the executor, not on the event loop."""
+        `inline_limit` molecules, and every explained batch (drawing costs milliseconds a
+        molecule), compute in the executor, not on the event loop. `explain` and `reference` as
+        in `predict_local`; only fast-tier answers are explained."""
         started = time.perf_counter()
         self.check_size(len(molecules))
         names = self.resolve_endpoints(endpoints)
         plan = self.plan(names, tier)
         if not set(plan.values()) & set(REMOTE_TIERS):
-            if len(molecules) <= inline_limit or self.compute is None:
-                response = self.predict_local(molecules, names)
+            if (len(molecules) <= inline_limit and not explain) or self.compute is None:
+                response = self._predict_local(molecules, names, explain)
             else:
                 response = await asyncio.get_running_loop().run_in_executor(
-                    self.compute, self.predict_local, molecules, names)
-            return {**response, "tiers": plan, "degraded": {}}
+                    self.compute, self._predict_local, molecules, names, explain)
+            response = {**response, "tiers": plan, "degraded": {}}
+            self._annotate(response, reference)
+            return response
         from molserve.prediction.remote import RemoteFailure
 
         results, batch, owners = self._parse(molecules)
         if not batch.canonical_smiles:  # nothing readable: per-molecule errors, nothing to route
             response = self._assemble(results, owners, {}, names, started, len(molecules), batch)
-            return {**response, "tiers": plan, "degraded": {}}
+            response = {**response, "tiers": plan, "degraded": {}}
+            self._annotate(response, reference)
+            return response
         # The caller's deadline (or the remote tier's default) bounds this request's wait only.
         timeout_s = (deadline_ms / 1000) if deadline_ms else max(
             (t.settings.timeout_s for t in self.remotes.values()), default=1.0)
@@ -320,9 +390,16 @@ class Router:
                 missing = Answer(Provenance(f"{name}/none", 0, "fast", degraded=True,
                                             degraded_reason=reason), error=message)
                 answers[name] = [missing for _ in batch.canonical_smiles]
+        if explain:
+            if self.compute is None:
+                self._explain(batch, answers)
+            else:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.compute, functools.partial(self._explain, batch, answers))
         response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
         response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
         response["degraded"] = dict(reasons)
+        self._annotate(response, reference)
         return response
 
     async def _remote_timed(self, remote: RemoteTier, batch: MoleculeBatch, name: str,

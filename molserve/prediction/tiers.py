@@ -60,7 +60,8 @@ class MoleculeBatch:
 
 
 class ComputedTier:
-    """Exact RDKit values (labelled `computed`)."""
+    """Exact RDKit values (labelled `computed`); rules and alerts add a label (pass/fail) and
+    details (violations, alerts with atoms numbered in the canonical SMILES)."""
 
     name = "computed"
 
@@ -82,8 +83,17 @@ class ComputedTier:
     def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
         prov = Provenance.from_json(descriptors.provenance(endpoint))
         units = descriptors.COMPUTED[endpoint].units
-        return [Answer(prov, descriptors.compute(endpoint, mol), units, kind="computed")
-                for mol in batch.mols]
+        answers = []
+        for smiles, mol in zip(batch.canonical_smiles, batch.mols, strict=True):
+            try:
+                result = descriptors.evaluate(endpoint, mol, smiles)
+            except (ValueError, RuntimeError) as error:  # RDKit refusing one molecule
+                answers.append(Answer(prov, units=units, kind="computed",
+                                      error=f"{endpoint} could not be computed: {error}"))
+                continue
+            answers.append(Answer(prov, result.value, units, kind="computed", label=result.label,
+                                  details=result.details))
+        return answers
 
 
 def _return_freed_memory() -> None:

@@ -1,4 +1,5 @@
-"""The web page (static files, no build step, no CDN) and the depiction route it uses.
+"""The web page (static files, no build step, no CDN) and the depiction route it uses
+(`highlight=` marks atoms: given indices, or those PAINS and Brenk alerts match).
 
 Depictions obey the read policy of every other read (MOLSERVE_REQUIRE_KEY_FOR_READS) and are
 bounded: RDKit draws in a small thread pool of its own, never on the event loop, a drawing that
@@ -59,17 +60,31 @@ async def index() -> FileResponse:
                        **documented(*AUTH, 422, 503)})
 async def depict(smiles: str = Query(..., max_length=2000, json_schema_extra={"format": "smiles"}),
                  width: int = Query(240, ge=50, le=1200),
-                 height: int = Query(180, ge=50, le=1200)) -> Response:
-    from molserve.chem.depict import svg
-
+                 height: int = Query(180, ge=50, le=1200),
+                 highlight: str | None = Query(
+                     None, max_length=4000,
+                     description="Atoms to highlight: indices in the SMILES' atom order, "
+                                 "comma-separated (e.g. the `atoms` of an alert, with the "
+                                 "`canonical_smiles` of its prediction), or `alerts`, `pains` or "
+                                 "`brenk` for the atoms those alerts match.")) -> Response:
     global _pending
+    from functools import partial
+
+    if highlight is None:
+        from molserve.chem.depict import svg
+
+        draw = partial(svg, smiles, width, height)
+    else:
+        from molserve.chem.highlight import parse_highlight, svg_highlighting
+
+        draw = partial(svg_highlighting, smiles, parse_highlight(highlight), width, height)
     with _lock:
         if _pending >= DEPICT_MAX_PENDING:
             raise Unavailable(f"{_pending} depictions are being drawn; retry shortly",
                               code="depict_busy", details={"retry_after_s": 1.0})
         _pending += 1
     # A drawing keeps its slot until its thread finishes, even when its caller stopped waiting.
-    future = _draw_pool().submit(svg, smiles, width, height)
+    future = _draw_pool().submit(draw)
     future.add_done_callback(_finished)
     try:
         drawing = await asyncio.wait_for(asyncio.wrap_future(future), timeout=DEPICT_TIMEOUT_S)

@@ -1,0 +1,189 @@
+"""Explanations of fast-tier answers: contributions that add up to the model's raw output, atoms
+in the canonical SMILES' order, a depiction, and nothing of it unless asked."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from rdkit import Chem
+from safetensors.numpy import load_file
+
+from molserve.chem.features import featurize
+from molserve.chem.molecules import largest_fragment, parse_smiles
+from molserve.models.trees import TreeEnsemble
+from molserve.prediction.explain import ABSENT_BITS, _lightgbm_counts
+from molserve.prediction.router import Router
+
+# A regression endpoint, a log10-target regression, a classifier (all in the test registry).
+ENDPOINTS = ["solubility", "half_life", "bbb_penetration"]
+MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "c1ccc2c(c1)[nH]c1ccccc12", "CN1CCC[C@H]1c1cccnc1",
+             "OCC(O)CO", "CCCCCCCCCCCCCCCC(=O)O"]
+SALTS = ["[Na+].O=C([O-])c1ccccc1O", "CCN(CC)CC.Cl", "O.O.OC(=O)c1ccccc1"]
+
+
+@pytest.fixture(scope="module")
+def router(trained_registry) -> Router:
+    router = Router(trained_registry)
+    router.load()
+    return router
+
+
+def served_raw(router: Router, endpoint: str, canonical: str) -> float:
+    """The members' mean raw output, from the stored trees evaluated level by level on the
+    features of the molecule's largest fragment (the reference the served forest matches)."""
+    model = router.fast.models[endpoint]
+    mol = largest_fragment(parse_smiles(canonical).mol)
+    return float(model.reference_scores(featurize([mol], model.spec).matrix).mean())
+
+
+def total(explanation: dict) -> float:
+    parts = [explanation["base"], *explanation["atoms"], *explanation["descriptors"].values()]
+    return math.fsum(parts)
+
+
+def check_adds_up(router: Router, endpoint: str, result: dict) -> dict:
+    answer = result["predictions"][endpoint]
+    explanation = answer.explanation
+    assert explanation is not None and "error" not in explanation, explanation
+    assert abs(total(explanation) - explanation["raw"]) < 1e-6
+    raw = served_raw(router, endpoint, result["canonical_smiles"])
+    assert abs(explanation["raw"] - raw) < 1e-6
+    model = router.fast.models[endpoint]
+    # The served value derives from that raw output.
+    if model.task == "classification":
+        assert explanation["space"] == "log-odds"
+        member = model.reference_scores(featurize(
+            [largest_fragment(parse_smiles(result["canonical_smiles"]).mol)], model.spec).matrix)[0]
+        assert answer.value == pytest.approx(float((1 / (1 + np.exp(-member))).mean()), abs=1e-4)
+    else:
+        assert answer.value == pytest.approx(float(model.transform.inverse(np.array(raw))), rel=1e-3,
+                                             abs=1e-4)
+        assert explanation["space"] == ("log10(value)" if model.transform.kind == "log10" else "value")
+    assert len(explanation["atoms"]) == Chem.MolFromSmiles(result["canonical_smiles"]).GetNumAtoms()
+    assert explanation["svg"].lstrip().startswith("<?xml") and "</svg>" in explanation["svg"]
+    return explanation
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_contributions_and_base_reproduce_the_raw_prediction(router, endpoint):
+    response = router.predict_local(MOLECULES, [endpoint], explain=True)
+    explanations = [check_adds_up(router, endpoint, result) for result in response["results"]]
+    # The attribution is not trivial: atoms, descriptors and absent substructures all carry some.
+    assert any(any(a != 0 for a in e["atoms"]) for e in explanations)
+    assert any(e["descriptors"] for e in explanations)
+    assert any(ABSENT_BITS in e["descriptors"] for e in explanations)
+
+
+def test_every_endpoint_at_once_explains_as_each_alone(router):
+    together = router.predict_local(MOLECULES[:2], ENDPOINTS, explain=True)["results"]
+    for endpoint in ENDPOINTS:
+        alone = router.predict_local(MOLECULES[:2], [endpoint], explain=True)["results"]
+        for a, b in zip(together, alone, strict=True):
+            assert a["predictions"][endpoint].explanation == b["predictions"][endpoint].explanation
+
+
+def test_a_salt_is_explained_on_its_parent_with_the_stripped_atoms_at_zero(router):
+    response = router.predict_local(SALTS, ENDPOINTS, explain=True)
+    for result in response["results"]:
+        mol = Chem.MolFromSmiles(result["canonical_smiles"])
+        fragments = Chem.GetMolFrags(mol)
+        assert len(fragments) > 1
+        parent = max(fragments, key=len)
+        for endpoint in ENDPOINTS:
+            atoms = check_adds_up(router, endpoint, result)["atoms"]
+            assert all(atoms[i] == 0 for fragment in fragments if fragment != parent for i in fragment)
+            assert any(atoms[i] != 0 for i in parent)
+
+
+def test_atoms_follow_the_canonical_smiles_whatever_order_the_input_wrote_them_in(router):
+    # The same molecule written two ways: one canonical SMILES, one explanation.
+    first, second = router.predict_local(["OC(=O)c1ccccc1N", "Nc1ccccc1C(O)=O"], ["solubility"],
+                                         explain=True)["results"]
+    assert first["canonical_smiles"] == second["canonical_smiles"]
+    explanation = first["predictions"]["solubility"].explanation
+    assert explanation == second["predictions"]["solubility"].explanation
+    # The carboxylic acid's atoms, located in the canonical SMILES, carry its bits: each of its
+    # three atoms has a contribution of its own (radius-0/1 environments centred on them).
+    mol = Chem.MolFromSmiles(first["canonical_smiles"])
+    acid = mol.GetSubstructMatch(Chem.MolFromSmarts("C(=O)[OH]"))
+    assert acid and all(explanation["atoms"][i] != 0 for i in acid)
+
+
+def test_nitro_aromatics_owe_their_mutagenicity_to_the_nitro_group(tdc_registry):
+    if "ames_mutagenicity" not in tdc_registry.endpoints():
+        pytest.skip("the test registry has no ames_mutagenicity model (set MOLSERVE_TEST_REGISTRY "
+                    "to a registry with every TDC endpoint)")
+    router = Router(tdc_registry)
+    router.load(["ames_mutagenicity"])
+    nitro = Chem.MolFromSmarts("[N+](=O)[O-]")
+    molecules = ["O=[N+]([O-])c1ccccc1", "Cc1ccc([N+](=O)[O-])cc1", "O=[N+]([O-])c1ccc(Cl)cc1",
+                 "O=[N+]([O-])c1ccc2ccccc2c1"]
+    for result in router.predict_local(molecules, ["ames_mutagenicity"], explain=True)["results"]:
+        atoms = np.array(check_adds_up(router, "ames_mutagenicity", result)["atoms"])
+        group = list(Chem.MolFromSmiles(result["canonical_smiles"]).GetSubstructMatch(nitro))
+        rest = np.delete(atoms, group)
+        assert int(np.argmax(atoms)) in group, (result["canonical_smiles"], atoms)
+        assert (atoms[group] > 0).all()
+        assert atoms[group].mean() > rest.max(), (result["canonical_smiles"], atoms)
+
+
+def test_node_counts_read_from_the_lightgbm_text_line_up_with_the_stored_trees(router):
+    """Each internal node's training count is its two children's: the counts are in the stored
+    trees' node order (so the node expectations are the right ones)."""
+    for endpoint in ENDPOINTS:
+        artifact = router.fast.models[endpoint].artifact
+        ensemble = TreeEnsemble.from_arrays(load_file(str(artifact.file("trees.safetensors"))))
+        counts = np.concatenate(_lightgbm_counts(artifact.file("lightgbm_members.txt").read_text()))
+        assert len(counts) == len(ensemble.feature)
+        right, left = ensemble.children[:, 0], ensemble.children[:, 1]
+        internal = np.flatnonzero(left != np.arange(len(left)))
+        assert len(internal) > 0
+        assert np.array_equal(counts[internal], counts[left[internal]] + counts[right[internal]])
+
+
+def test_without_explain_no_explanation_is_computed_or_even_imported(trained_registry):
+    code = (
+        "import sys\n"
+        "from molserve.prediction.router import Router\n"
+        "from molserve.registry import Registry\n"
+        f"router = Router(Registry({str(trained_registry.root)!r})); router.load()\n"
+        "response = router.predict_local(['CCO', 'c1ccccc1O'], None)\n"
+        "assert all(a.explanation is None for r in response['results'] for a in r['predictions'].values())\n"
+        "assert router._explainer is None\n"
+        "assert 'molserve.prediction.explain' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_the_api_explains_on_request_only_and_keeps_per_molecule_errors(app_client):
+    body = {"molecules": ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles", "[Na+].[O-]C(=O)c1ccccc1"],
+            "endpoints": ["solubility", "bbb_penetration", "tpsa"], "explain": True}
+    response = app_client.post("/v1/predict", json=body)
+    assert response.status_code == 200, response.text
+    aspirin, invalid, salt = response.json()["results"]
+    assert invalid["error"] and invalid["predictions"] == {}
+    for result in (aspirin, salt):
+        for endpoint in ("solubility", "bbb_penetration"):
+            explanation = result["predictions"][endpoint]["explanation"]
+            assert set(explanation) >= {"space", "base", "atoms", "descriptors", "raw", "svg"}
+            assert abs(total(explanation) - explanation["raw"]) < 1e-6
+            assert len(explanation["atoms"]) == Chem.MolFromSmiles(result["canonical_smiles"]).GetNumAtoms()
+        assert "explanation" not in result["predictions"]["tpsa"]  # computed exactly: nothing to explain
+    plain = app_client.post("/v1/predict", json={**body, "explain": False}).json()
+    absent = app_client.post("/v1/predict", json={k: v for k, v in body.items() if k != "explain"}).json()
+    for answered in (plain, absent):
+        assert all("explanation" not in a for r in answered["results"] for a in r["predictions"].values())
+        assert answered["results"][1]["error"] == invalid["error"]
+
+
+def test_the_api_refuses_a_malformed_explain_or_reference_with_a_message(app_client):
+    for extra in ({"explain": [1]}, {"explain": "perhaps"}, {"reference": "x" * 101}):
+        response = app_client.post("/v1/predict", json={"molecules": ["CCO"], **extra})
+        assert response.status_code == 422, (extra, response.text)
+        assert response.json()["message"]

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { endpoints: [], results: null, names: [], selected: null, explained: null };
+const state = { endpoints: [], results: null, names: [], selected: null, explained: null, alert: null };
 const BATCH = 500;
 
 function escapeHtml(text) {
@@ -385,6 +385,7 @@ $("#results tbody").addEventListener("click", (event) => {
 // Batch overview and molecule detail ------------------------------------------------------
 function selectMolecule(index) {
   state.selected = index;
+  state.alert = null;
   document.querySelectorAll("#results tbody tr").forEach((tr) => tr.classList.toggle("selected", Number(tr.dataset.index) === index));
   renderOverview();
 }
@@ -413,7 +414,7 @@ function attributionHtml(r) {
     ? `<p class="units">model output ${formatNumber(e.raw, 3)} = average ${formatNumber(e.base, 3)} + contributions${e.space ? ` (${escapeHtml(e.space)})` : ""}</p>` : "";
   return `<div class="detail-block attribution"><h3>Atom attribution ${picker}</h3>
     ${attributionUrl ? `<img class="attribution-svg" alt="atoms coloured by their contribution to ${escapeHtml(name)}" src="${attributionUrl}">
-      <div class="legend"><span class="swatch pos"></span> raises <span class="swatch neg"></span> lowers the prediction</div>` : ""}
+      <div class="legend"><span class="swatch raises"></span> raises <span class="swatch lowers"></span> lowers the model's output</div>` : ""}
     ${base}${descriptorBars(e.descriptors)}</div>`;
 }
 
@@ -437,7 +438,10 @@ function renderOverview() {
   $("#overview").hidden = !points.length && !r;
   if (!r) return;
   const p = r.profile;
-  const highlighted = p.alerts.find((a) => a.atoms && a.atoms.length);
+  // The depiction highlights the atoms of every alert, or of the one alert picked in the list.
+  const withAtoms = p.alerts.filter((a) => a.atoms && a.atoms.length);
+  const picked = withAtoms.includes(p.alerts[state.alert]) ? p.alerts[state.alert] : null;
+  const highlightAtoms = [...new Set((picked ? [picked] : withAtoms).flatMap((a) => a.atoms))].sort((a, b) => a - b);
   const fixed = bioavailabilityAxes(p);
   const percentile = percentileAxes(p, state.names);
   const radars = [
@@ -451,13 +455,22 @@ function renderOverview() {
       ${p.egg ? `<span class="badge egg-${p.egg}">${EGG_LABELS[p.egg]}</span>` : ""}</div>
     <div class="detail-grid">
       <div class="detail-block depiction-block"><img class="detail-depiction" alt="${escapeHtml(r.canonical_smiles)}"
-        src="${depictUrl(r.canonical_smiles, highlighted && highlighted.atoms)}">
-        ${highlighted && features.highlight ? `<div class="units">highlighted: ${escapeHtml(highlighted.description)}</div>` : ""}</div>
+        src="${depictUrl(r.canonical_smiles, highlightAtoms)}">
+        ${highlightAtoms.length && features.highlight ? `<div class="units highlight-note">highlighted: ${
+          escapeHtml(picked ? `${picked.catalog} ${picked.description}` : "atoms matched by the alerts")}</div>` : ""}</div>
       ${radars ? `<div class="detail-block radars">${radars}</div>` : ""}
       ${p.rules.length ? `<div class="detail-block rules-block"><h3>Rules</h3>${rulesHtml(p.rules)}</div>` : ""}
       ${r.predictions.structural_alerts || p.alerts.length ? `<div class="detail-block alerts-block"><h3>Structural alerts</h3>${alertsHtml(p.alerts)}</div>` : ""}
       ${attributionHtml(r)}
     </div>`;
+  detail.querySelectorAll(".alerts li[data-alert]").forEach((item) => {
+    item.classList.toggle("picked", Number(item.dataset.alert) === state.alert);
+    item.addEventListener("click", () => {
+      const index = Number(item.dataset.alert);
+      state.alert = state.alert === index ? null : index;
+      renderOverview();
+    });
+  });
   const picker = $("#explain-endpoint");
   if (picker) picker.addEventListener("change", () => { state.explained = picker.value; renderOverview(); });
 }

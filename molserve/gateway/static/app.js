@@ -428,9 +428,9 @@ function renderOverview() {
     const counts = { yolk: 0, white: 0, grey: 0 };
     points.forEach((p) => { counts[p.region] += 1; });
     $("#egg").innerHTML = eggSvg(points, state.selected);
-    $("#egg-summary").innerHTML = `<span class="swatch yolk"></span> yolk, likely brain-penetrant: ${counts.yolk}
-      <span class="swatch white"></span> white, likely absorbed: ${counts.white}
-      <span class="swatch grey"></span> outside: ${counts.grey}`;
+    $("#egg-summary").innerHTML = `<span><span class="swatch yolk"></span> yolk, likely brain-penetrant: ${counts.yolk}</span>
+      <span><span class="swatch white"></span> white only, likely absorbed: ${counts.white}</span>
+      <span><span class="swatch grey"></span> outside: ${counts.grey}</span>`;
   }
   const r = valid.find((x) => x.index === state.selected);
   const detail = $("#molecule-detail");

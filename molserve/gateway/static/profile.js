@@ -227,7 +227,8 @@ function eggSvg(points, selected) {
 function violationText(v) {
   if (!v || typeof v !== "object") return escapeHtml(v);
   const value = typeof v.value === "number" ? formatNumber(v.value) : escapeHtml(v.value);
-  const limit = v.limit === undefined ? "" : ` (limit ${escapeHtml(typeof v.limit === "object" ? JSON.stringify(v.limit) : v.limit)})`;
+  const shown = typeof v.limit === "object" ? JSON.stringify(v.limit) : String(v.limit);
+  const limit = v.limit === undefined ? "" : `<span class="limit">, limit ${escapeHtml(shown.replace("<=", "≤").replace(">=", "≥"))}</span>`;
   return `${escapeHtml(v.property || "")} ${value}${limit}`;
 }
 

@@ -201,9 +201,11 @@ def test_profile_radar_egg_rules_alerts_and_attribution(page, served):
 
     # Filtering: by text, by alerts and by applicability domain.
     page.fill("#filter-text", "quinone")
+    page.wait_for_function("() => document.querySelector('#filter-count').textContent.startsWith('showing')")
     assert _row_numbers(page) == [number["quinone"]]
     assert page.locator("#filter-count").inner_text() == "showing 1 of 7 molecules"
     page.fill("#filter-text", "")
+    page.wait_for_function("() => document.querySelector('#filter-count').textContent === '7 molecules'")
     page.check("#filter-hide-alerts")
     without_alerts = [number[n] for n, s in PROFILE_BATCH.items()
                       if n != "unreadable" and not compute("structural_alerts", Chem.MolFromSmiles(s))]
@@ -264,6 +266,7 @@ def test_jobs_tab_shows_screen_progress(page):
         text = page.locator("#job-table tr[data-job='j-screen']").inner_text()
         assert "shards 4 / 10" in text and "40,000 / 100,000 molecules" in text
         assert "850 molecules/s" in text and "120 hits" in text and "ETA 90 s" in text
+        page.locator("#job-table").screenshot(path=str(ARTIFACTS / "jobs-screen-progress.png"))
     finally:
         page.unroute("**/v1/jobs")
 

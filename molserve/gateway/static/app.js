@@ -4,6 +4,9 @@
 const $ = (selector) => document.querySelector(selector);
 const state = { endpoints: [], results: null, names: [], selected: null, explained: null, alert: null };
 const BATCH = 500;
+// Attributions add a shaded drawing to every fast-tier answer (about 20 kB a molecule and
+// endpoint): asked for small batches only, where a chemist reads them one by one.
+const EXPLAIN_MAX = 200;
 
 function escapeHtml(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({
@@ -190,7 +193,8 @@ async function runPrediction() {
   const results = [];
   const asked = requestedEndpoints(endpoints);
   const request = { endpoints: asked, tier: $("#tier").value };
-  if (features.explain && $("#explain").checked) {
+  const explainSkipped = features.explain && $("#explain").checked && molecules.length > EXPLAIN_MAX;
+  if (features.explain && $("#explain").checked && !explainSkipped) {
     request.explain = features.explain === "list"
       ? endpoints.filter((n) => (state.endpoints.find((e) => e.name === n) || {}).kind === "predicted") : true;
     if (Array.isArray(request.explain) && !request.explain.length) delete request.explain;
@@ -212,7 +216,8 @@ async function runPrediction() {
     renderResults();
     renderOverview();
     const invalid = results.filter((r) => r.error).length;
-    $("#status").textContent = `${results.length} molecules, ${invalid} could not be read.`;
+    $("#status").textContent = `${results.length} molecules, ${invalid} could not be read.` +
+      (explainSkipped ? ` Atom attributions are drawn for batches of up to ${EXPLAIN_MAX} molecules.` : "");
     $("#download").disabled = false;
   } catch (error) {
     $("#status").innerHTML = `<span class="error">${escapeHtml(error.message)}</span>`;
@@ -378,8 +383,14 @@ $("#results tbody").addEventListener("click", (event) => {
   if (!row || row.classList.contains("invalid")) return;
   selectMolecule(Number(row.dataset.index));
 });
-["#filter-text", "#filter-in-domain", "#filter-hide-alerts", "#filter-hide-failures"].forEach((selector) => {
+["#filter-in-domain", "#filter-hide-alerts", "#filter-hide-failures"].forEach((selector) => {
   $(selector).addEventListener("input", () => { if (state.results) renderResults(); });
+});
+// Typing filters once the typing pauses, so a long table is not redrawn at every key.
+let filterTimer = null;
+$("#filter-text").addEventListener("input", () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => { if (state.results) renderResults(); }, 120);
 });
 
 // Batch overview and molecule detail ------------------------------------------------------

@@ -31,6 +31,8 @@ class ComputedProperty:
     # Endpoints that report atoms are computed from the canonical SMILES the router returns, so
     # their atom indices follow that string (the parsed input's atom order can differ).
     from_smiles: Callable[[str], Evaluation] | None = None
+    # False when the value is not a number (a list of alerts): no percentile, no reference values.
+    numeric: bool = True
 
 
 def structural_alerts(mol: Chem.Mol) -> list[dict[str, str]]:
@@ -87,7 +89,7 @@ COMPUTED: dict[str, ComputedProperty] = {
                          "give each alert's matched atoms (indices in the canonical SMILES).",
                          "FilterCatalog (PAINS, Brenk)",
                          lambda mol: _alerts_answer(rules.match_alerts(mol)),
-                         lambda smiles: _alerts_answer(rules.alerts_of_smiles(smiles))),
+                         lambda smiles: _alerts_answer(rules.alerts_of_smiles(smiles)), numeric=False),
         ComputedProperty("pains", "alerts (count)",
                          "PAINS A/B/C alerts (pan-assay interference) matched: their number, pass "
                          "when none; details give each alert with its matched atoms (indices in "

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from molserve.cli import data, deploy, jobs, keys, models, predict, serve, train, transformer
+from molserve.cli import data, deploy, jobs, keys, models, predict, reference, serve, train, transformer
 from molserve.cli.common import MolserveGroup, group
 
 app = group(name="molserve", cls=MolserveGroup,
@@ -45,6 +45,7 @@ app.add_typer(jobs.app, name="jobs", help="training jobs and screens through a r
 app.add_typer(deploy.app)
 app.add_typer(keys.app, name="keys", help="scoped API keys (stored hashed)")
 app.add_typer(models.app, name="models", help="registered models")
+app.add_typer(reference.app, name="reference", help="reference sets for percentiles: add, list, remove")
 
 
 def main(argv: list[str] | None = None) -> int:

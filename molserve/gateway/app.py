@@ -16,7 +16,7 @@ from molserve.asgi import BodyLimit
 from molserve.config import Settings
 from molserve.gateway import errors
 from molserve.gateway.observability import GatewayMetrics
-from molserve.gateway.routes import endpoints, health, jobs, models, predict, status, web
+from molserve.gateway.routes import endpoints, health, jobs, models, predict, references, status, web
 from molserve.prediction.router import Router
 from molserve.registry.store import Registry
 from molserve.responses import JSONResponse
@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.pending_molecules = 0
 
     errors.install(app)
-    for module in (predict, endpoints, models, jobs, status, health, web):
+    for module in (predict, endpoints, models, jobs, status, health, web, references):
         app.include_router(module.router)
     from fastapi.staticfiles import StaticFiles
 

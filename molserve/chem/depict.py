@@ -31,6 +31,18 @@ def _blend(colour: tuple[float, float, float], strength: float) -> tuple[float, 
     return tuple(1.0 - strength * (1.0 - c) for c in colour)  # type: ignore[return-value]
 
 
+@lru_cache(maxsize=256)
+def _prepared(smiles: str):
+    """The molecule of a SMILES with its 2D layout (atoms in the SMILES' order; hydrogens drawn
+    at stereocentres come after them), laid out once for every endpoint's drawing."""
+    from rdkit import Chem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise ValueError(f"cannot draw {smiles!r}")
+    return rdMolDraw2D.PrepareMolForDrawing(mol), mol.GetNumAtoms()
+
+
 def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
                      height: int = 240) -> str:
     """An SVG drawing of a molecule with each atom shaded by its contribution (one number per
@@ -40,13 +52,9 @@ def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
     >>> contribution_svg("CCO", [0.1, 0.0, -0.2]).startswith("<?xml")
     True
     """
-    from rdkit import Chem
-
-    mol = Chem.MolFromSmiles(smiles)
-    if mol is None:
-        raise ValueError(f"cannot draw {smiles!r}")
-    if len(contributions) != mol.GetNumAtoms():
-        raise ValueError(f"{len(contributions)} contributions for {mol.GetNumAtoms()} atoms")
+    mol, n_atoms = _prepared(smiles)
+    if len(contributions) != n_atoms:
+        raise ValueError(f"{len(contributions)} contributions for {n_atoms} atoms")
     largest = max((abs(c) for c in contributions), default=0.0)
     colours: dict[int, tuple[float, float, float]] = {}
     if largest > 0:
@@ -57,7 +65,8 @@ def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
     options = drawer.drawOptions()
     options.clearBackground = False
     options.addStereoAnnotation = True
-    rdMolDraw2D.PrepareAndDrawMolecule(drawer, mol, highlightAtoms=list(colours),
-                                       highlightAtomColors=colours, highlightBonds=[])
+    options.prepareMolsBeforeDrawing = False  # laid out once in `_prepared`
+    drawer.DrawMolecule(mol, highlightAtoms=list(colours), highlightAtomColors=colours,
+                        highlightBonds=[])
     drawer.FinishDrawing()
     return drawer.GetDrawingText()

@@ -115,10 +115,11 @@ class TreePaths:
     threshold: np.ndarray  # float32 (nodes,)
     children: np.ndarray  # int64 (nodes * 2,): [right, left] of each node, flattened
     expectation: np.ndarray  # float64 (nodes,)
+    is_leaf: np.ndarray  # bool (nodes,)
     roots: np.ndarray  # int64 (trees,)
-    weight: np.ndarray  # float64 (trees,): 1 / members (the ensemble answers the members' mean)
-    depth: int
+    scale: float  # 1 / members: the ensemble answers the members' mean
     base: float  # the ensemble's expected raw output (the mean over members of sum E[root])
+    names: list[str | None]  # what each column is reported as (`column_names`)
 
     @classmethod
     def from_model(cls, model: FastModel) -> TreePaths:
@@ -145,31 +146,45 @@ class TreePaths:
             total = n_lo + n_hi
             expectation[node] = ((n_lo * expectation[lo] + n_hi * expectation[hi]) / total
                                  if total > 0 else 0.5 * (expectation[lo] + expectation[hi]))
-        members = max(1, ensemble.n_members)
-        weight = np.full(ensemble.n_trees, 1.0 / members)
-        base = float(expectation[ensemble.roots] @ weight)
+        scale = 1.0 / max(1, ensemble.n_members)
+        base = float(expectation[ensemble.roots].sum() * scale)
         return cls(ensemble.feature.astype(np.int64), ensemble.threshold, children.ravel(),
-                   expectation, ensemble.roots.astype(np.int64), weight, ensemble.depth, base)
+                   expectation, is_leaf, ensemble.roots.astype(np.int64), scale, base,
+                   column_names(model.spec))
 
     def attribute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, columns) credits of each feature and (rows,) raw outputs (members' mean) for
-        features `x` in this model's column layout."""
+        features `x` in this model's column layout.
+
+        Walks every (molecule, tree) pair down one level at a time, dropping the pairs that
+        reached a leaf: most paths end well before the deepest tree's depth."""
         x = np.asarray(x, dtype=np.float32)
         rows, width = x.shape
-        credit = np.zeros(rows * width, dtype=np.float64)
-        row_offset = (np.arange(rows, dtype=np.int64) * width)[:, None]
-        node = np.broadcast_to(self.roots, (rows, len(self.roots))).copy()
         flat = x.ravel()
-        for _ in range(self.depth):
-            feature = self.feature[node]
-            go_left = flat[row_offset + feature] <= self.threshold[node]
+        n_trees = len(self.roots)
+        node = np.tile(self.roots, rows)
+        offset = np.repeat(np.arange(rows, dtype=np.int64) * width, n_trees)
+        pair = np.arange(rows * n_trees)
+        exit_leaf = np.empty(rows * n_trees, dtype=np.int64)
+        columns, deltas = [], []
+        while True:
+            ended = self.is_leaf[node]
+            if ended.any():
+                exit_leaf[pair[ended]] = node[ended]
+                going = ~ended
+                node, offset, pair = node[going], offset[going], pair[going]
+                if not len(node):
+                    break
+            column = offset + self.feature[node]
+            go_left = flat[column] <= self.threshold[node]
             following = self.children[2 * node + go_left]
-            delta = (self.expectation[following] - self.expectation[node]) * self.weight
-            credit += np.bincount((row_offset + feature).ravel(), weights=delta.ravel(),
-                                  minlength=rows * width)
+            columns.append(column)
+            deltas.append(self.expectation[following] - self.expectation[node])
             node = following
-        raw = self.expectation[node] @ self.weight
-        return credit.reshape(rows, width), raw
+        credit = np.bincount(np.concatenate(columns), weights=np.concatenate(deltas),
+                             minlength=rows * width) if columns else np.zeros(rows * width)
+        raw = self.expectation[exit_leaf].reshape(rows, n_trees).sum(axis=1) * self.scale
+        return (credit * self.scale).reshape(rows, width), raw
 
 
 def column_names(spec: FeatureSpec) -> list[str | None]:
@@ -291,7 +306,7 @@ class Explainer:
         columns = model.spec.columns_in(layout)
         x = matrix if columns is None else matrix[:, columns]
         credit, raw = paths.attribute(x)
-        names = column_names(model.spec)
+        names = paths.names
         space = space_of(model)
         spec = model.spec
         out = []

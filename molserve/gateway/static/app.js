@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { endpoints: [], results: null, names: [], selected: null, explained: null, alert: null };
+const state = { endpoints: [], results: null, names: [], selected: null, explained: null, alert: null, reference: null };
 const BATCH = 500;
 // Attributions add a shaded drawing to every fast-tier answer (about 20 kB a molecule and
 // endpoint): asked for small batches only, where a chemist reads them one by one.
@@ -163,7 +163,8 @@ async function loadFeatures() {
     } catch (error) { features.references = []; }
     if (features.references.length) {
       $("#reference").innerHTML = features.references.map((item) => {
-        const about = [item.description, item.n_molecules || item.size ? `${item.n_molecules || item.size} molecules` : ""]
+        const size = item.molecules ?? item.n_molecules ?? item.size;
+        const about = [item.description, typeof size === "number" ? `${size} molecules` : ""]
           .filter(Boolean).join(", ");
         return `<option value="${escapeHtml(item.name)}" ${item.default ? "selected" : ""} title="${escapeHtml(about)}">${escapeHtml(item.name)}</option>`;
       }).join("");
@@ -191,6 +192,7 @@ async function runPrediction() {
   if (!molecules.length) { $("#status").textContent = "Paste SMILES or choose a file."; return; }
   $("#run").disabled = true;
   const results = [];
+  state.reference = null;
   const asked = requestedEndpoints(endpoints);
   const request = { endpoints: asked, tier: $("#tier").value };
   const explainSkipped = features.explain && $("#explain").checked && molecules.length > EXPLAIN_MAX;
@@ -208,6 +210,7 @@ async function runPrediction() {
         body: JSON.stringify({ ...request, molecules: molecules.slice(start, start + BATCH) }),
       });
       body.results.forEach((r) => results.push({ ...r, index: r.index + start }));
+      if (body.reference && typeof body.reference === "object") state.reference = body.reference;
     }
     results.forEach((r) => { r.profile = r.error ? null : moleculeProfile(r); });
     state.results = results;
@@ -457,7 +460,8 @@ function renderOverview() {
   const percentile = percentileAxes(p, state.names);
   const radars = [
     percentile.length >= 3 ? `<figure class="radar-figure percentile"><figcaption>Percentile within the reference set${
-      $("#reference").value && !$("#reference-row").hidden ? ` (${escapeHtml($("#reference").value)})` : ""}</figcaption>
+      state.reference && state.reference.name ? `: ${escapeHtml(state.reference.name)}${typeof state.reference.molecules === "number"
+        ? ` (${state.reference.molecules.toLocaleString("en")} molecules)` : ""}` : ""}</figcaption>
       ${radarSvg(percentile, { label: "percentile radar" })}<div class="units">band: the reference set's middle half (25th-75th percentile)</div></figure>` : "",
     fixed.length >= 3 ? `<figure class="radar-figure bioavailability"><figcaption>Bioavailability radar (fixed ranges)</figcaption>
       ${radarSvg(fixed, { label: "bioavailability radar" })}<div class="units">band: favourable range (SwissADME; WLOGP for LIPO)</div></figure>` : "",

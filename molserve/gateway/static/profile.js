@@ -102,8 +102,9 @@ function moleculeProfile(result) {
     if (details && Array.isArray(details.alerts)) details.alerts.forEach((alert) => addAlert(alert, name));
     else if (name === "structural_alerts" && Array.isArray(a.value)) a.value.forEach((alert) => addAlert(alert, name));
     if (a.explanation && typeof a.explanation === "object") explanations[name] = a.explanation;
+    // Rules and alerts count violations: their percentiles say little about the molecule.
     const percentile = numberOr(a.reference_percentile);
-    if (percentile !== null) percentiles[name] = percentile;
+    if (percentile !== null && !details) percentiles[name] = percentile;
     if (a.applicability_domain) inDomain = (inDomain ?? true) && Boolean(a.applicability_domain.in_domain);
   });
   const tpsa = value("tpsa"), wlogp = value("logp_crippen");

@@ -4,6 +4,7 @@ changes, stored with checksums, and clear errors for unknown names."""
 
 import json
 import shutil
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -240,3 +241,23 @@ def test_the_gateway_lists_reference_sets(app_client):
     assert listed.status_code == 200
     names = {entry["name"]: entry for entry in listed.json()}
     assert names["clintox_drugs"]["default"] is True and names["clintox_drugs"]["molecules"] > 1400
+
+
+def test_a_server_answers_at_once_and_percentiles_follow_once_computed_in_the_background(small_registry):
+    router = loaded_router(small_registry)
+    references = ReferenceSets(small_registry, router, background=True)
+    references.add("tiny", TINY, compute=False)
+    first = router.predict_local(["CCO"], ["molecular_weight", "logbb"])
+    references.annotate_response(first, "tiny")
+    assert first["results"][0]["predictions"]["logbb"].reference_percentile is None
+    assert "being computed" in first["reference"]["omitted"]["logbb"]
+    deadline = time.monotonic() + 60
+    while True:
+        later = router.predict_local(["CCO"], ["molecular_weight", "logbb"])
+        references.annotate_response(later, "tiny")
+        if "omitted" not in later["reference"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert "omitted" not in later["reference"], later["reference"]
+    assert later["results"][0]["predictions"]["molecular_weight"].reference_percentile == 37.5
+    assert later["results"][0]["predictions"]["logbb"].reference_percentile is not None

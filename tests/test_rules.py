@@ -159,3 +159,18 @@ def test_highlight_helpers_refuse_what_they_cannot_draw():
     assert parse_highlight(" 3,1, 2,3") == (1, 2, 3) and parse_highlight("Alerts") == "alerts"
     with pytest.raises(InvalidInput, match="3 atoms"):
         highlighted_svg("CCO", [3])
+
+
+def test_ghose_counts_hydrogens_and_muegge_counts_carbons_and_heteroatoms():
+    ghose = violated(evaluate("ghose", "O=C1C=CC(=O)C=C1"))
+    assert ghose["atoms"] == {"property": "atoms", "value": 12, "limit": ">= 20"}  # C6H4O2
+    muegge = violated(evaluate("muegge", "CCO"))
+    assert muegge["carbons"] == {"property": "carbons", "value": 2, "limit": "> 4"}
+    assert muegge["heteroatoms"] == {"property": "heteroatoms", "value": 1, "limit": "> 1"}
+    # Polar sulfur counts towards the rules' TPSA, as SwissADME counts it (not the tpsa endpoint).
+    thiol = Chem.MolFromSmiles("CCS")
+    assert descriptors.compute("tpsa", thiol) == 0.0
+    assert evaluate("veber", "CCS").value == 0 and RULES["veber"].criteria[1].property == "tpsa_incl_s_p"
+    from molserve.chem.rules import PROPERTIES
+
+    assert PROPERTIES["tpsa_incl_s_p"](thiol) > 0

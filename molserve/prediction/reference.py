@@ -178,10 +178,17 @@ class ReferenceSets:
     """
 
     def __init__(self, registry: Registry, router: Router, *,
-                 default: str | None = DEFAULT_REFERENCE) -> None:
+                 default: str | None = DEFAULT_REFERENCE, background: bool = False) -> None:
         self.registry = registry
         self.router = router
         self.default = default
+        # A server sets `background`: values a request finds missing are computed in a thread
+        # of their own (seconds for a set of a thousand molecules and every endpoint) while
+        # that request is answered without those percentiles, saying why; the CLI and tests
+        # compute them in place.
+        self.background = background
+        self._pending: set[tuple[str, str, str]] = set()  # (set, endpoint, tier) being computed
+        self._pending_lock = threading.Lock()  # not the compute lock: held for microseconds
         self.store = ReferenceStore(registry.root)
         self._compute_lock = threading.Lock()
         self._cache: dict[tuple[str, str, str], _Distribution] = {}  # (set, endpoint, tier)
@@ -422,7 +429,12 @@ class ReferenceSets:
                                      "is served now; reference values follow the served version")
             else:
                 missing[(endpoint, tier)] = key
-        if missing:
+        if missing and self.background:
+            self._compute_later(name, info, missing)
+            for endpoint, _tier in missing:
+                omitted[endpoint] = ("the reference set's values for the served model version are "
+                                     "being computed; percentiles follow within a minute")
+        elif missing:
             self._compute(name, info, missing)
             for pair, key in missing.items():
                 found = self._distribution(name, info, pair[0], key)
@@ -446,6 +458,40 @@ class ReferenceSets:
             "name": name, "description": info.get("description", ""),
             "molecules": info.get("molecules"), "percentile": PERCENTILE_DEFINITION,
             **({"omitted": omitted} if omitted else {})}
+
+    def _compute_later(self, name: str, info: dict[str, Any],
+                       missing: dict[tuple[str, str], ModelKey]) -> None:
+        with self._pending_lock:
+            todo = {pair: key for pair, key in missing.items() if (name, *pair) not in self._pending}
+            self._pending.update((name, *pair) for pair in todo)
+        if not todo:
+            return
+
+        def run() -> None:
+            try:
+                self._compute(name, info, todo)
+            except Exception:  # a background failure is logged; the next request tries again
+                log.exception("reference values of %s could not be computed", name)
+            finally:
+                with self._pending_lock:
+                    self._pending.difference_update((name, *pair) for pair in todo)
+
+        threading.Thread(target=run, name=f"reference-{name}", daemon=True).start()
+
+    def warm(self, name: str | None = None) -> None:
+        """Compute the missing or stale values of a set (default: the default set) for every
+        endpoint served, in the background; a server calls this after loading models."""
+        name = name or self.default
+        if name is None:
+            return
+
+        def run() -> None:
+            try:
+                self.refresh(name)
+            except Exception:
+                log.exception("reference set %s could not be warmed", name)
+
+        threading.Thread(target=run, name=f"reference-warm-{name}", daemon=True).start()
 
     def _served(self, endpoint: str, tier: str) -> str:
         current = self._current_key(endpoint, tier)

@@ -112,6 +112,7 @@ def main() -> None:
     for model in router.fast.models.values():
         cold.paths(model)
     report["first_explanation_setup_s_all_endpoints"] = round(time.perf_counter() - started, 3)
+    report["node_expectations_mb_all_endpoints"] = round(cold.nbytes / 1e6, 1)
 
     for label, endpoints in (("one_endpoint", [args.endpoint]), ("all_endpoints", None)):
         router.predict_local(molecules[:2], endpoints, explain=True)  # warm: node expectations

@@ -3,6 +3,7 @@ in the canonical SMILES' order, a depiction, and nothing of it unless asked."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
@@ -111,6 +112,50 @@ def test_atoms_follow_the_canonical_smiles_whatever_order_the_input_wrote_them_i
     mol = Chem.MolFromSmiles(first["canonical_smiles"])
     acid = mol.GetSubstructMatch(Chem.MolFromSmarts("C(=O)[OH]"))
     assert acid and all(explanation["atoms"][i] != 0 for i in acid)
+
+
+class WorkerTier:
+    """A worker tier that answers solubility and fails logbb (the router then degrades logbb
+    to the fast tier)."""
+
+    name = "transformer"
+
+    class settings:  # noqa: N801 - stands for the tier's settings object
+        timeout_s = 1.0
+
+    def endpoints(self) -> list[str]:
+        return ["solubility", "logbb"]
+
+    def served_endpoints(self) -> dict[str, dict]:
+        return {e: {"task": "regression", "units": "", "metrics": {}} for e in self.endpoints()}
+
+    async def answer(self, batch, name, deadline, request_id):
+        from molserve.answers import Answer, Provenance
+        from molserve.prediction.remote import RemoteFailure
+
+        if name == "logbb":
+            raise RemoteFailure("worker_down")
+        return [Answer(Provenance(f"{name}/transformer", 1, "transformer"), 0.5)
+                for _ in batch.canonical_smiles]
+
+
+def test_only_fast_tier_answers_are_explained_including_degraded_fallbacks(trained_registry):
+    router = Router(trained_registry)
+    router.load()
+    router.remotes["transformer"] = WorkerTier()
+    response = asyncio.run(router.predict(["CCO", "c1ccccc1O", "oops("], ["solubility", "logbb", "tpsa"],
+                                          tier="transformer", explain=True))
+    assert response["degraded"] == {"logbb": "worker_down"}
+    for result in response["results"][:2]:
+        assert result["predictions"]["solubility"].provenance.tier == "transformer"
+        assert result["predictions"]["solubility"].explanation is None
+        assert result["predictions"]["tpsa"].explanation is None
+        fallback = result["predictions"]["logbb"]
+        assert fallback.provenance.degraded
+        check_adds_up(router, "logbb", result)
+    assert response["results"][2]["error"] and response["results"][2]["predictions"] == {}
+    plain = asyncio.run(router.predict(["CCO"], ["logbb"], tier="transformer"))
+    assert plain["results"][0]["predictions"]["logbb"].explanation is None
 
 
 def test_nitro_aromatics_owe_their_mutagenicity_to_the_nitro_group(tdc_registry):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from rdkit import Chem
 from rdkit.Chem.Draw import rdMolDraw2D
 
 from molserve.chem.molecules import parse_smiles
@@ -35,8 +36,6 @@ def _blend(colour: tuple[float, float, float], strength: float) -> tuple[float, 
 def _prepared(smiles: str):
     """The molecule of a SMILES with its 2D layout (atoms in the SMILES' order; hydrogens drawn
     at stereocentres come after them), laid out once for every endpoint's drawing."""
-    from rdkit import Chem
-
     mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"cannot draw {smiles!r}")
@@ -66,7 +65,8 @@ def contribution_svg(smiles: str, contributions: list[float], width: int = 320,
     options.clearBackground = False
     options.addStereoAnnotation = True
     options.prepareMolsBeforeDrawing = False  # laid out once in `_prepared`
-    drawer.DrawMolecule(mol, highlightAtoms=list(colours), highlightAtomColors=colours,
+    # A copy: RDKit caches on a molecule while drawing it, and drawings run in several threads.
+    drawer.DrawMolecule(Chem.Mol(mol), highlightAtoms=list(colours), highlightAtomColors=colours,
                         highlightBonds=[])
     drawer.FinishDrawing()
     return drawer.GetDrawingText()

@@ -111,15 +111,20 @@ class TreePaths:
     """One model's trees (its stored arrays, in its own column layout) with every node's
     expected output, ready for path attribution."""
 
-    feature: np.ndarray  # int64 (nodes,)
+    feature: np.ndarray  # int16/int32 (nodes,): the column a split reads (0 for leaves)
     threshold: np.ndarray  # float32 (nodes,)
-    children: np.ndarray  # int64 (nodes * 2,): [right, left] of each node, flattened
+    children: np.ndarray  # int32 (nodes * 2,): [right, left] of each node, flattened
     expectation: np.ndarray  # float64 (nodes,)
     is_leaf: np.ndarray  # bool (nodes,)
     roots: np.ndarray  # int64 (trees,)
-    scale: float  # 1 / members: the ensemble answers the members' mean
-    base: float  # the ensemble's expected raw output (the mean over members of sum E[root])
-    names: list[str | None]  # what each column is reported as (`column_names`)
+    scale: float  # 1 / members: the model answers its members' mean
+    base: float  # expected raw output: the members' mean of sum E[root]
+    width: int  # columns of the model's layout
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.feature, self.threshold, self.children, self.expectation,
+                                      self.is_leaf, self.roots))
 
     @classmethod
     def from_model(cls, model: FastModel) -> TreePaths:
@@ -134,10 +139,8 @@ class TreePaths:
                                 "no explanation can be given")
         count = np.concatenate([np.asarray(c, dtype=np.float64) for c in counts]) if counts \
             else np.zeros(0)
-        children = ensemble.children.astype(np.int64)
-        right, left = children[:, 0], children[:, 1]
-        index = np.arange(len(ensemble.feature))
-        is_leaf = left == index
+        right, left = ensemble.children[:, 0], ensemble.children[:, 1]
+        is_leaf = left == np.arange(len(ensemble.feature))
         expectation = np.where(is_leaf, ensemble.value, 0.0)
         # Pre-order: a node's children come after it, so one pass from the end fills every node.
         for node in np.flatnonzero(~is_leaf)[::-1].tolist():
@@ -147,19 +150,24 @@ class TreePaths:
             expectation[node] = ((n_lo * expectation[lo] + n_hi * expectation[hi]) / total
                                  if total > 0 else 0.5 * (expectation[lo] + expectation[hi]))
         scale = 1.0 / max(1, ensemble.n_members)
-        base = float(expectation[ensemble.roots].sum() * scale)
-        return cls(ensemble.feature.astype(np.int64), ensemble.threshold, children.ravel(),
-                   expectation, is_leaf, ensemble.roots.astype(np.int64), scale, base,
-                   column_names(model.spec))
+        width = model.spec.width
+        return cls(ensemble.feature.astype(np.int16 if width < 2**15 else np.int32),
+                   ensemble.threshold, ensemble.children.astype(np.int32).ravel(), expectation,
+                   is_leaf, ensemble.roots.astype(np.int64), scale,
+                   float(expectation[ensemble.roots].sum() * scale), width)
 
     def attribute(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, columns) credits of each feature and (rows,) raw outputs (members' mean) for
-        features `x` in this model's column layout.
+        """(rows, columns) credits of each feature and (rows,) raw outputs (the members' mean)
+        for features `x` in this model's layout.
 
         Walks every (molecule, tree) pair down one level at a time, dropping the pairs that
-        reached a leaf: most paths end well before the deepest tree's depth."""
+        reached a leaf: most paths end well before the deepest tree's depth. (Walking every
+        endpoint's trees stacked in one set of arrays was measured slower for more than one
+        molecule: one model's nodes stay in cache, a stack's do not.)"""
         x = np.asarray(x, dtype=np.float32)
         rows, width = x.shape
+        if width != self.width:
+            raise ValueError(f"features have {width} columns; these trees read {self.width}")
         flat = x.ravel()
         n_trees = len(self.roots)
         node = np.tile(self.roots, rows)
@@ -278,43 +286,48 @@ def space_of(model: FastModel) -> str:
 
 class Explainer:
     """Explanations of fast models, each model's node expectations computed at its first
-    explanation and kept (about 1 MB a model)."""
+    explanation and kept (`nbytes`: about 43 MB for the 45 bundled endpoints)."""
 
     def __init__(self) -> None:
-        self._paths: dict[tuple[str, int], TreePaths] = {}
+        self._paths: dict[str, tuple[int, TreePaths]] = {}
+        self._names: dict[FeatureSpec, list[str | None]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for _, p in self._paths.values())
+
+    def names(self, spec: FeatureSpec) -> list[str | None]:
+        if spec not in self._names:
+            self._names[spec] = column_names(spec)
+        return self._names[spec]
+
     def paths(self, model: FastModel) -> TreePaths:
-        key = (model.endpoint, model.artifact.version)
-        paths = self._paths.get(key)
-        if paths is None:
+        held = self._paths.get(model.endpoint)
+        if held is None or held[0] != model.artifact.version:
             with self._lock:
-                paths = self._paths.get(key)
-                if paths is None:
-                    paths = TreePaths.from_model(model)
-                    for old in [k for k in self._paths if k[0] == model.endpoint]:
-                        del self._paths[old]
-                    self._paths[key] = paths
-        return paths
+                held = self._paths.get(model.endpoint)
+                if held is None or held[0] != model.artifact.version:
+                    held = (model.artifact.version, TreePaths.from_model(model))
+                    self._paths[model.endpoint] = held
+        return held[1]
 
     def explain(self, model: FastModel, matrix: np.ndarray, layout: FeatureSpec,
                 smiles: list[str], atom_maps: dict[tuple[str, int, int], AtomMap]) -> list[dict]:
-        """One explanation per row of `matrix` (features in the `layout` the fast tier computed),
-        `smiles` the rows' canonical SMILES; `atom_maps` caches each molecule's atom mapping
-        across endpoints."""
+        """One explanation per row of `matrix` (features in the `layout` the fast tier computed,
+        the model's columns among them); `smiles` are the rows' canonical SMILES and `atom_maps`
+        keeps each molecule's atom mapping across endpoints."""
         paths = self.paths(model)
-        columns = model.spec.columns_in(layout)
-        x = matrix if columns is None else matrix[:, columns]
-        credit, raw = paths.attribute(x)
-        names = paths.names
-        space = space_of(model)
-        spec = model.spec
-        out = []
+        spec, names, space = model.spec, self.names(model.spec), space_of(model)
+        columns = spec.columns_in(layout)
+        credit, raw = paths.attribute(matrix if columns is None else matrix[:, columns])
+        counts = matrix[:, : spec.n_bits]  # every layout starts with the same Morgan counts
+        explained = []
         for row, key in enumerate(smiles):
             cached = (key, spec.radius, spec.n_bits)
             atoms = atom_maps.get(cached)
             if atoms is None:
                 atoms = atom_maps[cached] = atom_map(key, spec.radius, spec.n_bits)
-            out.append(explain_molecule(credit[row], x[row, : spec.n_bits], float(raw[row]),
-                                        paths.base, atoms, names, space))
-        return out
+            explained.append(explain_molecule(credit[row], counts[row], float(raw[row]), paths.base,
+                                              atoms, names, space))
+        return explained

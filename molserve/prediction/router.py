@@ -262,12 +262,11 @@ class Router:
         if self._explainer is None:
             self._explainer = Explainer()
         atom_maps: dict = {}  # one mapping of each molecule's Morgan bits, for every endpoint
-        drawn: dict[tuple[str, tuple[float, ...]], str] = {}
         for name, listed in answers.items():
             model = self.fast.models.get(name)
+            group = next((g for g in self.fast.groups if name in g.names), None)
             slots = [slot for slot, answer in enumerate(listed)
                      if answer.provenance.tier == "fast" and not answer.is_error]
-            group = next((g for g in self.fast.groups if name in g.names), None)
             if model is None or group is None or not slots:
                 continue
             smiles = [batch.canonical_smiles[slot] for slot in slots]
@@ -284,10 +283,7 @@ class Router:
                     explanation = {"error": "the explained trees disagree with the served model; "
                                             "no explanation can be given"}
                 elif "atoms" in explanation:
-                    shading = tuple(explanation["atoms"])
-                    if (key, shading) not in drawn:
-                        drawn[key, shading] = contribution_svg(key, explanation["atoms"])
-                    explanation["svg"] = drawn[key, shading]
+                    explanation["svg"] = contribution_svg(key, explanation["atoms"])
                 listed[slot] = replace(listed[slot], explanation=explanation)
 
     def _annotate(self, response: dict[str, Any], reference: str | None) -> None:

@@ -494,6 +494,10 @@ $("#egg").addEventListener("click", (event) => {
   const point = event.target.closest(".egg-point");
   if (point) selectMolecule(Number(point.dataset.index));
 });
+$("#egg").addEventListener("keydown", (event) => {
+  const point = event.target.closest(".egg-point");
+  if (point && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); selectMolecule(Number(point.dataset.index)); }
+});
 
 function csvField(value) {
   let text = value === null || value === undefined ? "" : String(value);

@@ -85,6 +85,192 @@ def test_predict_shows_depictions_values_and_flags_invalid_smiles(page, served, 
     assert len(lines) == 5 and "unclosed ring" in lines[3]
 
 
+# A batch a medicinal chemist might paste: a nitro aromatic, a PAINS quinone, a molecule in the
+# BOILED-Egg's yolk, one in the white only, one far outside it and failing the rules, and one
+# unreadable SMILES.
+PROFILE_BATCH = {
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "nitro": "O=[N+]([O-])c1ccc(cc1)C(=O)O",
+    "quinone": "O=C1C=CC(=O)C=C1",
+    "ibuprofen": "CC(C)Cc1ccc(cc1)C(C)C(=O)O",
+    "caffeine": "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+    "unreadable": "C1CC",
+    "tristearin": "CCCCCCCCCCCCCCCCCC(=O)OCC(COC(=O)CCCCCCCCCCCCCCCCC)OC(=O)CCCCCCCCCCCCCCCCC",
+}
+
+
+def _row_numbers(page) -> list[int]:
+    return [int(n) for n in page.eval_on_selector_all(
+        "#results tbody tr", "rows => rows.map(r => r.querySelector('td').textContent)")]
+
+
+def _column_values(page, key: str) -> list[float | None]:
+    return page.evaluate(
+        """key => {
+          const headers = [...document.querySelectorAll('#results thead th')];
+          const column = headers.findIndex(th => th.dataset.sort === key);
+          return [...document.querySelectorAll('#results tbody tr')].map(tr => {
+            if (tr.classList.contains('invalid')) return null;
+            const cell = tr.children[column].querySelector('.value');
+            return cell ? parseFloat(cell.textContent) : null;
+          });
+        }""", key)
+
+
+def _row(page, number: int):
+    return page.locator(f"#results tbody tr[data-index='{number - 1}']")
+
+
+def _select_row(page, number: int) -> None:
+    page.click(f"#results tbody tr[data-index='{number - 1}'] td.smiles")
+    page.wait_for_selector(f"#molecule-detail h2:text-is('Molecule {number}')")
+
+
+def _loaded(page, selector: str) -> None:
+    page.wait_for_function(
+        "s => { const img = document.querySelector(s); return img && img.complete && img.naturalWidth > 0; }",
+        arg=selector, timeout=15_000)
+
+
+def test_profile_radar_egg_rules_alerts_and_attribution(page, served):
+    from rdkit import Chem
+
+    from molserve.chem.descriptors import compute
+
+    names = list(PROFILE_BATCH)
+    number = {name: names.index(name) + 1 for name in names}
+    page.click("button[data-tab=predict]")
+    page.fill("#smiles", "\n".join(PROFILE_BATCH.values()))
+    page.click("#run")
+    page.wait_for_function("() => document.querySelector('#status').textContent.startsWith('7 molecules')")
+    assert page.locator("#status").inner_text() == "7 molecules, 1 could not be read."
+
+    # The BOILED-Egg: both ellipses and one point per readable molecule, numbered as in the table.
+    egg = page.locator("#egg-card")
+    assert egg.is_visible()
+    assert page.locator("#egg svg path.egg-white").count() == 1
+    assert page.locator("#egg svg path.egg-yolk").count() == 1
+    valid = [number[n] - 1 for n in names if n != "unreadable"]
+    points = page.eval_on_selector_all("#egg .egg-point", "gs => gs.map(g => Number(g.dataset.index))")
+    assert sorted(points) == valid
+    regions = {name: _row(page, number[name]).locator("td.egg-cell").inner_text()
+               for name in ("ibuprofen", "caffeine", "tristearin")}
+    assert regions == {"ibuprofen": "BBB (yolk)", "caffeine": "HIA (white)", "tristearin": "outside"}
+
+    # A radar per molecule: a small one in each readable row, a full one in the detail panel.
+    assert page.locator("#results td.mini-radar svg.radar polygon.radar-molecule").count() == len(valid)
+    assert page.locator("#molecule-detail svg.radar polygon.radar-molecule").count() >= 1
+    assert "LIPO" in page.locator("#molecule-detail figure.bioavailability").inner_text()
+
+    # Rule violations, named with value and limit, for the molecule that breaks Lipinski.
+    _select_row(page, number["tristearin"])
+    failing = page.locator("#molecule-detail table.rules tr.fail")
+    assert failing.count() >= 1
+    lipinski = page.locator("#molecule-detail table.rules tr", has_text="lipinski")
+    assert "fail" in lipinski.inner_text() and "molecular_weight" in lipinski.inner_text()
+    assert "lipinski" in _row(page, number["tristearin"]).locator("td.rules-cell").inner_text()
+    page.locator("#overview").screenshot(path=str(ARTIFACTS / "profile-rules.png"))
+
+    # Alerts: the nitro group (Brenk) and the quinone (PAINS), its atoms highlighted in the depiction.
+    _select_row(page, number["nitro"])
+    assert "nitro" in page.locator("#molecule-detail ul.alerts").inner_text().lower()
+    _select_row(page, number["quinone"])
+    alerts = page.locator("#molecule-detail ul.alerts").inner_text()
+    assert "PAINS" in alerts and "quinone" in alerts.lower()
+    assert "highlight=" in page.locator("#molecule-detail img.detail-depiction").get_attribute("src")
+    _loaded(page, "#molecule-detail img.detail-depiction")
+
+    # The attribution depiction: atoms shaded by their contribution, drawn by the server.
+    _loaded(page, "#molecule-detail img.attribution-svg")
+    assert page.locator("#molecule-detail .attribution table.bars tr").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "profile.png"), full_page=True)
+    page.locator("#overview").screenshot(path=str(ARTIFACTS / "profile-alerts.png"))
+
+    # Sorting: TPSA ascending, then descending; the unreadable row stays last.
+    page.click("#results th[data-sort='ep:tpsa']")
+    ascending = _column_values(page, "ep:tpsa")
+    assert ascending[-1] is None and ascending[:-1] == sorted(ascending[:-1])
+    page.click("#results th[data-sort='ep:tpsa']")
+    descending = _column_values(page, "ep:tpsa")
+    assert descending[:-1] == sorted(ascending[:-1], reverse=True) and descending[-1] is None
+    tpsa = {name: compute("tpsa", Chem.MolFromSmiles(s))
+            for name, s in PROFILE_BATCH.items() if name != "unreadable"}
+    assert _row_numbers(page)[0] == number[max(tpsa, key=tpsa.get)]
+    page.click("#results th[data-sort='index']")
+    assert _row_numbers(page) == list(range(1, 8))
+
+    # Filtering: by text, by alerts and by applicability domain.
+    page.fill("#filter-text", "quinone")
+    page.wait_for_function("() => document.querySelector('#filter-count').textContent.startsWith('showing')")
+    assert _row_numbers(page) == [number["quinone"]]
+    assert page.locator("#filter-count").inner_text() == "showing 1 of 7 molecules"
+    page.fill("#filter-text", "")
+    page.wait_for_function("() => document.querySelector('#filter-count').textContent === '7 molecules'")
+    page.check("#filter-hide-alerts")
+    without_alerts = [number[n] for n, s in PROFILE_BATCH.items()
+                      if n != "unreadable" and not compute("structural_alerts", Chem.MolFromSmiles(s))]
+    assert without_alerts and _row_numbers(page) == without_alerts
+    page.uncheck("#filter-hide-alerts")
+    page.check("#filter-in-domain")
+    import httpx
+
+    answered = httpx.post(f"{served}/v1/predict", json={
+        "molecules": list(PROFILE_BATCH.values()), "endpoints": ["bbb_penetration", "solubility"]}).json()
+    in_domain = [r["index"] + 1 for r in answered["results"] if not r["error"]
+                 and all(a["applicability_domain"]["in_domain"] for a in r["predictions"].values())]
+    assert _row_numbers(page) == in_domain
+    page.uncheck("#filter-in-domain")
+    assert len(_row_numbers(page)) == 7
+
+
+def test_percentile_radar_when_answers_carry_reference_percentiles(page):
+    """The radar against the reference set reads `reference_percentile` from each answer; the
+    answers here are the server's own, with percentiles added in the browser's network layer."""
+    import json
+
+    def with_percentiles(route):
+        response = route.fetch()
+        body = response.json()
+        for result in body["results"]:
+            for rank, answer in enumerate((result.get("predictions") or {}).values()):
+                if isinstance(answer.get("value"), int | float):
+                    answer["reference_percentile"] = float((rank * 17) % 100)
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route("**/v1/predict", with_percentiles)
+    try:
+        page.click("button[data-tab=predict]")
+        page.fill("#smiles", "CC(C)Cc1ccc(cc1)C(C)C(=O)O")
+        page.click("#run")
+        page.wait_for_selector("#molecule-detail figure.percentile svg.radar polygon.radar-molecule")
+        assert "reference set" in page.locator("#molecule-detail figure.percentile").inner_text()
+        assert page.locator("#results td.mini-radar svg").count() == 1
+        assert "p" in page.locator("#results tbody tr td .interval[title^='percentile']").first.inner_text()
+    finally:
+        page.unroute("**/v1/predict")
+
+
+def test_jobs_tab_shows_screen_progress(page):
+    """A screen job's status with shard progress (as screens report it) is shown in the jobs tab."""
+    import json
+
+    job = {"id": "j-screen", "kind": "screen", "state": "running", "params": {}, "progress": 0.4,
+           "step": "screening", "eta_s": 90, "attempts": 1, "cancel_requested": False, "created": 0,
+           "metrics": {"shards_done": 4, "shards_total": 10, "molecules_done": 40000,
+                       "molecules_total": 100000, "hits": 120, "molecules_per_second": 850.0}}
+    page.route("**/v1/jobs", lambda route: route.fulfill(status=200, content_type="application/json",
+                                                        body=json.dumps([job])))
+    try:
+        page.click("button[data-tab=jobs]")
+        page.wait_for_selector("#job-table tr[data-job='j-screen'] .screen-progress")
+        text = page.locator("#job-table tr[data-job='j-screen']").inner_text()
+        assert "shards 4 / 10" in text and "40,000 / 100,000 molecules" in text
+        assert "850 molecules/s" in text and "120 hits" in text and "ETA 90 s" in text
+        page.locator("#job-table").screenshot(path=str(ARTIFACTS / "jobs-screen-progress.png"))
+    finally:
+        page.unroute("**/v1/jobs")
+
+
 def test_models_tab_plots_held_out_predictions(page):
     page.click("button[data-tab=models]")
     page.wait_for_selector(".model-card[data-endpoint=solubility] svg.plot circle")

@@ -2,8 +2,11 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { endpoints: [], results: null, names: [] };
+const state = { endpoints: [], results: null, names: [], selected: null, explained: null, alert: null, reference: null };
 const BATCH = 500;
+// Attributions add a shaded drawing to every fast-tier answer (about 20 kB a molecule and
+// endpoint): asked for small batches only, where a chemist reads them one by one.
+const EXPLAIN_MAX = 200;
 
 function escapeHtml(text) {
   return String(text ?? "").replace(/[&<>"']/g, (c) => ({
@@ -127,6 +130,59 @@ function selectedEndpoints() {
   return [...document.querySelectorAll("#endpoint-list input:checked")].map((i) => i.value);
 }
 
+// What this server's API offers beyond the basics, read from its OpenAPI document: whether a
+// prediction can carry atom attributions (`explain`) or name a reference set (`reference`), and
+// whether a depiction can highlight atoms. What is absent is simply not asked for.
+const features = { explain: null, reference: false, highlight: null, references: [] };
+
+async function loadFeatures() {
+  let spec;
+  try { spec = await api("/openapi.json"); } catch (error) { return; }
+  const resolve = (schema) => {
+    const ref = schema && schema.$ref;
+    return ref ? ref.split("/").slice(1).reduce((node, key) => (node || {})[key], spec) : schema;
+  };
+  const predict = (((spec.paths || {})["/v1/predict"] || {}).post || {}).requestBody;
+  const body = resolve((((predict || {}).content || {})["application/json"] || {}).schema) || {};
+  const properties = body.properties || {};
+  if (properties.explain) {
+    const kinds = JSON.stringify(properties.explain);
+    features.explain = kinds.includes("boolean") ? "boolean" : (kinds.includes("array") ? "list" : "boolean");
+    $("#explain-option").hidden = false;
+  }
+  features.reference = Boolean(properties.reference);
+  const depict = (((spec.paths || {})["/v1/depict"] || {}).get || {}).parameters || [];
+  const highlight = depict.find((p) => /highlight/i.test(p.name));
+  features.highlight = highlight ? highlight.name : null;
+  if (features.reference && (spec.paths || {})["/v1/references"]) {
+    try {
+      const listed = await api("/v1/references");
+      const items = Array.isArray(listed) ? listed : (listed.references || listed.items || []);
+      features.references = items.map((item) => (typeof item === "string" ? { name: item } : item))
+        .filter((item) => item && item.name);
+    } catch (error) { features.references = []; }
+    if (features.references.length) {
+      $("#reference").innerHTML = features.references.map((item) => {
+        const size = item.molecules ?? item.n_molecules ?? item.size;
+        const about = [item.description, typeof size === "number" ? `${size} molecules` : ""]
+          .filter(Boolean).join(", ");
+        return `<option value="${escapeHtml(item.name)}" ${item.default ? "selected" : ""} title="${escapeHtml(about)}">${escapeHtml(item.name)}</option>`;
+      }).join("");
+      $("#reference-row").hidden = false;
+    }
+  }
+}
+
+// The endpoints a request asks for: the chosen ones, plus, for the profile panels, the exact
+// (computed) ones, rules and alerts among them, and the predicted solubility when served.
+function requestedEndpoints(chosen) {
+  if (!$("#profile").checked) return chosen;
+  const available = new Map(state.endpoints.filter((e) => !e.status || e.status === "available").map((e) => [e.name, e]));
+  const extra = [...available.values()].filter((e) => e.kind === "computed").map((e) => e.name);
+  if (available.has("solubility")) extra.push("solubility");
+  return [...new Set([...chosen, ...extra])];
+}
+
 async function runPrediction() {
   const endpoints = selectedEndpoints();
   if (!endpoints.length) { $("#status").textContent = "Pick at least one endpoint."; return; }
@@ -136,20 +192,35 @@ async function runPrediction() {
   if (!molecules.length) { $("#status").textContent = "Paste SMILES or choose a file."; return; }
   $("#run").disabled = true;
   const results = [];
+  state.reference = null;
+  const asked = requestedEndpoints(endpoints);
+  const request = { endpoints: asked, tier: $("#tier").value };
+  const explainSkipped = features.explain && $("#explain").checked && molecules.length > EXPLAIN_MAX;
+  if (features.explain && $("#explain").checked && !explainSkipped) {
+    request.explain = features.explain === "list"
+      ? endpoints.filter((n) => (state.endpoints.find((e) => e.name === n) || {}).kind === "predicted") : true;
+    if (Array.isArray(request.explain) && !request.explain.length) delete request.explain;
+  }
+  if (features.reference && !$("#reference-row").hidden && $("#reference").value) request.reference = $("#reference").value;
   try {
     for (let start = 0; start < molecules.length; start += BATCH) {
       $("#status").textContent = `Predicting ${Math.min(start + BATCH, molecules.length)} / ${molecules.length}…`;
       const body = await api("/v1/predict", {
         method: "POST", headers: { "content-type": "application/json" },
-        body: JSON.stringify({ molecules: molecules.slice(start, start + BATCH), endpoints, tier: $("#tier").value }),
+        body: JSON.stringify({ ...request, molecules: molecules.slice(start, start + BATCH) }),
       });
       body.results.forEach((r) => results.push({ ...r, index: r.index + start }));
+      if (body.reference && typeof body.reference === "object") state.reference = body.reference;
     }
+    results.forEach((r) => { r.profile = r.error ? null : moleculeProfile(r); });
     state.results = results;
     state.names = endpoints;
+    state.selected = (results.find((r) => !r.error) || {}).index ?? null;
     renderResults();
+    renderOverview();
     const invalid = results.filter((r) => r.error).length;
-    $("#status").textContent = `${results.length} molecules, ${invalid} could not be read.`;
+    $("#status").textContent = `${results.length} molecules, ${invalid} could not be read.` +
+      (explainSkipped ? ` Atom attributions are drawn for batches of up to ${EXPLAIN_MAX} molecules.` : "");
     $("#download").disabled = false;
   } catch (error) {
     $("#status").innerHTML = `<span class="error">${escapeHtml(error.message)}</span>`;
@@ -173,29 +244,260 @@ function answerCell(answer) {
   const label = answer.label ? ` <span class="badge">${escapeHtml(answer.label)}</span>` : "";
   const interval = answer.uncertainty && answer.uncertainty.interval
     ? `<div class="interval">[${answer.uncertainty.interval.map((v) => v.toFixed(2)).join(", ")}]</div>` : "";
+  const percentile = typeof answer.reference_percentile === "number"
+    ? `<div class="interval" title="percentile within the reference set">p${Math.round(answer.reference_percentile)}</div>` : "";
   const domain = answer.applicability_domain;
   const ood = domain && !domain.in_domain
     ? `<span class="badge ood" title="max similarity ${domain.max_similarity} to training; threshold ${domain.threshold}">out of domain</span>` : "";
   const degraded = prov.degraded
     ? `<span class="badge degraded" title="the preferred tier could not answer">degraded: ${escapeHtml(prov.degraded_reason)}</span>` : "";
   const units = answer.kind === "computed" ? "" : `<span class="units"> ${escapeHtml(answer.units)}</span>`;
-  return `<td><span class="value">${value}</span>${units}${label}${interval}
+  return `<td><span class="value">${value}</span>${units}${label}${interval}${percentile}
     <div><span class="badge tier-${escapeHtml(prov.tier)}" title="${escapeHtml(prov.model_id)} v${escapeHtml(prov.version)}">${escapeHtml(prov.tier)}</span>${degraded}${ood}</div></td>`;
+}
+
+// Sorting and filtering ---------------------------------------------------------------------
+const view = { sort: "index", descending: false };
+
+// The value a column sorts by: numbers as numbers, a label or text as text, a list by length.
+function sortValue(r, key) {
+  if (key === "index") return r.index;
+  if (key === "smiles") return r.error ? null : r.canonical_smiles;
+  if (r.error) return null;
+  if (key === "egg") return r.profile.egg ? ["yolk", "white", "grey"].indexOf(r.profile.egg) : null;
+  if (key === "rules") return r.profile.rules.length ? r.profile.failedRules.length * 100 + r.profile.violationCount : null;
+  if (key === "alerts") return r.profile.alerts.length;
+  const answer = r.predictions[key.slice(3)];
+  if (!answer || answer.error) return null;
+  if (typeof answer.value === "number") return answer.value;
+  if (Array.isArray(answer.value)) return answer.value.length;
+  return answer.value === null || answer.value === undefined ? null : String(answer.value);
+}
+
+function compareRows(a, b) {
+  // Unreadable molecules and missing values stay at the bottom whichever way the column sorts.
+  const x = sortValue(a, view.sort), y = sortValue(b, view.sort);
+  if (x === null || y === null) return (x === null) - (y === null) || a.index - b.index;
+  const order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+  return (view.descending ? -order : order) || a.index - b.index;
+}
+
+function rowText(r) {
+  if (r.error) return `${r.input} ${r.error}`;
+  const p = r.profile;
+  return [r.input, r.canonical_smiles, p.egg ? EGG_LABELS[p.egg] : "", ...p.alerts.map((a) => `${a.catalog} ${a.description}`),
+    ...p.failedRules.map((rule) => rule.name),
+    ...state.names.map((n) => { const a = r.predictions[n]; return a && a.label ? a.label : ""; })].join(" ");
+}
+
+function visibleRows() {
+  const text = $("#filter-text").value.trim().toLowerCase();
+  const inDomain = $("#filter-in-domain").checked;
+  const noAlerts = $("#filter-hide-alerts").checked;
+  const noFailures = $("#filter-hide-failures").checked;
+  return state.results.filter((r) => {
+    if (text && !rowText(r).toLowerCase().includes(text)) return false;
+    if ((inDomain || noAlerts || noFailures) && r.error) return false;
+    if (inDomain && r.profile.inDomain === false) return false;
+    if (noAlerts && r.profile.alerts.length) return false;
+    if (noFailures && r.profile.failedRules.length) return false;
+    return true;
+  }).sort(compareRows);
+}
+
+function hasProfile() {
+  return state.results.some((r) => r.profile && (r.profile.egg || r.profile.rules.length || r.profile.alerts.length
+    || bioavailabilityAxes(r.profile).length >= 3));
+}
+
+// The profile columns this batch has data for: a panel with nothing to show is left out.
+function profileColumns() {
+  if (!hasProfile()) return [];
+  const valid = state.results.filter((r) => r.profile);
+  const columns = [[null, "profile"]];
+  if (valid.some((r) => r.profile.egg)) columns.push(["egg", "BOILED-Egg"]);
+  if (valid.some((r) => r.profile.rules.length)) columns.push(["rules", "rules"]);
+  if (valid.some((r) => r.profile.alerts.length || r.predictions.structural_alerts)) columns.push(["alerts", "alerts"]);
+  return columns;
+}
+
+function profileCells(r, columns) {
+  const p = r.profile;
+  const axes = Object.keys(p.percentiles).length ? percentileAxes(p, state.names) : [];
+  const radar = radarSvg(axes.length >= 3 ? axes : bioavailabilityAxes(p), { size: 84, mini: true, label: "profile radar" });
+  const egg = p.egg ? `<span class="badge egg-${p.egg}">${EGG_LABELS[p.egg]}</span>` : "";
+  const rules = p.rules.length
+    ? (p.failedRules.length
+      ? p.failedRules.map((rule) => `<span class="badge fail" title="${escapeHtml(rule.violations.map((v) => `${v.property} ${v.value}`).join("; "))}">${escapeHtml(rule.name)}</span>`).join("")
+      : `<span class="badge pass">all ${p.rules.length} pass</span>`)
+    : "";
+  const catalogs = new Map();
+  p.alerts.forEach((a) => catalogs.set(a.catalog, [...(catalogs.get(a.catalog) || []), a.description]));
+  const alerts = p.alerts.length
+    ? [...catalogs].map(([catalog, found]) => `<span class="badge alert" title="${escapeHtml(found.join("; "))}">${escapeHtml(catalog)}${
+      found.length > 1 ? ` ×${found.length}` : ""}</span>`).join("")
+    : (r.predictions.structural_alerts || p.rules.length ? `<span class="units">none</span>` : "");
+  const cells = { profile: `<td class="mini-radar">${radar}</td>`, "BOILED-Egg": `<td class="egg-cell">${egg}</td>`,
+    rules: `<td class="rules-cell">${rules}</td>`, alerts: `<td class="alerts-cell">${alerts}</td>` };
+  return columns.map(([, title]) => cells[title]).join("");
 }
 
 function renderResults() {
   const names = state.names;
-  $("#results thead").innerHTML = `<tr><th>#</th><th>structure</th><th>SMILES</th>${names.map((n) => `<th>${escapeHtml(n)}</th>`).join("")}</tr>`;
-  $("#results tbody").innerHTML = state.results.map((r) => {
+  const extra = profileColumns();
+  const columns = [["index", "#"], [null, "structure"], ["smiles", "SMILES"], ...extra];
+  names.forEach((n) => columns.push([`ep:${n}`, n]));
+  $("#results thead").innerHTML = `<tr>${columns.map(([key, title]) => {
+    if (!key) return `<th>${escapeHtml(title)}</th>`;
+    const on = view.sort === key;
+    const aria = on ? (view.descending ? "descending" : "ascending") : "none";
+    return `<th class="sortable${on ? " sorted" : ""}" data-sort="${escapeHtml(key)}" aria-sort="${aria}" tabindex="0"
+      title="sort by ${escapeHtml(title)}">${escapeHtml(title)}<span class="arrow">${on ? (view.descending ? "▼" : "▲") : "↕"}</span></th>`;
+  }).join("")}</tr>`;
+  const rows = visibleRows();
+  const span = names.length + extra.length;
+  $("#results tbody").innerHTML = rows.map((r) => {
     if (r.error) {
-      return `<tr class="invalid"><td>${r.index + 1}</td><td></td><td class="smiles">${escapeHtml(r.input)}</td>
-        <td colspan="${names.length}" class="error">${escapeHtml(r.error)}</td></tr>`;
+      return `<tr class="invalid" data-index="${r.index}"><td>${r.index + 1}</td><td></td><td class="smiles">${escapeHtml(r.input)}</td>
+        <td colspan="${span}" class="error">${escapeHtml(r.error)}</td></tr>`;
     }
     const image = `<img alt="${escapeHtml(r.canonical_smiles)}" loading="lazy" src="/v1/depict?smiles=${encodeURIComponent(r.canonical_smiles)}">`;
-    return `<tr><td>${r.index + 1}</td><td class="depiction">${image}</td><td class="smiles">${escapeHtml(r.canonical_smiles)}</td>
-      ${names.map((n) => answerCell(r.predictions[n])).join("")}</tr>`;
+    return `<tr data-index="${r.index}" class="${r.index === state.selected ? "selected" : ""}"><td>${r.index + 1}</td><td class="depiction">${image}</td><td class="smiles">${escapeHtml(r.canonical_smiles)}</td>
+      ${profileCells(r, extra)}${names.map((n) => answerCell(r.predictions[n])).join("")}</tr>`;
   }).join("");
+  $("#filters").hidden = false;
+  $("#filter-count").textContent = rows.length === state.results.length
+    ? `${rows.length} molecules` : `showing ${rows.length} of ${state.results.length} molecules`;
 }
+
+$("#results thead").addEventListener("click", (event) => {
+  const th = event.target.closest("th[data-sort]");
+  if (!th) return;
+  const key = th.dataset.sort;
+  view.descending = view.sort === key ? !view.descending : false;
+  view.sort = key;
+  renderResults();
+});
+$("#results thead").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && event.target.closest("th[data-sort]")) event.target.click();
+});
+$("#results tbody").addEventListener("click", (event) => {
+  const row = event.target.closest("tr[data-index]");
+  if (!row || row.classList.contains("invalid")) return;
+  selectMolecule(Number(row.dataset.index));
+});
+["#filter-in-domain", "#filter-hide-alerts", "#filter-hide-failures"].forEach((selector) => {
+  $(selector).addEventListener("input", () => { if (state.results) renderResults(); });
+});
+// Typing filters once the typing pauses, so a long table is not redrawn at every key.
+let filterTimer = null;
+$("#filter-text").addEventListener("input", () => {
+  clearTimeout(filterTimer);
+  filterTimer = setTimeout(() => { if (state.results) renderResults(); }, 120);
+});
+
+// Batch overview and molecule detail ------------------------------------------------------
+function selectMolecule(index) {
+  state.selected = index;
+  state.alert = null;
+  document.querySelectorAll("#results tbody tr").forEach((tr) => tr.classList.toggle("selected", Number(tr.dataset.index) === index));
+  renderOverview();
+}
+
+function depictUrl(smiles, atoms) {
+  let url = `/v1/depict?smiles=${encodeURIComponent(smiles)}&width=320&height=240`;
+  if (atoms && atoms.length && features.highlight) url += `&${features.highlight}=${atoms.join(",")}`;
+  return url;
+}
+
+let attributionUrl = null;
+
+function attributionHtml(r) {
+  const explained = Object.entries(r.profile.explanations);
+  if (!explained.length) return "";
+  const chosen = explained.find(([n]) => n === state.explained) || explained[0];
+  state.explained = chosen[0];
+  const [name, e] = chosen;
+  if (attributionUrl) URL.revokeObjectURL(attributionUrl);
+  attributionUrl = typeof e.svg === "string" && e.svg.includes("<svg")
+    ? URL.createObjectURL(new Blob([e.svg], { type: "image/svg+xml" })) : null;
+  const picker = explained.length > 1
+    ? `<select id="explain-endpoint">${explained.map(([n]) => `<option ${n === name ? "selected" : ""}>${escapeHtml(n)}</option>`).join("")}</select>`
+    : `<span class="units">${escapeHtml(name)}</span>`;
+  const base = typeof e.base === "number" && typeof e.raw === "number"
+    ? `<p class="units">model output ${formatNumber(e.raw, 3)} = average ${formatNumber(e.base, 3)} + contributions${e.space ? ` (${escapeHtml(e.space)})` : ""}</p>` : "";
+  return `<div class="detail-block attribution"><h3>Atom attribution ${picker}</h3>
+    ${attributionUrl ? `<img class="attribution-svg" alt="atoms coloured by their contribution to ${escapeHtml(name)}" src="${attributionUrl}">
+      <div class="legend"><span class="swatch raises"></span> raises <span class="swatch lowers"></span> lowers the model's output</div>` : ""}
+    ${base}${descriptorBars(e.descriptors)}</div>`;
+}
+
+function renderOverview() {
+  const valid = (state.results || []).filter((r) => !r.error);
+  const points = valid.filter((r) => r.profile.egg).map((r) => ({ index: r.index, smiles: r.canonical_smiles,
+    tpsa: r.profile.tpsa, wlogp: r.profile.wlogp, region: r.profile.egg }));
+  const eggCard = $("#egg-card");
+  eggCard.hidden = !points.length;
+  if (points.length) {
+    const counts = { yolk: 0, white: 0, grey: 0 };
+    points.forEach((p) => { counts[p.region] += 1; });
+    $("#egg").innerHTML = eggSvg(points, state.selected);
+    $("#egg-summary").innerHTML = `<span><span class="swatch yolk"></span> yolk, likely brain-penetrant: ${counts.yolk}</span>
+      <span><span class="swatch white"></span> white only, likely absorbed: ${counts.white}</span>
+      <span><span class="swatch grey"></span> outside: ${counts.grey}</span>`;
+  }
+  const r = valid.find((x) => x.index === state.selected);
+  const detail = $("#molecule-detail");
+  detail.hidden = !r;
+  $("#overview").hidden = !points.length && !r;
+  if (!r) return;
+  const p = r.profile;
+  // The depiction highlights the atoms of every alert, or of the one alert picked in the list.
+  const withAtoms = p.alerts.filter((a) => a.atoms && a.atoms.length);
+  const picked = withAtoms.includes(p.alerts[state.alert]) ? p.alerts[state.alert] : null;
+  const highlightAtoms = [...new Set((picked ? [picked] : withAtoms).flatMap((a) => a.atoms))].sort((a, b) => a - b);
+  const fixed = bioavailabilityAxes(p);
+  const percentile = percentileAxes(p, state.names);
+  const radars = [
+    percentile.length >= 3 ? `<figure class="radar-figure percentile"><figcaption>Percentile within the reference set${
+      state.reference && state.reference.name ? `: ${escapeHtml(state.reference.name)}${typeof state.reference.molecules === "number"
+        ? ` (${state.reference.molecules.toLocaleString("en")} molecules)` : ""}` : ""}</figcaption>
+      ${radarSvg(percentile, { label: "percentile radar" })}<div class="units">band: the reference set's middle half (25th-75th percentile)</div></figure>` : "",
+    fixed.length >= 3 ? `<figure class="radar-figure bioavailability"><figcaption>Bioavailability radar (fixed ranges)</figcaption>
+      ${radarSvg(fixed, { label: "bioavailability radar" })}<div class="units">band: favourable range (SwissADME; WLOGP for LIPO)</div></figure>` : "",
+  ].join("");
+  detail.innerHTML = `<div class="detail-head"><h2>Molecule ${r.index + 1}</h2><code>${escapeHtml(r.canonical_smiles)}</code>
+      ${p.egg ? `<span class="badge egg-${p.egg}">${EGG_LABELS[p.egg]}</span>` : ""}</div>
+    <div class="detail-grid">
+      <div class="detail-block depiction-block"><img class="detail-depiction" alt="${escapeHtml(r.canonical_smiles)}"
+        src="${depictUrl(r.canonical_smiles, highlightAtoms)}">
+        ${highlightAtoms.length && features.highlight ? `<div class="units highlight-note">highlighted: ${
+          escapeHtml(picked ? `${picked.catalog} ${picked.description}` : "atoms matched by the alerts")}</div>` : ""}</div>
+      ${radars ? `<div class="detail-block radars">${radars}</div>` : ""}
+      ${p.rules.length ? `<div class="detail-block rules-block"><h3>Rules</h3>${rulesHtml(p.rules)}</div>` : ""}
+      ${r.predictions.structural_alerts || p.alerts.length ? `<div class="detail-block alerts-block"><h3>Structural alerts</h3>${alertsHtml(p.alerts)}</div>` : ""}
+      ${attributionHtml(r)}
+    </div>`;
+  detail.querySelectorAll(".alerts li[data-alert]").forEach((item) => {
+    item.classList.toggle("picked", Number(item.dataset.alert) === state.alert);
+    item.addEventListener("click", () => {
+      const index = Number(item.dataset.alert);
+      state.alert = state.alert === index ? null : index;
+      renderOverview();
+    });
+  });
+  const picker = $("#explain-endpoint");
+  if (picker) picker.addEventListener("change", () => { state.explained = picker.value; renderOverview(); });
+}
+
+$("#egg").addEventListener("click", (event) => {
+  const point = event.target.closest(".egg-point");
+  if (point) selectMolecule(Number(point.dataset.index));
+});
+$("#egg").addEventListener("keydown", (event) => {
+  const point = event.target.closest(".egg-point");
+  if (point && (event.key === "Enter" || event.key === " ")) { event.preventDefault(); selectMolecule(Number(point.dataset.index)); }
+});
 
 function csvField(value) {
   let text = value === null || value === undefined ? "" : String(value);
@@ -206,8 +508,10 @@ function csvField(value) {
 
 function downloadCsv() {
   const names = state.names;
+  const profile = hasProfile();
   const header = ["row", "input", "canonical_smiles", "error"];
   names.forEach((n) => header.push(n, `${n}_lower`, `${n}_upper`, `${n}_tier`, `${n}_degraded_reason`, `${n}_in_domain`));
+  if (profile) header.push("boiled_egg", "rules_failed", "alerts");
   const lines = [header.join(",")];
   state.results.forEach((r) => {
     const row = [r.index, r.input, r.canonical_smiles, r.error];
@@ -219,6 +523,11 @@ function downloadCsv() {
       row.push(value, interval[0], interval[1], prov.tier, prov.degraded_reason,
         a.applicability_domain ? a.applicability_domain.in_domain : "");
     });
+    if (profile) {
+      const p = r.profile;
+      row.push(p && p.egg ? p.egg : "", p ? p.failedRules.map((x) => x.name).join("; ") : "",
+        p ? p.alerts.map((a) => `${a.catalog}: ${a.description}`).join("; ") : "");
+    }
     lines.push(row.map(csvField).join(","));
   });
   const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
@@ -348,6 +657,44 @@ async function renderModels() {
 // Jobs ------------------------------------------------------------------------------------
 let jobTimer = null;
 
+function formatSeconds(seconds) {
+  const s = Math.round(seconds);
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+// A screen's progress as its status reports it (shards, molecules, rate), wherever the job puts
+// it: at the top level, under `metrics` or under a `progress_detail`/`screen` object.
+function screenProgress(job) {
+  if (job.kind !== "screen") return "";
+  const sources = [job.progress_detail, job.screen, job.metrics, job].filter((x) => x && typeof x === "object");
+  const pick = (...keys) => {
+    for (const source of sources) {
+      for (const key of keys) {
+        const path = key.split(".");
+        const v = path.reduce((node, k) => (node && typeof node === "object" ? node[k] : undefined), source);
+        if (typeof v === "number" && Number.isFinite(v)) return v;
+      }
+    }
+    return null;
+  };
+  const shardsDone = pick("shards_done", "shards.done", "chunks_done");
+  const shardsTotal = pick("shards_total", "shards.total", "chunks_total");
+  const molecules = pick("molecules_done", "molecules.done", "rows_done", "molecules");
+  const moleculesTotal = pick("molecules_total", "molecules.total", "rows_total");
+  const rate = pick("molecules_per_second", "rate", "molecules_per_s", "rows_per_s");
+  const hits = pick("hits", "hits_kept");
+  const parts = [];
+  if (shardsDone !== null) parts.push(`shards ${shardsDone}${shardsTotal !== null ? ` / ${shardsTotal}` : ""}`);
+  if (molecules !== null) {
+    parts.push(`${molecules.toLocaleString("en")}${moleculesTotal !== null ? ` / ${moleculesTotal.toLocaleString("en")}` : ""} molecules`);
+  }
+  if (hits !== null) parts.push(`${hits.toLocaleString("en")} hits`);
+  if (rate !== null) parts.push(`${rate >= 100 ? Math.round(rate).toLocaleString("en") : rate.toFixed(1)} molecules/s`);
+  return parts.length ? `<div class="screen-progress units">${parts.map(escapeHtml).join(" · ")}</div>` : "";
+}
+
 async function refreshJobs() {
   let jobs = [];
   try { jobs = await api("/v1/jobs", { headers: withKey() }); } catch (error) { return; }
@@ -355,7 +702,7 @@ async function refreshJobs() {
     <tr data-job="${escapeHtml(j.id)}"><td>${escapeHtml(j.id)}</td><td>${escapeHtml(j.kind)}</td>
       <td class="job-state">${escapeHtml(j.state)}</td>
       <td><progress max="1" value="${j.progress}"></progress> ${(j.progress * 100).toFixed(0)}%</td>
-      <td>${escapeHtml(j.step || "")}${j.eta_s ? ` (ETA ${Math.round(j.eta_s)} s)` : ""}${j.error ? `<div class="error">${escapeHtml(j.error)}</div>` : ""}</td>
+      <td>${escapeHtml(j.step || "")}${j.eta_s ? ` (ETA ${formatSeconds(j.eta_s)})` : ""}${screenProgress(j)}${j.error ? `<div class="error">${escapeHtml(j.error)}</div>` : ""}</td>
       <td>${j.result_url ? `<a href="${escapeHtml(j.result_url)}" data-result="${escapeHtml(j.id)}">CSV</a>` : ""}${j.result && j.result.endpoint ? `${escapeHtml(j.result.endpoint)} v${j.result.version}` : ""}</td></tr>`).join("");
   const active = jobs.some((j) => j.state === "queued" || j.state === "running");
   clearTimeout(jobTimer);
@@ -392,6 +739,7 @@ $("#train-form").addEventListener("submit", async (event) => {
   }
 });
 
+loadFeatures();
 loadEndpoints().catch((error) => { $("#status").textContent = `Could not load endpoints: ${error.message}`; });
 watchBootstrap();
 loadHealth();

@@ -36,6 +36,12 @@ class GatewaySettings(BaseSettings):
         None, description="Only these bundled endpoints (JSON list); default: all of them.")
     bootstrap_profile: Literal["standard", "quick"] = Field(
         "standard", description="Training profile of the bootstrap.")
+    reference_default: str | None = Field(
+        "clintox_drugs", description="Reference set of every answer's reference_percentile when a "
+        "request names none (molserve reference list); empty: none unless asked.")
+    reference_warm: bool = Field(
+        True, description="At start-up, compute the default reference set's missing values in the "
+        "background (else on the first request that needs them).")
 
 
 class RemoteSettings(BaseSettings):

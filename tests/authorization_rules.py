@@ -33,6 +33,7 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/v1/models/{endpoint}/{version}"): "read",
     ("GET", "/v1/status"): "read",
     ("GET", "/v1/depict"): "read",
+    ("GET", "/v1/references"): "read",
     ("POST", "/v1/predict"): "predict",
     ("POST", "/v1/models/reload"): "admin",
     ("DELETE", "/v1/models/{endpoint}/{version}"): "admin",

@@ -28,6 +28,7 @@ MOLECULES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CN1C=NC2=C1C(=O)N(C(=
 schemathesis.openapi.format("smiles", st.sampled_from(MOLECULES))
 schemathesis.openapi.format(
     "endpoint", st.sampled_from(os.environ.get("MOLSERVE_FUZZ_ENDPOINTS", "tpsa").split(",")))
+schemathesis.openapi.format("atom-indices", st.sampled_from(["0", "0,1", "alerts", "pains", "brenk"]))
 
 CALLER = os.environ.get("MOLSERVE_FUZZ_SCOPES")
 OWNER = os.environ.get("MOLSERVE_FUZZ_OWNER")

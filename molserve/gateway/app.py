@@ -120,10 +120,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = GatewayMetrics()
     router.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
         endpoint, tier).observe(seconds)
+    from molserve.prediction.reference import ReferenceSets
+
+    # Percentiles within a reference set: values a request finds missing are computed in a thread
+    # while answers say they are pending.
+    router.references = ReferenceSets(router.registry, router, background=True,
+                                      default=settings.gateway.reference_default or None)
 
     def load_models() -> None:
         """Load the newest models (those already loaded at that version are kept)."""
         router.load()
+        if settings.gateway.reference_warm and router.references.default is not None:
+            router.references.warm()
         metrics.models_loaded.set(len(router.fast.models))
         for name, model in router.fast.models.items():
             metrics.model_load_seconds.labels(name).set(model.load_seconds)

@@ -148,6 +148,7 @@ class Shard:
     start: int
     records: int
     first_row: int
+    end: int = -1  # the byte after its last record (-1: the end of the file)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,8 +158,9 @@ class Shard:
         return cls(**data)
 
 
-def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]]]:
-    """The number of records in `path` and (start record, byte offset) of each shard in it."""
+def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]], int]:
+    """The number of records in `path`, (start record, byte offset) of each shard in it, and
+    the length of its (decompressed) text."""
     kind = format_of(path)
     starts: list[tuple[int, int]] = []
     count = 0
@@ -189,7 +191,7 @@ def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]]]
                         starts.append((count, position))
                     count += 1
             position += len(line)
-    return count, starts
+    return count, starts, position
 
 
 def plan_shards(files: list[str], shard_size: int) -> list[Shard]:
@@ -197,10 +199,11 @@ def plan_shards(files: list[str], shard_size: int) -> list[Shard]:
     shards: list[Shard] = []
     row = 0
     for path in files:
-        count, starts = _boundaries(path, shard_size)
-        for start, offset in starts:
+        count, starts, length = _boundaries(path, shard_size)
+        ends = [offset for _, offset in starts[1:]] + [length]
+        for (start, offset), end in zip(starts, ends, strict=True):
             records = min(shard_size, count - start)
-            shards.append(Shard(len(shards), path, offset, start, records, row + start))
+            shards.append(Shard(len(shards), path, offset, start, records, row + start, end))
         row += count
     return shards
 
@@ -291,3 +294,27 @@ def read_shard(shard: Shard, *, smiles_col: str | None = None,
                id_col: str | None = None) -> list[Record]:
     return list(read_records(shard.path, smiles_col=smiles_col, id_col=id_col, offset=shard.offset,
                              records=shard.records))
+
+
+def is_local(path: str) -> bool:
+    return not _is_url(path)
+
+
+def shard_payload(shard: Shard) -> bytes:
+    """A shard's own text (a table's header line first), for an engine whose workers cannot
+    read the driver's files: `materialize` turns it back into a readable shard."""
+    with open_binary(shard.path) as handle:
+        header = handle.readline() if format_of(shard.path) == "table" else b"#\n"
+        _skip_to(handle, shard.offset)
+        size = (shard.end if shard.end >= 0 else 1 << 62) - shard.offset
+        return header + handle.read(size)
+
+
+def materialize(shard: Shard, payload: bytes, folder: Path) -> Shard:
+    """The shard `payload` holds, written into `folder` (the same records, rows and index)."""
+    suffix = {"table": ".csv" if not shard.path.lower().removesuffix(".gz").endswith(".tsv") else ".tsv",
+              "sdf": ".sdf", "smiles": ".smi"}[format_of(shard.path)]
+    path = folder / f"shard-{shard.index:05d}{suffix}"
+    path.write_bytes(payload)
+    header = payload.index(b"\n") + 1  # a table's header line, or the comment line added
+    return Shard(shard.index, str(path), header, 0, shard.records, shard.first_row, len(payload))

@@ -575,11 +575,14 @@ def write_sdf(folder: Path, destination: Path) -> int:
                     break
                 if int(pending[0]) != shard.first_row + offset:
                     continue
-                block = (record.block or "").rstrip()
-                block = block[:-4].rstrip() if block.endswith("$$$$") else block
-                out.write(block + "\n")
+                lines = (record.block or "").rstrip().splitlines()
+                while lines and (lines[-1].startswith("$$$$") or not lines[-1].strip()):
+                    lines.pop()
+                # The record's own data items end with a blank line, as each item must.
+                ends_with_item = bool(lines) and not lines[-1].startswith("M  END")
+                out.write("\n".join(lines) + ("\n\n" if ends_with_item else "\n"))
                 for name, cell in zip(columns, pending, strict=True):
-                    if name != "input":
+                    if name not in ("input", plan.id_col):  # both are in the record itself
                         out.write(f">  <{name}>\n{_sdf_value(cell)}\n\n")
                 out.write("$$$$\n")
                 count += 1

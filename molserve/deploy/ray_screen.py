@@ -74,8 +74,7 @@ def runtime_env() -> dict[str, Any]:
 
 class RayScreenEngine:
     """Ray Data on the cluster at `address` (or a Ray started on this machine when None):
-    `actors` actors (default: one per CPU of the cluster) of `num_cpus` CPUs each, spread over
-    the nodes."""
+    `actors` actors (default: one per CPU of the cluster) of `num_cpus` CPUs each."""
 
     name = "ray"
 
@@ -110,9 +109,9 @@ class RayScreenEngine:
             dataset = ray.data.from_items([{"shard": json.dumps(s.to_json())} for s in shards],
                                           override_num_blocks=len(shards))
             scored = dataset.map_batches(
-                RayShardScorer, batch_size=1, batch_format="numpy", concurrency=actors,
-                num_cpus=self.num_cpus, fn_constructor_args=([snapshot], plan.to_json()),
-                scheduling_strategy="SPREAD")
+                RayShardScorer, batch_size=1, batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=self.num_cpus,
+                fn_constructor_args=([snapshot], plan.to_json()))
             for row in scored.iter_rows():
                 yield ShardOutput(int(row["index"]), int(row["rows"]), int(row["kept"]),
                                   int(row["errors"]), bytes(row["data"]), float(row["seconds"]))

@@ -61,6 +61,7 @@ class RayShardScorer:
             "kept": pa.array([o.kept for o in outputs], pa.int64()),
             "errors": pa.array([o.errors for o in outputs], pa.int64()),
             "seconds": pa.array([o.seconds for o in outputs], pa.float64()),
+            "cpu_seconds": pa.array([o.cpu_seconds for o in outputs], pa.float64()),
             "data": pa.array([o.data for o in outputs], pa.binary()),
         })
 
@@ -114,7 +115,8 @@ class RayScreenEngine:
                 fn_constructor_args=([snapshot], plan.to_json()))
             for row in scored.iter_rows():
                 yield ShardOutput(int(row["index"]), int(row["rows"]), int(row["kept"]),
-                                  int(row["errors"]), bytes(row["data"]), float(row["seconds"]))
+                                  int(row["errors"]), bytes(row["data"]), float(row["seconds"]),
+                                  float(row["cpu_seconds"]))
         finally:
             if connected_here:
                 ray.shutdown()  # the job's actors go with the driver: a cancelled screen stops

@@ -70,7 +70,9 @@ class ScreenPlan:
 
 @dataclass(frozen=True)
 class ShardOutput:
-    """A scored shard: `rows` molecules read, `kept` of them in `data` (the encoded file)."""
+    """A scored shard: `rows` molecules read, `kept` of them in `data` (the encoded file);
+    `seconds` of wall time and `cpu_seconds` of the worker's CPU time (a per-core rate that a
+    busy machine does not distort)."""
 
     index: int
     rows: int
@@ -78,6 +80,7 @@ class ShardOutput:
     errors: int
     data: bytes
     seconds: float
+    cpu_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,6 +162,7 @@ class ShardScorer:
 
     def __call__(self, shard: Shard) -> ShardOutput:
         started = time.perf_counter()
+        cpu_started = time.process_time()
         records = read_shard(shard, smiles_col=self.plan.smiles_col, id_col=self.plan.id_col)
         rows: list[list[Any]] = []
         errors = 0
@@ -175,7 +179,8 @@ class ShardScorer:
             rows = top_k_rows(rows, self.plan.columns, self.plan.rank_by, self.plan.top_k)
         data = encode(rows, self.plan.columns, self.plan.output_format)
         return ShardOutput(shard.index, len(records), len(rows), errors, data,
-                           round(time.perf_counter() - started, 3))
+                           round(time.perf_counter() - started, 3),
+                           round(time.process_time() - cpu_started, 3))
 
 
 def parse_rank_by(rank_by: str | list[str] | None, plan_columns: list[str],
@@ -487,7 +492,8 @@ def screen_library(
                 _write_atomic(folder / name, output.data)
                 entry = {"index": output.index, "file": name, "shard": shard.to_json(), "rows": output.rows,
                          "kept": output.kept, "errors": output.errors, "bytes": len(output.data),
-                         "sha256": hashlib.sha256(output.data).hexdigest(), "seconds": output.seconds}
+                         "sha256": hashlib.sha256(output.data).hexdigest(), "seconds": output.seconds,
+                         "cpu_seconds": output.cpu_seconds}
                 journal.write(json.dumps(entry) + "\n")
                 journal.flush()
                 os.fsync(journal.fileno())

@@ -169,6 +169,7 @@ def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]],
         if kind == "table":
             position += len(handle.readline())
         record_start = position  # SDF: where the current record began
+        pending = False  # SDF: text since the last $$$$ (a last record may lack its $$$$)
         first = True
         for line in handle:
             if kind == "sdf":
@@ -177,6 +178,9 @@ def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]],
                         starts.append((count, record_start))
                     count += 1
                     record_start = position + len(line)
+                    pending = False
+                elif line.strip():
+                    pending = True
             elif kind == "table":
                 if line.strip(b"\r\n"):
                     if count % shard_size == 0:
@@ -191,6 +195,10 @@ def _boundaries(path: str, shard_size: int) -> tuple[int, list[tuple[int, int]],
                         starts.append((count, position))
                     count += 1
             position += len(line)
+    if pending:
+        if count % shard_size == 0:
+            starts.append((count, record_start))
+        count += 1
     return count, starts, position
 
 
@@ -263,6 +271,11 @@ def read_records(path: str, *, smiles_col: str | None = None, id_col: str | None
                 yielded += 1
                 if records is not None and yielded >= records:
                     return
+            text = "".join(block)
+            if text.strip():  # a last record without its $$$$ line
+                mol = Chem.MolFromMolBlock(text)
+                yield Record(Chem.MolToSmiles(mol) if mol is not None else UNREADABLE_SDF,
+                             _sdf_identifier(text, id_col) if id_col else None, text + "$$$$\n")
             return
         if kind == "table":
             for row in csv.reader((line for line in lines if line.strip("\r\n")), delimiter=delimiter):

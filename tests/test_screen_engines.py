@@ -394,3 +394,33 @@ def test_a_screen_job_by_shard_reports_progress_and_resumes_after_a_kill(trained
     assert done["result"]["shards_resumed"] >= 3 and done["result"]["molecules"] == 210
     assert done["metrics"]["shards_done"] == 21
     assert Path(done["result"]["path"]).read_text() == expected
+
+
+def test_a_filter_compares_values_and_fails_on_missing_ones():
+    from molserve.operations.where import compile_where
+
+    columns = ["solubility", "bbb_penetration_label", "solubility_in_domain", "tpsa"]
+    keep = compile_where("solubility > -5 and (bbb_penetration_label in ['BBB+'] "
+                         "or not solubility_in_domain)", columns)
+    assert keep({"solubility": -3.0, "bbb_penetration_label": "BBB+", "solubility_in_domain": True})
+    assert keep({"solubility": "-3.0", "bbb_penetration_label": "BBB-", "solubility_in_domain": "False"})
+    assert not keep({"solubility": -6.0, "bbb_penetration_label": "BBB+", "solubility_in_domain": True})
+    assert not keep({"solubility": "", "bbb_penetration_label": "BBB+", "solubility_in_domain": True})
+    assert compile_where("-1 < tpsa <= 20.23", columns)({"tpsa": 20.23})
+    assert not compile_where("tpsa", columns)({"tpsa": ""})  # a missing value is not true
+
+
+def test_a_library_behind_an_fsspec_url_is_read_through_fsspec(trained_registry, reference, tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    lib, expected = reference
+    memory = fsspec.filesystem("memory")
+    for path in sorted(lib.glob("*.smi")):
+        memory.pipe(f"/screens-test/{path.name}", path.read_bytes())
+    try:
+        out = tmp_path / "out.csv"
+        screen_to_file("memory://screens-test/*.smi", out, registry=trained_registry.root,
+                       engine=LocalEngine(1), endpoints=ENDPOINTS, id_col="name", shard_size=50,
+                       chunk_size=25)
+        assert out.read_text() == expected
+    finally:
+        memory.rm("/screens-test", recursive=True)

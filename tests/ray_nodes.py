@@ -59,7 +59,10 @@ class LocalRayCluster:
         self.temp_dir = folder / "ray"
         self.port = _free_port()
         self.node_ports: list[int] = []
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+        # The nodes do not see this checkout (no PYTHONPATH): the code they run is what the
+        # driver ships in its runtime_env.
+        self.env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                    "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
         self.head_cpus = head_cpus
         self.ip = None
 
@@ -125,6 +128,11 @@ class LocalRayCluster:
             except ProcessLookupError:
                 pass
         return len(victims)
+
+    def shipped_packages(self) -> list[Path]:
+        """The packages drivers shipped to the nodes in their runtime_env (`py_modules`)."""
+        return sorted(p for p in self.temp_dir.glob("session_*/runtime_resources/py_modules_files/_ray_pkg_*")
+                      if p.is_dir())
 
     def stop(self) -> None:
         """Every process of this cluster: those naming its folder or port, and their children."""

@@ -82,6 +82,8 @@ def test_two_ray_nodes_give_the_local_rows(trained_registry, library, cluster, l
     assert manifest["models"] == summary["models"] and len(manifest["shards"]) == SHARDS
     write_csv(tmp_path / "shards", tmp_path / "merged.csv")
     assert (tmp_path / "merged.csv").read_text() == local_answer
+    # The nodes run without this checkout on their path: molserve reached them in the runtime_env.
+    assert any((p / "molserve" / "operations" / "sharded.py").exists() for p in cluster.shipped_packages())
 
 
 def test_a_killed_worker_node_loses_and_doubles_nothing(trained_registry, library, cluster, local_answer,

@@ -38,7 +38,7 @@ def make_library(folder: Path, molecules: int, shards: int, corpus: list[str]) -
 
 
 def run_screen(registry: Path, library: Path, output: Path, endpoints: str, shard_size: int,
-               *options: str) -> dict:
+               *options: str, kill=None) -> dict:
     """`molserve predict` as a user runs it: wall time, the driver's peak RSS, its summary."""
     command = [sys.executable, "-m", "molserve", "--registry", str(registry), "predict", str(library),
                "-o", f"{output}/", "--endpoints", endpoints, "--id-col", "name", "--format", "csv",
@@ -47,11 +47,15 @@ def run_screen(registry: Path, library: Path, output: Path, endpoints: str, shar
     started = time.perf_counter()
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     peak = 0.0
+    killed_processes = None
     while process.poll() is None:
         try:
             peak = max(peak, rss_mb(process.pid))
         except OSError:
             pass
+        journal = output / "shards.jsonl"
+        if kill is not None and killed_processes is None and journal.exists() and journal.read_text():
+            killed_processes = kill()
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     stderr = process.stderr.read()
@@ -66,7 +70,8 @@ def run_screen(registry: Path, library: Path, output: Path, endpoints: str, shar
             "molecules_per_s_scoring": round(summary["molecules"] / summary["seconds"], 1),
             "per_worker_molecules_per_s": round(summary["molecules"] / busy, 1),
             "molecules_per_cpu_second": round(summary["molecules"] / cpu, 1),
-            "driver_peak_rss_mb": round(peak, 1), "loadavg_before": load_before, "loadavg_after": loadavg()}
+            "driver_peak_rss_mb": round(peak, 1), "loadavg_before": load_before, "loadavg_after": loadavg(),
+            **({"node_processes_killed": killed_processes} if kill is not None else {})}
 
 
 def merged(folder: Path) -> str:
@@ -115,6 +120,16 @@ def main() -> None:
             results["ray_2_nodes_quarter_library"] = run_screen(
                 registry, small, root / "ray2small", args.endpoints, shard_size, "--engine", "ray",
                 "--address", cluster.address, "--jobs", "2")
+            # The second node killed (SIGKILL) once the first shard is recorded: the screen must
+            # still finish with every shard recorded once and the local rows.
+            killed = run_screen(registry, library, root / "ray2kill", args.endpoints, shard_size,
+                                "--engine", "ray", "--address", cluster.address, "--jobs", "2",
+                                kill=lambda: cluster.kill_node(1))
+            journal = (root / "ray2kill" / "shards.jsonl").read_text().splitlines()
+            indices = sorted(json.loads(line)["index"] for line in journal)
+            killed["shards_recorded_once"] = indices == list(range(args.shards))
+            killed["same_rows_as_local"] = merged(root / "ray2kill") == reference
+            results["ray_2_nodes_worker_killed"] = killed
         finally:
             cluster.stop()
     one, two = results["ray_1_node"], results["ray_2_nodes"]

@@ -13,8 +13,9 @@ keeps the shards whose files match their checksums and scores only the others: n
 or counted twice, and the result is row for row the clean run's. `manifest.json` lists the
 shards, their counts and checksums and the model versions once the screen completes.
 
-Engines implement one method, `run(registry, plan, shards) -> iterator of ShardOutput`; the
-local one is here, the Ray and Modal ones in `molserve.deploy` (they import their engines).
+Engines implement one method, `run(registry, plan, shards) -> iterator of ShardOutput`. The
+local one is here; the Ray and Modal ones live in `molserve.deploy` (`ray_screen`,
+`modal_screen`), above this layer, and the faces (CLI, jobs) pass the chosen one in.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ def _is_folder(output: str) -> bool:
     return output.endswith(("/", os.sep)) or os.path.isdir(output) or not Path(output).suffix
 
 
-def _engine(name: str, address: str | None, jobs: int, modal_app: str | None):
+def _engine(name: str, address: str | None, jobs: int | None, modal_app: str | None):
     if name == "ray":
         from molserve.deploy.ray_screen import RayScreenEngine
 
-        return RayScreenEngine(address, actors=jobs if jobs > 0 else None)
+        return RayScreenEngine(address, actors=jobs)  # None: one actor per CPU of the cluster
     if address:
         raise InvalidInput("--address names a Ray cluster: use it with --engine ray",
                            code="address_without_ray")
@@ -44,7 +44,7 @@ def _engine(name: str, address: str | None, jobs: int, modal_app: str | None):
         return ModalScreenEngine(modal_app or APP_NAME)
     from molserve.operations.sharded import LocalEngine
 
-    return LocalEngine(jobs if jobs > 0 else os.cpu_count() or 1)
+    return LocalEngine(jobs or os.cpu_count() or 1)
 
 
 @app.command("predict", help="predict a CSV/SMI/SDF file or a library (directory, glob, URL) offline "
@@ -77,8 +77,9 @@ def predict(
         "--format", help="shard files (a folder output)")] = "parquet",
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="molecules a shard")] = 100_000,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1)] = 1000,
-    jobs: Annotated[int, typer.Option(min=0, help="worker processes (local) or actors (ray); "
-                                      "0: one per core", show_default=False)] = os.cpu_count() or 1,
+    jobs: Annotated[int | None, typer.Option(
+        min=1, help="worker processes (local; default one per core) or actors (ray; default one per "
+        "CPU of the cluster)", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> int:
     registry = settings(ctx).registry

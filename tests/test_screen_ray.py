@@ -86,6 +86,65 @@ def test_two_ray_nodes_give_the_local_rows(trained_registry, library, cluster, l
     assert any((p / "molserve" / "operations" / "sharded.py").exists() for p in cluster.shipped_packages())
 
 
+def _map_workers(cluster) -> list[int]:
+    from tests.ray_nodes import _processes
+
+    table = _processes()
+    ours = set().union(*(cluster.node_processes(n) for n in range(len(cluster.node_ports))))
+    return [pid for pid in ours if "MapWorker" in table.get(pid, (0, ""))[1]]
+
+
+def _screen_job(trained_registry, library, cluster, tmp_path):
+    import os
+
+    from molserve.jobs.store import SQLiteJobStore
+
+    source = tmp_path / "library.smi"
+    source.write_text("".join(p.read_text() for p in sorted(library.glob("*.smi"))))
+    jobs = tmp_path / "jobs"
+    store = SQLiteJobStore(jobs / "jobs.sqlite3")
+    job = store.create("screen", {"input_path": str(source), "endpoints": ENDPOINTS.split(","),
+                                  "id_col": "name", "engine": "ray", "shard_size": PER_SHARD})
+    store.claim_queued()
+    command = [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"], "--jobs-dir", str(jobs),
+               "--registry", str(trained_registry.root), "--datasets", str(tmp_path / "datasets")]
+    env = {**os.environ, "MOLSERVE_RAY_ADDRESS": cluster.address}
+    return store, job["id"], subprocess.Popen(command, env=env)
+
+
+def test_a_screen_job_on_ray_reports_shards_and_gives_the_local_rows(trained_registry, library, cluster,
+                                                                    local_answer, tmp_path):
+    store, job_id, process = _screen_job(trained_registry, library, cluster, tmp_path)
+    assert process.wait(timeout=600) == 0
+    job = store.get(job_id)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["engine"] == "ray" and job["result"]["shards"] == SHARDS
+    assert job["metrics"]["shards_done"] == job["metrics"]["shards_total"] == SHARDS
+    assert job["metrics"]["molecules_done"] == SHARDS * PER_SHARD
+    assert open(job["result"]["path"]).read() == local_answer
+
+
+def test_cancelling_a_screen_job_on_ray_stops_its_actors(trained_registry, library, cluster, tmp_path):
+    import os
+    import signal
+
+    store, job_id, process = _screen_job(trained_registry, library, cluster, tmp_path)
+    deadline = time.monotonic() + 300
+    while (store.get(job_id)["metrics"] or {}).get("shards_done", 0) < 1:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    assert _map_workers(cluster)  # the pool is at work
+    store.update(job_id, cancel_requested=1)  # what the runner does: the flag, then SIGTERM
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    job = store.get(job_id)
+    assert job["state"] == "cancelled" and job["metrics"]["shards_done"] < SHARDS
+    deadline = time.monotonic() + 60
+    while _map_workers(cluster):
+        assert time.monotonic() < deadline, "the cancelled screen's actors kept running"
+        time.sleep(0.5)
+
+
 def test_a_killed_worker_node_loses_and_doubles_nothing(trained_registry, library, cluster, local_answer,
                                                         tmp_path):
     folder = tmp_path / "shards"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,12 +95,18 @@ class RayScreenEngine:
                               code="ray_missing") from None
         connected_here = not ray.is_initialized()
         if connected_here:
+            # ray.init installs its own SIGTERM handler; the caller's (a job's: SIGTERM is its
+            # cancel) is put back so a cancelled screen still ends as cancelled.
+            main_thread = threading.current_thread() is threading.main_thread()
+            on_term = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
                 ray.init(address=self.address, runtime_env=runtime_env(), logging_level=logging.WARNING,
                          log_to_driver=False, include_dashboard=False)
             except (ConnectionError, ValueError, RuntimeError) as error:
                 raise Unavailable(f"cannot reach the Ray cluster at {self.address or 'this machine'}: "
                                   f"{error}", code="ray_unreachable") from None
+            if main_thread and on_term is not None:
+                signal.signal(signal.SIGTERM, on_term)
         try:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False

@@ -305,7 +305,10 @@ class Job(Answered):
     progress: float = Field(..., description="Fraction done, 0-1.")
     step: str | None = None
     eta_s: float | None = None
-    metrics: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = Field(None, description=(
+        "Progress so far. A screen: `molecules_done`, `molecules_total`, `molecules_per_second`; "
+        "a screen by shard (an engine, a filter or top-k) also `shards_done`, `shards_total` and "
+        "`hits` (rows kept)."))
     result: dict[str, Any] | None = None
     result_url: str | None = Field(None, description="A finished screen: where its CSV is.")
     error: str | None = None

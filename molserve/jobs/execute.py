@@ -59,16 +59,43 @@ class JobContext:
         self.store.log(self.id, line)
 
 
+def screen_engine(name: str):
+    """The engine a screen job's `engine` names; a Ray cluster's address comes from the
+    settings (MOLSERVE_RAY_ADDRESS), never from the request."""
+    if name == "ray":
+        from molserve.config import EngineSettings
+        from molserve.deploy.ray_screen import RayScreenEngine
+
+        address = EngineSettings().ray_address
+        return RayScreenEngine(None if address in ("", "local") else address)
+    if name == "modal":
+        from molserve.deploy.modal_screen import ModalScreenEngine
+
+        return ModalScreenEngine()
+    from molserve.operations.sharded import LocalEngine
+
+    return LocalEngine(1)
+
+
+def _sharded(params: dict[str, Any]) -> bool:
+    return (params.get("engine", "local") != "local" or bool(params.get("where"))
+            or bool(params.get("top_k")) or params.get("output_format") == "parquet")
+
+
 def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, datasets: Path,
                results: Path) -> dict:
-    from molserve.operations.screen import Checkpoint, screen_file
-
     folder = results / ctx.id
     folder.mkdir(parents=True, exist_ok=True)
+    if _sharded(params):
+        return _run_sharded_screen(ctx, params, registry, folder)
+    from molserve.operations.screen import Checkpoint, screen_file
+
     saved = ctx.job.get("checkpoint") or {}
     resume = Checkpoint(**saved) if saved.get("rows_done") else None
     if resume is not None:
         ctx.log(f"resuming after row {resume.rows_done}")
+    started = time.time()
+    first_row = resume.rows_done if resume is not None else 0
 
     def start(total: int | None, names: list[str]) -> None:
         ctx.log(f"screening {total if total is not None else 'an unknown number of'} records for {names}")
@@ -77,16 +104,56 @@ def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, datasets
         # Recorded only after the chunk is on disk, so a resume never loses or repeats a row.
         ctx.store.update(ctx.id, checkpoint=asdict(checkpoint))
         fraction = checkpoint.rows_done / total if total else 0.0
+        seconds = time.time() - started
+        rate = (checkpoint.rows_done - first_row) / seconds if seconds > 0 else None
         ctx.progress(fraction, f"{checkpoint.rows_done} molecules screened",
-                     {"rows_done": checkpoint.rows_done, "invalid": checkpoint.errors}, force=True)
+                     {"rows_done": checkpoint.rows_done, "invalid": checkpoint.errors,
+                      "molecules_done": checkpoint.rows_done, "molecules_total": total,
+                      "molecules_per_second": round(rate, 1) if rate else None}, force=True)
 
     summary = screen_file(
         Path(params["input_path"]), folder / "result.csv", registry=registry,
         endpoints=params.get("endpoints"), smiles_col=params.get("smiles_col"),
-        chunk_size=int(params.get("chunk_size", 1000)), durable=True, resume=resume,
-        on_start=start, on_chunk=chunk)
+        id_col=params.get("id_col"), chunk_size=int(params.get("chunk_size", 1000)), durable=True,
+        resume=resume, on_start=start, on_chunk=chunk)
     return {"path": summary.output, "rows": summary.molecules, "invalid": summary.errors,
             "endpoints": summary.endpoints}
+
+
+def _run_sharded_screen(ctx: JobContext, params: dict[str, Any], registry: Path, folder: Path) -> dict:
+    """A screen by shard on the job's engine: the shard folder is the checkpoint (a restarted
+    job keeps the shards recorded complete), its progress is the job's."""
+    from molserve.operations.sharded import ScreenProgress, screen_library, write_csv
+
+    engine = screen_engine(params.get("engine", "local"))
+    shards = folder / "shards"
+    if (shards / "shards.jsonl").exists():
+        ctx.log("resuming: shards recorded complete are kept")
+    logged: dict[str, bool] = {}
+
+    def progress(state: ScreenProgress) -> None:
+        if not logged:
+            logged["started"] = True
+            ctx.log(f"screening {state.molecules_total} records in {state.shards_total} shards on the "
+                    f"{engine.name} engine ({state.shards_done} shards already done)")
+        fraction = state.molecules_done / state.molecules_total if state.molecules_total else 0.0
+        ctx.progress(fraction * 0.99, f"{state.shards_done}/{state.shards_total} shards, "
+                     f"{state.molecules_done} molecules screened", state.to_json(), force=True)
+        if state.eta_s is not None:  # from this run's rate: a resumed screen's own ETA
+            ctx.store.update(ctx.id, eta_s=state.eta_s)
+
+    summary = screen_library(
+        Path(params["input_path"]), shards, registry=registry, engine=engine,
+        endpoints=params.get("endpoints"), smiles_col=params.get("smiles_col"),
+        id_col=params.get("id_col"), where=params.get("where"), top_k=params.get("top_k"),
+        rank_by=params.get("rank_by"), output_format=params.get("output_format", "csv"),
+        chunk_size=int(params.get("chunk_size", 1000)),
+        shard_size=int(params.get("shard_size", 100_000)), on_progress=progress)
+    rows = write_csv(shards, folder / "result.csv")
+    return {"path": str(folder / "result.csv"), "rows": rows, "molecules": summary.molecules,
+            "invalid": summary.errors, "endpoints": summary.endpoints, "engine": summary.engine,
+            "shards": summary.shards, "shards_resumed": summary.shards_resumed,
+            "models": summary.models, "format": params.get("output_format", "csv")}
 
 
 def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, datasets: Path,

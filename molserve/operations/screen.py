@@ -19,56 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from molserve.errors import InvalidInput, NotFound
+from molserve.operations.library import Record, format_of, read_records
 
 
 def iter_smiles(path: Path, smiles_col: str | None = None) -> Iterator[str]:
     """SMILES of each record of a CSV/TSV (by column), SMI/TXT (first field) or SDF file."""
-    suffix = path.suffix.lower()
-    if suffix in {".sdf", ".sd"}:
-        from rdkit import Chem
-
-        for mol in Chem.SDMolSupplier(str(path)):
-            yield Chem.MolToSmiles(mol) if mol is not None else "<unreadable SDF record>"
-        return
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        if suffix in {".csv", ".tsv"}:
-            header = handle.readline()
-            handle.seek(0)
-            delimiter = "\t" if header.count("\t") > header.count(",") else ","
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            fields = reader.fieldnames or []
-            column = smiles_col or next((f for f in fields if f.strip().lower() == "smiles"), None)
-            if column is None or column not in fields:
-                missing = f"no column {column!r}" if column else "no SMILES column"
-                raise InvalidInput(f"{missing} in {path.name} (columns: {', '.join(fields)}); "
-                                   "name the column that holds SMILES (--smiles-col, smiles_col)",
-                                   code="no_smiles_column")
-            for row in reader:
-                yield (row.get(column) or "").strip()
-            return
-        first = True
-        for line in handle:
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            token = stripped.split()[0]
-            if first and token.lower() == "smiles":
-                first = False
-                continue  # a header line
-            first = False
-            yield token
+    for record in read_records(str(path), smiles_col=smiles_col):
+        yield record.smiles
 
 
 def _count_records(path: Path) -> int | None:
-    if path.suffix.lower() in {".sdf", ".sd"}:
+    if format_of(str(path)) == "sdf" or str(path).lower().endswith(".gz"):
         return None
     with open(path, "rb") as handle:
         lines = sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
-    return max(0, lines - (1 if path.suffix.lower() in {".csv", ".tsv"} else 0))
+    return max(0, lines - (1 if format_of(str(path)) == "table" else 0))
 
 
-def _columns(endpoints: list[str], computed: set[str], classification: set[str]) -> list[str]:
+def _columns(endpoints: list[str], computed: set[str], classification: set[str],
+             id_col: str | None = None) -> list[str]:
     columns = ["row", "input", "canonical_smiles", "error"]
+    if id_col:
+        if id_col in columns or id_col in endpoints:
+            raise InvalidInput(f"the ID column {id_col!r} has the name of an output column; rename it "
+                               "in the input", code="id_column_clash")
+        columns.insert(1, id_col)
     for name in endpoints:
         if name in computed:
             columns.append(name)
@@ -161,23 +136,27 @@ def spreadsheet_safe(cell: Any) -> Any:
     return cell
 
 
-def _render(router, chunk: list[str], names: list[str], columns: list[str]) -> Rendered:
+def _render(router, chunk: list[Record], names: list[str], columns: list[str],
+            id_col: str | None = None) -> Rendered:
     """Predict one chunk into CSV rows (row numbers within the chunk; the writer shifts them)."""
-    response = router.predict_local(chunk, names)
+    response = router.predict_local([record.smiles for record in chunk], names)
     rows = []
     for result in response["results"]:
         flat = _flatten(result, 0, names)
+        if id_col:
+            flat[id_col] = chunk[result["index"]].identifier or ""
         rows.append([spreadsheet_safe(flat.get(c, "")) for c in columns])
     return rows, response["n_molecules"], response["n_errors"]
 
 
-def _worker_render(chunk: list[str], names: list[str], columns: list[str]) -> Rendered:
+def _worker_render(chunk: list[Record], names: list[str], columns: list[str],
+                   id_col: str | None) -> Rendered:
     assert _worker_router is not None
-    return _render(_worker_router, chunk, names, columns)
+    return _render(_worker_router, chunk, names, columns, id_col)
 
 
-def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
+def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
+    chunk: list[Record] = []
     for item in items:
         chunk.append(item)
         if len(chunk) >= size:
@@ -187,13 +166,13 @@ def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _rendered_chunks(router, chunks: Iterator[list[str]], names: list[str], columns: list[str], *,
+def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], columns: list[str], *,
                      registry: Path, chunk_size: int, endpoints: list[str] | None,
-                     processes: int) -> Iterator[Rendered]:
+                     processes: int, id_col: str | None = None) -> Iterator[Rendered]:
     """Rendered chunks in input order, predicted here or by `processes` worker processes."""
     if processes <= 1:
         for chunk in chunks:
-            yield _render(router, chunk, names, columns)
+            yield _render(router, chunk, names, columns, id_col)
         return
     import multiprocessing
     from collections import deque
@@ -210,7 +189,7 @@ def _rendered_chunks(router, chunks: Iterator[list[str]], names: list[str], colu
     with ProcessPoolExecutor(processes, **pool_args) as pool:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_worker_render, chunk, names, columns))
+            pending.append(pool.submit(_worker_render, chunk, names, columns, id_col))
             if len(pending) >= 2 * processes:
                 yield pending.popleft().result()
         while pending:
@@ -224,6 +203,7 @@ def screen_file(
     registry: Path,
     endpoints: list[str] | None = None,
     smiles_col: str | None = None,
+    id_col: str | None = None,
     chunk_size: int = 1000,
     processes: int = 1,
     durable: bool = False,
@@ -231,7 +211,9 @@ def screen_file(
     on_start: Callable[[int | None, list[str]], None] | None = None,
     on_chunk: Callable[[Checkpoint, int | None], None] | None = None,
 ) -> ScreenSummary:
-    """Predict every record of `source` (CSV/TSV/SMI/SDF) into the CSV `destination`.
+    """Predict every record of `source` (CSV/TSV/SMI/SDF, gzipped or not) into the CSV
+    `destination`; with `id_col` the input's identifier (a CSV column, an SDF property or
+    `_Name`, a SMILES file's second field) is kept in a column of that name.
 
     `on_start(total_records_or_None, endpoints)` is called once before the first chunk;
     `on_chunk(checkpoint, total)` after each chunk is written (and, with `durable`, fsynced), so
@@ -250,7 +232,7 @@ def screen_file(
     names = router.resolve_endpoints(endpoints)
     computed = set(router.computed.endpoints())
     classification = {n for n, m in router.fast.models.items() if m.task == "classification"}
-    columns = _columns(names, computed, classification)
+    columns = _columns(names, computed, classification, id_col)
     partial = destination.with_name(destination.name + ".partial")
     done = errors = 0
     if resume is not None and resume.rows_done and partial.exists():
@@ -266,17 +248,18 @@ def screen_file(
     started = time.perf_counter()
     screened_here = 0
 
-    def remaining() -> Iterator[str]:
-        for position, smiles in enumerate(iter_smiles(source, smiles_col)):
+    def remaining() -> Iterator[Record]:
+        for position, record in enumerate(read_records(str(source), smiles_col=smiles_col,
+                                                       id_col=id_col)):
             if position >= done:
-                yield smiles
+                yield record
 
     chunks = _chunks(remaining(), chunk_size)
     with open(partial, "a", newline="") as out:
         writer = csv.writer(out)
         for rows, n_molecules, n_errors in _rendered_chunks(
                 router, chunks, names, columns, registry=registry, chunk_size=chunk_size,
-                endpoints=endpoints, processes=processes):
+                endpoints=endpoints, processes=processes, id_col=id_col):
             for row in rows:
                 row[0] += done  # rows are numbered within their chunk
             writer.writerows(rows)

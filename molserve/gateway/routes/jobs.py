@@ -75,6 +75,20 @@ class JobRequest(BaseModel):
         json_schema_extra={"minItems": 1})
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
+    # A screen's engine, filter and output (the Ray cluster's address is the server's setting).
+    engine: Literal["local", "ray", "modal"] = Field(
+        "local", description="screen: where shards are scored (this server, its Ray cluster, Modal).")
+    where: str | None = Field(None, max_length=2000, description="screen: keep only hits, e.g. "
+                              "`herg_inhibition < 0.5 and solubility > -5` (output columns).")
+    top_k: int | None = Field(None, ge=1, le=1_000_000,
+                              description="screen: keep the k best rows of each ranked endpoint.")
+    rank_by: list[str] | None = Field(None, description="screen: columns ranked for top_k, `-` "
+                                      "first for lowest first (default: each regression endpoint).")
+    id_col: str | None = Field(None, max_length=200, description="screen: the input's identifier "
+                               "column (an SDF property, `_Name`), kept in the output.")
+    output_format: Literal["csv", "parquet"] = Field(
+        "csv", description="screen: the shard files kept beside the result CSV.")
+    shard_size: int = Field(100_000, ge=100, le=10_000_000, description="screen: molecules a shard.")
     model: Literal["gbm", "transformer", "graph"] = "gbm"
     endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
                                  json_schema_extra={"pattern": ENDPOINT_NAME})
@@ -86,6 +100,31 @@ class JobRequest(BaseModel):
     base: str | None = Field(None, description="transformer: hub id or local directory.")
     epochs: int = Field(30, ge=1, le=1000)
     ensemble: int = Field(5, ge=1, le=20, description="graph: networks per endpoint.")
+
+
+def _check_screen_options(router, body: JobRequest) -> None:
+    """A filter, a ranking or an engine that cannot work is refused at submission (400)."""
+    import importlib.util
+
+    from molserve.operations.screen import _columns
+    from molserve.operations.sharded import parse_rank_by
+    from molserve.operations.where import compile_where
+
+    names = router.resolve_endpoints(body.endpoints)
+    computed = set(router.computed.endpoints())
+    classification = {n for n, m in router.fast.models.items() if m.task == "classification"}
+    columns = _columns(names, computed, classification, body.id_col)
+    if body.where:
+        compile_where(body.where, columns)
+    if body.rank_by:
+        parse_rank_by(body.rank_by, columns, [])
+    needs = {"ray": "ray", "modal": "modal"}.get(body.engine)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise Unavailable(f"this server cannot run screens on {body.engine} (its package is not "
+                          "installed); use engine=local", code="engine_unavailable")
+    if body.output_format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise Unavailable("this server cannot write Parquet (pyarrow is not installed); use "
+                          "output_format=csv", code="pyarrow_missing")
 
 
 def _runner(request: Request):
@@ -218,6 +257,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         if "input_path" not in params:
             raise InvalidInput("a screen needs upload_id or dataset", code="no_input")
         router.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
+        _check_screen_options(router, body)
     else:
         if body.model == "transformer" and body.endpoints:
             tasks = list(dict.fromkeys(body.endpoints))

@@ -80,6 +80,9 @@ def predict(
     jobs: Annotated[int | None, typer.Option(
         min=1, help="worker processes (local; default one per core) or actors (ray; default one per "
         "CPU of the cluster)", show_default=False)] = None,
+    explain: Annotated[bool, typer.Option(
+        "--explain", help="write each predicted endpoint's per-atom contributions (JSON) in "
+        "<endpoint>_explanation (one CSV file, local engine)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> int:
     registry = settings(ctx).registry
@@ -91,10 +94,13 @@ def predict(
                            "shards", code="invalid_output")
     simple = (engine == "local" and not folder and not sdf and where is None and top_k is None
               and os.path.isfile(input))
+    if explain and not simple:
+        raise InvalidInput("--explain writes one CSV file from one input file on the local engine "
+                           "(no --where, --top-k, folder or SDF output)", code="explain_not_sharded")
     if simple:
         return _predict_file(Path(input), Path(output), registry=registry, endpoints=names,
                              smiles_col=smiles_col, id_col=id_col, chunk_size=chunk_size,
-                             jobs=jobs or os.cpu_count() or 1, quiet=quiet)
+                             jobs=jobs or os.cpu_count() or 1, quiet=quiet, explain=explain)
     from molserve.operations.sharded import screen_library, screen_to_file
 
     runner = _engine(engine, address, jobs, modal_app)
@@ -145,7 +151,7 @@ class _ShardBar:
 
 def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[str] | None,  # noqa: A002
                   smiles_col: str | None, id_col: str | None, chunk_size: int, jobs: int,
-                  quiet: bool) -> int:
+                  quiet: bool, explain: bool = False) -> int:
     """One file into one CSV on this machine: chunks through `jobs` processes, in order."""
     from molserve.operations.screen import screen_file
 
@@ -169,7 +175,8 @@ def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[
     try:
         summary = screen_file(
             input, output, registry=registry, endpoints=endpoints, smiles_col=smiles_col,
-            id_col=id_col, chunk_size=chunk_size, processes=jobs, on_start=start, on_chunk=chunk)
+            id_col=id_col, explain=explain, chunk_size=chunk_size, processes=jobs, on_start=start,
+            on_chunk=chunk)
     except BaseException:
         if "bar" in shown:
             shown["bar"].leave = False  # the error line replaces it

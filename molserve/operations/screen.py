@@ -37,7 +37,7 @@ def _count_records(path: Path) -> int | None:
 
 
 def _columns(endpoints: list[str], computed: set[str], classification: set[str],
-             id_col: str | None = None) -> list[str]:
+             id_col: str | None = None, explain: bool = False) -> list[str]:
     columns = ["row", "input", "canonical_smiles", "error"]
     if id_col:
         if id_col in columns or id_col in endpoints:
@@ -53,6 +53,8 @@ def _columns(endpoints: list[str], computed: set[str], classification: set[str],
             columns.append(f"{name}_label")
         columns += [f"{name}_std", f"{name}_lower", f"{name}_upper", f"{name}_in_domain",
                     f"{name}_max_similarity", f"{name}_model"]
+        if explain:
+            columns.append(f"{name}_explanation")
     return columns
 
 
@@ -83,6 +85,11 @@ def _flatten(result: dict[str, Any], offset: int, endpoints: list[str]) -> dict[
             row[f"{name}_max_similarity"] = answer.applicability_domain.max_similarity
         prov = answer.provenance
         row[f"{name}_model"] = f"{prov.model_id}@v{prov.version}"
+        if answer.explanation is not None:  # the numbers as JSON; the drawing stays out of a CSV
+            import json
+
+            row[f"{name}_explanation"] = json.dumps(
+                {k: v for k, v in answer.explanation.items() if k != "svg"}, separators=(",", ":"))
     return row
 
 
@@ -137,9 +144,9 @@ def spreadsheet_safe(cell: Any) -> Any:
 
 
 def _render(router, chunk: list[Record], names: list[str], columns: list[str],
-            id_col: str | None = None) -> Rendered:
+            id_col: str | None = None, explain: bool = False) -> Rendered:
     """Predict one chunk into CSV rows (row numbers within the chunk; the writer shifts them)."""
-    response = router.predict_local([record.smiles for record in chunk], names)
+    response = router.predict_local([record.smiles for record in chunk], names, explain=explain)
     rows = []
     for result in response["results"]:
         flat = _flatten(result, 0, names)
@@ -150,9 +157,9 @@ def _render(router, chunk: list[Record], names: list[str], columns: list[str],
 
 
 def _worker_render(chunk: list[Record], names: list[str], columns: list[str],
-                   id_col: str | None) -> Rendered:
+                   id_col: str | None, explain: bool = False) -> Rendered:
     assert _worker_router is not None
-    return _render(_worker_router, chunk, names, columns, id_col)
+    return _render(_worker_router, chunk, names, columns, id_col, explain)
 
 
 def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -168,11 +175,12 @@ def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
 
 def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], columns: list[str], *,
                      registry: Path, chunk_size: int, endpoints: list[str] | None,
-                     processes: int, id_col: str | None = None) -> Iterator[Rendered]:
+                     processes: int, id_col: str | None = None,
+                     explain: bool = False) -> Iterator[Rendered]:
     """Rendered chunks in input order, predicted here or by `processes` worker processes."""
     if processes <= 1:
         for chunk in chunks:
-            yield _render(router, chunk, names, columns, id_col)
+            yield _render(router, chunk, names, columns, id_col, explain)
         return
     import multiprocessing
     from collections import deque
@@ -189,7 +197,7 @@ def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], c
     with ProcessPoolExecutor(processes, **pool_args) as pool:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_worker_render, chunk, names, columns, id_col))
+            pending.append(pool.submit(_worker_render, chunk, names, columns, id_col, explain))
             if len(pending) >= 2 * processes:
                 yield pending.popleft().result()
         while pending:
@@ -204,6 +212,7 @@ def screen_file(
     endpoints: list[str] | None = None,
     smiles_col: str | None = None,
     id_col: str | None = None,
+    explain: bool = False,
     chunk_size: int = 1000,
     processes: int = 1,
     durable: bool = False,
@@ -213,7 +222,9 @@ def screen_file(
 ) -> ScreenSummary:
     """Predict every record of `source` (CSV/TSV/SMI/SDF, gzipped or not) into the CSV
     `destination`; with `id_col` the input's identifier (a CSV column, an SDF property or
-    `_Name`, a SMILES file's second field) is kept in a column of that name.
+    `_Name`, a SMILES file's second field) is kept in a column of that name. With `explain`,
+    each predicted endpoint's explanation (per-atom and per-descriptor contributions, as JSON)
+    is written in `<endpoint>_explanation`, in chunks of at most the router's explained batch.
 
     `on_start(total_records_or_None, endpoints)` is called once before the first chunk;
     `on_chunk(checkpoint, total)` after each chunk is written (and, with `durable`, fsynced), so
@@ -226,13 +237,15 @@ def screen_file(
     if not source.is_file():
         raise NotFound(f"no such file: {source}")
     router = Router(Registry(registry), max_batch=chunk_size)
+    if explain:
+        chunk_size = min(chunk_size, router.max_explained)
     router.load(only=endpoints)
     if not router.predicted_endpoints and endpoints is None:
         raise NotFound(f"no models in {registry}; run `molserve bootstrap` first", code="no_models")
     names = router.resolve_endpoints(endpoints)
     computed = set(router.computed.endpoints())
     classification = {n for n, m in router.fast.models.items() if m.task == "classification"}
-    columns = _columns(names, computed, classification, id_col)
+    columns = _columns(names, computed, classification, id_col, explain)
     partial = destination.with_name(destination.name + ".partial")
     done = errors = 0
     if resume is not None and resume.rows_done and partial.exists():
@@ -259,7 +272,7 @@ def screen_file(
         writer = csv.writer(out)
         for rows, n_molecules, n_errors in _rendered_chunks(
                 router, chunks, names, columns, registry=registry, chunk_size=chunk_size,
-                endpoints=endpoints, processes=processes, id_col=id_col):
+                endpoints=endpoints, processes=processes, id_col=id_col, explain=explain):
             for row in rows:
                 row[0] += done  # rows are numbered within their chunk
             writer.writerows(rows)

@@ -11,12 +11,13 @@ import sys
 import time
 import types
 import warnings
+from pathlib import Path
 
 import pytest
 
 modal = pytest.importorskip("modal")
 
-from molserve.deploy.requirements import SOURCE_ROOT  # noqa: E402
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout: pyproject.toml, requirements.lock
 
 DEPLOY_ENV = {"MOLSERVE_MODAL_MIN_CONTAINERS": "1", "MOLSERVE_MODAL_MAX_BATCH": "7",
               "MOLSERVE_MODAL_WAIT_MS": "3", "MOLSERVE_MODAL_GPU": "A100"}

@@ -32,16 +32,14 @@ def test_proxies_on_a_remote_cluster_bind_every_interface_and_the_url_names_the_
     assert ray_app.http_endpoint(address, host, 8100) == expected
 
 
-def test_the_code_travels_in_runtime_env_and_the_token_does_not():
+def test_the_token_is_a_deployment_argument_not_runtime_env():
     application = ray_app.build_app(registry="/shared/registry", token="s3cret-t0ken", backend="onnx",
                                     resources={"molserve_node": 1})
     deployment = application._bound_deployment
     options = deployment.ray_actor_options
-    assert options["runtime_env"]["py_modules"][0].endswith("/molserve")
     assert options["resources"] == {"molserve_node": 1}
     # What the dashboard shows of a deployment: its options and runtime_env.
-    assert "s3cret" not in json.dumps(options)
-    assert "env_vars" not in options["runtime_env"]
+    assert "s3cret" not in json.dumps(options) and "runtime_env" not in options
     [settings] = deployment.init_args
     assert settings == {"registry": "/shared/registry", "backend": "onnx", "token": "s3cret-t0ken"}
 
@@ -120,7 +118,10 @@ def test_stopping_deletes_only_molserves_applications(monkeypatch):
                                 on_ready=lambda url: (urls.append(url), stop.set()), stop=stop,
                                 batch_endpoints=["logbb"], poll_s=0.01)
     assert urls == ["http://head:8100"]
+    # The code travels in the deploying job's runtime_env (Ray uploads local directories only
+    # from there), which the replicas inherit.
     assert inits[0]["runtime_env"]["py_modules"][0].endswith("/molserve") and inits[-1] == "shutdown"
+    assert "env_vars" not in inits[0]["runtime_env"]
     assert ("start", {"http_options": {"host": "0.0.0.0", "port": 8100}, "proxy_location": "EveryNode"}) \
         in serve.calls
     runs = [c for c in serve.calls if c[0] == "run"]

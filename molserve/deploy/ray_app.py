@@ -15,8 +15,10 @@ Run:  molserve deploy ray [--address ray://head:10001] [--gpus-per-replica 1]
   a `ProgressBoard` actor; with a job id the model's manifest names the job, and a job that
   already registered a model gets it back instead of a second one.
 
-molserve's code travels with the application (`runtime_env` `py_modules`), so the nodes need
-only its dependencies (or `pip_from_lock=True`, which has Ray install the locked versions).
+molserve's code travels with the job that deploys the application (its `runtime_env`
+`py_modules`, inherited by the replicas), so the nodes need only its dependencies (or
+`pip_from_lock=True`, which has Ray install the locked versions). `serve run` does not ship it:
+pass `--runtime-env-json '{"py_modules": ["<checkout>/molserve"]}'` there.
 The worker token is a deployment argument, not an environment variable: the dashboard shows
 a deployment's runtime_env, not its arguments. The registry directory must be visible to
 every node (shared filesystem or synced volume).
@@ -204,10 +206,11 @@ def worker_settings(*, registry: str | Path, backend: str = "torch", token: str 
 def build_app(*, registry: str | Path, backend: str = "torch", token: str | None = None,
               num_gpus: float = 0, num_cpus: float = 1, min_replicas: int = 1,
               max_replicas: int = 4, target_ongoing_requests: int = 16,
-              resources: dict[str, float] | None = None, pip_from_lock: bool = False):
-    """The worker's Serve application for `serve.run`."""
-    actor_options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus,
-                                     "runtime_env": code_runtime_env(pip_from_lock=pip_from_lock)}
+              resources: dict[str, float] | None = None):
+    """The worker's Serve application for `serve.run`. Its replicas inherit the runtime_env
+    of the job that deploys it (`run` ships molserve's code there: Ray uploads a local
+    directory only from the job's own runtime_env)."""
+    actor_options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus}
     if resources:
         actor_options["resources"] = resources
     return WorkerDeployment.options(
@@ -218,11 +221,9 @@ def build_app(*, registry: str | Path, backend: str = "torch", token: str | None
 
 
 def build_batch_app(endpoint: str, *, registry: str | Path, backend: str = "torch", num_gpus: float = 0,
-                    num_cpus: float = 1, resources: dict[str, float] | None = None,
-                    pip_from_lock: bool = False):
+                    num_cpus: float = 1, resources: dict[str, float] | None = None):
     """A BatchPredictor application for one endpoint (deployed as BATCH_APP_PREFIX + endpoint)."""
-    actor_options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus,
-                                     "runtime_env": code_runtime_env(pip_from_lock=pip_from_lock)}
+    actor_options: dict[str, Any] = {"num_gpus": num_gpus, "num_cpus": num_cpus}
     if resources:
         actor_options["resources"] = resources
     return BatchPredictor.options(ray_actor_options=actor_options).bind(
@@ -249,14 +250,14 @@ def run(*, registry: str | Path, address: str | None = None, host: str | None = 
     """Start (or join) Ray, deploy the worker (and a BatchPredictor per `batch_endpoints`), and
     return the worker's base URL."""
     bind, url = http_endpoint(address, host, port)
-    pip_from_lock = options.get("pip_from_lock", False)
+    pip_from_lock = options.pop("pip_from_lock", False)
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False,
              runtime_env=code_runtime_env(pip_from_lock=pip_from_lock))
     serve.start(http_options={"host": bind, "port": port}, proxy_location=proxy_location)
     for endpoint in batch_endpoints:
         serve.run(build_batch_app(endpoint, registry=registry, backend=options.get("backend", "torch"),
                                   num_gpus=options.get("num_gpus", 0),
-                                  resources=options.get("resources"), pip_from_lock=pip_from_lock),
+                                  resources=options.get("resources")),
                   name=f"{BATCH_APP_PREFIX}{endpoint}", route_prefix=None, blocking=False)
     serve.run(build_app(registry=registry, **options), name=APP_NAME, route_prefix="/",
               blocking=blocking)

@@ -65,6 +65,7 @@ hf_cache_volume = modal.Volume.from_name(HF_VOLUME, create_if_missing=True)
 progress_dict = modal.Dict.from_name(PROGRESS_DICT, create_if_missing=True)
 VOLUMES = {REGISTRY_MOUNT: registry_volume, HF_MOUNT: hf_cache_volume}
 
+
 def container_environment(deploy: ModalDeploySettings) -> dict[str, str]:
     """The deploy-time settings as the variables `ModalDeploySettings` reads, for the image:
     inside a container nothing else sets them."""

@@ -202,8 +202,9 @@ def test_help_and_serve_load_no_heavy_library():
     assert not loaded & {"lightgbm", "torch", "tqdm", "httpx", "rdkit", "numpy", "uvicorn", "rich"}
 
 
-def test_deploy_ray_serves_until_interrupted_then_shuts_serve_and_ray_down(tmp_path, monkeypatch):
-    """The run-until-signal loop, without a cluster: `run` is replaced, an interrupt arrives."""
+def test_deploy_ray_serves_until_interrupted_then_deletes_its_app_and_disconnects(tmp_path, monkeypatch):
+    """The run-until-signal loop, without a cluster: `run` is replaced, an interrupt arrives;
+    only molserve's application is deleted (others on the cluster keep running)."""
     import os
     import signal
     import threading
@@ -214,10 +215,11 @@ def test_deploy_ray_serves_until_interrupted_then_shuts_serve_and_ray_down(tmp_p
     def run(**options):
         calls["run"] = options
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-        return f"http://{options['host']}:{options['port']}"
+        return ray_app.http_endpoint(options["address"], options["host"], options["port"])[1]
 
     monkeypatch.setattr(ray_app, "run", run)
     monkeypatch.setattr(ray_app.serve, "shutdown", lambda: calls.setdefault("serve down", True))
+    monkeypatch.setattr(ray_app.serve, "delete", lambda name: calls.setdefault("deleted", []).append(name))
     monkeypatch.setattr(ray_app.ray, "shutdown", lambda: calls.setdefault("ray down", True))
     monkeypatch.setenv("MOLSERVE_WORKER_TOKEN", "t0ken")
     before = signal.getsignal(signal.SIGINT)
@@ -227,5 +229,5 @@ def test_deploy_ray_serves_until_interrupted_then_shuts_serve_and_ray_down(tmp_p
     options = calls["run"]
     assert options["token"] == "t0ken" and options["backend"] == "onnx" and options["blocking"] is False
     assert options["registry"] == tmp_path and options["max_replicas"] == 4
-    assert calls["serve down"] and calls["ray down"]
+    assert calls["deleted"] == ["molserve"] and "serve down" not in calls and calls["ray down"]
     assert signal.getsignal(signal.SIGINT) is before

@@ -36,6 +36,7 @@ class _FakeCall:
     def __init__(self, finished_after: int) -> None:
         self.polls = 0
         self.finished_after = finished_after
+        self.cancelled: list[dict] = []
 
     def get(self, timeout: float):
         self.polls += 1
@@ -43,34 +44,171 @@ class _FakeCall:
             raise TimeoutError
         return {"endpoint": "logbb", "version": 3, "metrics": {"rmse": 0.5}}
 
+    def cancel(self, **kwargs) -> None:
+        self.cancelled.append(kwargs)
 
-def test_the_modal_engine_spawns_polls_the_progress_dict_and_returns_the_outcome(monkeypatch):
-    """Modal's client is unreachable here; this checks the engine's own contract against the
-    calls it makes (Function.from_name(...).spawn, FunctionCall.get(timeout), Dict.from_name)."""
-    call = _FakeCall(finished_after=2)
-    spawned = {}
 
+class _FakeDict(dict):
+    """modal.Dict's calls the engine makes (get, put with skip_if_exists, pop)."""
+
+    def put(self, key, value, *, skip_if_exists: bool = False) -> bool:
+        if skip_if_exists and key in self:
+            return False
+        self[key] = value
+        return True
+
+
+def _fake_modal(monkeypatch, call: _FakeCall, states: _FakeDict, spawned: dict, earlier=None):
     class Function:
         @staticmethod
         def from_name(app, name):
             spawned["where"] = (app, name)
             return types.SimpleNamespace(spawn=lambda *a, **k: spawned.update(args=a, kwargs=k) or call)
 
-    states = {"fc-123": {"step": "epoch 1", "progress": 0.5}}
-    fake = types.SimpleNamespace(Function=Function,
-                                 Dict=types.SimpleNamespace(from_name=lambda name: states))
+    def dict_from_name(name, **kwargs):
+        spawned["dict"] = (name, kwargs)
+        return states
+
+    class FunctionCall:
+        @staticmethod
+        def from_id(call_id):
+            spawned["attached"] = call_id
+            return earlier
+
+    fake = types.SimpleNamespace(Function=Function, FunctionCall=FunctionCall,
+                                 Dict=types.SimpleNamespace(from_name=dict_from_name))
     monkeypatch.setitem(sys.modules, "modal", fake)
+
+
+def test_the_modal_engine_spawns_polls_the_progress_dict_and_returns_the_outcome(monkeypatch):
+    """Modal's client is unreachable here; this checks the engine's own contract against the
+    calls it makes (Function.from_name(...).spawn, FunctionCall.get(timeout), Dict.from_name)."""
+    call = _FakeCall(finished_after=2)
+    spawned: dict = {}
+    states = _FakeDict({"fc-123": {"step": "epoch 1", "progress": 0.5, "val_rmse": 0.7}})
+    _fake_modal(monkeypatch, call, states, spawned)
     seen = []
     result = ModalEngine("molserve-worker", poll_s=0).finetune(
-        "unused", FinetuneRequest("logbb", TransformerParams(base="random:tiny", epochs=2)),
-        lambda fraction, step, metrics: seen.append((round(fraction, 2), step)))
+        "unused", FinetuneRequest("logbb", TransformerParams(base="random:tiny", epochs=2), job_id="j1"),
+        lambda fraction, step, metrics: seen.append((round(fraction, 2), step, metrics)))
     assert spawned["where"] == ("molserve-worker", "finetune")
-    assert spawned["args"] == ("logbb",) and spawned["kwargs"]["epochs"] == 2
-    assert spawned["kwargs"]["base"] == "random:tiny"
+    # The first job on a new account must not fail on a Dict nobody created.
+    assert spawned["dict"] == ("molserve-progress", {"create_if_missing": True})
+    assert spawned["args"][0] == "logbb" and spawned["args"][1]["epochs"] == 2
+    assert spawned["args"][1]["base"] == "random:tiny" and spawned["kwargs"]["job_id"] == "j1"
+    assert states["job:j1"] == "fc-123"  # a resumed attempt finds the call
     assert seen[0][1] == "modal: spawned call fc-123"
-    assert seen[1:] == [(0.49, "modal: epoch 1")] * 2
+    assert seen[1:] == [(0.49, "modal: epoch 1", {"val_rmse": 0.7})] * 2
     assert result == {"endpoint": "logbb", "version": 3, "metrics": {"rmse": 0.5},
                       "kind": "transformer", "engine": "modal"}
+    assert call.cancelled == []
+
+
+def test_cancelling_a_modal_job_cancels_its_call(monkeypatch):
+    from molserve.jobs.execute import Cancelled
+
+    call = _FakeCall(finished_after=10)
+    states = _FakeDict()
+    _fake_modal(monkeypatch, call, states, {})
+    polls = []
+
+    def progress(fraction, step, metrics):
+        polls.append(step)
+        if len(polls) == 3:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        ModalEngine("molserve-worker", poll_s=0).finetune(
+            "unused", FinetuneRequest("logbb", TransformerParams(), job_id="j2"), progress)
+    assert call.cancelled == [{"terminate_containers": True}]
+    assert "job:j2" not in states  # a new attempt spawns afresh rather than waiting on it
+
+
+def test_a_resumed_modal_job_waits_for_its_earlier_call(monkeypatch):
+    earlier = _FakeCall(finished_after=1)
+    spawned: dict = {}
+    states = _FakeDict({"job:j3": "fc-earlier"})
+    _fake_modal(monkeypatch, _FakeCall(0), states, spawned, earlier=earlier)
+    steps = []
+    result = ModalEngine("molserve-worker", poll_s=0).finetune(
+        "unused", FinetuneRequest("logbb", TransformerParams(), job_id="j3"),
+        lambda fraction, step, metrics: steps.append(step))
+    assert "where" not in spawned and spawned["attached"] == "fc-earlier"
+    assert steps[0] == "modal: waiting for call fc-earlier, started by an earlier attempt"
+    assert result["version"] == 3
+
+
+class _FakeRay:
+    """The Ray calls the engine makes: init, wait, get, cancel, kill."""
+
+    def __init__(self, finished_after: int) -> None:
+        self.finished_after = finished_after
+        self.waits = 0
+        self.cancelled: list[tuple] = []
+        self.killed: list = []
+        self.init_kwargs: dict = {}
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+
+    def wait(self, references, timeout):
+        self.waits += 1
+        return (references, []) if self.waits > self.finished_after else ([], references)
+
+    def get(self, reference, timeout=None):
+        if reference == "board-state":
+            return {"step": "epoch 2", "progress": 0.5}
+        return {"endpoint": "logbb", "version": 4, "metrics": {}}
+
+    def cancel(self, reference, force=False):
+        self.cancelled.append((reference, force))
+
+    def kill(self, actor):
+        self.killed.append(actor)
+
+
+def _fake_ray(monkeypatch, fake: _FakeRay, submitted: dict):
+    from molserve.deploy import ray_app
+
+    board = types.SimpleNamespace(get=types.SimpleNamespace(remote=lambda: "board-state"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(ray_app, "ProgressBoard", types.SimpleNamespace(remote=lambda: board))
+    monkeypatch.setattr(ray_app, "submit_finetune",
+                        lambda *a, **k: submitted.update(args=a, kwargs=k) or "task-ref")
+    return board
+
+
+def test_the_ray_engine_reports_the_tasks_progress_and_ships_the_code(monkeypatch):
+    pytest.importorskip("ray")
+    fake, submitted = _FakeRay(finished_after=2), {}
+    board = _fake_ray(monkeypatch, fake, submitted)
+    seen = []
+    result = RayEngine("ray://head:10001", poll_s=0).finetune(
+        "registry", FinetuneRequest("logbb", TransformerParams(epochs=3), job_id="j4"),
+        lambda fraction, step, metrics: seen.append((round(fraction, 2), step)))
+    assert submitted["args"][1] == "logbb" and submitted["args"][2]["epochs"] == 3
+    assert submitted["kwargs"]["job_id"] == "j4" and submitted["kwargs"]["board"] is board
+    assert seen == [(0.0, "ray: submitted a training task"), (0.49, "ray: epoch 2"), (0.49, "ray: epoch 2")]
+    assert fake.init_kwargs["runtime_env"]["py_modules"][0].endswith("molserve")
+    assert result["engine"] == "ray" and result["version"] == 4
+    assert fake.cancelled == [] and fake.killed == [board]
+
+
+def test_cancelling_a_ray_job_cancels_its_task(monkeypatch):
+    pytest.importorskip("ray")
+    from molserve.jobs.execute import Cancelled
+
+    fake, submitted = _FakeRay(finished_after=10), {}
+    board = _fake_ray(monkeypatch, fake, submitted)
+
+    def progress(fraction, step, metrics):
+        if step == "ray: epoch 2":
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        RayEngine("auto", poll_s=0).finetune("registry", FinetuneRequest("logbb", TransformerParams()),
+                                             progress)
+    assert fake.cancelled == [("task-ref", True)] and fake.killed == [board]
 
 
 def test_a_transformer_training_job_runs_on_the_local_engine_and_registers_once(trained_registry,
@@ -101,16 +239,8 @@ def test_a_transformer_training_job_runs_on_the_local_engine_and_registers_once(
 def test_the_modal_engine_hands_graph_training_to_its_own_function(monkeypatch):
     from molserve.operations.training import GraphParams
 
-    spawned = {}
-
-    class Function:
-        @staticmethod
-        def from_name(app, name):
-            spawned["where"] = (app, name)
-            return types.SimpleNamespace(spawn=lambda *a, **k: spawned.update(args=a) or _FakeCall(0))
-
-    fake = types.SimpleNamespace(Function=Function, Dict=types.SimpleNamespace(from_name=lambda n: {}))
-    monkeypatch.setitem(sys.modules, "modal", fake)
+    spawned: dict = {}
+    _fake_modal(monkeypatch, _FakeCall(0), _FakeDict(), spawned)
     result = ModalEngine("molserve-worker", poll_s=0).finetune(
         "unused", FinetuneRequest("logbb", GraphParams(ensemble=3), tasks=["logbb", "dili"]),
         lambda *_: None)

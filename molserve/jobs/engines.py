@@ -11,7 +11,6 @@ Chosen by `EngineSettings.training_backend` (MOLSERVE_TRAINING_BACKEND: local, m
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,10 +67,13 @@ class LocalEngine:
 
 
 class ModalEngine:
-    """A spawned call of the deployed Modal app's `finetune` function; progress from the
-    modal.Dict the function writes."""
+    """A spawned call of the deployed Modal app's `finetune` (or `train_graph`) function;
+    progress from the modal.Dict the function writes. A job's call is recorded in that Dict, so
+    a resumed job waits for the call it already started instead of spawning a second one; a
+    cancelled or interrupted job cancels its call (and the GPU container running it)."""
 
     name = "modal"
+    progress_dict = "molserve-progress"  # deploy.modal_app.PROGRESS_DICT
 
     def __init__(self, app_name: str, poll_s: float = 5.0) -> None:
         self.app_name = app_name
@@ -81,23 +83,42 @@ class ModalEngine:
         import modal
 
         params = request.params
-        if isinstance(params, GraphParams):
-            call = modal.Function.from_name(self.app_name, "train_graph").spawn(
-                request.tasks or [request.endpoint], params.model_dump())
+        states = modal.Dict.from_name(self.progress_dict, create_if_missing=True)
+        claim = f"job:{request.job_id}" if request.job_id else None
+        earlier = states.get(claim) if claim else None
+        if earlier:
+            call = modal.FunctionCall.from_id(earlier)
+            progress(0.0, f"modal: waiting for call {earlier}, started by an earlier attempt", None)
         else:
-            call = modal.Function.from_name(self.app_name, "finetune").spawn(
-                request.endpoint, base=params.base, epochs=params.epochs,
-                learning_rate=params.learning_rate, batch_size=params.batch_size, tasks=request.tasks)
-        progress(0.0, f"modal: spawned call {call.object_id}", None)
-        states = modal.Dict.from_name("molserve-progress")
-        while True:
-            try:
-                result = call.get(timeout=self.poll_s)
-                break
-            except TimeoutError:
-                state = states.get(call.object_id) or {}
-                progress(float(state.get("progress", 0.0)) * 0.98,
-                         f"modal: {state.get('step', 'starting')}", None)
+            if isinstance(params, GraphParams):
+                call = modal.Function.from_name(self.app_name, "train_graph").spawn(
+                    request.tasks or [request.endpoint], params.model_dump(), job_id=request.job_id)
+            else:
+                call = modal.Function.from_name(self.app_name, "finetune").spawn(
+                    request.endpoint, params.model_dump(), tasks=request.tasks, job_id=request.job_id)
+            if claim:
+                states.put(claim, call.object_id, skip_if_exists=True)
+            progress(0.0, f"modal: spawned call {call.object_id}", None)
+        finished = False
+        try:
+            while True:
+                try:
+                    result = call.get(timeout=self.poll_s)
+                    finished = True
+                    break
+                except TimeoutError:
+                    state = dict(states.get(call.object_id) or {})
+                    fraction = float(state.pop("progress", 0.0))
+                    step = state.pop("step", "starting")
+                    progress(fraction * 0.98, f"modal: {step}", state or None)
+        except BaseException:
+            # Cancelled (from `progress` or by SIGTERM), out of time, or interrupted: the GPU call
+            # must not run on, and a later attempt must not wait for it.
+            if not finished:
+                call.cancel(terminate_containers=True)
+                if claim:
+                    states.pop(claim, None)
+            raise
         return {**result, "kind": _kind(params), "engine": self.name}
 
 
@@ -106,7 +127,9 @@ def _kind(params: TransformerParams | GraphParams) -> str:
 
 
 class RayEngine:
-    """A Ray task on the cluster at `address` (GPU when asked)."""
+    """A Ray task on the cluster at `address` (GPU when asked), molserve's code shipped with
+    it; progress from a ProgressBoard actor the task writes to. A cancelled or interrupted job
+    cancels its task; a resumed job's task returns the model the job already registered."""
 
     name = "ray"
 
@@ -118,27 +141,42 @@ class RayEngine:
     def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
         import ray
 
-        from molserve.deploy.ray_app import submit_finetune, submit_graph
+        from molserve.deploy.ray_app import ProgressBoard, code_runtime_env, submit_finetune, submit_graph
 
-        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
+                 runtime_env=code_runtime_env())
         params = request.params
         where = str(Path(registry).resolve())
+        board = ProgressBoard.remote()
         if isinstance(params, GraphParams):
             reference = submit_graph(where, request.tasks or [request.endpoint], params.model_dump(),
-                                     num_gpus=self.num_gpus)
+                                     num_gpus=self.num_gpus, job_id=request.job_id, board=board)
         else:
-            reference = submit_finetune(where, request.endpoint, params.base,
-                                        num_gpus=self.num_gpus, epochs=params.epochs,
-                                        learning_rate=params.learning_rate, tasks=request.tasks)
-        progress(0.0, "ray: submitted a fine-tuning task", None)
-        started = time.time()
-        while True:
-            done, _ = ray.wait([reference], timeout=self.poll_s)
-            if done:
-                result = ray.get(reference)
-                break
-            # A Ray task reports no progress of its own: show time passing, never "done".
-            progress(min(0.9, (time.time() - started) / 3600), "ray: training", None)
+            reference = submit_finetune(where, request.endpoint, params.model_dump(),
+                                        num_gpus=self.num_gpus, tasks=request.tasks,
+                                        job_id=request.job_id, board=board)
+        progress(0.0, "ray: submitted a training task", None)
+        finished = False
+        try:
+            while True:
+                done, _ = ray.wait([reference], timeout=self.poll_s)
+                if done:
+                    finished = True
+                    result = ray.get(reference)
+                    break
+                try:
+                    state = dict(ray.get(board.get.remote(), timeout=self.poll_s) or {})
+                except TimeoutError:  # the board's node is busy: report next time
+                    continue
+                fraction = float(state.pop("progress", 0.0))
+                step = state.pop("step", "starting")
+                progress(fraction * 0.98, f"ray: {step}", state or None)
+        except BaseException:
+            if not finished:
+                ray.cancel(reference, force=True)
+            raise
+        finally:
+            ray.kill(board)
         return {**result, "kind": _kind(params), "engine": self.name}
 
 

@@ -64,6 +64,32 @@ def test_predict_a_file_offline(tmp_path, trained_registry):
         assert rows[0]["solubility_model"].startswith("solubility/gbm@v")
 
 
+def test_predict_explains_each_row_with_the_python_apis_numbers(tmp_path, trained_registry):
+    import json
+
+    from molserve import Predictor
+
+    source = tmp_path / "in.smi"
+    source.write_text("O=[N+]([O-])c1ccc(N)cc1 nitroaniline\nnot_a_smiles( bad\nCCO ethanol\n")
+    target = tmp_path / "out.csv"
+    run("--registry", str(trained_registry.root), "predict", str(source), "-o", str(target),
+        "--endpoints", "solubility,tpsa", "--explain", "--id-col", "name", "--jobs", "1")
+    rows = list(csv.DictReader(open(target)))
+    assert [r["name"] for r in rows] == ["nitroaniline", "bad", "ethanol"]
+    assert rows[1]["error"] and not rows[1]["solubility_explanation"]
+    explained = json.loads(rows[0]["solubility_explanation"])
+    assert "svg" not in explained and len(explained["atoms"]) == 10
+    same = Predictor(registry=trained_registry.root).predict(
+        ["O=[N+]([O-])c1ccc(N)cc1"], endpoints=["solubility"], explain=True)[0]["solubility_explanation"]
+    assert explained["atoms"] == pytest.approx(same["atoms"])
+    assert explained["raw"] == pytest.approx(same["raw"])
+    assert not rows[0].get("tpsa_explanation")  # computed values have nothing to explain
+    refused = run("--registry", str(trained_registry.root), "predict", str(source), "-o",
+                  str(tmp_path / "s") + "/", "--endpoints", "solubility", "--explain", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("molserve: error: --explain writes one CSV")
+
+
 def test_a_file_with_several_labels_trains_one_endpoint_each_then_one_multitask_transformer(tmp_path):
     """FreeSolv's experimental and calculated hydration free energies as two label columns,
     the calculated one missing on every third row: two fast models, then one transformer over

@@ -236,16 +236,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no job {args.job}", file=sys.stderr)
         return 2
 
+    # A signal's exception is raised wherever the job happens to be, and code there may catch and
+    # swallow it (e.g. a parser that answers any failure as an invalid molecule): until the job
+    # has stopped, the exception is raised again every second.
+    stopping: list[Exception] = []
+
+    def stop_with(error: Exception) -> None:
+        stopping[:] = [error]
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        raise error
+
     def on_term(signum, frame):  # DELETE /v1/jobs/{id} on a job that cannot poll (training)
-        raise Cancelled()
+        stop_with(Cancelled())
+
+    def on_alarm(signum, frame):
+        stop_with(stopping[0] if stopping else
+                  TimeLimitExceeded(f"the {job['kind']} job ran out of its time limit"))
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
     if args.time_limit:
-        def on_alarm(signum, frame):
-            raise TimeLimitExceeded(f"the {job['kind']} job ran out of its time limit")
-
-        signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(max(1, round(args.time_limit)))
+        signal.setitimer(signal.ITIMER_REAL, max(1.0, float(args.time_limit)))
     ctx = JobContext(store, job)
     store.update(job["id"], pid=os.getpid(), heartbeat=time.time())
     try:
@@ -254,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown job kind {job['kind']!r}")
         result = run(ctx, job["params"], Path(args.registry), Path(args.datasets), jobs_dir / "results")
     except Cancelled:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         store.update(job["id"], state="cancelled", finished=time.time(), step="cancelled")
         ctx.log("cancelled")
         return 0
     except Exception as error:  # the job fails with a reason; the traceback goes to its log
+        signal.setitimer(signal.ITIMER_REAL, 0)
         ctx.log(traceback.format_exc()[-1500:])
         if job["kind"] == "screen":
             # A failed screen is not resumed: its partial output only takes space (which may be
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         store.update(job["id"], state="failed", finished=time.time(),
                      error=failure_reason(error, writing_to))
         return 1
+    signal.setitimer(signal.ITIMER_REAL, 0)
     store.update(job["id"], state="succeeded", finished=time.time(), progress=1.0, step="done",
                  eta_s=0, result=result)
     ctx.log("succeeded")

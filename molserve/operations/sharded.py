@@ -478,7 +478,7 @@ def screen_library(
         eta = (total - rows) / rate if rate else None
         on_progress(ScreenProgress(len(done), len(shards), rows, total, kept,
                                    round(rate, 1) if rate else None,
-                                   round(eta, 1) if eta is not None else None))
+                                   round(eta, 3) if eta is not None else None))
 
     report()
     if todo:

@@ -90,6 +90,32 @@ def test_predict_explains_each_row_with_the_python_apis_numbers(tmp_path, traine
     assert refused.stderr.strip().splitlines()[-1].startswith("molserve: error: --explain writes one CSV")
 
 
+def test_predict_writes_percentiles_within_a_named_reference_set(tmp_path, trained_registry):
+    import shutil
+
+    from rdkit import Chem
+    from rdkit.Chem import rdMolDescriptors
+
+    registry = tmp_path / "registry"  # the set is stored with the registry: a copy of its own
+    shutil.copytree(trained_registry.root, registry)
+    members = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "NCC(=O)O"]
+    (tmp_path / "tiny.smi").write_text("\n".join(members) + "\n")
+    run("--registry", str(registry), "reference", "add", str(tmp_path / "tiny.smi"), "--name", "tiny")
+    source = tmp_path / "in.smi"
+    source.write_text("CCN\nOc1ccccc1O\n")
+    target = tmp_path / "out.csv"
+    run("--registry", str(registry), "predict", str(source), "-o", str(target),
+        "--endpoints", "tpsa,solubility", "--reference", "tiny", "--jobs", "2", "--chunk-size", "1")
+    rows = list(csv.DictReader(open(target)))
+    tpsa = sorted(rdMolDescriptors.CalcTPSA(Chem.MolFromSmiles(s)) for s in members)
+    for row in rows:
+        value = float(row["tpsa"])
+        below = sum(t < value - 1e-9 for t in tpsa)
+        equal = sum(abs(t - value) <= 1e-9 for t in tpsa)
+        assert float(row["tpsa_percentile"]) == pytest.approx(100 * (below + equal / 2) / len(tpsa))
+        assert 0 <= float(row["solubility_percentile"]) <= 100
+
+
 def test_a_file_with_several_labels_trains_one_endpoint_each_then_one_multitask_transformer(tmp_path):
     """FreeSolv's experimental and calculated hydration free energies as two label columns,
     the calculated one missing on every third row: two fast models, then one transformer over

@@ -83,6 +83,9 @@ def predict(
     explain: Annotated[bool, typer.Option(
         "--explain", help="write each predicted endpoint's per-atom contributions (JSON) in "
         "<endpoint>_explanation (one CSV file, local engine)")] = False,
+    reference: Annotated[str | None, typer.Option(
+        help="write each numeric endpoint's percentile within this reference set in "
+        "<endpoint>_percentile (molserve reference list; one CSV file, local engine)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> int:
     registry = settings(ctx).registry
@@ -94,13 +97,15 @@ def predict(
                            "shards", code="invalid_output")
     simple = (engine == "local" and not folder and not sdf and where is None and top_k is None
               and os.path.isfile(input))
-    if explain and not simple:
-        raise InvalidInput("--explain writes one CSV file from one input file on the local engine "
+    if (explain or reference) and not simple:
+        option = "--explain" if explain else "--reference"
+        raise InvalidInput(f"{option} writes one CSV file from one input file on the local engine "
                            "(no --where, --top-k, folder or SDF output)", code="explain_not_sharded")
     if simple:
         return _predict_file(Path(input), Path(output), registry=registry, endpoints=names,
                              smiles_col=smiles_col, id_col=id_col, chunk_size=chunk_size,
-                             jobs=jobs or os.cpu_count() or 1, quiet=quiet, explain=explain)
+                             jobs=jobs or os.cpu_count() or 1, quiet=quiet, explain=explain,
+                             reference=reference)
     from molserve.operations.sharded import screen_library, screen_to_file
 
     runner = _engine(engine, address, jobs, modal_app)
@@ -151,7 +156,7 @@ class _ShardBar:
 
 def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[str] | None,  # noqa: A002
                   smiles_col: str | None, id_col: str | None, chunk_size: int, jobs: int,
-                  quiet: bool, explain: bool = False) -> int:
+                  quiet: bool, explain: bool = False, reference: str | None = None) -> int:
     """One file into one CSV on this machine: chunks through `jobs` processes, in order."""
     from molserve.operations.screen import screen_file
 
@@ -175,8 +180,8 @@ def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[
     try:
         summary = screen_file(
             input, output, registry=registry, endpoints=endpoints, smiles_col=smiles_col,
-            id_col=id_col, explain=explain, chunk_size=chunk_size, processes=jobs, on_start=start,
-            on_chunk=chunk)
+            id_col=id_col, explain=explain, reference=reference, chunk_size=chunk_size, processes=jobs,
+            on_start=start, on_chunk=chunk)
     except BaseException:
         if "bar" in shown:
             shown["bar"].leave = False  # the error line replaces it

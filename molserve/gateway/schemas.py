@@ -59,7 +59,8 @@ class PredictRequest(BaseModel):
         "(413 beyond).",
     )
     reference: str | None = Field(
-        None, max_length=100,
+        # The names a reference set may have (molserve reference add --name).
+        None, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",
         description="name of a reference set (GET /v1/references); each answer's "
         "reference_percentile is the value's percentile within that set's predictions; default: "
         "the default set",

@@ -37,7 +37,8 @@ def _count_records(path: Path) -> int | None:
 
 
 def _columns(endpoints: list[str], computed: set[str], classification: set[str],
-             id_col: str | None = None, explain: bool = False) -> list[str]:
+             id_col: str | None = None, explain: bool = False,
+             percentiles: frozenset[str] = frozenset()) -> list[str]:
     columns = ["row", "input", "canonical_smiles", "error"]
     if id_col:
         if id_col in columns or id_col in endpoints:
@@ -47,8 +48,12 @@ def _columns(endpoints: list[str], computed: set[str], classification: set[str],
     for name in endpoints:
         if name in computed:
             columns.append(name)
+            if name in percentiles:
+                columns.append(f"{name}_percentile")
             continue
         columns.append(name)
+        if name in percentiles:
+            columns.append(f"{name}_percentile")
         if name in classification:
             columns.append(f"{name}_label")
         columns += [f"{name}_std", f"{name}_lower", f"{name}_upper", f"{name}_in_domain",
@@ -73,6 +78,8 @@ def _flatten(result: dict[str, Any], offset: int, endpoints: list[str]) -> dict[
         if isinstance(value, list):
             value = "; ".join(f"{a['catalog']}:{a['description']}" for a in value)
         row[name] = value
+        if answer.reference_percentile is not None:
+            row[f"{name}_percentile"] = answer.reference_percentile
         if answer.kind == "computed":
             continue
         if answer.label is not None:
@@ -119,13 +126,19 @@ class ScreenSummary:
 _worker_router = None
 
 
-def _worker_init(registry: str, chunk_size: int, only: list[str] | None) -> None:
+def _worker_init(registry: str, chunk_size: int, only: list[str] | None,
+                 reference: str | None = None) -> None:
     global _worker_router
     from molserve.prediction.router import Router
     from molserve.registry.store import Registry
 
     _worker_router = Router(Registry(registry), max_batch=chunk_size)
     _worker_router.load(only=only)
+    if reference is not None:  # the values were computed and stored by the parent
+        from molserve.prediction.reference import ReferenceSets
+
+        _worker_router.references = ReferenceSets(_worker_router.registry, _worker_router,
+                                                  default=reference)
 
 
 Rendered = tuple[list[list[Any]], int, int]
@@ -176,7 +189,7 @@ def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
 def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], columns: list[str], *,
                      registry: Path, chunk_size: int, endpoints: list[str] | None,
                      processes: int, id_col: str | None = None,
-                     explain: bool = False) -> Iterator[Rendered]:
+                     explain: bool = False, reference: str | None = None) -> Iterator[Rendered]:
     """Rendered chunks in input order, predicted here or by `processes` worker processes."""
     if processes <= 1:
         for chunk in chunks:
@@ -193,7 +206,7 @@ def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], c
         pool_args: dict[str, Any] = {"mp_context": multiprocessing.get_context("fork")}
     else:
         pool_args = {"mp_context": multiprocessing.get_context("spawn"), "initializer": _worker_init,
-                     "initargs": (str(registry), chunk_size, endpoints)}
+                     "initargs": (str(registry), chunk_size, endpoints, reference)}
     with ProcessPoolExecutor(processes, **pool_args) as pool:
         pending: deque = deque()
         for chunk in chunks:
@@ -213,6 +226,7 @@ def screen_file(
     smiles_col: str | None = None,
     id_col: str | None = None,
     explain: bool = False,
+    reference: str | None = None,
     chunk_size: int = 1000,
     processes: int = 1,
     durable: bool = False,
@@ -225,6 +239,8 @@ def screen_file(
     `_Name`, a SMILES file's second field) is kept in a column of that name. With `explain`,
     each predicted endpoint's explanation (per-atom and per-descriptor contributions, as JSON)
     is written in `<endpoint>_explanation`, in chunks of at most the router's explained batch.
+    With `reference` (a reference set's name), each numeric endpoint's percentile within that
+    set is written in `<endpoint>_percentile` (the set's values computed once, first).
 
     `on_start(total_records_or_None, endpoints)` is called once before the first chunk;
     `on_chunk(checkpoint, total)` after each chunk is written (and, with `durable`, fsynced), so
@@ -245,7 +261,16 @@ def screen_file(
     names = router.resolve_endpoints(endpoints)
     computed = set(router.computed.endpoints())
     classification = {n for n, m in router.fast.models.items() if m.task == "classification"}
-    columns = _columns(names, computed, classification, id_col, explain)
+    percentiles: frozenset[str] = frozenset()
+    if reference is not None:
+        from molserve.chem.descriptors import COMPUTED
+        from molserve.prediction.reference import ReferenceSets
+
+        router.references = ReferenceSets(router.registry, router, default=reference)
+        numeric = [n for n in names if n not in computed or COMPUTED[n].numeric]
+        router.references.refresh(reference, numeric)  # here, before any worker is forked
+        percentiles = frozenset(numeric)
+    columns = _columns(names, computed, classification, id_col, explain, percentiles)
     partial = destination.with_name(destination.name + ".partial")
     done = errors = 0
     if resume is not None and resume.rows_done and partial.exists():
@@ -272,7 +297,8 @@ def screen_file(
         writer = csv.writer(out)
         for rows, n_molecules, n_errors in _rendered_chunks(
                 router, chunks, names, columns, registry=registry, chunk_size=chunk_size,
-                endpoints=endpoints, processes=processes, id_col=id_col, explain=explain):
+                endpoints=endpoints, processes=processes, id_col=id_col, explain=explain,
+                reference=reference):
             for row in rows:
                 row[0] += done  # rows are numbered within their chunk
             writer.writerows(rows)

@@ -17,7 +17,7 @@ router = APIRouter(tags=["predict"])
     "/v1/predict",
     # Documented, not re-validated: the route returns the router's answer serialized once.
     response_model=PredictResponse,
-    responses=documented(400, *AUTH, 413, 415, 422, 503),
+    responses=documented(400, *AUTH, 404, 413, 415, 422, 503),
     summary="Predict endpoints for a batch of SMILES",
     dependencies=[Depends(require_predict)],
 )

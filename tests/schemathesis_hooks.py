@@ -29,6 +29,9 @@ schemathesis.openapi.format("smiles", st.sampled_from(MOLECULES))
 schemathesis.openapi.format(
     "endpoint", st.sampled_from(os.environ.get("MOLSERVE_FUZZ_ENDPOINTS", "tpsa").split(",")))
 schemathesis.openapi.format("atom-indices", st.sampled_from(["0", "0,1", "alerts", "pains", "brenk"]))
+# A screen's filter and ranking name output columns; these are in every screen's output.
+schemathesis.openapi.format("where-expression", st.sampled_from(["row >= 0", "row < 10 or row >= 10"]))
+schemathesis.openapi.format("output-column", st.sampled_from(["row", "-row"]))
 
 CALLER = os.environ.get("MOLSERVE_FUZZ_SCOPES")
 OWNER = os.environ.get("MOLSERVE_FUZZ_OWNER")

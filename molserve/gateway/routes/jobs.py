@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse
@@ -79,11 +79,13 @@ class JobRequest(BaseModel):
     engine: Literal["local", "ray", "modal"] = Field(
         "local", description="screen: where shards are scored (this server, its Ray cluster, Modal).")
     where: str | None = Field(None, max_length=2000, description="screen: keep only hits, e.g. "
-                              "`herg_inhibition < 0.5 and solubility > -5` (output columns).")
+                              "`herg_inhibition < 0.5 and solubility > -5` (output columns).",
+                              json_schema_extra={"format": "where-expression"})
     top_k: int | None = Field(None, ge=1, le=1_000_000,
                               description="screen: keep the k best rows of each ranked endpoint.")
-    rank_by: list[str] | None = Field(None, description="screen: columns ranked for top_k, `-` "
-                                      "first for lowest first (default: each regression endpoint).")
+    rank_by: list[Annotated[str, Field(json_schema_extra={"format": "output-column"})]] | None = Field(
+        None, description="screen: columns ranked for top_k, `-` first for lowest first (default: "
+        "each regression endpoint).")
     id_col: str | None = Field(None, max_length=200, description="screen: the input's identifier "
                                "column (an SDF property, `_Name`), kept in the output.")
     output_format: Literal["csv", "parquet"] = Field(
@@ -269,6 +271,9 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                                    code="invalid_multitask_job")
             params["tasks"] = tasks
         elif body.model == "graph":
+            if not body.endpoints and not body.endpoint:
+                raise InvalidInput("graph training needs `endpoint` (or `endpoints`): the endpoint(s) "
+                                   "to train a graph model for", code="no_endpoint")
             tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
             missing = [e for e in tasks if e not in router.fast.models]
             if missing:

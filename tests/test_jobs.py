@@ -158,7 +158,7 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
             bad = client.post("/v1/jobs", json={"kind": "screen", "upload_id": "0" * 32})
             assert bad.status_code == 404
             nameless = client.post("/v1/jobs", json={"kind": "train", "model": "graph"})
-            assert nameless.status_code == 422 and nameless.json()["error"] == "no_endpoint"
+            assert nameless.status_code == 404 and nameless.json()["error"] == "no_endpoint"
             assert client.get("/v1/jobs/nope").status_code == 404
             assert client.get(f"/v1/jobs/{train.json()['id']}/result").status_code == 409
     finally:

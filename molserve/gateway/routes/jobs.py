@@ -272,8 +272,9 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             params["tasks"] = tasks
         elif body.model == "graph":
             if not body.endpoints and not body.endpoint:
-                raise InvalidInput("graph training needs `endpoint` (or `endpoints`): the endpoint(s) "
-                                   "to train a graph model for", code="no_endpoint")
+                # Not found, like an endpoint without a fast model: there is nothing to train.
+                raise NotFound("graph training needs `endpoint` (or `endpoints`): the endpoint(s) to "
+                               "train a graph model for", code="no_endpoint")
             tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
             missing = [e for e in tasks if e not in router.fast.models]
             if missing:

@@ -544,6 +544,9 @@ def fit_and_evaluate(
         # The rule used before calibration molecules were set apart (every fitted molecule's
         # out-of-fold residual, selection's included), on these same members: for comparison.
         previous = coverage(*quantiles_from(fit))
+        # Another candidate rule, measured alongside: the whole train side (the validation
+        # molecules that stopped boosting left out; selection's training molecules kept).
+        variants = {"train_side": coverage(*quantiles_from(tr))}
         oof = M.regression_metrics(y[fit], transform.inverse(out_of_fold[fit]))
         baseline_pred, alpha = ridge_baseline(x[tr], z[tr], x[va], z[va], test_x)
         metrics = {"test": test_metrics, "out_of_fold": oof,
@@ -574,6 +577,7 @@ def fit_and_evaluate(
                                      "pr_auc": M.average_precision(yg, baseline_pred)},
                    "primary": "roc_auc"}
         previous = None
+        variants = None
         parity = {"roc": M.roc_curve(yg, probability)}
     if len(ok) and not ok.all():
         metrics["test"]["unreadable_rows"] = int((~ok).sum())
@@ -594,7 +598,8 @@ def fit_and_evaluate(
         metrics["test"]["rmse_out_of_domain"] = M.regression_metrics(
             yg[~in_domain], test_pred[ok][~in_domain])["rmse"]
     result = {"test_predictions": test_pred, "test_errors": test_errors, "metrics": metrics,
-              "coverage_previous_rule": previous,
+              "coverage_previous_rule": previous, "coverage_variants": variants,
+              "platt_applied": bool(calibration.get("probability_calibration", {}).get("applied")),
               "recipe": recipe, "rounds": best["rounds"], "spec": spec, "ensemble": ensemble,
               "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
               "test_keys": test_keys if test is not None else None,

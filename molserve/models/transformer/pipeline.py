@@ -21,7 +21,7 @@ import numpy as np
 
 from molserve.chem.features import FeatureSpec
 from molserve.models import metrics as M
-from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows
+from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows, task_domain_files
 from molserve.models.transformer.modeling import (
     FineTuneData,
     Progress,
@@ -167,6 +167,11 @@ def finetune_endpoints(
             files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx", quantize=True)
         domain_files, domain = domain_index_files(data.smiles, data.split)
         files.update(domain_files)
+        if multitask:  # each task's own domain: its own training molecules, its own threshold
+            task_files, task_domains = task_domain_files(data.smiles, data.split, sides, endpoints)
+            files.update(task_files)
+            for endpoint, section in task_domains.items():
+                tasks[endpoint]["applicability_domain"] = section
         # save_pretrained writes only JSON and safetensors here; anything else is not stored.
         allowed = {".json", ".safetensors", ".onnx", ".txt"}
         for filename in [n for n in files if Path(n).suffix not in allowed]:

@@ -63,6 +63,22 @@ def transformer_artifacts(registry: Registry) -> dict[str, Artifact]:
     return {e: max(c, key=lambda item: item[:3])[3] for e, c in candidates.items()}
 
 
+def load_task_domains(artifact: Artifact) -> dict[str, tuple[SimilarityIndex, list[str]]]:
+    """endpoint -> (index, training SMILES) for each task of a multi-task artifact that stores its
+    own domain (`tasks.<endpoint>.applicability_domain.files`)."""
+    from safetensors.numpy import load_file
+
+    found = {}
+    for endpoint, task in artifact.manifest.get("tasks", {}).items():
+        files = task.get("applicability_domain", {}).get("files")
+        if not files:
+            continue
+        index = SimilarityIndex.from_arrays(load_file(str(artifact.file(files["index"]))), 2048)
+        smiles = artifact.file(files["smiles"]).read_text().split()
+        found[endpoint] = (index, smiles)
+    return found
+
+
 @dataclass
 class TransformerModel:
     artifact: Artifact
@@ -75,6 +91,9 @@ class TransformerModel:
     load_seconds: float
     max_length: int = 256
     heads: list[dict[str, Any]] = field(default_factory=list)
+    # Multi-task models: each endpoint's own training molecules (older artifacts: none, and the
+    # shared index over every task's molecules is used).
+    task_domains: dict[str, tuple[SimilarityIndex, list[str]]] = field(default_factory=dict)
 
     @property
     def manifest(self) -> dict:
@@ -129,7 +148,11 @@ class TransformerModel:
         max_length = int(artifact.manifest["model"].get("max_length", 256))
         heads = heads_of(artifact.manifest, artifact.endpoint)
         return cls(artifact, backend, device, tokenizer, runner, index, train_smiles,
-                   time.perf_counter() - started, max_length, heads)
+                   time.perf_counter() - started, max_length, heads, load_task_domains(artifact))
+
+    def domain_of(self, endpoint: str) -> tuple[SimilarityIndex, list[str]]:
+        """The similarity index and training SMILES that decide `endpoint`'s domain."""
+        return self.task_domains.get(endpoint, (self.index, self.train_smiles))
 
     def outputs(self, smiles: list[str]) -> np.ndarray:
         """(n, endpoints): regression values in label units or class-1 probabilities."""
@@ -188,7 +211,7 @@ class TransformerModel:
                 answer["uncertainty"] = {"interval": [round(value - q, 4), round(value + q, 4)],
                                          "confidence": calibration["confidence"],
                                          "method": calibration["method"]}
-            answer["applicability_domain"] = domain_answer(self.index, self.train_smiles,
+            answer["applicability_domain"] = domain_answer(*self.domain_of(endpoint),
                                                            bits[slot], threshold)
             answer["provenance"] = provenance
             answers[row] = answer

@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 from molserve.errors import InvalidInput, MolserveError
-from molserve.registry.manifest import Manifest
+from molserve.registry.manifest import Manifest, evidence_mismatch, split_evidence
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
@@ -145,6 +145,22 @@ class Registry:
     def latest(self, endpoint: str, kind: str | None = None) -> Artifact | None:
         candidates = [a for a in self.versions(endpoint) if kind is None or a.kind == kind]
         return candidates[-1] if candidates else None
+
+    def evidence_notes(self, artifact: Artifact) -> dict[str, str]:
+        """endpoint -> why a worker-tier artifact's test metric cannot be compared with that
+        endpoint's newest fast model (another dataset version or split); empty when it can."""
+        if artifact.kind == "gbm":
+            return {}
+        notes = {}
+        for endpoint in artifact.info.endpoints():
+            fast = self.latest(endpoint, kind="gbm")
+            if fast is None:
+                continue
+            section = artifact.manifest.get("tasks", {}).get(endpoint, artifact.manifest)
+            why = evidence_mismatch(split_evidence(section.get("split")), fast.manifest)
+            if why:
+                notes[endpoint] = why
+        return notes
 
     def get(self, endpoint: str, version: int) -> Artifact:
         for artifact in self.versions(endpoint):

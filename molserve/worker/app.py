@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from molserve.config import WorkerSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
+from molserve.registry.manifest import split_evidence
 from molserve.registry.store import ArtifactError, Registry
 from molserve.responses import JSONResponse
 
@@ -220,7 +221,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
         return JSONResponse([
             {**m.provenance(), "endpoint": key.split(":", 1)[-1], "task": m.info.task,
              "units": m.info.units, "metrics": m.info.metrics.test, "backend": m.backend,
-             "device": m.device}
+             "device": m.device,
+             # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
+             "evidence": split_evidence(getattr(m, "manifest", {}).get("split"))}
             for key, m in state["models"].items()
         ])
 

@@ -158,7 +158,9 @@ def finetune_endpoints(
                 "description": fast.manifest["description"],
                 "label_names": fast.manifest.get("label_names"), "dataset": fast.manifest["dataset"],
                 "split": {**fast.manifest["split"],
-                          "shared_with": f"{endpoint} v{fast.version} (gbm)"},
+                          "shared_with": f"{endpoint} v{fast.version} (gbm)",
+                          # The fast model's curated rows and sides: equal evidence for routing.
+                          "evidence": {"data_sha256": fast.manifest["files"]["data.csv"]["sha256"]}},
                 **evaluation,
             }
         files: dict[str, Any] = {p.name: p for p in model_dir.iterdir() if p.is_file()}

@@ -313,7 +313,9 @@ class Router:
             merged = []
             for slot, answer in enumerate(remote_answers):
                 if answer.is_error and name in answers:
-                    merged.append(answers[name][slot].degrade("worker_error"))
+                    # The worker's own reason for this molecule (e.g. too_long_for_model).
+                    reason = answer.provenance.details.get("error_code") or "worker_error"
+                    merged.append(answers[name][slot].degrade(str(reason)))
                 else:
                     merged.append(answer)
             answers[name] = merged

@@ -20,6 +20,7 @@ from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+TOO_LONG = "too_long_for_model"  # the error code of a molecule beyond the model's token limit
 
 
 def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
@@ -154,6 +155,12 @@ class TransformerModel:
         """The similarity index and training SMILES that decide `endpoint`'s domain."""
         return self.task_domains.get(endpoint, (self.index, self.train_smiles))
 
+    def token_counts(self, smiles: list[str]) -> list[int]:
+        """Tokens each SMILES takes with the special tokens (what max_length bounds)."""
+        if not smiles:
+            return []
+        return [len(ids) for ids in self.tokenizer(smiles, truncation=False)["input_ids"]]
+
     def outputs(self, smiles: list[str]) -> np.ndarray:
         """(n, endpoints): regression values in label units or class-1 probabilities."""
         from molserve.models.transformer.modeling import decode_logits
@@ -187,7 +194,12 @@ class TransformerModel:
         column = next(i for i, h in enumerate(self.heads) if h["endpoint"] == endpoint) \
             if len(self.heads) > 1 else 0
         parsed = [try_parse(s) for s in smiles]
-        valid = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
+        readable = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
+        # Never predict from a prefix: a molecule with more tokens than the model reads is
+        # answered with an error whose code sends it to another tier.
+        tokens = self.token_counts([smiles[i] for i in readable])
+        too_long = {i: n for i, n in zip(readable, tokens, strict=True) if n > self.max_length}
+        valid = [i for i in readable if i not in too_long]
         values = self.outputs([smiles[i] for i in valid])[:, column] if valid else np.zeros(0)
         bits = featurize([parsed[i].mol for i in valid], FeatureSpec()).on_bits if valid else []
         threshold = float(manifest["applicability_domain"]["threshold"])
@@ -198,6 +210,10 @@ class TransformerModel:
             {"error": p.reason, "provenance": provenance} if isinstance(p, InvalidSmiles) else {}
             for p in parsed
         ]
+        for row, count in too_long.items():
+            answers[row] = {"error": f"{count} tokens; this model reads at most {self.max_length} "
+                                     "and does not predict from a truncated SMILES",
+                            "provenance": {**provenance, "error_code": TOO_LONG}}
         for slot, row in enumerate(valid):
             value = float(values[slot])
             answer: dict[str, Any] = {"value": round(value, 4), "units": units, "kind": "predicted"}

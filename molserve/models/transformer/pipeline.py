@@ -48,7 +48,10 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     Each label keeps the side (train/valid/test) its own endpoint's split gave it, so every
     endpoint is tested on exactly the molecules its fast model was tested on. A molecule that
     is held out (valid or test) for any endpoint is not trained on for any endpoint: otherwise
-    the shared encoder would have seen a test molecule through another task's label.
+    the shared encoder would have seen a test molecule through another task's label. Nor is a
+    molecule that shares a Bemis-Murcko scaffold with any held-out molecule (its row's side is
+    `excluded`): each endpoint's split holds out whole scaffolds, and another task's label must
+    not bring a held-out scaffold back into training.
     """
     if len(set(endpoints)) != len(endpoints) or len(endpoints) < 2:
         raise ValueError("multi-task fine-tuning needs at least two different endpoints")
@@ -67,10 +70,23 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     held_out = ((sides == "valid") | (sides == "test")).any(axis=1)
     split = ["test" if (sides[i] == "test").any() else "valid" if held_out[i] else "train"
              for i in range(n)]
+    split = exclude_held_out_scaffolds(list(row_of), split)
     kinds = [fasts[e].manifest["task"] for e in endpoints]
     data = FineTuneData(list(row_of), labels, split, "multitask", task_names=list(endpoints),
                         task_kinds=kinds, label_split=sides)
     return data, fasts
+
+
+def exclude_held_out_scaffolds(smiles: list[str], split: list[str]) -> list[str]:
+    """`split` with every training row whose Bemis-Murcko scaffold is also a held-out (valid or
+    test) row's marked `excluded`: not trained on, not scored."""
+    from molserve.chem.molecules import parse_smiles
+    from molserve.data.splits import murcko_scaffold
+
+    scaffolds = [murcko_scaffold(parse_smiles(s).mol) for s in smiles]
+    held = {scaffolds[i] for i, side in enumerate(split) if side in ("valid", "test")}
+    return ["excluded" if side == "train" and scaffolds[i] in held else side
+            for i, side in enumerate(split)]
 
 
 def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -> dict[str, Any]:
@@ -192,6 +208,8 @@ def finetune_endpoints(
                             description="multi-task transformer for " + ", ".join(endpoints),
                             rows={"molecules": len(data.smiles),
                                   "training_molecules": int(sum(s == "train" for s in data.split)),
+                                  "excluded_sharing_a_held_out_scaffold":
+                                      int(sum(s == "excluded" for s in data.split)),
                                   "training_labels": summary["training_labels"],
                                   "labels": int(np.sum(~np.isnan(y)))})
         else:

@@ -59,3 +59,15 @@ def test_a_molecule_beyond_the_token_limit_is_refused_with_its_reason(tmp_path):
 def test_a_molecule_at_the_limit_is_answered(tmp_path):
     model, _ = _model(tmp_path, max_length=43)
     assert "value" in model.predict([LONG])[0]
+
+
+def test_a_transformer_classifier_claims_no_interval_and_says_so(tmp_path):
+    model, _ = _model(tmp_path)
+    model.artifact.manifest.update(task="classification", label_names=["BBB-", "BBB+"])
+    model.heads = [{"endpoint": "logbb", "task": "classification", "output": 0,
+                    "activation": "sigmoid"}]
+    answer = model.predict(["CCO"])[0]
+    assert "value" in answer and "uncertainty" not in answer
+    assert answer["provenance"]["uncertainty"].startswith("none")
+    parsed = Answer.from_json(answer)
+    assert parsed.uncertainty is None

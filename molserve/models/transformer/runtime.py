@@ -20,7 +20,9 @@ from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-TOO_LONG = "too_long_for_model"  # the error code of a molecule beyond the model's token limit
+TOO_LONG = "too_long_for_model"
+NO_INTERVAL = ("none: one fine-tuned model's class probability, without an ensemble or a calibrated "
+               "interval")  # the error code of a molecule beyond the model's token limit
 
 
 def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
@@ -220,8 +222,8 @@ class TransformerModel:
             if manifest["task"] == "classification":
                 names = manifest.get("label_names") or ["negative", "positive"]
                 answer["label"] = names[1] if value >= 0.5 else names[0]
-                answer["uncertainty"] = {"interval": [round(value, 4), round(value, 4)],
-                                         "method": calibration["method"]}
+                # One fine-tuned model's probability: no interval is claimed ([p, p] would read as
+                # certainty). The provenance says so.
             else:
                 q = calibration["quantile"]
                 answer["uncertainty"] = {"interval": [round(value - q, 4), round(value + q, 4)],
@@ -229,7 +231,8 @@ class TransformerModel:
                                          "method": calibration["method"]}
             answer["applicability_domain"] = domain_answer(*self.domain_of(endpoint),
                                                            bits[slot], threshold)
-            answer["provenance"] = provenance
+            answer["provenance"] = ({**provenance, "uncertainty": NO_INTERVAL}
+                                    if manifest["task"] == "classification" else provenance)
             answers[row] = answer
         return answers
 

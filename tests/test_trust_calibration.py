@@ -150,3 +150,18 @@ def test_a_classifiers_calibrated_probabilities_are_served_as_evaluated(tmp_path
     answers = model.answers(model.forest.raw_scores(features.matrix), similarity, [None] * 25)
     served = np.array([a.value for a in answers])
     assert np.abs(served - result["test_predictions"][:25]).max() < 1e-4
+
+
+def test_the_manifest_says_how_each_threshold_was_computed_and_on_which_molecules(
+        solubility, tmp_path, monkeypatch):
+    seen = {"selection": []}
+    artifact, _ = _train(solubility, tmp_path, monkeypatch, seen)
+    uncertainty = artifact.manifest["uncertainty"]
+    assert uncertainty["calibration_set"]["molecules"] == len(seen["calibration"])
+    assert "kept out of model selection" in uncertainty["method"]
+    assert set(uncertainty["test_coverage"]) == {"0.8", "0.9", "0.95"}
+    domain = artifact.manifest["applicability_domain"]
+    assert domain["computed_on"]["molecules"] == len(seen["sides"].fit)
+    assert abs(domain["computed_on"]["similarity_quantiles"]["0.05"] - domain["threshold"]) < 1e-4
+    assert domain["test"]["molecules"] == len(seen["sides"].test)
+    assert 0.0 <= domain["test"]["in_domain_fraction"] <= 1.0

@@ -659,12 +659,28 @@ def fit_and_evaluate(
                        if task == "classification" else
                        "value per member" + (" in log10 space" if transform.kind == "log10" else "")),
         },
-        "uncertainty": calibration,
+        "uncertainty": {**calibration,
+                        **({"test_coverage": metrics["test"]["interval_coverage_by_level"]}
+                           if task == "regression" else
+                           {"test_ece": metrics["test"]["ece"],
+                            "test_ece_uncalibrated": metrics["test"]["ece_uncalibrated"]})},
         "applicability_domain": {
             "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training molecules",
             "threshold": ad_threshold,
             "threshold_rule": "5th percentile of out-of-fold molecules' max similarity to their "
                               "member's training molecules",
+            "computed_on": {
+                "molecules": int(len(fit)),
+                "which": "every fitted molecule, each against the training molecules of the "
+                         "ensemble member that did not see it (scaffold folds)",
+                "similarity_quantiles": {str(q): round(float(np.quantile(oof_similarity[fit], q)), 4)
+                                         for q in (0.05, 0.25, 0.5, 0.75)},
+            },
+            "index": f"the {len(fit)} fitted molecules (train_smiles.txt)",
+            "test": {"molecules": int(len(in_domain)),
+                     "in_domain_fraction": round(float(in_domain.mean()), 4) if len(in_domain) else None,
+                     "median_similarity": round(float(np.median(test_similarity)), 4)
+                     if len(test_similarity) else None},
         },
         "metrics": metrics,
         "test_predictions": parity,

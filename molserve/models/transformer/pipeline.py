@@ -28,6 +28,7 @@ from molserve.models.transformer.modeling import (
     decode_logits,
     export_onnx,
     finetune,
+    onnx_logits,
     predict_logits,
 )
 from molserve.registry.store import Artifact, Registry
@@ -116,6 +117,17 @@ def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -
     }
 
 
+def by_backend(kind: str, y: np.ndarray, sides: np.ndarray,
+               served: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """backend -> the test metrics and calibration of the values that backend serves."""
+    out = {}
+    for backend, values in served.items():
+        evaluation = _evaluate(kind, y, sides, values)
+        out[backend] = {"metrics": evaluation["metrics"]["test"],
+                        "uncertainty": evaluation["uncertainty"]}
+    return out
+
+
 def finetune_endpoint(registry: Registry, endpoint: str, **options: Any) -> Artifact:
     """Fine-tune on one endpoint: `finetune_endpoints` with one endpoint (same options)."""
     return finetune_endpoints(registry, [endpoint], **options)
@@ -165,10 +177,24 @@ def finetune_endpoints(
         values = decode_logits(predict_logits(model, tokenizer, data.smiles, summary["device"],
                                               max_length=summary["max_length"]), summary["heads"])
         y, sides, kinds = data.matrix()
+        # Each way the model can be served is evaluated and calibrated as served: the exported
+        # ONNX files (int8 weights give slightly different numbers than torch fp32).
+        served: dict[str, np.ndarray] = {"torch": values}
+        onnx_files: dict[str, Path] = {}
+        if export:
+            onnx_files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
+            onnx_files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx",
+                                                        quantize=True)
+            for backend, filename in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+                served[backend] = decode_logits(onnx_logits(
+                    onnx_files[filename], tokenizer, data.smiles,
+                    max_length=summary["max_length"]), summary["heads"])
         tasks: dict[str, dict[str, Any]] = {}
         for column, endpoint in enumerate(endpoints):
             fast = fasts[endpoint]
             evaluation = _evaluate(kinds[column], y[:, column], sides[:, column], values[:, column])
+            evaluation["by_backend"] = by_backend(kinds[column], y[:, column], sides[:, column],
+                                                  {b: v[:, column] for b, v in served.items()})
             evaluation["metrics"]["fast_model_test"] = fast.manifest["metrics"]["test"]
             tasks[endpoint] = {
                 "task": kinds[column], "units": fast.manifest["units"],
@@ -181,9 +207,7 @@ def finetune_endpoints(
                 **evaluation,
             }
         files: dict[str, Any] = {p.name: p for p in model_dir.iterdir() if p.is_file()}
-        if export:
-            files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
-            files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx", quantize=True)
+        files.update(onnx_files)
         domain_files, domain = domain_index_files(data.smiles, data.split)
         files.update(domain_files)
         if multitask:  # each task's own domain: its own training molecules, its own threshold
@@ -218,7 +242,8 @@ def finetune_endpoints(
             manifest.update(task=only["task"], units=only["units"], description=only["description"],
                             label_names=only["label_names"], dataset=only["dataset"],
                             split=only["split"], uncertainty=only["uncertainty"],
-                            metrics=only["metrics"], test_predictions=only["test_predictions"])
+                            metrics=only["metrics"], test_predictions=only["test_predictions"],
+                            by_backend=only["by_backend"])
         manifest.update(extra_manifest or {})
         artifact = registry.write(name, files, manifest)
     return artifact

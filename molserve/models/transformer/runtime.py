@@ -35,6 +35,12 @@ def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
     return {**manifest, **manifest["tasks"][endpoint]}
 
 
+def served_section(manifest: dict[str, Any], backend: str) -> dict[str, Any]:
+    """What the manifest records for the values `backend` serves (metrics, uncertainty), or {}
+    for artifacts evaluated with torch only."""
+    return (manifest.get("by_backend") or {}).get(backend) or {}
+
+
 def heads_of(manifest: dict[str, Any], endpoint: str) -> list[dict[str, Any]]:
     """The head description of a model; artifacts written before heads were recorded are one
     output (regression) or a two-logit softmax (classification)."""
@@ -205,7 +211,7 @@ class TransformerModel:
         values = self.outputs([smiles[i] for i in valid])[:, column] if valid else np.zeros(0)
         bits = featurize([parsed[i].mol for i in valid], FeatureSpec()).on_bits if valid else []
         threshold = float(manifest["applicability_domain"]["threshold"])
-        calibration = manifest["uncertainty"]
+        calibration = served_section(manifest, self.backend).get("uncertainty") or manifest["uncertainty"]
         units = manifest["units"]
         provenance = self.provenance()
         answers: list[dict[str, Any]] = [
@@ -267,6 +273,11 @@ class EndpointModel:
 
     def provenance(self) -> dict[str, Any]:
         return self.model.provenance()
+
+    def served_metrics(self) -> dict[str, Any]:
+        """Test metrics of the values this backend serves (torch's when no other was recorded):
+        what routing compares."""
+        return served_section(self.manifest, self.backend).get("metrics") or self.info.metrics.test
 
     def predict(self, smiles: list[str]) -> list[dict[str, Any]]:
         return self.model.predict(smiles, self.endpoint)

@@ -28,3 +28,21 @@ def test_a_training_molecule_sharing_a_held_out_scaffold_is_excluded_for_every_t
     y, sides, _ = data.matrix()
     row = data.smiles.index("Nc1ccccc1")
     assert sides[row, 1] == "train" and sides[row, 0] == ""
+
+
+def test_half_the_validation_scaffolds_are_set_aside_for_calibration():
+    from molserve.chem.molecules import parse_smiles
+    from molserve.data.splits import murcko_scaffold
+    from molserve.models.transformer.pipeline import set_aside_calibration
+
+    smiles = [f"C1{'C' * (1 + i % 6)}C1" + "C" * (i // 6) + "O" for i in range(60)]
+    sides = ["valid" if i % 2 else "train" for i in range(60)]
+    out = set_aside_calibration(smiles, sides)
+    calibration = [i for i, s in enumerate(out) if s == "calibration"]
+    stopping = [i for i, s in enumerate(out) if s == "valid"]
+    assert len(calibration) >= 10 and len(stopping) >= 10
+    assert [s for s in out if s == "train"] == [s for s in sides if s == "train"]
+    scaffold = {i: murcko_scaffold(parse_smiles(smiles[i]).mol) for i in range(60)}
+    assert not {scaffold[i] for i in calibration} & {scaffold[i] for i in stopping}
+    # Too few validation molecules: nothing is set aside.
+    assert set_aside_calibration(smiles[:20], sides[:20]) == sides[:20]

@@ -6,14 +6,14 @@ import numpy as np
 
 from molserve.registry.store import Registry
 
-SMILES = ["C" * (1 + i % 7) + "O" * (i % 3) + ("N" if i % 2 else "") + ("c1ccccc1" if i % 5 == 0 else "")
-          for i in range(60)]
+# Rings of 3 to 8 carbons with chains and heteroatoms: several scaffolds, no duplicates.
+SMILES = [f"C1{'C' * (1 + i % 6)}C1" + "C" * (i // 6) + ("O" if i % 2 else "N") for i in range(132)]
 
 
 def _fast(registry):
     rows = ["canonical_smiles,label,split"]
     for i, s in enumerate(SMILES):
-        side = "test" if i % 6 == 0 else "valid" if i % 6 == 1 else "train"
+        side = "test" if i % 6 == 0 else "valid" if i % 12 in (1, 2) else "train"
         rows.append(f"{s},{0.1 * len(s) + 0.05 * (i % 4):.3f},{side}")
     return registry.write("toy", {"data.csv": ("\n".join(rows) + "\n").encode()}, {
         "kind": "gbm", "task": "regression", "units": "u", "description": "toy",
@@ -33,8 +33,12 @@ def test_each_backend_is_scored_and_calibrated_as_it_serves(tmp_path):
     assert set(recorded) == {"torch", "onnx", "onnx-int8"}
     assert recorded["torch"]["metrics"] == artifact.manifest["metrics"]["test"]
     for backend in recorded:
-        assert recorded[backend]["metrics"]["n"] == 10
+        assert recorded[backend]["metrics"]["n"] == 22
         assert recorded[backend]["uncertainty"]["quantile"] > 0
+    # Intervals are calibrated on validation molecules that did not choose the epoch count.
+    calibration = artifact.manifest["uncertainty"]
+    assert calibration["method"].startswith("split conformal on calibration molecules")
+    assert 10 <= calibration["calibration_molecules"] < 22
     int8 = TransformerModel.load(artifact, backend="onnx-int8").for_endpoint("toy")
     assert int8.served_metrics() == recorded["onnx-int8"]["metrics"]
     answer = int8.predict([SMILES[0]])[0]

@@ -40,6 +40,7 @@ def data_from_fast_model(registry: Registry, endpoint: str) -> tuple[FineTuneDat
     """The curated rows and split recorded by the endpoint's newest fast model."""
     fast = fast_model(registry, endpoint)
     smiles, labels, split = read_fast_rows(fast)
+    split = set_aside_calibration(smiles, split)
     return FineTuneData(smiles, np.array(labels), split, fast.manifest["task"]), fast
 
 
@@ -72,10 +73,35 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     split = ["test" if (sides[i] == "test").any() else "valid" if held_out[i] else "train"
              for i in range(n)]
     split = exclude_held_out_scaffolds(list(row_of), split)
+    for column in range(width):  # after the row sides: calibration labels stay held out
+        sides[:, column] = set_aside_calibration(list(row_of), list(sides[:, column]))
     kinds = [fasts[e].manifest["task"] for e in endpoints]
     data = FineTuneData(list(row_of), labels, split, "multitask", task_names=list(endpoints),
                         task_kinds=kinds, label_split=sides)
     return data, fasts
+
+
+MIN_CALIBRATION = 10
+
+
+def set_aside_calibration(smiles: list[str], sides: list[str], seed: int = 0) -> list[str]:
+    """`sides` with about half of the validation molecules (whole scaffold groups) marked
+    `calibration`: neither trained on nor used to stop training (the epoch count is chosen on the
+    other half), so the intervals calibrated on them are not tuned to the molecules that chose
+    the model. With fewer than 2 * MIN_CALIBRATION validation molecules nothing is set aside."""
+    from molserve.chem.molecules import parse_smiles
+    from molserve.data.splits import scaffold_folds
+
+    valid = [i for i, side in enumerate(sides) if side == "valid"]
+    if len(valid) < 2 * MIN_CALIBRATION:
+        return list(sides)
+    halves = scaffold_folds([parse_smiles(smiles[i]).mol for i in valid], 2, seed=seed)
+    if min(len(h) for h in halves) < MIN_CALIBRATION:  # one scaffold holds most of them
+        return list(sides)
+    out = list(sides)
+    for position in halves[0]:
+        out[valid[position]] = "calibration"
+    return out
 
 
 def exclude_held_out_scaffolds(smiles: list[str], split: list[str]) -> list[str]:
@@ -91,18 +117,25 @@ def exclude_held_out_scaffolds(smiles: list[str], split: list[str]) -> list[str]
 
 
 def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -> dict[str, Any]:
-    """Metrics on the test side, calibration on the validation side, for one endpoint."""
+    """Metrics on the test side; calibration on the calibration side (validation molecules that
+    did not choose the epoch count), or on the validation side for models without one."""
     va, te = np.flatnonzero(sides == "valid"), np.flatnonzero(sides == "test")
+    ca = np.flatnonzero(sides == "calibration")
+    on = ca if len(ca) else va
     if kind == "regression":
-        residual = np.abs(y[va] - values[va])
-        level = min(1.0, math.ceil((len(va) + 1) * CONFIDENCE) / len(va))
+        residual = np.abs(y[on] - values[on])
+        level = min(1.0, math.ceil((len(on) + 1) * CONFIDENCE) / len(on))
         q = float(np.quantile(residual, level))
         test = M.regression_metrics(y[te], values[te])
         test["interval_coverage"] = float(np.mean(np.abs(y[te] - values[te]) <= q))
         test["interval_mean_width"] = 2 * q
         return {
-            "uncertainty": {"method": "split conformal on the validation split (constant width)",
-                            "quantile": q, "confidence": CONFIDENCE},
+            "uncertainty": {"method": ("split conformal on calibration molecules (half the "
+                                       "validation scaffolds, not used to choose the epoch count)"
+                                       if len(ca) else "split conformal on the validation split "
+                                       "(too few molecules to set some apart)") + ", constant width",
+                            "quantile": q, "confidence": CONFIDENCE,
+                            "calibration_molecules": int(len(on))},
             "metrics": {"test": test, "valid": M.regression_metrics(y[va], values[va]),
                         "primary": "rmse"},
             "test_predictions": {"measured": y[te].round(4).tolist(),

@@ -2,6 +2,8 @@
 gets an error with the code `too_long_for_model` (so the gateway answers it from another tier),
 and the model never sees it."""
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from molserve.answers import Answer
@@ -71,3 +73,32 @@ def test_a_transformer_classifier_claims_no_interval_and_says_so(tmp_path):
     assert answer["provenance"]["uncertainty"].startswith("none")
     parsed = Answer.from_json(answer)
     assert parsed.uncertainty is None
+
+
+def test_the_gateway_answers_a_refused_molecule_from_the_fast_tier_with_the_workers_reason(tmp_path):
+    import asyncio
+
+    from molserve.answers import Provenance
+    from molserve.prediction.router import Router
+    from molserve.registry.store import Registry
+
+    router = Router(Registry(tmp_path))
+    remote = Provenance("logbb/transformer", 1, "transformer")
+    fast = Provenance("logbb/gbm", 1, "fast")
+
+    async def remote_timed(_remote, batch, name, deadline, request_id):
+        return [Answer(remote, 0.5), Answer(Provenance("logbb/transformer", 1, "transformer",
+                                                       {"error_code": TOO_LONG}), error="too long"),
+                Answer(Provenance("logbb/transformer", 1, "transformer"), error="other failure")]
+
+    router.resolve_endpoints = lambda endpoints: ["logbb"]
+    router.plan = lambda names, tier: {"logbb": "transformer"}
+    router.remotes = {"transformer": SimpleNamespace(settings=SimpleNamespace(timeout_s=1.0))}
+    router._remote_timed = remote_timed
+    router._local_answers = lambda batch, names: {
+        "logbb": [Answer(fast, 0.1 * (i + 1)) for i in range(len(batch.canonical_smiles))]}
+    body = asyncio.run(router.predict(["CCO", LONG, "CCN"], ["logbb"]))
+    answers = [r["predictions"]["logbb"] for r in body["results"]]
+    assert answers[0].provenance.tier == "transformer" and not answers[0].provenance.degraded
+    assert answers[1].provenance.tier == "fast" and answers[1].provenance.degraded_reason == TOO_LONG
+    assert answers[2].provenance.degraded_reason == "worker_error"

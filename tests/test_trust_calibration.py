@@ -136,7 +136,8 @@ def test_a_classifiers_calibrated_probabilities_are_served_as_evaluated(tmp_path
                                           profile="quick", seed=1, threads=1,
                                           registry=Registry(tmp_path))
     platt = artifact.manifest["uncertainty"]["probability_calibration"]
-    calibration_size = artifact.manifest['split']['sizes']['calibration (part of train, kept out of selection)']
+    sizes = artifact.manifest["split"]["sizes"]
+    calibration_size = sizes["calibration (part of train, kept out of selection)"]
     assert platt["fitted_on"].startswith(f"{calibration_size} ")
     assert not platt["applied"] and calibration_size < 200  # too few to decide on
     test_metrics = artifact.manifest["metrics"]["test"]

@@ -109,8 +109,12 @@ def test_platt_scaling_recovers_a_known_miscalibration():
     y = (rng.random(4000) < truth).astype(float)
     a, b = G.fit_platt(margin, y)
     assert abs(a - 0.5) < 0.08 and abs(b + 0.3) < 0.1
-    chosen = G.choose_probability_calibration(margin, y, seed=0)
+    chosen = G.choose_probability_calibration(margin, y, seed=0, apply=True)
     assert chosen["applied"]
+    # Off by default (measured on TDC): the fitted map and the evidence are still recorded.
+    default = G.choose_probability_calibration(margin, y, seed=0)
+    assert not default["applied"] and abs(default["a_fitted"] - chosen["a"]) < 1e-12
+    assert default["cross_fitted_log_loss"] == chosen["cross_fitted_log_loss"]
     # Too few calibration molecules to decide: left alone, and the reason recorded.
     record = G.choose_probability_calibration(margin[:60], y[:60], seed=0)
     assert not record["applied"] and "fewer than 200" in record["reason"]
@@ -126,11 +130,16 @@ def test_expected_calibration_error_sees_overconfidence():
     assert curve == {"predicted": [0.9], "observed": [0.5], "count": [100]}
 
 
-def test_a_classifiers_calibrated_probabilities_are_served_as_evaluated(tmp_path):
+@pytest.mark.parametrize("scaled", [False, True])
+def test_a_classifiers_calibrated_probabilities_are_served_as_evaluated(tmp_path, monkeypatch, scaled):
     from molserve.chem.features import featurize
     from molserve.data import tdc
     from molserve.models.gbm_train import _parse_rows
 
+    if scaled:  # the served path of a model whose margins are Platt-scaled
+        monkeypatch.setattr(G, "choose_probability_calibration", lambda raw, y, seed: {
+            "method": "Platt", "fitted_on": f"{len(y)} test double", "applied": True,
+            "a": 0.7, "b": 0.1})
     train_val, test = tdc.load("dili")
     artifact, result = G.fit_and_evaluate(train_val, "dili", test=test, split="tdc-scaffold",
                                           profile="quick", seed=1, threads=1,
@@ -139,7 +148,9 @@ def test_a_classifiers_calibrated_probabilities_are_served_as_evaluated(tmp_path
     sizes = artifact.manifest["split"]["sizes"]
     calibration_size = sizes["calibration (part of train, kept out of selection)"]
     assert platt["fitted_on"].startswith(f"{calibration_size} ")
-    assert not platt["applied"] and calibration_size < 200  # too few to decide on
+    assert platt["applied"] == scaled
+    if not scaled:
+        assert calibration_size < 200  # too few to decide on
     test_metrics = artifact.manifest["metrics"]["test"]
     assert 0 <= test_metrics["ece"] <= 1 and 0 <= test_metrics["ece_uncalibrated"] <= 1
     if not platt["applied"]:

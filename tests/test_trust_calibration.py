@@ -177,3 +177,21 @@ def test_the_manifest_says_how_each_threshold_was_computed_and_on_which_molecule
     assert abs(domain["computed_on"]["similarity_quantiles"]["0.05"] - domain["threshold"]) < 1e-4
     assert domain["test"]["molecules"] == len(seen["sides"].test)
     assert 0.0 <= domain["test"]["in_domain_fraction"] <= 1.0
+
+
+def test_no_scaffold_group_dominates_the_calibration_set(solubility):
+    """A giant group (here the acyclic molecules) once made up the whole calibration set; its
+    small residuals gave intervals that covered 65% of the test set at 90%."""
+    from collections import Counter
+
+    from molserve.data.curation import curate
+    from molserve.data.splits import murcko_scaffold
+
+    curated = curate(solubility)
+    sides = G._choose_sides(solubility, curated, split="scaffold", seed=0, split_labels=None,
+                            has_test=False)
+    calibration = G.calibration_molecules(curated.mols, sides.train, 0)
+    assert 0.15 * len(sides.train) <= len(calibration) <= 0.2 * len(sides.train)
+    groups = Counter(murcko_scaffold(curated.mols[i]) for i in calibration)
+    assert max(groups.values()) <= len(calibration) / 2
+    assert len(groups) >= 10

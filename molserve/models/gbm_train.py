@@ -139,13 +139,30 @@ CALIBRATION_SHARE = 5  # one scaffold fold in this many of the train side calibr
 
 
 def calibration_molecules(mols: Sequence, train: np.ndarray, seed: int) -> np.ndarray:
-    """Indices (into `mols`) of the calibration set: one of `CALIBRATION_SHARE` scaffold folds of
-    the selection's train side. They are left out of model selection, so their out-of-fold
-    errors are as unbiased an estimate of a new molecule's as the test set's."""
+    """Indices (into `mols`) of the calibration set: a `1 / CALIBRATION_SHARE` share of the
+    selection's train side, in whole Bemis-Murcko scaffold groups. They are left out of model
+    selection, so their out-of-fold errors are as unbiased an estimate of a new molecule's as the
+    test set's. Groups bigger than half the set never go to it (as a scaffold split fills its
+    test side from the smaller groups): otherwise one giant group (acyclic molecules, benzenes)
+    can be the whole calibration set, and its easy residuals make intervals too narrow."""
+    import random
+    from collections import defaultdict
+
+    from molserve.data.splits import murcko_scaffold
+
     if len(train) < 2 * CALIBRATION_SHARE:
         return np.zeros(0, dtype=np.int64)
-    folds = scaffold_folds([mols[i] for i in train], CALIBRATION_SHARE, seed=seed + 1000)
-    return np.sort(train[np.array(folds[0], dtype=np.int64)])
+    target = len(train) / CALIBRATION_SHARE
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i in train.tolist():
+        groups[murcko_scaffold(mols[i])].append(i)
+    small = [g for g in groups.values() if len(g) <= target / 2]
+    random.Random(seed + 1000).shuffle(small)
+    chosen: list[int] = []
+    for group in small:
+        if len(chosen) + len(group) <= target:
+            chosen.extend(group)
+    return np.array(sorted(chosen), dtype=np.int64)
 
 
 def conformal_quantile(scores: np.ndarray, confidence: float) -> float:
@@ -530,8 +547,9 @@ def fit_and_evaluate(
             "space": "log10" if transform.kind == "log10" else "value",
             "calibration_set": {
                 "molecules": int(len(calib)) if len(calib) else int(len(fit)),
-                "rule": (f"one of {CALIBRATION_SHARE} scaffold folds of the selection's train side "
-                         f"(seed {seed + 1000}); not used to choose the recipe or the rounds")
+                "rule": (f"whole scaffold groups of the selection's train side, each at most half "
+                         f"the set, shuffled (seed {seed + 1000}) up to 1/{CALIBRATION_SHARE} of it; "
+                         "not used to choose the recipe or the rounds")
                 if len(calib) else "every fitted molecule (too few to set some apart)",
                 "score": "|y - out-of-fold prediction| / (1 - max similarity to the member's "
                          "training molecules + gamma); gamma = median distance + 0.001",

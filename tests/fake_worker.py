@@ -1,7 +1,8 @@
 """A stand-in worker that misbehaves on request, for the gateway's resilience tests.
 
 It speaks the worker API (GET /v1/models, POST /v1/predict) and switches behaviour through
-POST /control {"mode": "ok" | "hang" | "slow" | "error500" | "garbage" | "overloaded"}.
+POST /control {"mode": "ok" | "hang" | "slow" | "error500" | "garbage" | "overloaded"}, and
+optionally "evidence" (the split its model lists as tested on).
 Run: python -m tests.fake_worker --port P
 """
 
@@ -22,7 +23,10 @@ MODEL = {"endpoint": "logbb", "model_id": "logbb/transformer", "version": 99, "t
 
 @app.post("/control")
 async def control(request: Request):
-    state["mode"] = (await request.json())["mode"]
+    body = await request.json()
+    state["mode"] = body["mode"]
+    if "evidence" in body:
+        MODEL["evidence"] = body["evidence"]
     return {"mode": state["mode"]}
 
 

@@ -1,4 +1,4 @@
-"""Train/validation/test splits: random and Bemis-Murcko scaffold.
+"""Train/validation/test splits: random, Bemis-Murcko scaffold, and by time.
 
 A split is a list of three index lists, stored with every model so its metrics can be
 reproduced.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rdkit import Chem
 from rdkit.Chem.Scaffolds import MurckoScaffold
@@ -105,6 +106,40 @@ def tdc_scaffold_split(smiles: Sequence[str], seed: int,
         (big if len(group) > valid_size / 2 or len(group) > test_size / 2 else small).append(group)
     return _fill(big, small, seed, train_size, valid_size,
                  overflow="valid" if fractions[2] == 0 else "test")
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Sides by year, and how many rows had no year (all of them trained on)."""
+
+    labels: list[str]  # "train", "valid" or "test" per row
+    unknown_year: int
+
+    def report(self) -> dict:
+        return {"method": "time: the newest dated rows are held out",
+                "rows_without_year": self.unknown_year,
+                "rows_without_year_placed": "train (a row of unknown date cannot be shown to be "
+                                            "newer than the training data)"}
+
+
+def time_split(years: Sequence[int | None], sizes: Sequence[float] = (0.8, 0.1, 0.1)) -> TimeSplit | None:
+    """The newest dated rows are the test set (`sizes[2]` of all rows), the next newest the
+    validation set (`sizes[1]`), the rest train; rows without a year are trained on, never held
+    out, and counted. None unless most rows (80%) have a year, from at least three years.
+
+    >>> time_split([2001, None, 2003, 2002, 2004, 2005, 2006, 2007, 2008, 2009], (0.6, 0.2, 0.2)).labels
+    ['train', 'train', 'train', 'train', 'train', 'train', 'valid', 'valid', 'test', 'test']
+    """
+    n = len(years)
+    known = [i for i, y in enumerate(years) if y is not None]
+    if len(known) < 0.8 * n or len({years[i] for i in known}) < 3:
+        return None
+    newest_first = sorted(known, key=lambda i: (years[i], i), reverse=True)
+    n_test, n_valid = round(sizes[2] * n), round(sizes[1] * n)
+    labels = ["train"] * n
+    for rank, i in enumerate(newest_first[: n_test + n_valid]):
+        labels[i] = "test" if rank < n_test else "valid"
+    return TimeSplit(labels, n - len(known))
 
 
 def scaffold_folds(mols: Sequence[Chem.Mol], k: int, seed: int = 0) -> list[list[int]]:

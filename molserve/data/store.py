@@ -15,24 +15,11 @@ from typing import Any
 import numpy as np
 
 from molserve.data.dataset import Dataset
-from molserve.data.splits import random_split, scaffold_split
+from molserve.data.splits import random_split, scaffold_split, time_split
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 COLUMNS = ["canonical_smiles", "label", "n_measurements", "spread", "noisy", "year",
            "split_scaffold", "split_random", "split_time"]
-
-
-def time_split(years: list[int | None], sizes=(0.8, 0.1, 0.1)) -> list[str] | None:
-    """Oldest 80% train, next 10% valid, newest 10% test; None unless most rows have a year."""
-    known = [i for i, y in enumerate(years) if y is not None]
-    if len(known) < 0.8 * len(years) or len(set(years[i] for i in known)) < 3:
-        return None
-    order = sorted(range(len(years)), key=lambda i: (years[i] is None, years[i] or 0, i))
-    n_train, n_valid = round(sizes[0] * len(order)), round(sizes[1] * len(order))
-    labels = [""] * len(order)
-    for rank, i in enumerate(order):
-        labels[i] = "train" if rank < n_train else "valid" if rank < n_train + n_valid else "test"
-    return labels
 
 
 def _split_labels(split: dict[str, list[int]], n: int) -> list[str]:
@@ -67,7 +54,7 @@ class DatasetStore:
         writer.writeheader()
         for i, row in enumerate(rows):
             writer.writerow({**row, "split_scaffold": scaffold[i], "split_random": random[i],
-                             "split_time": timed[i] if timed else "",
+                             "split_time": timed.labels[i] if timed else "",
                              "year": row.get("year") or "", "noisy": int(bool(row.get("noisy")))})
         labels = np.array([r["label"] for r in rows], dtype=float)
         distribution = ({"positive_fraction": float(labels.mean())} if task == "classification" else
@@ -80,6 +67,7 @@ class DatasetStore:
             "description": description, "source": source, "licence": licence, "rows": len(rows),
             "label_distribution": distribution, "curation": curation,
             "splits": ["scaffold", "random"] + (["time"] if timed else []), "split_seed": seed,
+            **({"time_split": timed.report()} if timed else {}),
             **(extra or {}),
         }
         return self.registry.write(name, {"data.csv": buffer.getvalue().encode()}, manifest)

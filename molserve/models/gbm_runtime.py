@@ -18,6 +18,7 @@ import numpy as np
 from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
+from molserve.errors import InvalidInput
 from molserve.models.trees import Forest, TreeEnsemble
 from molserve.registry.manifest import Manifest
 from molserve.registry.store import Artifact, ArtifactError
@@ -194,11 +195,33 @@ class FastModel:
             "dataset": self.info.dataset.label() if self.info.dataset else None,
         }
 
+    def confidence_levels(self) -> list[float]:
+        """The interval confidences this model has calibrated thresholds for (regression)."""
+        calibration = self.manifest.get("uncertainty", {})
+        if "quantiles" in calibration:
+            return sorted(float(level) for level in calibration["quantiles"])
+        return [float(calibration["confidence"])] if calibration.get("confidence") else []
+
+    def _quantile(self, confidence: float | None) -> tuple[float, float | None]:
+        """The stored conformal quantile for `confidence` (None: the model's default level)."""
+        calibration = self.manifest["uncertainty"]
+        if confidence is None:
+            return calibration["quantile"], calibration.get("confidence")
+        for level, quantile in calibration.get("quantiles", {}).items():
+            if abs(float(level) - confidence) < 1e-9:
+                return float(quantile), float(level)
+        if calibration.get("confidence") is not None and abs(calibration["confidence"] - confidence) < 1e-9:
+            return calibration["quantile"], calibration["confidence"]
+        levels = ", ".join(f"{c:g}" for c in self.confidence_levels()) or "none"
+        raise InvalidInput(f"{self.endpoint} v{self.artifact.version} has calibrated intervals at "
+                           f"confidence {levels}, not {confidence:g}")
+
     def answers(self, raw: np.ndarray, similarity: np.ndarray,
-                nearest: list[str | None]) -> list[Answer]:
+                nearest: list[str | None], confidence: float | None = None) -> list[Answer]:
         """One answer per row of `raw` (rows, members): value, uncertainty, applicability domain
         (max Tanimoto `similarity` to the training molecules, the `nearest` one's SMILES) and
-        provenance."""
+        provenance. `confidence` picks the regression interval's level among the calibrated
+        ones (`confidence_levels`; None: the model's default, 0.9); classifiers ignore it."""
         raw = np.asarray(raw, dtype=np.float64)
         if self._provenance is None:
             self._provenance = Provenance.from_json(self.provenance())
@@ -210,6 +233,9 @@ class FastModel:
         method = calibration["method"]
         domains = [Domain(round(s, 4), s >= threshold, shown_threshold, n)
                    for s, n in zip(similarity.tolist(), nearest, strict=True)]
+        platt = calibration.get("probability_calibration") or {}
+        if self.task == "classification" and platt.get("applied"):
+            raw = platt["a"] * raw + platt["b"]  # each member's margin, calibrated
         if raw.shape[0] <= _FEW_ROWS:
             stats = [_member_stats(row, self.task == "classification") for row in raw.tolist()]
         else:
@@ -225,12 +251,12 @@ class FastModel:
                     for (p, sd, lo, hi), domain in zip(stats, domains, strict=True)]
         mean = np.array([m for m, _, _, _ in stats])
         std = np.array([sd for _, sd, _, _ in stats])
+        quantile, confidence = self._quantile(confidence)
         if calibration.get("scale") == "distance":
-            half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
+            half = quantile * (1.0 - similarity + calibration["gamma"])
         else:  # models trained before distance scaling: scaled by the members' spread
-            half = calibration["quantile"] * (std + calibration["stabilizer"])
+            half = quantile * (std + calibration["stabilizer"])
         low, value, high = (self.transform.inverse(v).tolist() for v in (mean - half, mean, mean + half))
-        confidence = calibration.get("confidence")
         space = (f"std of the members in {self.transform.kind} space"
                  if self.transform.kind != "identity" else None)
         return [Answer(provenance, _round(v), units,

@@ -63,3 +63,34 @@ def domain_index_files(smiles: list[str], split: list[str]) -> tuple[dict[str, A
         "threshold_rule": "5th percentile of validation molecules' max similarity",
     }
     return files, domain
+
+
+def task_domain_files(smiles: list[str], split: list[str], sides: np.ndarray,
+                      endpoints: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A multi-task model's applicability domain, one per task: each endpoint's similarity index
+    holds only the molecules trained on with that endpoint's label (`sides[:, j] == "train"` and
+    trained on at all, `split[i] == "train"`), and its threshold comes from that endpoint's own
+    validation molecules. A query near another task's molecules only is out of this task's domain.
+
+    Returns (files named `ad_index.<endpoint>.safetensors` and `train_smiles.<endpoint>.txt`,
+    endpoint -> its applicability_domain section)."""
+    files: dict[str, Any] = {}
+    domains: dict[str, dict[str, Any]] = {}
+    trained = np.array(split) == "train"
+    for column, endpoint in enumerate(endpoints):
+        own = np.where(trained & (sides[:, column] == "train"), "train",
+                       np.where(sides[:, column] == "valid", "valid", ""))
+        task_files, domain = domain_index_files(smiles, own.tolist())
+        index_name, smiles_name = f"ad_index.{endpoint}.safetensors", f"train_smiles.{endpoint}.txt"
+        files[index_name] = task_files["ad_index.safetensors"]
+        files[smiles_name] = task_files["train_smiles.txt"]
+        domains[endpoint] = {
+            **domain,
+            "method": f"max Tanimoto similarity (Morgan radius 2, 2048 bits) to the molecules "
+                      f"trained on with a {endpoint} label",
+            "threshold_rule": f"5th percentile of {endpoint}'s validation molecules' max similarity",
+            "molecules": int((own == "train").sum()),
+            "validation_molecules": int((own == "valid").sum()),
+            "files": {"index": index_name, "smiles": smiles_name},
+        }
+    return files, domains

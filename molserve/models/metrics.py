@@ -104,6 +104,7 @@ def classification_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[
         "accuracy": float(np.mean((p >= 0.5) == (y_true > 0.5))),
         "brier": float(np.mean((p - y_true) ** 2)),
         "log_loss": float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p))),
+        "ece": expected_calibration_error(y_true, p),
         "positive_fraction": float(y_true.mean()),
         "n": int(len(y_true)),
     }
@@ -118,3 +119,44 @@ def roc_curve(y_true: np.ndarray, score: np.ndarray, points: int = 50) -> dict[s
     fpr = np.concatenate([[0.0], np.cumsum(~hits) / max(1, (~hits).sum())])
     keep = np.unique(np.linspace(0, len(tpr) - 1, min(points, len(tpr))).astype(int))
     return {"fpr": fpr[keep].round(4).tolist(), "tpr": tpr[keep].round(4).tolist()}
+
+
+def reliability_curve(y_true: np.ndarray, probability: np.ndarray, bins: int = 10) -> dict[str, list]:
+    """Equal-width probability bins: each non-empty bin's mean predicted probability, observed
+    positive fraction and count (what a reliability diagram plots)."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(probability, dtype=np.float64)
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    predicted, observed, counts = [], [], []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            predicted.append(round(float(p[inside].mean()), 4))
+            observed.append(round(float(y_true[inside].mean()), 4))
+            counts.append(int(inside.sum()))
+    return {"predicted": predicted, "observed": observed, "count": counts}
+
+
+def expected_calibration_error(y_true: np.ndarray, probability: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the count-weighted mean gap between the mean predicted
+    probability and the observed positive fraction over equal-width bins.
+
+    >>> expected_calibration_error(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5]))
+    0.0
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(probability, dtype=np.float64)
+    if len(p) == 0:
+        return float("nan")
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.sum() * abs(p[inside].mean() - y_true[inside].mean())
+    return float(total / len(p))
+
+
+def interval_coverage(y_true: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """Share of `y_true` inside [low, high]."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    return float(np.mean((y_true >= low) & (y_true <= high))) if len(y_true) else float("nan")

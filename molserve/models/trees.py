@@ -14,21 +14,74 @@ from its tree's bitmask, and the leftmost leaf left standing is the exit leaf. T
 sequential over small arrays instead of a random walk over large ones: for the 45 bundled
 endpoints (about 40,000 trees) one molecule costs a few milliseconds instead of about 18, and the
 arrays take half the memory.
+
+Missing and zero values follow LightGBM's prediction exactly (`Tree::NumericalDecision` and the
+dense-row conversion before it): an input within 1e-35 of zero is read as zero; a split whose
+missing type is None sends NaN where zero would go; type Zero sends zero and NaN its default way;
+type NaN sends NaN its default way and compares zero like any value. Each node's missing type and
+default direction are stored beside its threshold (`missing`: type | default-left << 2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# LightGBM's kZeroThreshold (a float constant): its predictor drops dense inputs this close to
+# zero, so they reach the trees as exactly 0.
+ZERO_THRESHOLD = np.float32(1e-35)
+MISSING_TYPES = {"None": 0, "Zero": 1, "NaN": 2}
+DEFAULT_LEFT = 4
+
+
+def lightgbm_inputs(features: np.ndarray) -> np.ndarray:
+    """Features as float32 the way LightGBM's predictor reads them: |x| <= 1e-35 becomes 0."""
+    x = np.asarray(features, dtype=np.float32)
+    tiny = np.abs(x) <= ZERO_THRESHOLD
+    if tiny.any():
+        x = np.where(tiny, np.float32(0.0), x)
+    return x
+
+
+def split_goes_left(values: np.ndarray, threshold: np.ndarray, missing: np.ndarray,
+                    has_nan: bool, has_zero_rule: bool) -> np.ndarray:
+    """LightGBM's numerical decision for tested `values` (already through `lightgbm_inputs`) at
+    splits with `threshold` and `missing` codes (broadcast alike): True where the row goes left.
+
+    `has_nan` (the inputs hold a NaN) and `has_zero_rule` (a split of missing type Zero) let the
+    common case, neither, cost one comparison."""
+    left = values <= threshold
+    if not (has_nan or has_zero_rule):
+        return left
+    kind = missing & 3
+    default = (missing & DEFAULT_LEFT) != 0
+    if has_nan:
+        nan = np.isnan(values)
+        if nan.any():
+            # Type None reads NaN as 0; types Zero and NaN send it the default way.
+            nan_left = np.where(kind == 0, np.float32(0.0) <= threshold, default)
+            left = np.where(nan, nan_left, left)
+    if has_zero_rule:
+        left = np.where((kind == 1) & (values == 0), default, left)
+    return left
+
+
+def _missing_code(node: dict[str, Any]) -> int:
+    kind = node.get("missing_type", "None")
+    if kind not in MISSING_TYPES:
+        raise ValueError(f"unsupported LightGBM missing type {kind!r}")
+    return MISSING_TYPES[kind] | (DEFAULT_LEFT if node.get("default_left", False) else 0)
+
 
 def _float32_at_most(value: float) -> np.float32:
     """The largest float32 <= value: for float32 inputs, x <= value iff x <= this."""
-    rounded = np.float32(value)
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, then the largest float32
+        rounded = np.float32(value)
     if float(rounded) > value:
         rounded = np.nextafter(rounded, np.float32(-np.inf))
     return rounded
@@ -43,6 +96,18 @@ class TreeEnsemble:
     roots: np.ndarray  # int32 (trees,)
     membership: np.ndarray  # float64 (trees, members): one-hot tree -> member
     depth: int  # longest root-to-leaf path
+    # uint8 (nodes,): missing type | default-left << 2; None (older files): every split of type
+    # None, as trees trained with use_missing=False have.
+    missing: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.missing is None:
+            object.__setattr__(self, "missing", np.zeros(len(self.feature), dtype=np.uint8))
+
+    @cached_property
+    def has_zero_rule(self) -> bool:
+        assert self.missing is not None
+        return bool(np.any((self.missing & 3) == 1))
 
     @property
     def n_members(self) -> int:
@@ -59,6 +124,7 @@ class TreeEnsemble:
             "value": self.value, "roots": self.roots,
             "tree_member": np.argmax(self.membership, axis=1).astype(np.int32),
             "depth": np.array([self.depth], dtype=np.int32),
+            "missing": self.missing,
         }
 
     @classmethod
@@ -75,6 +141,7 @@ class TreeEnsemble:
             roots=arrays["roots"].astype(np.int32),
             membership=membership,
             depth=int(arrays["depth"][0]),
+            missing=arrays["missing"].astype(np.uint8) if "missing" in arrays else None,
         )
 
     def save(self, path: Path) -> None:
@@ -94,7 +161,7 @@ class TreeEnsemble:
 
         Rows go through in blocks so the (rows x trees) node table stays in cache.
         """
-        x = np.ascontiguousarray(features, dtype=np.float32)
+        x = np.ascontiguousarray(lightgbm_inputs(features))
         if x.shape[0] > block:
             return np.concatenate(
                 [self._raw_scores(x[i : i + block]) for i in range(0, x.shape[0], block)]
@@ -108,9 +175,11 @@ class TreeEnsemble:
         offsets = (np.arange(rows, dtype=index_type) * width)[:, None]
         node = np.broadcast_to(self.roots, (rows, self.n_trees)).copy()
         children = self.children.ravel()
-        feature, threshold = self.feature, self.threshold
+        feature, threshold, missing = self.feature, self.threshold, self.missing
+        has_nan, has_zero_rule = bool(np.isnan(flat).any()), self.has_zero_rule
         for _ in range(self.depth):
-            go_left = flat[offsets + feature[node]] <= threshold[node]
+            go_left = split_goes_left(flat[offsets + feature[node]], threshold[node], missing[node],
+                                      has_nan, has_zero_rule)
             node <<= 1
             node += go_left
             node = children[node]
@@ -118,8 +187,9 @@ class TreeEnsemble:
 
 
 def from_lightgbm(boosters: list[Any]) -> TreeEnsemble:
-    """Flatten LightGBM boosters (trained with use_missing=False) into one TreeEnsemble."""
+    """Flatten LightGBM boosters into one TreeEnsemble (numerical splits, any missing type)."""
     feature: list[int] = []
+    missing: list[int] = []
     threshold: list[np.float32] = []
     children: list[tuple[int, int]] = []
     value: list[float] = []
@@ -131,6 +201,7 @@ def from_lightgbm(boosters: list[Any]) -> TreeEnsemble:
         nonlocal deepest
         index = len(feature)
         feature.append(0)
+        missing.append(0)
         threshold.append(np.float32(np.inf))
         children.append((index, index))
         value.append(0.0)
@@ -140,8 +211,7 @@ def from_lightgbm(boosters: list[Any]) -> TreeEnsemble:
             return index
         if node.get("decision_type", "<=") != "<=":
             raise ValueError(f"unsupported LightGBM split {node.get('decision_type')!r}")
-        if node.get("missing_type", "None") not in ("None", "NaN"):
-            raise ValueError("train with use_missing=False so splits have no missing branch")
+        missing[index] = _missing_code(node)
         feature[index] = int(node["split_feature"])
         threshold[index] = _float32_at_most(float(node["threshold"]))
         left = visit(node["left_child"], depth + 1)
@@ -163,6 +233,7 @@ def from_lightgbm(boosters: list[Any]) -> TreeEnsemble:
         roots=np.array(roots, dtype=np.int32),
         membership=membership,
         depth=deepest,
+        missing=np.array(missing, dtype=np.uint8),
     )
 
 
@@ -229,6 +300,16 @@ class Forest:
     output_start: np.ndarray  # int64 (outputs,): first tree of each output
     tree_range: dict[str, tuple[int, int]]
     output_range: dict[str, tuple[int, int]]
+    missing: np.ndarray | None = None  # uint8 (splits,), as TreeEnsemble.missing; None: all 0
+
+    def __post_init__(self) -> None:
+        if self.missing is None:
+            object.__setattr__(self, "missing", np.zeros(len(self.feature), dtype=np.uint8))
+
+    @cached_property
+    def has_zero_rule(self) -> bool:
+        assert self.missing is not None
+        return bool(np.any((self.missing & 3) == 1))
 
     @property
     def n_trees(self) -> int:
@@ -237,7 +318,8 @@ class Forest:
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.feature, self.threshold, self.mask, self.tree_start,
-                                      self.leaf_start, self.leaf_value, self.output_start))
+                                      self.leaf_start, self.leaf_value, self.output_start,
+                                      self.missing))
 
     @classmethod
     def from_ensemble(cls, name: str, ensemble: TreeEnsemble) -> Forest:
@@ -268,6 +350,7 @@ class Forest:
             output_start=np.searchsorted(member, np.arange(ensemble.n_members)).astype(np.int64),
             tree_range={name: (0, n_trees)},
             output_range={name: (0, ensemble.n_members)},
+            missing=np.insert(ensemble.missing[internal], at, 0).astype(np.uint8),
         )
 
     @classmethod
@@ -306,6 +389,7 @@ class Forest:
             output_start=cat(output_start, np.int64),
             tree_range=tree_range,
             output_range=output_range,
+            missing=cat([f.missing for f, _ in parts], np.uint8),
         )
 
     def part(self, names: Sequence[str]) -> Forest:
@@ -324,6 +408,7 @@ class Forest:
                         if n in names},
             output_range={n: (a - first_out, b - first_out) for n, (a, b) in self.output_range.items()
                           if n in names},
+            missing=self.missing[splits],
         )
 
     def raw_scores(self, features: np.ndarray, budget: int = 1 << 17) -> np.ndarray:
@@ -334,7 +419,8 @@ class Forest:
         fit), so the temporaries stay around a megabyte: they are reused from the heap request
         after request instead of growing it, and they stay in cache.
         """
-        x = np.asarray(features, dtype=np.float32)
+        x = lightgbm_inputs(features)
+        has_nan = bool(np.isnan(x).any())
         rows, splits = x.shape[0], len(self.feature)
         out = np.empty((rows, len(self.output_start)), dtype=np.float64)
         if len(self.output_start) == 0 or rows == 0:
@@ -345,7 +431,7 @@ class Forest:
             rows_x = x[start : start + block]
             values = np.empty((rows_x.shape[0], self.n_trees), dtype=np.float64)
             for first, last in pieces:
-                values[:, first:last] = self._leaf_values(rows_x, first, last)
+                values[:, first:last] = self._leaf_values(rows_x, first, last, has_nan)
             out[start : start + block] = np.add.reduceat(values, self.output_start, axis=1)
         return out
 
@@ -355,12 +441,14 @@ class Forest:
         bounds = np.unique(np.concatenate([[0], cuts, [self.n_trees]]))
         return list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
-    def _leaf_values(self, x: np.ndarray, first: int, last: int) -> np.ndarray:
+    def _leaf_values(self, x: np.ndarray, first: int, last: int, has_nan: bool = False) -> np.ndarray:
         """(rows, last - first): the exit leaf's value of trees first..last-1."""
         begin, end = int(self.tree_start[first]), int(self.tree_start[last])
         mask = self.mask[begin:end]
         tested = np.take(x, self.feature[begin:end], axis=1)
-        true = tested <= self.threshold[begin:end]
+        assert self.missing is not None
+        true = split_goes_left(tested, self.threshold[begin:end], self.missing[begin:end], has_nan,
+                               self.has_zero_rule)
         # A true split leaves every leaf standing: mask | all ones (cheaper than np.where),
         # written over the tested values when the widths match (one temporary less).
         standing = tested.view(mask.dtype) if tested.itemsize == mask.itemsize else None

@@ -182,15 +182,22 @@ class Router:
 
     # Planning ----------------------------------------------------------------------------
     def preferred_tier(self, endpoint: str) -> str:
-        """The tier whose model scored best on the endpoint's held-out test split. Every worker
-        model is trained and tested on its fast model's split, so all compete on the same
-        molecules; a tie goes to the tier listed first (fast, then transformer, then graph)."""
+        """The tier whose model scored best on the endpoint's held-out test split. A worker
+        model competes with the fast model only on equal evidence: tested on the live fast
+        model's split (same dataset version, same split; `evidence_mismatch`), else it is not
+        preferred. A tie goes to the tier listed first (fast, then transformer, then graph)."""
+        from molserve.registry.manifest import evidence_mismatch
+
         best: str | None = None
         best_test: dict | None = None
-        if endpoint in self.fast.models:
-            best, best_test = "fast", self.fast.models[endpoint].artifact.info.metrics.test
+        fast = self.fast.models.get(endpoint)
+        if fast is not None:
+            best, best_test = "fast", fast.artifact.info.metrics.test
         for tier, served in self.served_remotely().items():
             if endpoint not in served:
+                continue
+            if fast is not None and evidence_mismatch(served[endpoint].get("evidence"),
+                                                      fast.artifact.manifest):
                 continue
             # A worker lists each model's test metrics as a plain dict.
             test = served[endpoint].get("metrics")
@@ -384,7 +391,9 @@ class Router:
             merged = []
             for slot, answer in enumerate(remote_answers):
                 if answer.is_error and name in answers:
-                    merged.append(answers[name][slot].degrade("worker_error"))
+                    # The worker's own reason for this molecule (e.g. too_long_for_model).
+                    reason = answer.provenance.details.get("error_code") or "worker_error"
+                    merged.append(answers[name][slot].degrade(str(reason)))
                 else:
                     merged.append(answer)
             answers[name] = merged

@@ -27,8 +27,9 @@ from molserve.models.trees import Forest
 
 log = logging.getLogger("molserve.prediction")
 
-FORMAT = "molserve-stack-1"
-_FOREST = ("feature", "threshold", "mask", "tree_start", "leaf_start", "leaf_value", "output_start")
+FORMAT = "molserve-stack-2"  # 2: each split's missing type and default direction
+_FOREST = ("feature", "threshold", "mask", "tree_start", "leaf_start", "leaf_value", "output_start",
+           "missing")
 
 
 @dataclass(frozen=True)

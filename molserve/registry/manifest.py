@@ -43,6 +43,47 @@ def scored_better(candidate: dict[str, Any] | None, incumbent: dict[str, Any] | 
     return False
 
 
+def split_evidence(split: dict[str, Any] | None) -> dict[str, Any]:
+    """What a worker-tier model records about the held-out split it was tested on: the fast
+    model it shares it with (`shared_with`, "<endpoint> v<N> (gbm)") and, for models written
+    since, the checksum of that fast model's curated rows and split (`data.csv`)."""
+    split = split or {}
+    return {"shared_with": split.get("shared_with"),
+            "data_sha256": (split.get("evidence") or {}).get("data_sha256")}
+
+
+def evidence_mismatch(evidence: dict[str, Any] | None, fast_manifest: dict[str, Any]) -> str | None:
+    """None when a worker-tier model was tested on the live fast model's split (same dataset
+    version, same split: the same curated rows and sides), else why its test metric cannot be
+    compared with the fast model's. Such a model may have been trained on molecules that are now
+    in the fast model's test set, so its score proves nothing against the fast model's."""
+    evidence = evidence or {}
+    endpoint, version = fast_manifest.get("endpoint"), fast_manifest.get("version")
+    data = ((fast_manifest.get("files") or {}).get("data.csv") or {}).get("sha256")
+    live = f"{endpoint} v{version} (gbm)"
+    if evidence.get("data_sha256") and data:
+        if evidence["data_sha256"] == data:
+            return None
+        return (f"tested on {evidence.get('shared_with') or 'another'} split, not the live fast "
+                f"model's ({live}): another dataset version or split, so the scores are not comparable")
+    if evidence.get("shared_with"):
+        if evidence["shared_with"] == live:
+            return None
+        return (f"tested on the split of {evidence['shared_with']}, not of the live fast model "
+                f"({live}); retrain it on the current split to compare")
+    return "records no split shared with the live fast model; its score cannot be compared"
+
+
+def unequal_evidence(fast_manifest: dict[str, Any] | None,
+                     remote: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """tier -> why its model for the fast model's endpoint is not preferred (unequal evidence),
+    from the workers' listings (`{tier: model info}`); empty when every one is comparable."""
+    if fast_manifest is None:
+        return {}
+    return {tier: why for tier, info in remote.items()
+            if (why := evidence_mismatch(info.get("evidence"), fast_manifest))}
+
+
 class DatasetInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 

@@ -4,6 +4,11 @@ Layout: `<root>/<endpoint>/v<N>/` holds `manifest.json` and the files it lists w
 sha256. A version is written in a staging directory and renamed into place in one step, so a
 reader never sees a half-written artifact, and a crash leaves only staging debris (swept on the
 next write). Loading verifies every checksum; a file that does not match is refused.
+
+A version number names one model forever: deleting a version leaves its directory behind as a
+tombstone (`deleted.json` only, no manifest), and a new version takes the number after the
+highest ever allocated, so results and manifests that cite `v<N>` (a transformer's
+`shared_with`) never come to point at another model.
 Only safe formats are stored: JSON, CSV, ONNX, numpy arrays without pickle, safetensors.
 """
 
@@ -21,11 +26,12 @@ from functools import cached_property
 from pathlib import Path
 
 from molserve.errors import InvalidInput, MolserveError
-from molserve.registry.manifest import Manifest
+from molserve.registry.manifest import Manifest, evidence_mismatch, split_evidence
 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
 SAFE_SUFFIXES = {".json", ".csv", ".onnx", ".safetensors", ".txt"}
+TOMBSTONE = "deleted.json"
 
 
 class ArtifactError(MolserveError, RuntimeError):
@@ -116,12 +122,45 @@ class Registry:
                 found.append(Artifact(endpoint, int(match.group(1)), child, manifest))
         return sorted(found, key=lambda a: a.version)
 
+    def highest_allocated(self, endpoint: str) -> int:
+        """The highest version number ever given out for `endpoint` (deleted ones included)."""
+        folder = self.root / endpoint
+        if not folder.is_dir():
+            return 0
+        numbers = [int(m.group(1)) for child in folder.iterdir()
+                   if (m := _VERSION_DIR.match(child.name)) and child.is_dir()]
+        return max(numbers, default=0)
+
+    def deleted(self, endpoint: str) -> list[int]:
+        """Versions of `endpoint` that were deleted (their numbers stay taken)."""
+        folder = self.root / endpoint
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for child in folder.iterdir()
+                      if (m := _VERSION_DIR.match(child.name)) and (child / TOMBSTONE).is_file())
+
     def all_artifacts(self) -> list[Artifact]:
         return [a for endpoint in self.endpoints() for a in self.versions(endpoint)]
 
     def latest(self, endpoint: str, kind: str | None = None) -> Artifact | None:
         candidates = [a for a in self.versions(endpoint) if kind is None or a.kind == kind]
         return candidates[-1] if candidates else None
+
+    def evidence_notes(self, artifact: Artifact) -> dict[str, str]:
+        """endpoint -> why a worker-tier artifact's test metric cannot be compared with that
+        endpoint's newest fast model (another dataset version or split); empty when it can."""
+        if artifact.kind == "gbm":
+            return {}
+        notes = {}
+        for endpoint in artifact.info.endpoints():
+            fast = self.latest(endpoint, kind="gbm")
+            if fast is None:
+                continue
+            section = artifact.manifest.get("tasks", {}).get(endpoint, artifact.manifest)
+            why = evidence_mismatch(split_evidence(section.get("split")), fast.manifest)
+            if why:
+                notes[endpoint] = why
+        return notes
 
     def get(self, endpoint: str, version: int) -> Artifact:
         for artifact in self.versions(endpoint):
@@ -167,8 +206,8 @@ class Registry:
                 listed[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
             (self.root / endpoint).mkdir(parents=True, exist_ok=True)
             for _ in range(100):
-                current = self.versions(endpoint)
-                version = (current[-1].version + 1) if current else 1
+                # After every number ever given out, deleted ones included: never reused.
+                version = self.highest_allocated(endpoint) + 1
                 full = {
                     **manifest,
                     "endpoint": endpoint,
@@ -192,11 +231,27 @@ class Registry:
                 shutil.rmtree(staging, ignore_errors=True)
 
     def delete(self, endpoint: str, version: int) -> None:
+        """Remove a version's files, leaving a tombstone that keeps its number taken.
+
+        The tombstone is written first (the directory is never empty, so no writer can rename a
+        new version onto it), then the manifest moves out (the version disappears atomically for
+        readers), then the remaining files go."""
         artifact = self.get(endpoint, version)
         trash = self.root / ".staging" / f"deleted-{uuid.uuid4().hex}"
-        trash.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(artifact.path, trash)  # disappears atomically for readers
+        trash.mkdir(parents=True)
+        tombstone = {"endpoint": endpoint, "version": version,
+                     "model_id": artifact.manifest.get("model_id"), "kind": artifact.kind,
+                     "deleted": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (artifact.path / TOMBSTONE).write_text(json.dumps(tombstone, indent=2, sort_keys=True))
+        os.rename(artifact.path / "manifest.json", trash / "manifest.json")
+        for child in artifact.path.iterdir():
+            if child.name != TOMBSTONE:
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
         shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(artifact.path)
 
     @staticmethod
     def _sweep_staging(staging_root: Path, older_than_s: float = 3600.0) -> None:

@@ -30,6 +30,7 @@ from starlette.responses import Response
 
 from molserve.config import WorkerSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
+from molserve.registry.manifest import split_evidence
 from molserve.registry.store import ArtifactError, Registry
 from molserve.responses import JSONResponse
 
@@ -219,8 +220,13 @@ def create_worker_app(settings: WorkerSettings | None = None,
     async def models(request: Request) -> JSONResponse:
         return JSONResponse([
             {**m.provenance(), "endpoint": key.split(":", 1)[-1], "task": m.info.task,
-             "units": m.info.units, "metrics": m.info.metrics.test, "backend": m.backend,
-             "device": m.device}
+             "units": m.info.units,
+             # The metrics of what this backend serves (int8 ONNX is scored as int8 ONNX).
+             "metrics": m.served_metrics() if hasattr(m, "served_metrics") else m.info.metrics.test,
+             "backend": m.backend,
+             "device": m.device,
+             # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
+             "evidence": split_evidence(getattr(m, "manifest", {}).get("split"))}
             for key, m in state["models"].items()
         ])
 

@@ -277,6 +277,27 @@ def predict_logits(model, tokenizer, smiles: Sequence[str], device: str, batch_s
     return out
 
 
+def onnx_logits(path: Path, tokenizer, smiles: Sequence[str], batch_size: int = 64,
+                max_length: int = 256) -> np.ndarray:
+    """`predict_logits` for an exported ONNX file (fp32 or int8), as a worker serving it
+    computes them: what the served artifact is evaluated and calibrated with."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    order = sorted(range(len(smiles)), key=lambda i: len(smiles[i]))
+    out: np.ndarray | None = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        encoded = tokenizer([smiles[i] for i in idx], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="np")
+        logits = session.run(None, {"input_ids": encoded["input_ids"].astype(np.int64),
+                                    "attention_mask": encoded["attention_mask"].astype(np.int64)})[0]
+        if out is None:
+            out = np.zeros((len(smiles), logits.shape[1]), dtype=np.float64)
+        out[idx] = logits
+    return out if out is not None else np.zeros((0, 1))
+
+
 def _masked_loss(logits, target, mask, heads: Sequence[dict[str, Any]]):
     """Mean over tasks of each task's mean loss over its labelled rows (MSE on standardized
     regression labels, cross-entropy for classification); unlabelled entries count for nothing."""

@@ -21,13 +21,14 @@ import numpy as np
 
 from molserve.chem.features import FeatureSpec
 from molserve.models import metrics as M
-from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows
+from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows, task_domain_files
 from molserve.models.transformer.modeling import (
     FineTuneData,
     Progress,
     decode_logits,
     export_onnx,
     finetune,
+    onnx_logits,
     predict_logits,
 )
 from molserve.registry.store import Artifact, Registry
@@ -39,6 +40,7 @@ def data_from_fast_model(registry: Registry, endpoint: str) -> tuple[FineTuneDat
     """The curated rows and split recorded by the endpoint's newest fast model."""
     fast = fast_model(registry, endpoint)
     smiles, labels, split = read_fast_rows(fast)
+    split = set_aside_calibration(smiles, split)
     return FineTuneData(smiles, np.array(labels), split, fast.manifest["task"]), fast
 
 
@@ -48,7 +50,10 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     Each label keeps the side (train/valid/test) its own endpoint's split gave it, so every
     endpoint is tested on exactly the molecules its fast model was tested on. A molecule that
     is held out (valid or test) for any endpoint is not trained on for any endpoint: otherwise
-    the shared encoder would have seen a test molecule through another task's label.
+    the shared encoder would have seen a test molecule through another task's label. Nor is a
+    molecule that shares a Bemis-Murcko scaffold with any held-out molecule (its row's side is
+    `excluded`): each endpoint's split holds out whole scaffolds, and another task's label must
+    not bring a held-out scaffold back into training.
     """
     if len(set(endpoints)) != len(endpoints) or len(endpoints) < 2:
         raise ValueError("multi-task fine-tuning needs at least two different endpoints")
@@ -67,36 +72,93 @@ def merge_endpoints(registry: Registry, endpoints: list[str]) -> tuple[FineTuneD
     held_out = ((sides == "valid") | (sides == "test")).any(axis=1)
     split = ["test" if (sides[i] == "test").any() else "valid" if held_out[i] else "train"
              for i in range(n)]
+    split = exclude_held_out_scaffolds(list(row_of), split)
+    for column in range(width):  # after the row sides: calibration labels stay held out
+        sides[:, column] = set_aside_calibration(list(row_of), list(sides[:, column]))
     kinds = [fasts[e].manifest["task"] for e in endpoints]
     data = FineTuneData(list(row_of), labels, split, "multitask", task_names=list(endpoints),
                         task_kinds=kinds, label_split=sides)
     return data, fasts
 
 
+MIN_CALIBRATION = 10
+
+
+def set_aside_calibration(smiles: list[str], sides: list[str], seed: int = 0) -> list[str]:
+    """`sides` with about half of the validation molecules (whole scaffold groups) marked
+    `calibration`: neither trained on nor used to stop training (the epoch count is chosen on the
+    other half), so the intervals calibrated on them are not tuned to the molecules that chose
+    the model. With fewer than 2 * MIN_CALIBRATION validation molecules nothing is set aside."""
+    from molserve.chem.molecules import parse_smiles
+    from molserve.data.splits import scaffold_folds
+
+    valid = [i for i, side in enumerate(sides) if side == "valid"]
+    if len(valid) < 2 * MIN_CALIBRATION:
+        return list(sides)
+    halves = scaffold_folds([parse_smiles(smiles[i]).mol for i in valid], 2, seed=seed)
+    if min(len(h) for h in halves) < MIN_CALIBRATION:  # one scaffold holds most of them
+        return list(sides)
+    out = list(sides)
+    for position in halves[0]:
+        out[valid[position]] = "calibration"
+    return out
+
+
+def exclude_held_out_scaffolds(smiles: list[str], split: list[str]) -> list[str]:
+    """`split` with every training row whose Bemis-Murcko scaffold is also a held-out (valid or
+    test) row's marked `excluded`: not trained on, not scored."""
+    from molserve.chem.molecules import parse_smiles
+    from molserve.data.splits import murcko_scaffold
+
+    scaffolds = [murcko_scaffold(parse_smiles(s).mol) for s in smiles]
+    held = {scaffolds[i] for i, side in enumerate(split) if side in ("valid", "test")}
+    return ["excluded" if side == "train" and scaffolds[i] in held else side
+            for i, side in enumerate(split)]
+
+
 def _evaluate(kind: str, y: np.ndarray, sides: np.ndarray, values: np.ndarray) -> dict[str, Any]:
-    """Metrics on the test side, calibration on the validation side, for one endpoint."""
+    """Metrics on the test side; calibration on the calibration side (validation molecules that
+    did not choose the epoch count), or on the validation side for models without one."""
     va, te = np.flatnonzero(sides == "valid"), np.flatnonzero(sides == "test")
+    ca = np.flatnonzero(sides == "calibration")
+    on = ca if len(ca) else va
     if kind == "regression":
-        residual = np.abs(y[va] - values[va])
-        level = min(1.0, math.ceil((len(va) + 1) * CONFIDENCE) / len(va))
+        residual = np.abs(y[on] - values[on])
+        level = min(1.0, math.ceil((len(on) + 1) * CONFIDENCE) / len(on))
         q = float(np.quantile(residual, level))
         test = M.regression_metrics(y[te], values[te])
         test["interval_coverage"] = float(np.mean(np.abs(y[te] - values[te]) <= q))
         test["interval_mean_width"] = 2 * q
         return {
-            "uncertainty": {"method": "split conformal on the validation split (constant width)",
-                            "quantile": q, "confidence": CONFIDENCE},
+            "uncertainty": {"method": ("split conformal on calibration molecules (half the "
+                                       "validation scaffolds, not used to choose the epoch count)"
+                                       if len(ca) else "split conformal on the validation split "
+                                       "(too few molecules to set some apart)") + ", constant width",
+                            "quantile": q, "confidence": CONFIDENCE,
+                            "calibration_molecules": int(len(on))},
             "metrics": {"test": test, "valid": M.regression_metrics(y[va], values[va]),
                         "primary": "rmse"},
             "test_predictions": {"measured": y[te].round(4).tolist(),
                                  "predicted": values[te].round(4).tolist()},
         }
     return {
-        "uncertainty": {"method": "softmax probability", "confidence": CONFIDENCE},
+        "uncertainty": {"method": "none: the class probability is answered without an interval "
+                                  "(one model; no ensemble or calibrated bounds)"},
         "metrics": {"test": M.classification_metrics(y[te], values[te]),
                     "valid": M.classification_metrics(y[va], values[va]), "primary": "roc_auc"},
         "test_predictions": {"roc": M.roc_curve(y[te], values[te])},
     }
+
+
+def by_backend(kind: str, y: np.ndarray, sides: np.ndarray,
+               served: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """backend -> the test metrics and calibration of the values that backend serves."""
+    out = {}
+    for backend, values in served.items():
+        evaluation = _evaluate(kind, y, sides, values)
+        out[backend] = {"metrics": evaluation["metrics"]["test"],
+                        "uncertainty": evaluation["uncertainty"]}
+    return out
 
 
 def finetune_endpoint(registry: Registry, endpoint: str, **options: Any) -> Artifact:
@@ -148,25 +210,44 @@ def finetune_endpoints(
         values = decode_logits(predict_logits(model, tokenizer, data.smiles, summary["device"],
                                               max_length=summary["max_length"]), summary["heads"])
         y, sides, kinds = data.matrix()
+        # Each way the model can be served is evaluated and calibrated as served: the exported
+        # ONNX files (int8 weights give slightly different numbers than torch fp32).
+        served: dict[str, np.ndarray] = {"torch": values}
+        onnx_files: dict[str, Path] = {}
+        if export:
+            onnx_files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
+            onnx_files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx",
+                                                        quantize=True)
+            for backend, filename in (("onnx", "model.onnx"), ("onnx-int8", "model.int8.onnx")):
+                served[backend] = decode_logits(onnx_logits(
+                    onnx_files[filename], tokenizer, data.smiles,
+                    max_length=summary["max_length"]), summary["heads"])
         tasks: dict[str, dict[str, Any]] = {}
         for column, endpoint in enumerate(endpoints):
             fast = fasts[endpoint]
             evaluation = _evaluate(kinds[column], y[:, column], sides[:, column], values[:, column])
+            evaluation["by_backend"] = by_backend(kinds[column], y[:, column], sides[:, column],
+                                                  {b: v[:, column] for b, v in served.items()})
             evaluation["metrics"]["fast_model_test"] = fast.manifest["metrics"]["test"]
             tasks[endpoint] = {
                 "task": kinds[column], "units": fast.manifest["units"],
                 "description": fast.manifest["description"],
                 "label_names": fast.manifest.get("label_names"), "dataset": fast.manifest["dataset"],
                 "split": {**fast.manifest["split"],
-                          "shared_with": f"{endpoint} v{fast.version} (gbm)"},
+                          "shared_with": f"{endpoint} v{fast.version} (gbm)",
+                          # The fast model's curated rows and sides: equal evidence for routing.
+                          "evidence": {"data_sha256": fast.manifest["files"]["data.csv"]["sha256"]}},
                 **evaluation,
             }
         files: dict[str, Any] = {p.name: p for p in model_dir.iterdir() if p.is_file()}
-        if export:
-            files["model.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx")
-            files["model.int8.onnx"] = export_onnx(model_dir, Path(tmp) / "model.onnx", quantize=True)
+        files.update(onnx_files)
         domain_files, domain = domain_index_files(data.smiles, data.split)
         files.update(domain_files)
+        if multitask:  # each task's own domain: its own training molecules, its own threshold
+            task_files, task_domains = task_domain_files(data.smiles, data.split, sides, endpoints)
+            files.update(task_files)
+            for endpoint, section in task_domains.items():
+                tasks[endpoint]["applicability_domain"] = section
         # save_pretrained writes only JSON and safetensors here; anything else is not stored.
         allowed = {".json", ".safetensors", ".onnx", ".txt"}
         for filename in [n for n in files if Path(n).suffix not in allowed]:
@@ -185,6 +266,8 @@ def finetune_endpoints(
                             description="multi-task transformer for " + ", ".join(endpoints),
                             rows={"molecules": len(data.smiles),
                                   "training_molecules": int(sum(s == "train" for s in data.split)),
+                                  "excluded_sharing_a_held_out_scaffold":
+                                      int(sum(s == "excluded" for s in data.split)),
                                   "training_labels": summary["training_labels"],
                                   "labels": int(np.sum(~np.isnan(y)))})
         else:
@@ -192,7 +275,8 @@ def finetune_endpoints(
             manifest.update(task=only["task"], units=only["units"], description=only["description"],
                             label_names=only["label_names"], dataset=only["dataset"],
                             split=only["split"], uncertainty=only["uncertainty"],
-                            metrics=only["metrics"], test_predictions=only["test_predictions"])
+                            metrics=only["metrics"], test_predictions=only["test_predictions"],
+                            by_backend=only["by_backend"])
         manifest.update(extra_manifest or {})
         artifact = registry.write(name, files, manifest)
     return artifact

@@ -20,6 +20,9 @@ from molserve.registry.manifest import TaskView
 from molserve.registry.store import Artifact, ArtifactError, Registry
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
+TOO_LONG = "too_long_for_model"
+NO_INTERVAL = ("none: one fine-tuned model's class probability, without an ensemble or a calibrated "
+               "interval")  # the error code of a molecule beyond the model's token limit
 
 
 def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
@@ -30,6 +33,12 @@ def endpoint_manifest(artifact: Artifact, endpoint: str) -> dict[str, Any]:
     if endpoint not in manifest.get("tasks", {}):
         raise ArtifactError(f"{artifact.endpoint} v{artifact.version} does not serve {endpoint!r}")
     return {**manifest, **manifest["tasks"][endpoint]}
+
+
+def served_section(manifest: dict[str, Any], backend: str) -> dict[str, Any]:
+    """What the manifest records for the values `backend` serves (metrics, uncertainty), or {}
+    for artifacts evaluated with torch only."""
+    return (manifest.get("by_backend") or {}).get(backend) or {}
 
 
 def heads_of(manifest: dict[str, Any], endpoint: str) -> list[dict[str, Any]]:
@@ -63,6 +72,22 @@ def transformer_artifacts(registry: Registry) -> dict[str, Artifact]:
     return {e: max(c, key=lambda item: item[:3])[3] for e, c in candidates.items()}
 
 
+def load_task_domains(artifact: Artifact) -> dict[str, tuple[SimilarityIndex, list[str]]]:
+    """endpoint -> (index, training SMILES) for each task of a multi-task artifact that stores its
+    own domain (`tasks.<endpoint>.applicability_domain.files`)."""
+    from safetensors.numpy import load_file
+
+    found = {}
+    for endpoint, task in artifact.manifest.get("tasks", {}).items():
+        files = task.get("applicability_domain", {}).get("files")
+        if not files:
+            continue
+        index = SimilarityIndex.from_arrays(load_file(str(artifact.file(files["index"]))), 2048)
+        smiles = artifact.file(files["smiles"]).read_text().split()
+        found[endpoint] = (index, smiles)
+    return found
+
+
 @dataclass
 class TransformerModel:
     artifact: Artifact
@@ -75,6 +100,9 @@ class TransformerModel:
     load_seconds: float
     max_length: int = 256
     heads: list[dict[str, Any]] = field(default_factory=list)
+    # Multi-task models: each endpoint's own training molecules (older artifacts: none, and the
+    # shared index over every task's molecules is used).
+    task_domains: dict[str, tuple[SimilarityIndex, list[str]]] = field(default_factory=dict)
 
     @property
     def manifest(self) -> dict:
@@ -129,7 +157,17 @@ class TransformerModel:
         max_length = int(artifact.manifest["model"].get("max_length", 256))
         heads = heads_of(artifact.manifest, artifact.endpoint)
         return cls(artifact, backend, device, tokenizer, runner, index, train_smiles,
-                   time.perf_counter() - started, max_length, heads)
+                   time.perf_counter() - started, max_length, heads, load_task_domains(artifact))
+
+    def domain_of(self, endpoint: str) -> tuple[SimilarityIndex, list[str]]:
+        """The similarity index and training SMILES that decide `endpoint`'s domain."""
+        return self.task_domains.get(endpoint, (self.index, self.train_smiles))
+
+    def token_counts(self, smiles: list[str]) -> list[int]:
+        """Tokens each SMILES takes with the special tokens (what max_length bounds)."""
+        if not smiles:
+            return []
+        return [len(ids) for ids in self.tokenizer(smiles, truncation=False)["input_ids"]]
 
     def outputs(self, smiles: list[str]) -> np.ndarray:
         """(n, endpoints): regression values in label units or class-1 probabilities."""
@@ -164,33 +202,43 @@ class TransformerModel:
         column = next(i for i, h in enumerate(self.heads) if h["endpoint"] == endpoint) \
             if len(self.heads) > 1 else 0
         parsed = [try_parse(s) for s in smiles]
-        valid = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
+        readable = [i for i, p in enumerate(parsed) if not isinstance(p, InvalidSmiles)]
+        # Never predict from a prefix: a molecule with more tokens than the model reads is
+        # answered with an error whose code sends it to another tier.
+        tokens = self.token_counts([smiles[i] for i in readable])
+        too_long = {i: n for i, n in zip(readable, tokens, strict=True) if n > self.max_length}
+        valid = [i for i in readable if i not in too_long]
         values = self.outputs([smiles[i] for i in valid])[:, column] if valid else np.zeros(0)
         bits = featurize([parsed[i].mol for i in valid], FeatureSpec()).on_bits if valid else []
         threshold = float(manifest["applicability_domain"]["threshold"])
-        calibration = manifest["uncertainty"]
+        calibration = served_section(manifest, self.backend).get("uncertainty") or manifest["uncertainty"]
         units = manifest["units"]
         provenance = self.provenance()
         answers: list[dict[str, Any]] = [
             {"error": p.reason, "provenance": provenance} if isinstance(p, InvalidSmiles) else {}
             for p in parsed
         ]
+        for row, count in too_long.items():
+            answers[row] = {"error": f"{count} tokens; this model reads at most {self.max_length} "
+                                     "and does not predict from a truncated SMILES",
+                            "provenance": {**provenance, "error_code": TOO_LONG}}
         for slot, row in enumerate(valid):
             value = float(values[slot])
             answer: dict[str, Any] = {"value": round(value, 4), "units": units, "kind": "predicted"}
             if manifest["task"] == "classification":
                 names = manifest.get("label_names") or ["negative", "positive"]
                 answer["label"] = names[1] if value >= 0.5 else names[0]
-                answer["uncertainty"] = {"interval": [round(value, 4), round(value, 4)],
-                                         "method": calibration["method"]}
+                # One fine-tuned model's probability: no interval is claimed ([p, p] would read as
+                # certainty). The provenance says so.
             else:
                 q = calibration["quantile"]
                 answer["uncertainty"] = {"interval": [round(value - q, 4), round(value + q, 4)],
                                          "confidence": calibration["confidence"],
                                          "method": calibration["method"]}
-            answer["applicability_domain"] = domain_answer(self.index, self.train_smiles,
+            answer["applicability_domain"] = domain_answer(*self.domain_of(endpoint),
                                                            bits[slot], threshold)
-            answer["provenance"] = provenance
+            answer["provenance"] = ({**provenance, "uncertainty": NO_INTERVAL}
+                                    if manifest["task"] == "classification" else provenance)
             answers[row] = answer
         return answers
 
@@ -225,6 +273,11 @@ class EndpointModel:
 
     def provenance(self) -> dict[str, Any]:
         return self.model.provenance()
+
+    def served_metrics(self) -> dict[str, Any]:
+        """Test metrics of the values this backend serves (torch's when no other was recorded):
+        what routing compares."""
+        return served_section(self.manifest, self.backend).get("metrics") or self.info.metrics.test
 
     def predict(self, smiles: list[str]) -> list[dict[str, Any]]:
         return self.model.predict(smiles, self.endpoint)

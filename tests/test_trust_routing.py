@@ -1,0 +1,64 @@
+"""Tiers are compared on equal evidence only: a worker model tested on another split than the
+live fast model's (the fast model retrained on a new dataset version or split) is not preferred,
+and the reason is available to say why."""
+
+from types import SimpleNamespace
+
+from molserve.prediction.router import Router
+from molserve.registry.manifest import Manifest, split_evidence, unequal_evidence
+from molserve.registry.store import Registry
+
+
+def _fast(version: int, data_sha: str, rmse: float = 0.60):
+    manifest = {"endpoint": "logbb", "version": version, "kind": "gbm", "task": "regression",
+                "metrics": {"test": {"rmse": rmse}}, "files": {"data.csv": {"sha256": data_sha}}}
+    return SimpleNamespace(artifact=SimpleNamespace(info=Manifest.model_validate(manifest),
+                                                    manifest=manifest))
+
+
+def _router(fast, listing):
+    return SimpleNamespace(fast=SimpleNamespace(models={"logbb": fast}),
+                           served_remotely=lambda: {"transformer": {"logbb": listing}})
+
+
+TRANSFORMER_ON_V1 = {"metrics": {"rmse": 0.50},
+                     "evidence": {"shared_with": "logbb v1 (gbm)", "data_sha256": "aaa"}}
+
+
+def test_a_better_worker_model_on_the_same_split_is_preferred():
+    router = _router(_fast(1, "aaa"), TRANSFORMER_ON_V1)
+    assert Router.preferred_tier(router, "logbb") == "transformer"
+    # A newer fast model trained on the same rows and split is the same evidence.
+    assert Router.preferred_tier(_router(_fast(2, "aaa"), TRANSFORMER_ON_V1), "logbb") == "transformer"
+
+
+def test_a_worker_model_tested_on_a_previous_split_is_not_preferred_and_says_why():
+    fast = _fast(2, "bbb")  # retrained on a new dataset version / split
+    router = _router(fast, TRANSFORMER_ON_V1)
+    assert Router.preferred_tier(router, "logbb") == "fast"
+    why = unequal_evidence(fast.artifact.manifest, {"transformer": TRANSFORMER_ON_V1})
+    assert "logbb v2 (gbm)" in why["transformer"] and "not comparable" in why["transformer"]
+
+
+def test_a_worker_model_that_records_no_split_is_not_preferred():
+    old_listing = {"metrics": {"rmse": 0.10}}  # a worker that lists no evidence
+    assert Router.preferred_tier(_router(_fast(1, "aaa"), old_listing), "logbb") == "fast"
+    by_version_only = {"metrics": {"rmse": 0.10},
+                       "evidence": split_evidence({"shared_with": "logbb v1 (gbm)"})}
+    assert Router.preferred_tier(_router(_fast(1, "aaa"), by_version_only), "logbb") == "transformer"
+    assert Router.preferred_tier(_router(_fast(3, "aaa"), by_version_only), "logbb") == "fast"
+
+
+def test_models_list_can_say_which_worker_models_are_on_a_stale_split(tmp_path):
+    registry = Registry(tmp_path)
+    fast = registry.write("logbb", {"data.csv": b"smiles,label,split\nCCO,1,train\n"},
+                          {"kind": "gbm", "task": "regression"})
+    transformer = registry.write("logbb", {"model.onnx": b"x"}, {
+        "kind": "transformer", "task": "regression",
+        "split": {"shared_with": f"logbb v{fast.version} (gbm)",
+                  "evidence": {"data_sha256": fast.manifest["files"]["data.csv"]["sha256"]}}})
+    assert registry.evidence_notes(transformer) == {}
+    registry.write("logbb", {"data.csv": b"smiles,label,split\nCCO,1,test\n"},
+                   {"kind": "gbm", "task": "regression"})
+    notes = registry.evidence_notes(transformer)
+    assert "not comparable" in notes["logbb"]

@@ -80,18 +80,20 @@ class Predictor:
 
     def predict(self, molecules: Any, endpoints: Sequence[str] | None = None, *,
                 ids: Sequence[Any] | None = None, explain: bool = False,
-                reference: str | None = None) -> Predictions:
+                reference: str | None = None, confidence: float | None = None) -> Predictions:
         """Rows in input order: `id` (when given), `smiles` (as given, or written from the RDKit
         molecule), `canonical_smiles`, `error`, and per endpoint its value, interval
         (`<endpoint>_lower`, `<endpoint>_upper`), label, domain (`<endpoint>_in_domain`), reference
-        percentile and, with `explain=True`, explanation (`<endpoint>_explanation`)."""
+        percentile and, with `explain=True`, explanation (`<endpoint>_explanation`);
+        `confidence` (0.8, 0.9 or 0.95) sets the intervals' level."""
         keys, smiles = _inputs(molecules, ids)
         names = self.router.resolve_endpoints(list(endpoints) if endpoints is not None else None)
         rows: list[dict[str, Any]] = []
         answers: list[dict[str, Answer]] = []
         for start in range(0, len(smiles), _CHUNK):
             response = self.router.predict_local(smiles[start:start + _CHUNK], names,
-                                                 explain=explain, reference=reference)
+                                                 explain=explain, reference=reference,
+                                                 confidence=confidence)
             for result in response["results"]:
                 key = keys[start + result["index"]] if keys is not None else None
                 rows.append(_row(result, names, key, keys is not None))

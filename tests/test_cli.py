@@ -116,6 +116,30 @@ def test_predict_writes_percentiles_within_a_named_reference_set(tmp_path, train
         assert 0 <= float(row["solubility_percentile"]) <= 100
 
 
+def test_predict_writes_intervals_at_the_confidence_asked(tmp_path, trained_registry, app_client):
+    source = tmp_path / "in.smi"
+    source.write_text("CCO\nc1ccccc1O\nCC(=O)Oc1ccccc1C(=O)O\n")
+    widths = {}
+    for level in ("0.8", "0.9", "0.95"):
+        target = tmp_path / f"out{level}.csv"
+        run("--registry", str(trained_registry.root), "predict", str(source), "-o", str(target),
+            "--endpoints", "solubility", "--confidence", level)
+        widths[level] = [float(r["solubility_upper"]) - float(r["solubility_lower"])
+                         for r in csv.DictReader(open(target))]
+    for narrow, middle, wide in zip(widths["0.8"], widths["0.9"], widths["0.95"], strict=True):
+        assert 0 < narrow < middle < wide
+    refused = run("--registry", str(trained_registry.root), "predict", str(source), "-o",
+                  str(tmp_path / "x.csv"), "--confidence", "0.7", check=False)
+    assert refused.returncode == 2 and "calibrated at 0.8, 0.9 and 0.95" in refused.stderr
+    answer = app_client.post("/v1/predict", json={"molecules": ["CCO"], "endpoints": ["solubility"],
+                                                  "confidence": 0.95}).json()
+    uncertainty = answer["results"][0]["predictions"]["solubility"]["uncertainty"]
+    assert uncertainty["confidence"] == 0.95
+    low, high = uncertainty["interval"]
+    assert high - low == pytest.approx(widths["0.95"][0], abs=1e-3)
+    assert app_client.post("/v1/predict", json={"molecules": ["CCO"], "confidence": 0.7}).status_code == 422
+
+
 def test_a_file_with_several_labels_trains_one_endpoint_each_then_one_multitask_transformer(tmp_path):
     """FreeSolv's experimental and calculated hydration free energies as two label columns,
     the calculated one missing on every third row: two fast models, then one transformer over

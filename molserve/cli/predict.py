@@ -86,9 +86,15 @@ def predict(
     reference: Annotated[str | None, typer.Option(
         help="write each numeric endpoint's percentile within this reference set in "
         "<endpoint>_percentile (molserve reference list; one CSV file, local engine)")] = None,
+    confidence: Annotated[float | None, typer.Option(
+        help="level of the <endpoint>_lower/_upper intervals: 0.8, 0.9 or 0.95 (default 0.9)",
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> int:
     registry = settings(ctx).registry
+    if confidence is not None and confidence not in (0.8, 0.9, 0.95):
+        raise InvalidInput(f"--confidence {confidence}: intervals are calibrated at 0.8, 0.9 and 0.95",
+                           code="invalid_confidence")
     names = items([endpoints.replace(" ", ",")] if endpoints else None) or None
     folder = _is_folder(output)
     sdf = Path(output).suffix.lower() in {".sdf", ".sd"}
@@ -97,15 +103,15 @@ def predict(
                            "shards", code="invalid_output")
     simple = (engine == "local" and not folder and not sdf and where is None and top_k is None
               and os.path.isfile(input))
-    if (explain or reference) and not simple:
-        option = "--explain" if explain else "--reference"
+    if (explain or reference or confidence not in (None, 0.9)) and not simple:
+        option = "--explain" if explain else "--reference" if reference else "--confidence"
         raise InvalidInput(f"{option} writes one CSV file from one input file on the local engine "
                            "(no --where, --top-k, folder or SDF output)", code="explain_not_sharded")
     if simple:
         return _predict_file(Path(input), Path(output), registry=registry, endpoints=names,
                              smiles_col=smiles_col, id_col=id_col, chunk_size=chunk_size,
                              jobs=jobs or os.cpu_count() or 1, quiet=quiet, explain=explain,
-                             reference=reference)
+                             reference=reference, confidence=confidence)
     from molserve.operations.sharded import screen_library, screen_to_file
 
     runner = _engine(engine, address, jobs, modal_app)
@@ -156,7 +162,8 @@ class _ShardBar:
 
 def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[str] | None,  # noqa: A002
                   smiles_col: str | None, id_col: str | None, chunk_size: int, jobs: int,
-                  quiet: bool, explain: bool = False, reference: str | None = None) -> int:
+                  quiet: bool, explain: bool = False, reference: str | None = None,
+                  confidence: float | None = None) -> int:
     """One file into one CSV on this machine: chunks through `jobs` processes, in order."""
     from molserve.operations.screen import screen_file
 
@@ -180,8 +187,8 @@ def _predict_file(input: Path, output: Path, *, registry: Path, endpoints: list[
     try:
         summary = screen_file(
             input, output, registry=registry, endpoints=endpoints, smiles_col=smiles_col,
-            id_col=id_col, explain=explain, reference=reference, chunk_size=chunk_size, processes=jobs,
-            on_start=start, on_chunk=chunk)
+            id_col=id_col, explain=explain, reference=reference, confidence=confidence,
+            chunk_size=chunk_size, processes=jobs, on_start=start, on_chunk=chunk)
     except BaseException:
         if "bar" in shown:
             shown["bar"].leave = False  # the error line replaces it

@@ -157,9 +157,11 @@ def spreadsheet_safe(cell: Any) -> Any:
 
 
 def _render(router, chunk: list[Record], names: list[str], columns: list[str],
-            id_col: str | None = None, explain: bool = False) -> Rendered:
+            id_col: str | None = None, explain: bool = False,
+            confidence: float | None = None) -> Rendered:
     """Predict one chunk into CSV rows (row numbers within the chunk; the writer shifts them)."""
-    response = router.predict_local([record.smiles for record in chunk], names, explain=explain)
+    response = router.predict_local([record.smiles for record in chunk], names, explain=explain,
+                                    confidence=confidence)
     rows = []
     for result in response["results"]:
         flat = _flatten(result, 0, names)
@@ -170,9 +172,9 @@ def _render(router, chunk: list[Record], names: list[str], columns: list[str],
 
 
 def _worker_render(chunk: list[Record], names: list[str], columns: list[str],
-                   id_col: str | None, explain: bool = False) -> Rendered:
+                   id_col: str | None, explain: bool = False, confidence: float | None = None) -> Rendered:
     assert _worker_router is not None
-    return _render(_worker_router, chunk, names, columns, id_col, explain)
+    return _render(_worker_router, chunk, names, columns, id_col, explain, confidence)
 
 
 def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
@@ -189,11 +191,12 @@ def _chunks(items: Iterator[Record], size: int) -> Iterator[list[Record]]:
 def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], columns: list[str], *,
                      registry: Path, chunk_size: int, endpoints: list[str] | None,
                      processes: int, id_col: str | None = None,
-                     explain: bool = False, reference: str | None = None) -> Iterator[Rendered]:
+                     explain: bool = False, reference: str | None = None,
+                     confidence: float | None = None) -> Iterator[Rendered]:
     """Rendered chunks in input order, predicted here or by `processes` worker processes."""
     if processes <= 1:
         for chunk in chunks:
-            yield _render(router, chunk, names, columns, id_col, explain)
+            yield _render(router, chunk, names, columns, id_col, explain, confidence)
         return
     import multiprocessing
     from collections import deque
@@ -210,7 +213,7 @@ def _rendered_chunks(router, chunks: Iterator[list[Record]], names: list[str], c
     with ProcessPoolExecutor(processes, **pool_args) as pool:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_worker_render, chunk, names, columns, id_col, explain))
+            pending.append(pool.submit(_worker_render, chunk, names, columns, id_col, explain, confidence))
             if len(pending) >= 2 * processes:
                 yield pending.popleft().result()
         while pending:
@@ -227,6 +230,7 @@ def screen_file(
     id_col: str | None = None,
     explain: bool = False,
     reference: str | None = None,
+    confidence: float | None = None,
     chunk_size: int = 1000,
     processes: int = 1,
     durable: bool = False,
@@ -241,6 +245,7 @@ def screen_file(
     is written in `<endpoint>_explanation`, in chunks of at most the router's explained batch.
     With `reference` (a reference set's name), each numeric endpoint's percentile within that
     set is written in `<endpoint>_percentile` (the set's values computed once, first).
+    `confidence` (0.8, 0.9 or 0.95) is the level of the `<endpoint>_lower`/`_upper` intervals.
 
     `on_start(total_records_or_None, endpoints)` is called once before the first chunk;
     `on_chunk(checkpoint, total)` after each chunk is written (and, with `durable`, fsynced), so
@@ -298,7 +303,7 @@ def screen_file(
         for rows, n_molecules, n_errors in _rendered_chunks(
                 router, chunks, names, columns, registry=registry, chunk_size=chunk_size,
                 endpoints=endpoints, processes=processes, id_col=id_col, explain=explain,
-                reference=reference):
+                reference=reference, confidence=confidence):
             for row in rows:
                 row[0] += done  # rows are numbered within their chunk
             writer.writerows(rows)

@@ -310,23 +310,26 @@ class Router:
             self.references.annotate_response(response, reference)
 
     def _predict_local(self, molecules: list[str], endpoints: list[str] | None,
-                       explain: bool = False) -> dict[str, Any]:
+                       explain: bool = False, confidence: float | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
         results, batch, owners = self._parse(molecules)
+        batch.confidence = confidence
         answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
         if explain and answers:
             self._explain(batch, answers)
         return self._assemble(results, owners, answers, names, started, len(molecules), batch)
 
     def predict_local(self, molecules: list[str], endpoints: list[str] | None, *,
-                      explain: bool = False, reference: str | None = None) -> dict[str, Any]:
+                      explain: bool = False, reference: str | None = None,
+                      confidence: float | None = None) -> dict[str, Any]:
         """This process's tiers only (fast and computed): the offline path of `molserve predict`
         and screening jobs, and of the gateway when no remote tier is asked. With `explain`,
         every fast-tier answer carries its explanation; `reference` names the reference set of
-        the answers' percentiles (None: the default set)."""
-        response = self._predict_local(molecules, endpoints, explain)
+        the answers' percentiles (None: the default set); `confidence` the level of the
+        regression intervals (0.8, 0.9 or 0.95; None: 0.9)."""
+        response = self._predict_local(molecules, endpoints, explain, confidence)
         self._annotate(response, reference)
         return response
 
@@ -334,22 +337,24 @@ class Router:
                       tier: str = "auto", deadline_ms: float | None = None,
                       request_id: str | None = None, inline_limit: int = 16,
                       on_degraded: Callable[[str, str], None] | None = None,
-                      explain: bool = False, reference: str | None = None) -> dict[str, Any]:
+                      explain: bool = False, reference: str | None = None,
+                      confidence: float | None = None) -> dict[str, Any]:
         """Route each endpoint to its tier; fall back to the fast tier, labelled degraded with
         the reason, whenever the remote tier cannot answer within the deadline. Batches above
         `inline_limit` molecules, and every explained batch (drawing costs milliseconds a
         molecule), compute in the executor, not on the event loop. `explain` and `reference` as
-        in `predict_local`; only fast-tier answers are explained."""
+        in `predict_local`; only fast-tier answers are explained. Worker tiers calibrate their
+        intervals at 0.9 only: another `confidence` is answered by the fast tier."""
         started = time.perf_counter()
         self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
-        plan = self.plan(names, tier)
+        plan = self.plan(names, "fast" if confidence not in (None, 0.9) and tier != "fast" else tier)
         if not set(plan.values()) & set(REMOTE_TIERS):
             if (len(molecules) <= inline_limit and not explain) or self.compute is None:
-                response = self._predict_local(molecules, names, explain)
+                response = self._predict_local(molecules, names, explain, confidence)
             else:
                 response = await asyncio.get_running_loop().run_in_executor(
-                    self.compute, self._predict_local, molecules, names, explain)
+                    self.compute, self._predict_local, molecules, names, explain, confidence)
             response = {**response, "tiers": plan, "degraded": {}}
             self._annotate(response, reference)
             return response

@@ -52,6 +52,8 @@ class MoleculeBatch:
     # The endpoints the caller will ask of this batch (the router says so before asking), so
     # the fast tier can choose between one model's trees and the group's stacked ones.
     wanted: frozenset[str] = frozenset()
+    # The level of the fast tier's regression intervals (None: each model's default, 0.9).
+    confidence: float | None = None
 
     def features(self, spec: FeatureSpec) -> FeatureBatch:
         if spec not in self._features:
@@ -252,4 +254,4 @@ class FastTier:
                                                           batch.similarities[key]))
             else:
                 batch.domains.update(group.domain.nearest(features.on_bits, names))
-        return model.answers(batch.scores[endpoint], *batch.domains[endpoint])
+        return model.answers(batch.scores[endpoint], *batch.domains[endpoint], confidence=batch.confidence)

@@ -52,7 +52,7 @@ async def _predict(body: PredictRequest, state, router, metrics) -> JSONResponse
         body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
         request_id=request_id.get(), inline_limit=state.settings.gateway.inline_batch,
         on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc(),
-        explain=body.explain, reference=body.reference)
+        explain=body.explain, reference=body.reference, confidence=body.confidence)
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])

@@ -234,6 +234,9 @@ class WorkerTierStatus(Answered):
     configured: bool
     endpoints: list[str]
     preferred: dict[str, str] = Field(..., description="endpoint -> the tier `auto` picks.")
+    not_preferred: dict[str, str] = Field(
+        default_factory=dict, description="endpoint -> why this tier's model is not compared with the "
+        "fast model (tested on another split or dataset version).")
     workers: list[dict[str, Any]] = Field(
         ..., description="Each worker: url, breaker state, reachability, load and recent latency.")
 

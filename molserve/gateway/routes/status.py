@@ -9,6 +9,7 @@ from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import ServiceStatus
 from molserve.gateway.security import require_read
 from molserve.prediction.router import REMOTE_TIERS
+from molserve.registry.manifest import unequal_evidence
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
@@ -28,8 +29,17 @@ async def status(request: Request) -> JSONResponse:
             metrics.breaker_state.labels(worker["url"]).set(
                 {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
         endpoints = remote.endpoints() if remote else []
+        served = remote.served_endpoints() if remote else {}
+        # Why a worker model is not compared with the fast model (tested on another split).
+        not_preferred = {}
+        for e in endpoints:
+            fast = router.fast.models.get(e)
+            why = unequal_evidence(fast.artifact.manifest if fast else None,
+                                   {name: served[e]} if e in served else {}).get(name)
+            if why:
+                not_preferred[e] = why
         body[name] = {"configured": remote is not None, "endpoints": endpoints,
                       "preferred": {e: router.preferred_tier(e) for e in endpoints},
-                      "workers": workers}
+                      "not_preferred": not_preferred, "workers": workers}
     body["computed"] = {"endpoints": router.computed.endpoints()}
     return JSONResponse(body)

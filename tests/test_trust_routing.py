@@ -62,3 +62,13 @@ def test_models_list_can_say_which_worker_models_are_on_a_stale_split(tmp_path):
                    {"kind": "gbm", "task": "regression"})
     notes = registry.evidence_notes(transformer)
     assert "not comparable" in notes["logbb"]
+    # ... and `molserve models list` prints the note under the transformer's row.
+    from typer.testing import CliRunner
+
+    from molserve.cli import app
+
+    listed = CliRunner().invoke(app, ["--registry", str(tmp_path), "models", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.split()[:3] == ["logbb", "2", "transformer"])
+    assert "not comparable" in lines[row + 1]

@@ -36,13 +36,17 @@ def list_models(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--jso
         info = a.info
         rows = ([(f"{a.endpoint}:{e}", info.view(e)) for e in info.endpoints()] if info.multitask
                 else [(a.endpoint, info.view(a.endpoint))])
-        for label, view in rows:
+        notes = registry.evidence_notes(a)
+        for (label, view), endpoint in zip(rows, info.endpoints() if info.multitask else [a.endpoint],
+                                           strict=True):
             test = view.metrics.test
             if view.task == "classification":
                 shown = f"ROC AUC {test.get('roc_auc', nan):.3f}  PR AUC {test.get('pr_auc', nan):.3f}"
             else:
                 shown = f"RMSE {test.get('rmse', nan):.3f}  R2 {test.get('r2', nan):.3f}"
             print(f"{label:<24} {a.version:>4} {a.kind:<12} {view.task:<15} {test.get('n', 0):>6}  {shown}")
+            if endpoint in notes:  # a worker model tested on another split than the live fast one
+                print(f"{'':<24} {'':>4} {'':<12} {'':<15} {'':>6}  {notes[endpoint]}")
     for name, entry in pending.items():
         state = (f"training {entry.get('progress', 0) * 100:.0f}% ({entry.get('step', '')})"
                  if entry["state"] == "training" else "queued")

@@ -58,9 +58,12 @@ class PredictRequest(BaseModel):
         "Costs milliseconds a molecule and endpoint; at most 100 molecules a request by default "
         "(413 beyond).",
     )
-    confidence: Literal[0.8, 0.9, 0.95] | None = Field(
-        None, description="Level of the regression intervals (default 0.9). Worker tiers calibrate "
-        "at 0.9 only: another level is answered by the fast tier.")
+    confidence: float | None = Field(
+        None, ge=0.8, le=0.95,
+        description="Level of the regression intervals (default 0.9). Intervals are calibrated at "
+        "0.8, 0.9 and 0.95; another level gets the next calibrated one above it, and each answer's "
+        "`uncertainty.confidence` says which. Worker tiers calibrate at 0.9 only: another level is "
+        "answered by the fast tier.")
     reference: str | None = Field(
         # The names a reference set may have (molserve reference add --name).
         None, max_length=64, pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$",

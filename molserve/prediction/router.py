@@ -39,6 +39,19 @@ log = logging.getLogger("molserve.prediction")
 
 
 REMOTE_TIERS = ("transformer", "graph")
+CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
+
+
+def calibrated_level(confidence: float | None) -> float | None:
+    """The calibrated interval level that answers a requested one: itself, or the next one above
+    (the answer states the level it has); above the highest, an error."""
+    if confidence is None:
+        return None
+    for level in CALIBRATED_LEVELS:
+        if confidence <= level + 1e-9:
+            return level
+    raise InvalidInput(f"confidence {confidence}: intervals are calibrated at "
+                       f"{', '.join(map(str, CALIBRATED_LEVELS))}", code="invalid_confidence")
 
 
 class Router:
@@ -315,7 +328,7 @@ class Router:
         self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
         results, batch, owners = self._parse(molecules)
-        batch.confidence = confidence
+        batch.confidence = calibrated_level(confidence)
         answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
         if explain and answers:
             self._explain(batch, answers)
@@ -348,6 +361,7 @@ class Router:
         started = time.perf_counter()
         self.check_size(len(molecules), explain)
         names = self.resolve_endpoints(endpoints)
+        confidence = calibrated_level(confidence)
         plan = self.plan(names, "fast" if confidence not in (None, 0.9) and tier != "fast" else tier)
         if not set(plan.values()) & set(REMOTE_TIERS):
             if (len(molecules) <= inline_limit and not explain) or self.compute is None:

@@ -242,6 +242,8 @@ def test_percentile_radar_when_answers_carry_reference_percentiles(page):
         page.click("button[data-tab=predict]")
         page.fill("#smiles", "CC(C)Cc1ccc(cc1)C(C)C(=O)O")
         page.click("#run")
+        # The previous test's table (now with the server's own percentiles) is replaced, not reused.
+        page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 1")
         page.wait_for_selector("#molecule-detail figure.percentile svg.radar polygon.radar-molecule")
         assert "reference set" in page.locator("#molecule-detail figure.percentile").inner_text()
         assert page.locator("#results td.mini-radar svg").count() == 1

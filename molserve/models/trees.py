@@ -87,8 +87,25 @@ def _float32_at_most(value: float) -> np.float32:
     return rounded
 
 
+class _MissingRules:
+    """Each split's missing type and default direction (`missing`, uint8: type | left << 2), shared
+    by the single and stacked ensembles; files without them mean every split is of type None."""
+
+    feature: np.ndarray
+    missing: np.ndarray | None
+
+    def __post_init__(self) -> None:
+        if self.missing is None:
+            object.__setattr__(self, "missing", np.zeros(len(self.feature), dtype=np.uint8))
+
+    @cached_property
+    def has_zero_rule(self) -> bool:
+        assert self.missing is not None
+        return bool(np.any((self.missing & 3) == 1))
+
+
 @dataclass(frozen=True)
-class TreeEnsemble:
+class TreeEnsemble(_MissingRules):
     feature: np.ndarray  # int32 (nodes,); 0 for leaves
     threshold: np.ndarray  # float32 (nodes,); +inf for leaves, so they "go left"
     children: np.ndarray  # int32 (nodes, 2): [right, left]; a leaf points to itself
@@ -99,15 +116,6 @@ class TreeEnsemble:
     # uint8 (nodes,): missing type | default-left << 2; None (older files): every split of type
     # None, as trees trained with use_missing=False have.
     missing: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.missing is None:
-            object.__setattr__(self, "missing", np.zeros(len(self.feature), dtype=np.uint8))
-
-    @cached_property
-    def has_zero_rule(self) -> bool:
-        assert self.missing is not None
-        return bool(np.any((self.missing & 3) == 1))
 
     @property
     def n_members(self) -> int:
@@ -282,7 +290,7 @@ def _column_type(columns: np.ndarray) -> type:
 
 
 @dataclass(frozen=True)
-class Forest:
+class Forest(_MissingRules):
     """Tree ensembles of several models in one serving layout (see the module docstring).
 
     Each tree has at least one split (a one-leaf tree gets a split that is always true), so the
@@ -301,15 +309,6 @@ class Forest:
     tree_range: dict[str, tuple[int, int]]
     output_range: dict[str, tuple[int, int]]
     missing: np.ndarray | None = None  # uint8 (splits,), as TreeEnsemble.missing; None: all 0
-
-    def __post_init__(self) -> None:
-        if self.missing is None:
-            object.__setattr__(self, "missing", np.zeros(len(self.feature), dtype=np.uint8))
-
-    @cached_property
-    def has_zero_rule(self) -> bool:
-        assert self.missing is not None
-        return bool(np.any((self.missing & 3) == 1))
 
     @property
     def n_trees(self) -> int:

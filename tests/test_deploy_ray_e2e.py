@@ -254,7 +254,7 @@ def test_two_node_cluster_serves_from_code_shipped_in_runtime_env_and_survives_a
                      "MOLSERVE_RAY_ADDRESS": cluster.address},
                 capture_output=True, text=True, timeout=400)
             final = store.get(job["id"])
-            assert final["state"] == "succeeded", (final, run.stdout[-2000:], run.stderr[-2000:])
+            assert final["state"] == "succeeded", (final.get("error"), run.stderr[-3000:], final)
             assert final["result"]["engine"] == "ray"
             trained = Registry(registry).latest("logbb", kind="transformer")
             assert trained.version == before + 1 and trained.info.job_id == job["id"]

@@ -147,7 +147,7 @@ class RayEngine:
                  runtime_env=code_runtime_env())
         params = request.params
         where = str(Path(registry).resolve())
-        board = ProgressBoard.remote()
+        board = _board_on_this_node(ProgressBoard)
         if isinstance(params, GraphParams):
             reference = submit_graph(where, request.tasks or [request.endpoint], params.model_dump(),
                                      num_gpus=self.num_gpus, job_id=request.job_id, board=board)
@@ -156,7 +156,7 @@ class RayEngine:
                                         num_gpus=self.num_gpus, tasks=request.tasks,
                                         job_id=request.job_id, board=board)
         progress(0.0, "ray: submitted a training task", None)
-        finished = False
+        finished, fraction = False, 0.0
         try:
             while True:
                 done, _ = ray.wait([reference], timeout=self.poll_s)
@@ -164,9 +164,17 @@ class RayEngine:
                     finished = True
                     result = ray.get(reference)
                     break
+                if board is None:
+                    continue
                 try:
                     state = dict(ray.get(board.get.remote(), timeout=self.poll_s) or {})
                 except TimeoutError:  # the board's node is busy: report next time
+                    continue
+                except ray.exceptions.RayActorError:
+                    # Progress is a courtesy: losing the board (its node died) loses the
+                    # progress figures, not the training task.
+                    board = None
+                    progress(fraction * 0.98, "ray: progress lost with its node; the task goes on", None)
                     continue
                 fraction = float(state.pop("progress", 0.0))
                 step = state.pop("step", "starting")
@@ -176,8 +184,20 @@ class RayEngine:
                 ray.cancel(reference, force=True)
             raise
         finally:
-            ray.kill(board)
+            if board is not None:
+                ray.kill(board)
         return {**result, "kind": _kind(params), "engine": self.name}
+
+
+def _board_on_this_node(board_class):
+    """The progress board on the driver's own node (soft: anywhere if that fails), so it lives
+    as long as the job that reads it rather than on a worker node that may be lost."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return board_class.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)).remote()
 
 
 def engine(settings: EngineSettings | None = None) -> Engine:

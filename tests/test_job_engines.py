@@ -155,8 +155,16 @@ class _FakeRay:
         self.waits += 1
         return (references, []) if self.waits > self.finished_after else ([], references)
 
+    class exceptions:  # noqa: N801 - the module it stands in for
+        class RayActorError(Exception):
+            pass
+
+    board_lost_after: int | None = None
+
     def get(self, reference, timeout=None):
         if reference == "board-state":
+            if self.board_lost_after is not None and self.waits > self.board_lost_after:
+                raise self.exceptions.RayActorError("The actor died unexpectedly")
             return {"step": "epoch 2", "progress": 0.5}
         return {"endpoint": "logbb", "version": 4, "metrics": {}}
 
@@ -172,7 +180,7 @@ def _fake_ray(monkeypatch, fake: _FakeRay, submitted: dict):
 
     board = types.SimpleNamespace(get=types.SimpleNamespace(remote=lambda: "board-state"))
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(ray_app, "ProgressBoard", types.SimpleNamespace(remote=lambda: board))
+    monkeypatch.setattr(ray_app, "new_board", lambda: board)
     monkeypatch.setattr(ray_app, "submit_finetune",
                         lambda *a, **k: submitted.update(args=a, kwargs=k) or "task-ref")
     return board
@@ -192,6 +200,23 @@ def test_the_ray_engine_reports_the_tasks_progress_and_ships_the_code(monkeypatc
     assert fake.init_kwargs["runtime_env"]["py_modules"][0].endswith("molserve")
     assert result["engine"] == "ray" and result["version"] == 4
     assert fake.cancelled == [] and fake.killed == [board]
+
+
+def test_a_ray_job_outlives_its_progress_board(monkeypatch):
+    """The board's node dying loses the progress figures, not the training task."""
+    pytest.importorskip("ray")
+    fake, submitted = _FakeRay(finished_after=4), {}
+    fake.board_lost_after = 2
+    _fake_ray(monkeypatch, fake, submitted)
+    seen = []
+    result = RayEngine("auto", poll_s=0).finetune(
+        "registry", FinetuneRequest("logbb", TransformerParams()),
+        lambda fraction, step, metrics: seen.append((round(fraction, 2), step)))
+    assert result["version"] == 4 and fake.cancelled == []
+    assert seen == [(0.0, "ray: submitted a training task"), (0.49, "ray: epoch 2"), (0.49, "ray: epoch 2"),
+                    (0.49, "ray: progress lost with its node; the task goes on")]
+    assert fake.killed == []  # a board already gone is not killed again
+    assert fake.waits == 5
 
 
 def test_cancelling_a_ray_job_cancels_its_task(monkeypatch):

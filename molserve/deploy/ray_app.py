@@ -130,6 +130,16 @@ class ProgressBoard:
         return self.state
 
 
+def new_board():
+    """A progress board on the driver's own node (soft: anywhere if that fails), so it lives as
+    long as the job that reads it rather than on a worker node that may be lost."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ProgressBoard.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)).remote()
+
+
 def _reporter(board) -> Callable[[str, float, dict], None]:
     last = [0.0]
 

@@ -141,13 +141,13 @@ class RayEngine:
     def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
         import ray
 
-        from molserve.deploy.ray_app import ProgressBoard, code_runtime_env, submit_finetune, submit_graph
+        from molserve.deploy.ray_app import code_runtime_env, new_board, submit_finetune, submit_graph
 
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                  runtime_env=code_runtime_env())
         params = request.params
         where = str(Path(registry).resolve())
-        board = _board_on_this_node(ProgressBoard)
+        board = new_board()
         if isinstance(params, GraphParams):
             reference = submit_graph(where, request.tasks or [request.endpoint], params.model_dump(),
                                      num_gpus=self.num_gpus, job_id=request.job_id, board=board)
@@ -187,17 +187,6 @@ class RayEngine:
             if board is not None:
                 ray.kill(board)
         return {**result, "kind": _kind(params), "engine": self.name}
-
-
-def _board_on_this_node(board_class):
-    """The progress board on the driver's own node (soft: anywhere if that fails), so it lives
-    as long as the job that reads it rather than on a worker node that may be lost."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = ray.get_runtime_context().get_node_id()
-    return board_class.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=True)).remote()
 
 
 def engine(settings: EngineSettings | None = None) -> Engine:

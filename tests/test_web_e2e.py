@@ -279,6 +279,13 @@ def test_models_tab_plots_held_out_predictions(page):
     card = page.locator(".model-card[data-endpoint=solubility]")
     assert "rmse" in card.inner_text() and "scaffold" in card.inner_text()
     assert page.locator(".model-card[data-endpoint=bbb_penetration] svg.plot path").count() == 1
+    # How far to trust each model: coverage at the three levels, the calibration set, the domain.
+    coverage = card.locator(".trust .coverage").inner_text()
+    assert all(level in coverage for level in ("80%:", "90%:", "95%:")) and "calibrated on" in coverage
+    assert "max similarity to training" in card.locator(".trust .domain").inner_text()
+    bbb = page.locator(".model-card[data-endpoint=bbb_penetration]")
+    assert float(bbb.locator(".trust .ece").inner_text().split()[0]) >= 0
+    assert bbb.locator("svg.reliability circle").count() >= 2
     page.screenshot(path=str(ARTIFACTS / "models.png"), full_page=True)
 
 

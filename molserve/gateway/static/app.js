@@ -626,6 +626,53 @@ function tierTable(e) {
     `<tbody>${rows}</tbody></table>`;
 }
 
+function reliabilitySvg(curve) {
+  const size = 260, m = 34;
+  const x = (v) => m + v * (size - 2 * m), y = (v) => size - m - v * (size - 2 * m);
+  const most = Math.max(...curve.count, 1);
+  const points = curve.predicted.map((p, i) => `<circle cx="${x(p).toFixed(1)}" cy="${y(curve.observed[i]).toFixed(1)}" ` +
+    `r="${(2 + 4 * Math.sqrt(curve.count[i] / most)).toFixed(1)}" fill="#2857c5" fill-opacity=".6">` +
+    `<title>${curve.count[i]} molecules: predicted ${p.toFixed(2)}, observed ${curve.observed[i].toFixed(2)}</title></circle>`).join("");
+  return `<svg class="plot reliability" viewBox="0 0 ${size} ${size}" role="img" aria-label="reliability curve">
+    <rect x="${m}" y="${m}" width="${size - 2 * m}" height="${size - 2 * m}" fill="none" stroke="#d9dee8"/>
+    <line x1="${x(0)}" y1="${y(0)}" x2="${x(1)}" y2="${y(1)}" stroke="#5b6475" stroke-dasharray="4 3"/>
+    ${points}
+    <text x="${size / 2}" y="${size - 8}" font-size="10" text-anchor="middle">predicted probability</text>
+    <text x="10" y="${size / 2}" font-size="10" text-anchor="middle" transform="rotate(-90 10 ${size / 2})">observed positive fraction</text></svg>`;
+}
+
+const percent = (v) => `${(100 * v).toFixed(1)}%`;
+
+// How far to trust the model's intervals, probabilities and domain, from its manifest: the
+// test coverage at each confidence level and the calibration set it came from; the classifier's
+// calibration error; the domain threshold and how the test molecules fell against it.
+function trustBlock(manifest) {
+  const u = manifest.uncertainty || {}, d = manifest.applicability_domain || {};
+  const test = (manifest.metrics || {}).test || {};
+  const items = [];
+  const levels = test.interval_coverage_by_level || u.test_coverage;
+  if (levels) {
+    const shown = Object.keys(levels).sort().map((c) => `${Math.round(100 * Number(c))}%: ${percent(levels[c])}`).join(", ");
+    const set = u.calibration_set ? ` (calibrated on ${u.calibration_set.molecules} molecules: ${u.calibration_set.rule})` : "";
+    items.push(`<dt>interval coverage on test</dt><dd class="coverage">${escapeHtml(shown)}${escapeHtml(set)}</dd>`);
+  }
+  if (test.ece !== undefined) {
+    const pc = u.probability_calibration;
+    const how = pc ? (pc.applied ? `Platt scaling applied` : `not recalibrated: ${pc.reason || ""}`) : "";
+    items.push(`<dt>calibration error (ECE) on test</dt><dd class="ece">${test.ece.toFixed(3)}${how ? ` (${escapeHtml(how)})` : ""}</dd>`);
+  }
+  if (d.threshold !== undefined) {
+    const t = d.test || {};
+    const where = t.in_domain_fraction !== undefined ? `; ${percent(t.in_domain_fraction)} of ${t.molecules} test molecules in domain` : "";
+    const rmse = test.rmse_in_domain !== undefined
+      ? `; test RMSE ${test.rmse_in_domain.toFixed(3)} in domain, ${test.rmse_out_of_domain.toFixed(3)} out` : "";
+    items.push(`<dt>applicability domain</dt><dd class="domain">max similarity to training ≥ ${d.threshold.toFixed(3)} ` +
+      `(${escapeHtml(d.threshold_rule || "")})${escapeHtml(where)}${escapeHtml(rmse)}</dd>`);
+  }
+  const curve = test.reliability;
+  return `<dl class="trust">${items.join("")}</dl>` + (curve && curve.predicted.length ? reliabilitySvg(curve) : "");
+}
+
 async function renderModels() {
   const predicted = state.endpoints.filter((e) => e.kind === "predicted" && (!e.status || e.status === "available"));
   const cards = await Promise.all(predicted.map(async (e) => {
@@ -646,6 +693,7 @@ async function renderModels() {
         <dt>split</dt><dd>${escapeHtml(manifest.split.method)}: ${manifest.split.sizes.train}/${manifest.split.sizes.valid}/${manifest.split.sizes.test}</dd>
         <dt>model</dt><dd>${escapeHtml(manifest.model_id)} v${manifest.version}</dd>
         ${metricList(manifest.metrics.test)}</dl>
+      ${trustBlock(manifest)}
       <div class="units">baseline (${escapeHtml(manifest.metrics.baseline_test.model)}): ${
         manifest.metrics.baseline_test.rmse !== undefined ? `RMSE ${manifest.metrics.baseline_test.rmse.toFixed(3)}`
           : `ROC AUC ${manifest.metrics.baseline_test.roc_auc.toFixed(3)}`}</div>

@@ -21,10 +21,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_registry(path: Path) -> Path:
-    """Train the bundled models (standard profile) if the registry lacks them."""
-    subprocess.run([sys.executable, "-m", "molserve", "--registry", str(path), "bootstrap"],
-                   check=True)
+def ensure_registry(path: Path, only: list[str] | None = None) -> Path:
+    """Train the bundled models (standard profile; `only` these) if the registry lacks them."""
+    subprocess.run([sys.executable, "-m", "molserve", "--registry", str(path), "bootstrap",
+                    *(["--only", ",".join(only)] if only else [])], check=True)
     return path
 
 

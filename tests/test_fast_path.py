@@ -67,7 +67,9 @@ def reference_answers(model: FastModel, features: np.ndarray, on_bits: list[np.n
             continue
         mean = float(members.mean())
         std = float(members.std())
-        if calibration.get("scale") == "distance":
+        if calibration.get("scale") == "none":
+            half = calibration["quantile"]
+        elif calibration.get("scale") == "distance":
             half = calibration["quantile"] * (1.0 - similarity + calibration["gamma"])
         else:
             half = calibration["quantile"] * (std + calibration["stabilizer"])

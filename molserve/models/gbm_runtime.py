@@ -252,7 +252,9 @@ class FastModel:
         mean = np.array([m for m, _, _, _ in stats])
         std = np.array([sd for _, sd, _, _ in stats])
         quantile, confidence = self._quantile(confidence)
-        if calibration.get("scale") == "distance":
+        if calibration.get("scale") == "none":
+            half = np.full(len(mean), quantile)
+        elif calibration.get("scale") == "distance":  # models trained with distance scaling
             half = quantile * (1.0 - similarity + calibration["gamma"])
         else:  # models trained before distance scaling: scaled by the members' spread
             half = quantile * (std + calibration["stabilizer"])

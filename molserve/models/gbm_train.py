@@ -10,8 +10,8 @@ user's file) is used twice and never more:
    a scaffold split) is never a validation molecule, so it chooses nothing.
 2. The served ensemble: the same data in `folds` scaffold folds; member k is trained on every
    fold but k with the chosen rounds. Each molecule is thus predicted once by a member that
-   never saw it. The out-of-fold predictions of the calibration molecules, which played no part
-   in choosing the recipe or the rounds, calibrate the intervals (at 80, 90 and 95%) and the
+   never saw it. The out-of-fold predictions of the calibration molecules, which never chose
+   the recipe or the rounds, calibrate the intervals (at 80, 90 and 95%) and the
    classifiers' probabilities; those of every fitted molecule set the domain threshold.
 The test set (TDC's test file, or 10% of a user's file) is predicted at the end and never
 informs a choice.
@@ -442,11 +442,10 @@ def fit_and_evaluate(
     tr, va, fit = sides.train, sides.valid, sides.fit
     calibration_rule = "random" if sides.method.startswith("random") else "rarest_scaffolds"
     calib = calibration_molecules(curated.mols, tr, seed, rule=calibration_rule)
-    # The calibration molecules stay in selection's training data: they never validate (choose)
-    # anything. Taking them out of it as well was measured: the same coverage, but boosting
-    # without the rarest scaffolds stopped early (AqSolDB: half the rounds, MAE 0.777 against
-    # 0.752; BENCHMARKS.md).
-    select = tr
+    # The calibration molecules stay in selection's training data (the whole train side): they
+    # never validate (choose) anything. Taking them out of it as well was measured: the same
+    # coverage, but boosting without the rarest scaffolds stopped early (AqSolDB: half the
+    # rounds, MAE 0.777 against 0.752; BENCHMARKS.md).
     z = transform.forward(y) if task == "regression" else y
 
     report("featurizing", 0.06)
@@ -478,7 +477,7 @@ def fit_and_evaluate(
         report(f"selecting {index + 1}/{len(candidates)}", 0.1 + 0.3 * index / len(candidates))
         x, data = columns_and_dataset(recipe)
         params = recipe.lgb_params(task, settings.rate(task), seed, settings.threads, False)
-        train_set = data.subset(position[select])
+        train_set = data.subset(position[tr])
         valid_set = data.subset(position[va])
         booster = lgb.train(params, train_set, num_boost_round=settings.max_rounds,
                             valid_sets=[valid_set],

@@ -253,7 +253,7 @@ class FastModel:
         std = np.array([sd for _, sd, _, _ in stats])
         quantile, confidence = self._quantile(confidence)
         if calibration.get("scale") == "none":
-            half = np.full(len(mean), quantile)
+            half = quantile
         elif calibration.get("scale") == "distance":  # models trained with distance scaling
             half = quantile * (1.0 - similarity + calibration["gamma"])
         else:  # models trained before distance scaling: scaled by the members' spread

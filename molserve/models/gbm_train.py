@@ -550,17 +550,19 @@ def fit_and_evaluate(
         # space): half width = q, the same for every molecule (how far from the training set a
         # molecule lies is said by its applicability domain). Scaling the residuals by distance
         # to the training set was measured against it and under-covered LD50 (BENCHMARKS.md).
-        def absolute_quantiles(molecules: np.ndarray) -> dict[str, float]:
-            residual = np.abs(z[molecules] - out_of_fold[molecules])
-            return {str(c): conformal_quantile(residual, c) for c in CONFIDENCE_LEVELS}
+        def quantiles_from(molecules: np.ndarray, scaled: bool = False) -> tuple[float | None, dict]:
+            """Conformal quantiles at each level of the molecules' absolute residuals, or of
+            the residuals over (distance + gamma), gamma = median distance + 0.001 (then
+            returned with them)."""
+            score = np.abs(z[molecules] - out_of_fold[molecules])
+            gamma = None
+            if scaled:
+                distance = 1.0 - oof_similarity[molecules]
+                gamma = float(np.median(distance)) + 1e-3
+                score = score / (distance + gamma)
+            return gamma, {str(c): conformal_quantile(score, c) for c in CONFIDENCE_LEVELS}
 
-        def scaled_quantiles(molecules: np.ndarray) -> tuple[float, dict[str, float]]:
-            distance = 1.0 - oof_similarity[molecules]
-            spread = float(np.median(distance)) + 1e-3
-            ratio = np.abs(z[molecules] - out_of_fold[molecules]) / (distance + spread)
-            return spread, {str(c): conformal_quantile(ratio, c) for c in CONFIDENCE_LEVELS}
-
-        quantiles = absolute_quantiles(calib if len(calib) else fit)
+        _, quantiles = quantiles_from(calib if len(calib) else fit)
         q = quantiles[str(CONFIDENCE)]
         drawn = ("the train side's rarest Bemis-Murcko scaffold groups, smallest first (equal sizes "
                  f"in a seeded order, seed {seed + 1000}), up to 1/{CALIBRATION_SHARE} of it, as a "
@@ -589,11 +591,11 @@ def fit_and_evaluate(
         test_pred[ok] = prediction
         test_metrics = M.regression_metrics(yg, prediction)
 
-        def coverage(levels: dict[str, float], spread: float | None = None) -> dict[str, float]:
+        def coverage(gamma: float | None, levels: dict[str, float]) -> dict[str, float]:
             """Test coverage at each level: constant half widths, or scaled by distance."""
             found = {}
             for level, qq in levels.items():
-                half = qq if spread is None else qq * (1.0 - test_similarity + spread)
+                half = qq if gamma is None else qq * (1.0 - test_similarity + gamma)
                 found[level] = M.interval_coverage(yg, transform.inverse(mean_z - half),
                                                    transform.inverse(mean_z + half))
             return found
@@ -601,14 +603,13 @@ def fit_and_evaluate(
         low, high = transform.inverse(mean_z - q), transform.inverse(mean_z + q)
         test_metrics["interval_coverage"] = M.interval_coverage(yg, low, high)
         test_metrics["interval_mean_width"] = float(np.mean(high - low))
-        test_metrics["interval_coverage_by_level"] = coverage(quantiles)
+        test_metrics["interval_coverage_by_level"] = coverage(None, quantiles)
         # The first rule (every fitted molecule's out-of-fold residual, selection's included,
         # scaled by distance), on these same members: for comparison.
-        gamma_fit, scaled_fit = scaled_quantiles(fit)
-        previous = coverage(scaled_fit, gamma_fit)
+        previous = coverage(*quantiles_from(fit, scaled=True))
         # Measured alongside: the same calibration molecules with residuals scaled by distance.
-        gamma_cal, scaled_cal = scaled_quantiles(calib if len(calib) else fit)
-        variants = {"distance_scaled": coverage(scaled_cal, gamma_cal)}
+        variants = {"distance_scaled": coverage(*quantiles_from(calib if len(calib) else fit,
+                                                                scaled=True))}
         oof = M.regression_metrics(y[fit], transform.inverse(out_of_fold[fit]))
         baseline_pred, alpha = ridge_baseline(x[tr], z[tr], x[va], z[va], test_x)
         metrics = {"test": test_metrics, "out_of_fold": oof,

@@ -650,7 +650,7 @@ function trustBlock(manifest) {
   const u = manifest.uncertainty || {}, d = manifest.applicability_domain || {};
   const test = (manifest.metrics || {}).test || {};
   const items = [];
-  const levels = test.interval_coverage_by_level || u.test_coverage;
+  const levels = test.interval_coverage_by_level;
   if (levels) {
     const shown = Object.keys(levels).sort().map((c) => `${Math.round(100 * Number(c))}%: ${percent(levels[c])}`).join(", ");
     const set = u.calibration_set ? ` (calibrated on ${u.calibration_set.molecules} molecules: ${u.calibration_set.rule})` : "";

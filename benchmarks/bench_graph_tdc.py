@@ -6,7 +6,10 @@ tier's recipe, `molserve.models.graph`) on train with early stopping on valid, p
 fixed test set and score every row with the leaderboard's metric. The fast tier is trained on
 the same split in the same run (`fit_and_evaluate`, as `molserve bootstrap` does), so three
 figures share each seed: fast, graph, and their mean ("tiers": the two tiers' predictions
-averaged, on the log scale where the endpoint is modelled so). Nothing is chosen on the test set.
+averaged, on the log scale where the endpoint is modelled so). Two choices are scored as well,
+made on the validation side alone: "router" (the better tier of the two by the validation
+metric) and "router_with_mean" (the best of fast, graph and their mean). Nothing is chosen on
+the test set.
 
 Unreadable test rows get the training mean (regression) or the positive rate, as the fast tier
 does. Scores are rounded as TDC rounds; mean and standard deviation (ddof 0) over the seeds.
@@ -36,6 +39,12 @@ DEFAULT = ["caco2_wang", "clearance_microsome_az", "herg", "ppbr_az", "lipophili
 
 def _score(metric: str, y: np.ndarray, p: np.ndarray) -> float:
     return round(M.tdc_metric(metric, y, p), 3)
+
+
+def _chosen(metric: str, valid_scores: dict[str, float], options: tuple[str, ...]) -> str:
+    """The option with the best validation score (the first of equals)."""
+    sign = 1.0 if metric == "mae" else -1.0
+    return min(options, key=lambda o: sign * valid_scores[o])
 
 
 def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) -> dict:
@@ -89,6 +98,7 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
                                                         threads=threads))
             members.append(model)
         graph_test_z = predict(members, test_mols, x_test).mean(axis=0)
+        graph_valid_z = predict(members, [mols[i] for i in va], x[va]).mean(axis=0)
         graph_seconds = time.perf_counter() - started
         # The fast tier on the same split (its own validation also picks its recipe and rounds).
         _, fast = fit_and_evaluate(data, entry.endpoint, test=test, split="tdc-scaffold",
@@ -106,12 +116,25 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
         scores = {"fast": _score(metric, y_test, fast_test),
                   "graph": _score(metric, y_test, graph_full),
                   "tiers": _score(metric, y_test, both)}
-        runs.append({"seed": seed, **scores,
+        # The choices, made on the validation side only (both tiers' selection models stopped
+        # early on it: equal evidence): "router" between the two tiers, as served today, and
+        # "router_with_mean" with the tiers' mean as a third option.
+        if not np.array_equal(np.asarray(fast["valid_index"]), va):
+            raise RuntimeError("the fast tier validated on other molecules than the graph tier")
+        fast_valid = np.asarray(fast["valid_predictions"], dtype=np.float64)
+        valid = {"fast": fast_valid, "graph": inverse(graph_valid_z),
+                 "tiers": inverse((graph_valid_z + forward(fast_valid)) / 2)}
+        valid_scores = {name: _score(metric, y[va], p) for name, p in valid.items()}
+        router = _chosen(metric, valid_scores, ("fast", "graph"))
+        router_mean = _chosen(metric, valid_scores, ("fast", "graph", "tiers"))
+        scores["router"], scores["router_with_mean"] = scores[router], scores[router_mean]
+        runs.append({"seed": seed, **scores, "chose": router, "chose_with_mean": router_mean,
+                     "valid_scores": valid_scores,
                      "graph_seconds": round(graph_seconds, 1),
                      "train": int(len(tr)), "valid": int(len(va))})
         print(json.dumps({"dataset": key, **runs[-1]}), flush=True)
     summary = {"dataset": key, "metric": entry.metric, "runs": runs}
-    for name in ("fast", "graph", "tiers"):
+    for name in ("fast", "graph", "tiers", "router", "router_with_mean"):
         values = [r[name] for r in runs]
         summary[name] = {"mean": round(float(np.mean(values)), 3), "std": round(float(np.std(values)), 3)}
     best, best_name, chemprop_rdkit = PUBLISHED[key]
@@ -136,8 +159,9 @@ def main() -> None:
         results.append(run(key, seeds, args.ensemble, args.epochs, args.threads))
         out.write_text(json.dumps({"ensemble": args.ensemble, "epochs": args.epochs,
                                    "seeds": seeds, "results": results}, indent=2))
-        print(json.dumps({k: results[-1][k] for k in ("dataset", "fast", "graph", "tiers",
-                                                       "published")}), flush=True)
+        print(json.dumps({k: results[-1][k] for k in ("dataset", "fast", "graph", "tiers", "router",
+                                                       "router_with_mean", "published")}),
+              flush=True)
 
 
 if __name__ == "__main__":

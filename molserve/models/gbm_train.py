@@ -490,7 +490,7 @@ def fit_and_evaluate(
         score = _metric_score(metric, task, y[va], value)
         search_log.append({"recipe": recipe.to_dict(), "rounds": rounds, "valid_score": score})
         if best is None or score > best["valid_score"]:
-            best = {"recipe": recipe, "rounds": rounds, "valid_score": score}
+            best = {"recipe": recipe, "rounds": rounds, "valid_score": score, "valid": value}
     assert best is not None
     recipe: Recipe = best["recipe"]
     spec = recipe.spec()
@@ -664,6 +664,8 @@ def fit_and_evaluate(
               "coverage_previous_rule": previous, "coverage_variants": variants,
               "platt_applied": bool(calibration.get("probability_calibration", {}).get("applied")),
               "recipe": recipe, "rounds": best["rounds"], "spec": spec, "ensemble": ensemble,
+              # The chosen recipe's selection model on the validation side (curated order).
+              "valid_index": va, "valid_predictions": best["valid"],
               "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
               "test_keys": test_keys if test is not None else None,
               "seconds": time.perf_counter() - started}

@@ -50,6 +50,28 @@ def test_a_graph_model_is_stored_in_safe_formats_and_scored_beside_the_fast_mode
         assert artifact.info.metrics.test["n"] == fast.info.metrics.test["n"]
 
 
+def test_the_tiers_mean_is_scored_on_the_same_test_molecules_with_the_served_fast_answers(graph_registry):
+    from molserve import Predictor
+    from molserve.models.heldout import read_fast_rows
+
+    artifact = graph_registry.latest("logbb", kind="graph")
+    fast = graph_registry.latest("logbb", kind="gbm")
+    mean = artifact.manifest["metrics"]["tiers_mean"]
+    assert mean["fast_version"] == fast.version and mean["test"]["n"] == fast.info.metrics.test["n"]
+    smiles, labels, split = read_fast_rows(fast)
+    test = [i for i, side in enumerate(split) if side == "test"]
+    served = Predictor(graph_registry.root, endpoints=["logbb"]).predict(
+        [smiles[i] for i in test], endpoints=["logbb"])
+    fast_values = np.array([row["logbb"] for row in served])
+    graph_values = np.array(artifact.manifest["test_predictions"]["predicted"])
+    y = np.array([labels[i] for i in test])
+    rmse = float(np.sqrt(np.mean(((fast_values + graph_values) / 2 - y) ** 2)))
+    assert abs(rmse - mean["test"]["rmse"]) < 1e-3  # logbb is modelled on its own scale
+    assert 0 <= mean["test"]["interval_coverage"] <= 1
+    dili = graph_registry.latest("dili", kind="graph").manifest["metrics"]["tiers_mean"]
+    assert 0 <= dili["test"]["roc_auc"] <= 1
+
+
 def test_a_reloaded_graph_model_answers_as_the_trained_one_with_intervals_and_domain(graph_registry):
     from molserve.chem.molecules import parse_smiles
     from molserve.models.graph.runtime import GraphModel
@@ -111,14 +133,39 @@ def test_graph_answers_come_through_a_real_worker_and_degrade_when_it_dies(graph
                 # auto: the tier that scored better on the shared test split.
                 fast_rmse = graph_registry.latest("logbb", kind="gbm").info.metrics.test["rmse"]
                 expected = "graph" if graph_test["metrics"]["rmse"] < fast_rmse else "fast"
+                mean_rmse = graph_registry.latest("logbb", kind="graph").manifest["metrics"][
+                    "tiers_mean"]["test"]["rmse"]
+                if mean_rmse < min(fast_rmse, graph_test["metrics"]["rmse"]):
+                    expected = "fast+graph"  # the tiers' mean beat both on the same molecules
                 assert endpoints["logbb"]["preferred_tier"] == expected
                 assert _ask(base, client, "auto")["tiers"]["logbb"] == expected
+                # The tiers' mean: listed beside the tiers, and answered on request.
+                assert "fast+graph" in endpoints["logbb"]["tiers"]
+                listed = next(m for m in endpoints["logbb"]["models"] if m["tier"] == "fast+graph")
+                assert listed["metrics"]["rmse"] == mean_rmse
+                fast_rows = _ask(base, client, "fast")["results"]
+                graph_rows = _ask(base, client, "graph")["results"]
+                body = _ask(base, client, "fast+graph")
+                assert body["tiers"]["logbb"] == "fast+graph"
+                for f, g, b in zip(fast_rows[:3], graph_rows[:3], body["results"][:3], strict=True):
+                    answer = b["predictions"]["logbb"]
+                    assert answer["provenance"]["tier"] == "fast+graph"
+                    assert abs(answer["value"] - (f["predictions"]["logbb"]["value"]
+                                                  + g["predictions"]["logbb"]["value"]) / 2) < 1e-3
+                    low, high = answer["uncertainty"]["interval"]
+                    assert low < answer["value"] < high
+                    p = b["predictions"]["dili"]["value"]
+                    assert abs(p - (f["predictions"]["dili"]["value"]
+                                    + g["predictions"]["dili"]["value"]) / 2) < 1e-3
 
                 stop(worker)
                 body = _ask(base, client, "graph")
                 provenance = body["results"][0]["predictions"]["logbb"]["provenance"]
                 assert provenance["tier"] == "fast" and provenance["degraded"]
                 assert body["degraded"]["logbb"] in ("worker_unreachable", "circuit_open")
+                body = _ask(base, client, "fast+graph")
+                provenance = body["results"][0]["predictions"]["logbb"]["provenance"]
+                assert provenance["tier"] == "fast" and provenance["degraded"]
     finally:
         stop(worker)
 

@@ -72,3 +72,28 @@ def test_models_list_can_say_which_worker_models_are_on_a_stale_split(tmp_path):
     lines = listed.output.splitlines()
     row = next(i for i, line in enumerate(lines) if line.split()[:3] == ["logbb", "2", "transformer"])
     assert "not comparable" in lines[row + 1]
+
+
+def _with_graph(fast, graph_listing):
+    return SimpleNamespace(fast=SimpleNamespace(models={"logbb": fast}),
+                           served_remotely=lambda: {"graph": {"logbb": graph_listing}})
+
+
+def _fast_v(version: int, rmse: float):
+    fast = _fast(version, "aaa", rmse)
+    fast.artifact.version = version
+    return fast
+
+
+def test_the_tiers_mean_is_preferred_only_where_it_beat_every_tier_with_the_live_fast_model():
+    graph = {"metrics": {"rmse": 0.55}, "evidence": {"shared_with": "logbb v1 (gbm)", "data_sha256": "aaa"},
+             "tiers_mean": {"fast_version": 1, "test": {"rmse": 0.50}}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60), graph), "logbb") == "fast+graph"
+    # The mean must beat the best tier alone, not just one of them.
+    worse = {**graph, "tiers_mean": {"fast_version": 1, "test": {"rmse": 0.56}}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60), worse), "logbb") == "graph"
+    # Scored with another fast model (retrained on the same rows): the mean is not preferred.
+    assert Router.preferred_tier(_with_graph(_fast_v(2, 0.60), graph), "logbb") == "graph"
+    # A graph model on another split competes with nothing, its mean neither.
+    stale = {**graph, "evidence": {"shared_with": "logbb v1 (gbm)", "data_sha256": "zzz"}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60), stale), "logbb") == "fast"

@@ -45,8 +45,10 @@ class PredictRequest(BaseModel):
         # Stated, not enforced here: the router refuses an empty list with its own code.
         json_schema_extra={"minItems": 1},
     )
-    tier: Literal["auto", "fast", "transformer", "graph"] = Field(
-        "auto", description="Which tier should answer; `auto` picks the best-validated healthy one."
+    tier: Literal["auto", "fast", "transformer", "graph", "fast+graph"] = Field(
+        "auto", description="Which tier should answer; `auto` picks the best-validated healthy one. "
+        "`fast+graph` is the mean of the fast and graph tiers' answers (served by `auto` where "
+        "its test metric beats every tier's).",
     )
     deadline_ms: float | None = Field(
         None, gt=0, le=60000,
@@ -99,7 +101,7 @@ class ApplicabilityDomain(Answered):
 class Provenance(Answered):
     model_id: str
     version: int | str
-    tier: Literal["fast", "transformer", "graph", "computed"]
+    tier: Literal["fast", "transformer", "graph", "fast+graph", "computed"]
     kind: str | None = None
     trained: str | None = None
     dataset: str | None = Field(None, description="The training data, e.g. `TDC Caco2_Wang`.")
@@ -185,7 +187,8 @@ class EndpointInfo(Answered):
     label_names: list[str] | None = Field(None, description="Classification: [negative, positive].")
     tiers: list[str]
     preferred_tier: str | None = Field(None, description="Served by several tiers: the one whose "
-                                       "model scored better on the same test split.")
+                                       "model scored better on the same test split (`fast+graph`: "
+                                       "the two tiers' mean scored better than each).")
     models: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.errors import InvalidInput, TooLarge, Unavailable
+from molserve.prediction.blend import MEAN_TIER, combine, usable
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
 from molserve.registry.manifest import scored_better
 from molserve.registry.store import ArtifactError, Registry
@@ -39,6 +40,13 @@ log = logging.getLogger("molserve.prediction")
 
 
 REMOTE_TIERS = ("transformer", "graph")
+
+
+def _remote_of(planned: str) -> str | None:
+    """The worker tier a planned tier asks (the tiers' mean asks the graph tier), or None."""
+    if planned == MEAN_TIER:
+        return "graph"
+    return planned if planned in REMOTE_TIERS else None
 CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
 
 
@@ -168,6 +176,16 @@ class Router:
             if listed:
                 info["tiers"] = [*info["tiers"], *(tier for tier, _ in listed)]
                 info["models"] = [*info["models"], *(model for _, model in listed)]
+                fast = self.fast.models.get(name)
+                graph = remote.get("graph", {}).get(name)
+                mean = usable(graph, fast.artifact.version) if fast is not None and graph else None
+                if mean is not None:  # the tiers' mean, scored on the same test molecules
+                    info["tiers"] = [*info["tiers"], MEAN_TIER]
+                    info["models"] = [*info["models"], {
+                        "model_id": f"{name}/{MEAN_TIER}", "tier": MEAN_TIER,
+                        "version": f"{fast.artifact.version}+{graph.get('version')}",
+                        "kind": "mean of the fast and graph tiers' answers",
+                        "metrics": mean["test"]}]
                 info["preferred_tier"] = self.preferred_tier(name)
             infos.append(info)
         infos += self.pending_info()
@@ -198,7 +216,9 @@ class Router:
         """The tier whose model scored best on the endpoint's held-out test split. A worker
         model competes with the fast model only on equal evidence: tested on the live fast
         model's split (same dataset version, same split; `evidence_mismatch`), else it is not
-        preferred. A tie goes to the tier listed first (fast, then transformer, then graph)."""
+        preferred. A tie goes to the tier listed first (fast, then transformer, then graph). The
+        fast and graph tiers' mean (`fast+graph`, `molserve.prediction.blend`) is preferred when
+        its test metric, scored with the live fast model, beats every tier's."""
         from molserve.registry.manifest import evidence_mismatch
 
         best: str | None = None
@@ -206,25 +226,34 @@ class Router:
         fast = self.fast.models.get(endpoint)
         if fast is not None:
             best, best_test = "fast", fast.artifact.info.metrics.test
+        graph_listing = None
         for tier, served in self.served_remotely().items():
             if endpoint not in served:
                 continue
             if fast is not None and evidence_mismatch(served[endpoint].get("evidence"),
                                                       fast.artifact.manifest):
                 continue
+            if tier == "graph":
+                graph_listing = served[endpoint]
             # A worker lists each model's test metrics as a plain dict.
             test = served[endpoint].get("metrics")
             if best is None or scored_better(test, best_test):
                 best, best_test = tier, test
+        # The two tiers' mean, scored with this very fast model, when it beats every tier alone.
+        mean = usable(graph_listing, fast.artifact.version) if fast is not None and graph_listing \
+            else None
+        if mean is not None and scored_better(mean["test"], best_test):
+            return MEAN_TIER
         return best or "fast"
 
     def plan(self, names: list[str], tier: str) -> dict[str, str]:
-        """endpoint -> the tier to try first ('fast', 'transformer', 'graph' or 'computed')."""
+        """endpoint -> the tier to try first ('fast', 'transformer', 'graph', 'fast+graph' or
+        'computed')."""
         plan = {}
         for name in names:
             if name in self.computed.served():
                 plan[name] = "computed"
-            elif tier in ("fast", *REMOTE_TIERS):
+            elif tier in ("fast", *REMOTE_TIERS, MEAN_TIER):
                 plan[name] = tier
             else:
                 plan[name] = self.preferred_tier(name)
@@ -363,7 +392,7 @@ class Router:
         names = self.resolve_endpoints(endpoints)
         confidence = calibrated_level(confidence)
         plan = self.plan(names, "fast" if confidence not in (None, 0.9) and tier != "fast" else tier)
-        if not set(plan.values()) & set(REMOTE_TIERS):
+        if not any(_remote_of(first) for first in plan.values()):
             if (len(molecules) <= inline_limit and not explain) or self.compute is None:
                 response = self._predict_local(molecules, names, explain, confidence)
             else:
@@ -386,8 +415,9 @@ class Router:
         deadline = time.monotonic() + timeout_s
         remote_tasks: dict[str, asyncio.Task] = {}
         reasons: dict[str, str] = {}
-        for name, first in plan.items():
-            if first not in REMOTE_TIERS:
+        for name, planned in plan.items():
+            first = _remote_of(planned)
+            if first is None:
                 continue
             remote = self.remotes.get(first)
             if remote is None:
@@ -406,6 +436,9 @@ class Router:
                 remote_answers = await task
             except RemoteFailure as failure:
                 reasons[name] = failure.reason
+                continue
+            if plan[name] == MEAN_TIER and name in answers:
+                answers[name] = self._mean_answers(name, answers[name], remote_answers)
                 continue
             merged = []
             for slot, answer in enumerate(remote_answers):
@@ -437,6 +470,12 @@ class Router:
         response["degraded"] = dict(reasons)
         self._annotate(response, reference)
         return response
+
+    def _mean_answers(self, name: str, fast: list[Answer], graph: list[Answer]) -> list[Answer]:
+        model = self.fast.models[name]
+        listing = self.served_remotely().get("graph", {}).get(name, {})
+        return combine(name, fast, graph, task=model.task, transform=model.transform,
+                       label_names=model.manifest.get("label_names"), listing=listing)
 
     async def _remote_timed(self, remote: RemoteTier, batch: MoleculeBatch, name: str,
                             deadline: float, request_id: str | None) -> list[Answer]:

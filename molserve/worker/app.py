@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,6 +116,10 @@ def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
             errors[endpoint] = str(error)
             log.error("not serving %s: %s", endpoint, error)
     return models, errors
+
+
+def _tiers_mean(model: Any) -> dict | None:
+    return (getattr(model, "manifest", {}).get("metrics") or {}).get("tiers_mean")
 
 
 def create_worker_app(settings: WorkerSettings | None = None,
@@ -226,7 +230,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
              "backend": m.backend,
              "device": m.device,
              # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
-             "evidence": split_evidence(getattr(m, "manifest", {}).get("split"))}
+             "evidence": split_evidence(getattr(m, "manifest", {}).get("split")),
+             # Graph models: the fast and graph tiers' mean on the same test molecules.
+             **({"tiers_mean": mean} if (mean := _tiers_mean(m)) else {})}
             for key, m in state["models"].items()
         ])
 

@@ -68,6 +68,9 @@ def test_the_tiers_mean_is_scored_on_the_same_test_molecules_with_the_served_fas
     rmse = float(np.sqrt(np.mean(((fast_values + graph_values) / 2 - y) ** 2)))
     assert abs(rmse - mean["test"]["rmse"]) < 1e-3  # logbb is modelled on its own scale
     assert 0 <= mean["test"]["interval_coverage"] <= 1
+    from molserve.models.graph.pipeline import describe
+
+    assert f"the tiers' mean RMSE {mean['test']['rmse']:.3f}" in describe(artifact)
     dili = graph_registry.latest("dili", kind="graph").manifest["metrics"]["tiers_mean"]
     assert 0 <= dili["test"]["roc_auc"] <= 1
 

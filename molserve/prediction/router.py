@@ -466,7 +466,10 @@ class Router:
                 await asyncio.get_running_loop().run_in_executor(
                     self.compute, functools.partial(self._explain, batch, answers))
         response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
-        response["tiers"] = {name: ("fast" if name in reasons else plan[name]) for name in names}
+        # The mean asked of an endpoint without a fast model is the graph tier's answer alone.
+        answered = {name: "graph" if plan[name] == MEAN_TIER and name not in self.fast.models
+                    else plan[name] for name in names}
+        response["tiers"] = {name: ("fast" if name in reasons else answered[name]) for name in names}
         response["degraded"] = dict(reasons)
         self._annotate(response, reference)
         return response

@@ -216,8 +216,11 @@ def describe(artifact: Artifact) -> str:
     test, fast = view.metrics.test, view.metrics.fast_model_test or {}
     where = f"{artifact.endpoint} v{artifact.version}"
     nan = float("nan")
+    mean = (artifact.manifest.get("metrics", {}).get("tiers_mean") or {}).get("test") or {}
     if view.task == "classification":
         return (f"{where} graph: test ROC AUC {test['roc_auc']:.3f} "
-                f"(fast tier {fast.get('roc_auc', nan):.3f})")
+                f"(fast tier {fast.get('roc_auc', nan):.3f}; "
+                f"the tiers' mean {mean.get('roc_auc', nan):.3f})")
     return (f"{where} graph: test RMSE {test['rmse']:.3f}, MAE {test['mae']:.3f} "
-            f"(fast tier RMSE {fast.get('rmse', nan):.3f}, MAE {fast.get('mae', nan):.3f})")
+            f"(fast tier RMSE {fast.get('rmse', nan):.3f}, MAE {fast.get('mae', nan):.3f}; "
+            f"the tiers' mean RMSE {mean.get('rmse', nan):.3f}, MAE {mean.get('mae', nan):.3f})")

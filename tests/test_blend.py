@@ -9,7 +9,8 @@ import numpy as np
 
 from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.models.gbm_runtime import TargetTransform
-from molserve.prediction.blend import MEAN_TIER, combine, mean_values, usable
+from molserve.models.tier_mean import mean_values
+from molserve.prediction.blend import MEAN_TIER, combine, usable
 
 DOMAIN = Domain(0.7, True, 0.3, "CCO")
 

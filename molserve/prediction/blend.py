@@ -7,11 +7,9 @@ metrics, and for regression the measured coverage of the mean's interval). The r
 endpoint with the mean (tier `fast+graph`) when that test metric beats every single tier's, and
 the fast model is still the one the mean was scored with.
 
-How two answers are averaged, here and in training alike (`mean_values`):
-- regression: on the scale the models learn on (log10 for skewed targets such as clearance),
-  then back to the label's units; the interval's ends are averaged the same way, and the
-  answer says the coverage that interval had on the held-out test molecules;
-- classification: the two probabilities' mean; the interval spans both tiers' member ranges.
+Two answers are averaged as in training (`molserve.models.tier_mean.mean_values`): on the scale
+the models learn on, intervals' ends alike (the answer says the coverage that interval had on the
+held-out test molecules); a classifier's interval spans both tiers' member ranges.
 
 Plain numpy and the answer types: the gateway stays light.
 """
@@ -23,22 +21,9 @@ from typing import Any
 import numpy as np
 
 from molserve.answers import Answer, Provenance, Uncertainty
+from molserve.models.tier_mean import mean_values
 
 MEAN_TIER = "fast+graph"
-_TINY = 1e-12
-
-
-def mean_values(fast: np.ndarray, graph: np.ndarray, task: str, transform: Any) -> np.ndarray:
-    """The tiers' mean of answers in label units (regression) or probabilities."""
-    fast, graph = np.asarray(fast, dtype=np.float64), np.asarray(graph, dtype=np.float64)
-    if task != "regression" or transform is None or transform.kind == "identity":
-        return (fast + graph) / 2
-    offset = transform.offset
-
-    def forward(y: np.ndarray) -> np.ndarray:  # rounded answers can touch the scale's floor
-        return np.log10(np.maximum(y + offset, _TINY))
-
-    return transform.inverse((forward(fast) + forward(graph)) / 2)
 
 
 def usable(listing: dict[str, Any] | None, fast_version: int) -> dict[str, Any] | None:

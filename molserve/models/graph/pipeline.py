@@ -31,7 +31,8 @@ from molserve.models.graph.modeling import (
     train,
 )
 from molserve.models.heldout import domain_index_files, fast_model, read_fast_rows
-from molserve.registry.store import Artifact, ArtifactError, Registry
+from molserve.models.tier_mean import tiers_mean
+from molserve.registry.store import Artifact, Registry
 
 CONFIDENCE = 0.9
 _EPS = 1e-6
@@ -131,7 +132,7 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
                    "valid": M.classification_metrics(y[va], mean[va]), "primary": "roc_auc",
                    "fast_model_test": test_fast}
         test_predictions = {"roc": M.roc_curve(y[te], mean[te])}
-    metrics["tiers_mean"] = tiers_mean(registry, fast, [smiles[i] for i in te], y[te], mean[te],
+    metrics["tiers_mean"] = tiers_mean(fast, [smiles[i] for i in te], y[te], mean[te],
                                        None if kind != "regression" else (low, high))
     domain_files, domain = domain_index_files(smiles, split)
     files.update(domain_files)
@@ -159,42 +160,6 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     if progress is not None:
         progress("registered", 1.0, {})
     return artifact
-
-
-def tiers_mean(registry: Registry, fast: Artifact, smiles: list[str], y: np.ndarray,
-               graph: np.ndarray, graph_interval: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
-    """The fast and graph tiers' mean on the test molecules (`molserve.prediction.blend`): the
-    fast model's answers as it serves them, averaged with the graph model's, scored. Regression
-    also measures the coverage of the mean's interval (both 90% intervals, ends averaged)."""
-    from molserve.prediction.blend import mean_values
-    from molserve.prediction.router import Router
-
-    router = Router(registry, max_batch=max(1000, len(smiles)))
-    router.load(only=[fast.endpoint])
-    served = router.fast.models[fast.endpoint]
-    if served.artifact.version != fast.version:
-        raise ArtifactError(f"{fast.endpoint}: the fast model changed during training")
-    answers = [r["predictions"][fast.endpoint] for r in
-               router.predict_local(smiles, [fast.endpoint])["results"]]
-    kind, transform = fast.info.task, target_transform_of(fast)
-    fast_values = np.array([a.value for a in answers], dtype=np.float64)
-    both = mean_values(fast_values, graph, kind, transform)
-    out: dict[str, Any] = {"fast_version": fast.version,
-                           "method": "mean of the fast model's served answers and the graph "
-                                     "model's, on the model's scale (probabilities: their mean)"}
-    if kind != "regression":
-        out["test"] = M.classification_metrics(y, both)
-        return out
-    test = M.regression_metrics(y, both)
-    if graph_interval is not None and all(a.uncertainty and a.uncertainty.interval for a in answers):
-        fast_low = np.array([a.uncertainty.interval[0] for a in answers], dtype=np.float64)
-        fast_high = np.array([a.uncertainty.interval[1] for a in answers], dtype=np.float64)
-        low = mean_values(fast_low, graph_interval[0], kind, transform)
-        high = mean_values(fast_high, graph_interval[1], kind, transform)
-        test["interval_coverage"] = float(np.mean((y >= low) & (y <= high)))
-        test["interval_mean_width"] = float(np.mean(high - low))
-    out["test"] = test
-    return out
 
 
 def target_transform_of(artifact: Artifact):

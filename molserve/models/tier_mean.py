@@ -1,0 +1,77 @@
+"""The fast and graph tiers' mean: how two answers are averaged, and how the mean is scored on
+the test molecules the two tiers share when a graph model is trained (the router serves it,
+`molserve.prediction.blend`, where that score beats every tier alone).
+
+- Regression: the mean on the scale the models learn on (log10 for skewed targets such as
+  clearance), back in the label's units; an interval's ends are averaged the same way.
+- Classification: the two probabilities' mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from molserve.models import metrics as M
+from molserve.registry.store import Artifact
+
+_TINY = 1e-12
+
+
+def mean_values(fast: np.ndarray, graph: np.ndarray, task: str, transform: Any) -> np.ndarray:
+    """The tiers' mean of answers in label units (regression) or probabilities."""
+    fast, graph = np.asarray(fast, dtype=np.float64), np.asarray(graph, dtype=np.float64)
+    if task != "regression" or transform is None or transform.kind == "identity":
+        return (fast + graph) / 2
+    offset = transform.offset
+
+    def forward(y: np.ndarray) -> np.ndarray:  # rounded answers can touch the scale's floor
+        return np.log10(np.maximum(y + offset, _TINY))
+
+    return transform.inverse((forward(fast) + forward(graph)) / 2)
+
+
+def fast_answers(fast: Artifact, smiles: list[str]):
+    """The fast model's answers to canonical SMILES, computed as the fast tier serves them."""
+    from molserve.chem.features import featurize
+    from molserve.chem.molecules import parse_smiles
+    from molserve.models.gbm_runtime import FastModel
+
+    model = FastModel.load(fast)
+    mols = [parse_smiles(s).mol for s in smiles]
+    features = featurize(mols, model.spec)
+    assert model.forest is not None
+    raw = model.forest.raw_scores(features.matrix)
+    reference = model.reference()
+    similarity, nearest = reference.index.nearest_many(features.on_bits)
+    names = [reference.smiles[i] if i >= 0 else None for i in nearest.tolist()]
+    return model.answers(raw, similarity, names)
+
+
+def tiers_mean(fast: Artifact, smiles: list[str], y: np.ndarray, graph: np.ndarray,
+               graph_interval: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """The mean of the fast model's answers and the graph model's (`graph`, and its interval's
+    ends for regression) on the test molecules, scored: the metrics, and for regression the
+    coverage and width of the mean's interval (both 90% intervals, ends averaged)."""
+    from molserve.models.gbm_runtime import TargetTransform
+
+    answers = fast_answers(fast, smiles)
+    kind = fast.info.task
+    transform = TargetTransform(**fast.manifest.get("target_transform", {}))
+    both = mean_values(np.array([a.value for a in answers], dtype=np.float64), graph, kind, transform)
+    out: dict[str, Any] = {"fast_version": fast.version,
+                           "method": "mean of the fast model's answers and the graph model's, on "
+                                     "the model's scale (classifiers: the probabilities' mean)"}
+    if kind != "regression":
+        out["test"] = M.classification_metrics(y, both)
+        return out
+    test = M.regression_metrics(y, both)
+    if graph_interval is not None and all(a.uncertainty and a.uncertainty.interval for a in answers):
+        ends = np.array([a.uncertainty.interval for a in answers], dtype=np.float64)
+        low = mean_values(ends[:, 0], graph_interval[0], kind, transform)
+        high = mean_values(ends[:, 1], graph_interval[1], kind, transform)
+        test["interval_coverage"] = float(np.mean((y >= low) & (y <= high)))
+        test["interval_mean_width"] = float(np.mean(high - low))
+    out["test"] = test
+    return out

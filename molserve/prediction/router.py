@@ -40,6 +40,7 @@ log = logging.getLogger("molserve.prediction")
 
 
 REMOTE_TIERS = ("transformer", "graph")
+CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
 
 
 def _remote_of(planned: str) -> str | None:
@@ -47,7 +48,6 @@ def _remote_of(planned: str) -> str | None:
     if planned == MEAN_TIER:
         return "graph"
     return planned if planned in REMOTE_TIERS else None
-CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
 
 
 def calibrated_level(confidence: float | None) -> float | None:

@@ -88,6 +88,14 @@ def test_a_reloaded_graph_model_answers_as_the_trained_one_with_intervals_and_do
     # The registered test predictions were made by the in-memory networks before saving.
     assert np.allclose(outputs.mean(axis=0), artifact.manifest["test_predictions"]["predicted"],
                        atol=1e-3)
+    # Every molecule is predicted whatever the batch size: alone, and last of 65 (chemprop's
+    # loader drops a last batch of one unless told not to).
+    mols = [parse_smiles(s).mol for s in test[:64]] + [parse_smiles("CCO").mol]
+    together = model.outputs(mols)
+    alone = model.outputs([mols[-1]])
+    assert np.allclose(together[:, -1], alone[:, 0], atol=1e-5)
+    assert np.allclose(together[:, :64], outputs[:, :64], atol=1e-5)
+    assert np.all(alone != 0)
     answers = model.predict(["CCO", "C1CC"])
     assert "unclosed ring" in answers[1]["error"]
     low, high = answers[0]["uncertainty"]["interval"]

@@ -155,8 +155,10 @@ def _loader(mols, y, x_d, batch_size: int, shuffle: bool, seed: int):
 
     dataset = MoleculeDataset(_datapoints(mols, y, x_d))
     dataset.cache = True  # graphs are built once, not again every epoch
+    # chemprop drops a last batch of one molecule unless told not to (for batch norm in
+    # training): every molecule is predicted and validated, whatever the batch's size.
     return build_dataloader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed,
-                            num_workers=0)
+                            num_workers=0, drop_last=None if shuffle else False)
 
 
 def train(spec: GraphSpec, mols_train: Sequence, y_train: np.ndarray, mols_valid: Sequence,

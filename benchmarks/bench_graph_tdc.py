@@ -59,6 +59,7 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
         predict,
         train,
     )
+    from molserve.models.tier_mean import mean_values
 
     entry = next(e for e in tdc.CATALOG.values() if e.key == key)
     data, test = tdc.load(entry.endpoint)
@@ -109,9 +110,9 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
         graph_full = np.full(len(test), fallback)
         inverse = transform.inverse if (regression and transform is not None) else (lambda v: v)
         graph_full[readable] = inverse(graph_test_z)
-        forward = transform.forward if (regression and transform is not None) else (lambda v: v)
         both = graph_full.copy()
-        both[readable] = inverse((graph_test_z + forward(fast_test[readable])) / 2)
+        both[readable] = mean_values(fast_test[readable], inverse(graph_test_z), entry.task,
+                                     transform if regression else None)
         metric = entry.metric
         scores = {"fast": _score(metric, y_test, fast_test),
                   "graph": _score(metric, y_test, graph_full),
@@ -123,7 +124,8 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
             raise RuntimeError("the fast tier validated on other molecules than the graph tier")
         fast_valid = np.asarray(fast["valid_predictions"], dtype=np.float64)
         valid = {"fast": fast_valid, "graph": inverse(graph_valid_z),
-                 "tiers": inverse((graph_valid_z + forward(fast_valid)) / 2)}
+                 "tiers": mean_values(fast_valid, inverse(graph_valid_z), entry.task,
+                                      transform if regression else None)}
         valid_scores = {name: _score(metric, y[va], p) for name, p in valid.items()}
         router = _chosen(metric, valid_scores, ("fast", "graph"))
         router_mean = _chosen(metric, valid_scores, ("fast", "graph", "tiers"))

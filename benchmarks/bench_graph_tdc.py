@@ -118,8 +118,9 @@ def run(key: str, seeds: list[int], ensemble: int, epochs: int, threads: int) ->
                   "graph": _score(metric, y_test, graph_full),
                   "tiers": _score(metric, y_test, both)}
         # The choices, made on the validation side only (both tiers' selection models stopped
-        # early on it: equal evidence): "router" between the two tiers, as served today, and
-        # "router_with_mean" with the tiers' mean as a third option.
+        # early on it: equal evidence): "router" between the two tiers and "router_with_mean"
+        # with the tiers' mean as a third option, as the served router chooses (which compares
+        # RMSE or ROC AUC on those molecules; here the dataset's TDC metric).
         if not np.array_equal(np.asarray(fast["valid_index"]), va):
             raise RuntimeError("the fast tier validated on other molecules than the graph tier")
         fast_valid = np.asarray(fast["valid_predictions"], dtype=np.float64)

@@ -9,9 +9,10 @@ from molserve.registry.manifest import Manifest, split_evidence, unequal_evidenc
 from molserve.registry.store import Registry
 
 
-def _fast(version: int, data_sha: str, rmse: float = 0.60):
+def _fast(version: int, data_sha: str, rmse: float = 0.60, valid: float | None = None):
+    metrics = {"test": {"rmse": rmse}, **({"valid": {"rmse": valid}} if valid is not None else {})}
     manifest = {"endpoint": "logbb", "version": version, "kind": "gbm", "task": "regression",
-                "metrics": {"test": {"rmse": rmse}}, "files": {"data.csv": {"sha256": data_sha}}}
+                "metrics": metrics, "files": {"data.csv": {"sha256": data_sha}}}
     return SimpleNamespace(artifact=SimpleNamespace(info=Manifest.model_validate(manifest),
                                                     manifest=manifest))
 
@@ -79,8 +80,8 @@ def _with_graph(fast, graph_listing):
                            served_remotely=lambda: {"graph": {"logbb": graph_listing}})
 
 
-def _fast_v(version: int, rmse: float):
-    fast = _fast(version, "aaa", rmse)
+def _fast_v(version: int, rmse: float, valid: float | None = None):
+    fast = _fast(version, "aaa", rmse, valid)
     fast.artifact.version = version
     return fast
 
@@ -97,3 +98,28 @@ def test_the_tiers_mean_is_preferred_only_where_it_beat_every_tier_with_the_live
     # A graph model on another split competes with nothing, its mean neither.
     stale = {**graph, "evidence": {"shared_with": "logbb v1 (gbm)", "data_sha256": "zzz"}}
     assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60), stale), "logbb") == "fast"
+
+
+def test_the_fast_and_graph_tiers_are_chosen_on_their_shared_validation_molecules_not_the_test():
+    """Where both record validation metrics (the same validation molecules), those decide, even
+    against the test split; where one does not, the test split does, as before."""
+    on_v1 = {"evidence": {"shared_with": "logbb v1 (gbm)", "data_sha256": "aaa"}}
+    # Better on test, worse on validation: the validation side decides.
+    graph = {**on_v1, "metrics": {"rmse": 0.50}, "valid": {"rmse": 0.70}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60, valid=0.65), graph), "logbb") == "fast"
+    graph = {**on_v1, "metrics": {"rmse": 0.65}, "valid": {"rmse": 0.60}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60, valid=0.65), graph), "logbb") == "graph"
+    # A fast model written without validation metrics: the test split decides.
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60), graph), "logbb") == "fast"
+    # The tiers' mean: its validation score against the best tier's.
+    mean = {"fast_version": 1, "test": {"rmse": 0.70}, "valid": {"rmse": 0.55}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60, valid=0.65), {**graph, "tiers_mean": mean}),
+                                 "logbb") == "fast+graph"
+    mean = {"fast_version": 1, "test": {"rmse": 0.40}, "valid": {"rmse": 0.61}}
+    assert Router.preferred_tier(_with_graph(_fast_v(1, 0.60, valid=0.65), {**graph, "tiers_mean": mean}),
+                                 "logbb") == "graph"
+    # A transformer records no validation on the fast model's molecules: compared on test.
+    transformer = {**on_v1, "metrics": {"rmse": 0.55}}
+    router = SimpleNamespace(fast=SimpleNamespace(models={"logbb": _fast_v(1, 0.60, valid=0.40)}),
+                             served_remotely=lambda: {"transformer": {"logbb": transformer}})
+    assert Router.preferred_tier(router, "logbb") == "transformer"

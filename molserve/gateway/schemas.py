@@ -187,8 +187,10 @@ class EndpointInfo(Answered):
     label_names: list[str] | None = Field(None, description="Classification: [negative, positive].")
     tiers: list[str]
     preferred_tier: str | None = Field(None, description="Served by several tiers: the one whose "
-                                       "model scored better on the same test split (`fast+graph`: "
-                                       "the two tiers' mean scored better than each).")
+                                       "model scored better on equal evidence: on the same "
+                                       "validation molecules where both were validated on them "
+                                       "(fast and graph), else on the same test split "
+                                       "(`fast+graph`: the two tiers' mean scored better than each).")
     models: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -49,11 +49,24 @@ def fast_answers(fast: Artifact, smiles: list[str]):
     return model.answers(raw, similarity, names)
 
 
+def fast_valid_predictions(fast: Artifact, n_valid: int) -> np.ndarray | None:
+    """The fast model's selection model's answers on its validation rows (data.csv order), as
+    its manifest records them; None for a model written without them."""
+    predicted = (fast.manifest.get("valid_predictions") or {}).get("predicted")
+    if predicted is None or len(predicted) != n_valid:
+        return None
+    return np.asarray(predicted, dtype=np.float64)
+
+
 def tiers_mean(fast: Artifact, smiles: list[str], y: np.ndarray, graph: np.ndarray,
-               graph_interval: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+               graph_interval: tuple[np.ndarray, np.ndarray] | None,
+               valid: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The mean of the fast model's answers and the graph model's (`graph`, and its interval's
     ends for regression) on the test molecules, scored: the metrics, and for regression the
-    coverage and width of the mean's interval (both 90% intervals, ends averaged)."""
+    coverage and width of the mean's interval (both 90% intervals, ends averaged). With `valid`
+    (the validation rows' labels and the graph model's answers, data.csv order) and a fast model
+    that recorded its selection model's validation answers, the mean is scored there too
+    (`valid`): what routing compares with each tier's validation score."""
     from molserve.models.gbm_runtime import TargetTransform
 
     answers = fast_answers(fast, smiles)
@@ -63,6 +76,9 @@ def tiers_mean(fast: Artifact, smiles: list[str], y: np.ndarray, graph: np.ndarr
     out: dict[str, Any] = {"fast_version": fast.version,
                            "method": "mean of the fast model's answers and the graph model's, on "
                                      "the model's scale (classifiers: the probabilities' mean)"}
+    scores = M.regression_metrics if kind == "regression" else M.classification_metrics
+    if valid is not None and (on_valid := fast_valid_predictions(fast, len(valid[0]))) is not None:
+        out["valid"] = scores(valid[0], mean_values(on_valid, valid[1], kind, transform))
     if kind != "regression":
         out["test"] = M.classification_metrics(y, both)
         return out

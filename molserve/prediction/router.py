@@ -29,7 +29,7 @@ from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.errors import InvalidInput, TooLarge, Unavailable
 from molserve.prediction.blend import MEAN_TIER, combine, usable
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
-from molserve.registry.manifest import scored_better
+from molserve.registry.manifest import preferred_over
 from molserve.registry.store import ArtifactError, Registry
 
 if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
@@ -185,7 +185,8 @@ class Router:
                         "model_id": f"{name}/{MEAN_TIER}", "tier": MEAN_TIER,
                         "version": f"{fast.artifact.version}+{graph.get('version')}",
                         "kind": "mean of the fast and graph tiers' answers",
-                        "metrics": mean["test"]}]
+                        "metrics": mean["test"],
+                        **({"valid": mean["valid"]} if mean.get("valid") else {})}]
                 info["preferred_tier"] = self.preferred_tier(name)
             infos.append(info)
         infos += self.pending_info()
@@ -213,19 +214,23 @@ class Router:
 
     # Planning ----------------------------------------------------------------------------
     def preferred_tier(self, endpoint: str) -> str:
-        """The tier whose model scored best on the endpoint's held-out test split. A worker
-        model competes with the fast model only on equal evidence: tested on the live fast
-        model's split (same dataset version, same split; `evidence_mismatch`), else it is not
-        preferred. A tie goes to the tier listed first (fast, then transformer, then graph). The
-        fast and graph tiers' mean (`fast+graph`, `molserve.prediction.blend`) is preferred when
-        its test metric, scored with the live fast model, beats every tier's."""
+        """The tier whose model scored best, compared on equal evidence only: a worker model
+        competes with the fast model only when tested on the live fast model's split (same
+        dataset version, same split; `evidence_mismatch`). Two models validated on the same
+        molecules (the fast tier's selection model and a graph model, trained on the fast model's
+        split) are compared on that validation side, so the test split chooses nothing; others
+        (the transformer, validated on its own part of the split) on the held-out test split
+        (`preferred_over`). A tie goes to the tier listed first (fast, then transformer, then
+        graph). The fast and graph tiers' mean (`fast+graph`, `molserve.prediction.blend`) is
+        preferred when its score, with the live fast model, beats every tier's."""
         from molserve.registry.manifest import evidence_mismatch
 
         best: str | None = None
-        best_test: dict | None = None
+        best_scores: dict[str, Any] = {}
         fast = self.fast.models.get(endpoint)
         if fast is not None:
-            best, best_test = "fast", fast.artifact.info.metrics.test
+            metrics = fast.artifact.info.metrics
+            best, best_scores = "fast", {"valid": metrics.valid, "test": metrics.test}
         graph_listing = None
         for tier, served in self.served_remotely().items():
             if endpoint not in served:
@@ -235,14 +240,15 @@ class Router:
                 continue
             if tier == "graph":
                 graph_listing = served[endpoint]
-            # A worker lists each model's test metrics as a plain dict.
-            test = served[endpoint].get("metrics")
-            if best is None or scored_better(test, best_test):
-                best, best_test = tier, test
+            # A worker lists each model's test metrics as a plain dict (and graph models their
+            # validation metrics, on the fast model's validation molecules).
+            scores = {"valid": served[endpoint].get("valid"), "test": served[endpoint].get("metrics")}
+            if best is None or preferred_over(scores, best_scores):
+                best, best_scores = tier, scores
         # The two tiers' mean, scored with this very fast model, when it beats every tier alone.
         mean = usable(graph_listing, fast.artifact.version) if fast is not None and graph_listing \
             else None
-        if mean is not None and scored_better(mean["test"], best_test):
+        if mean is not None and preferred_over(mean, best_scores):
             return MEAN_TIER
         return best or "fast"
 

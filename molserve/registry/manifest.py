@@ -18,6 +18,10 @@ class Metrics(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     test: dict[str, Any] = Field(default_factory=dict, description="Held-out test split metrics.")
+    valid: dict[str, Any] | None = Field(
+        None, description="Validation side metrics of the model that chose on it (the fast tier's "
+                          "selection model; the graph tier's early-stopped networks): what "
+                          "routing compares between tiers validated on the same molecules.")
     primary: str | None = Field(None, description="The metric model selection used.")
     out_of_fold: dict[str, Any] | None = None
     fast_model_test: dict[str, Any] | None = Field(
@@ -41,6 +45,19 @@ def scored_better(candidate: dict[str, Any] | None, incumbent: dict[str, Any] | 
         if candidate.get(metric) is not None and incumbent.get(metric) is not None:
             return test_score({metric: candidate[metric]}) > test_score({metric: incumbent[metric]})
     return False
+
+
+def preferred_over(candidate: dict[str, Any], incumbent: dict[str, Any]) -> bool:
+    """True when `candidate` should answer rather than `incumbent`, each given as
+    `{"valid": metrics, "test": metrics}`: on the validation side where both were validated on
+    the same molecules (both record it: the fast tier and the graph tier, which trains on the
+    fast model's split), so the test split chooses nothing; else on the test split (models
+    validated on other molecules, such as the transformer's, or written before validation
+    metrics were recorded)."""
+    valid_c, valid_i = candidate.get("valid") or {}, incumbent.get("valid") or {}
+    if any(valid_c.get(m) is not None and valid_i.get(m) is not None for m in ("rmse", "roc_auc")):
+        return scored_better(valid_c, valid_i)
+    return scored_better(candidate.get("test"), incumbent.get("test"))
 
 
 def split_evidence(split: dict[str, Any] | None) -> dict[str, Any]:

@@ -118,6 +118,13 @@ def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
     return models, errors
 
 
+def _graph_valid(model: Any) -> dict | None:
+    """A graph model's validation metrics: it trains on its fast model's split, so they are on
+    the fast model's validation molecules (a transformer's validation side is its own)."""
+    manifest = getattr(model, "manifest", {})
+    return (manifest.get("metrics") or {}).get("valid") if manifest.get("kind") == "graph" else None
+
+
 def _tiers_mean(model: Any) -> dict | None:
     return (getattr(model, "manifest", {}).get("metrics") or {}).get("tiers_mean")
 
@@ -231,7 +238,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
              "device": m.device,
              # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
              "evidence": split_evidence(getattr(m, "manifest", {}).get("split")),
-             # Graph models: the fast and graph tiers' mean on the same test molecules.
+             # Graph models: their validation metrics (on the fast model's validation
+             # molecules, which routing compares), and the fast and graph tiers' mean.
+             **({"valid": valid} if (valid := _graph_valid(m)) else {}),
              **({"tiers_mean": mean} if (mean := _tiers_mean(m)) else {})}
             for key, m in state["models"].items()
         ])

@@ -125,15 +125,16 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
         test["interval_coverage"] = float(np.mean((y[te] >= low) & (y[te] <= high)))
         test["interval_mean_width"] = float(np.mean(high - low))
         metrics = {"test": test, "valid": M.regression_metrics(y[va], mean[va]), "primary": "rmse",
-                   "fast_model_test": test_fast}
+                   "fast_model_test": test_fast, "fast_model_valid": fast.info.metrics.valid}
         test_predictions = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
     else:
         metrics = {"test": M.classification_metrics(y[te], mean[te]),
                    "valid": M.classification_metrics(y[va], mean[va]), "primary": "roc_auc",
-                   "fast_model_test": test_fast}
+                   "fast_model_test": test_fast, "fast_model_valid": fast.info.metrics.valid}
         test_predictions = {"roc": M.roc_curve(y[te], mean[te])}
     metrics["tiers_mean"] = tiers_mean(fast, [smiles[i] for i in te], y[te], mean[te],
-                                       None if kind != "regression" else (low, high))
+                                       None if kind != "regression" else (low, high),
+                                       valid=(y[va], mean[va]))
     domain_files, domain = domain_index_files(smiles, split)
     files.update(domain_files)
     if knots is not None:
@@ -176,16 +177,27 @@ def _library() -> str:
 
 
 def describe(artifact: Artifact) -> str:
-    """One line: the graph model's test metric next to the fast tier's on the same molecules."""
+    """One line: the graph model's test metric next to the fast tier's and the tiers' mean on the
+    same molecules, then the validation scores routing compares."""
     view = artifact.info.view(artifact.endpoint)
     test, fast = view.metrics.test, view.metrics.fast_model_test or {}
+    recorded = artifact.manifest.get("metrics", {})
+    mean_scores = recorded.get("tiers_mean") or {}
+    mean = mean_scores.get("test") or {}
     where = f"{artifact.endpoint} v{artifact.version}"
     nan = float("nan")
-    mean = (artifact.manifest.get("metrics", {}).get("tiers_mean") or {}).get("test") or {}
+    metric, name = ("roc_auc", "ROC AUC") if view.task == "classification" else ("rmse", "RMSE")
+    valid = [(label, (scores or {}).get(metric)) for label, scores in
+             (("graph", recorded.get("valid")), ("fast", recorded.get("fast_model_valid")),
+              ("mean", mean_scores.get("valid")))]
+    on_valid = ("; validation " + name + " " + ", ".join(f"{label} {value:.3f}" for label, value in valid
+                                                         if value is not None)) \
+        if all(value is not None for _, value in valid[:2]) else ""
     if view.task == "classification":
         return (f"{where} graph: test ROC AUC {test['roc_auc']:.3f} "
                 f"(fast tier {fast.get('roc_auc', nan):.3f}; "
-                f"the tiers' mean {mean.get('roc_auc', nan):.3f})")
+                f"the tiers' mean {mean.get('roc_auc', nan):.3f}){on_valid}")
     return (f"{where} graph: test RMSE {test['rmse']:.3f}, MAE {test['mae']:.3f} "
             f"(fast tier RMSE {fast.get('rmse', nan):.3f}, MAE {fast.get('mae', nan):.3f}; "
-            f"the tiers' mean RMSE {mean.get('rmse', nan):.3f}, MAE {mean.get('mae', nan):.3f})")
+            f"the tiers' mean RMSE {mean.get('rmse', nan):.3f}, MAE {mean.get('mae', nan):.3f})"
+            f"{on_valid}")

@@ -278,6 +278,12 @@ def test_models_tab_plots_held_out_predictions(page):
     page.wait_for_selector(".model-card[data-endpoint=solubility] svg.plot circle")
     card = page.locator(".model-card[data-endpoint=solubility]")
     assert "rmse" in card.inner_text() and "scaffold" in card.inner_text()
+    # The tier table: the fast model's held-out test figure and the validation figure routing
+    # compares, as its manifest records them.
+    fast_row = card.locator("table.tier-metrics tbody tr").first
+    assert fast_row.locator("td").first.inner_text().startswith("fast")
+    assert fast_row.locator("td.test").inner_text().startswith("RMSE ")
+    assert fast_row.locator("td.valid").inner_text().startswith("RMSE ")
     assert page.locator(".model-card[data-endpoint=bbb_penetration] svg.plot path").count() == 1
     # How far to trust each model: coverage at the three levels, the calibration set, the domain.
     coverage = card.locator(".trust .coverage").inner_text()

@@ -612,18 +612,26 @@ function metricList(metrics) {
 }
 
 // Each tier's held-out figure for the endpoint, side by side (every tier is tested on the fast
-// model's test split, so the rows compare like with like); the row `auto` picks is marked.
+// model's test split, so the rows compare like with like), and the validation figure `auto`
+// chooses on where a tier was validated on the fast model's validation molecules (fast, graph and
+// their mean; the transformer is chosen on the test split). The row `auto` picks is marked.
 function tierTable(e) {
+  const figure = (scores) => {
+    scores = scores || {};
+    return scores.rmse !== undefined
+      ? `RMSE ${scores.rmse.toFixed(3)}` + (scores.mae !== undefined ? `, MAE ${scores.mae.toFixed(3)}` : "")
+      : (scores.roc_auc !== undefined ? `ROC AUC ${scores.roc_auc.toFixed(3)}` : "");
+  };
   const rows = e.models.map((m) => {
-    const test = (m.tier === "fast" ? (m.metrics || {}).test : m.metrics) || {};
-    const shown = test.rmse !== undefined
-      ? `RMSE ${test.rmse.toFixed(3)}` + (test.mae !== undefined ? `, MAE ${test.mae.toFixed(3)}` : "")
-      : (test.roc_auc !== undefined ? `ROC AUC ${test.roc_auc.toFixed(3)}` : "");
+    const fast = m.tier === "fast";
+    const test = fast ? (m.metrics || {}).test : m.metrics;
+    const valid = fast ? (m.metrics || {}).valid : m.valid;
     const auto = (e.preferred_tier || "fast") === m.tier ? " (auto)" : "";
-    return `<tr><td>${escapeHtml(m.tier)}${auto}</td><td>${escapeHtml(shown)}</td></tr>`;
+    return `<tr><td>${escapeHtml(m.tier)}${auto}</td><td class="test">${escapeHtml(figure(test))}</td>` +
+      `<td class="valid">${escapeHtml(figure(valid) || "-")}</td></tr>`;
   }).join("");
-  return `<table class="tier-metrics"><thead><tr><th>tier</th><th>held-out test</th></tr></thead>` +
-    `<tbody>${rows}</tbody></table>`;
+  return `<table class="tier-metrics"><thead><tr><th>tier</th><th>held-out test</th>` +
+    `<th>validation</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function reliabilitySvg(curve) {

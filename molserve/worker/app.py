@@ -118,15 +118,15 @@ def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
     return models, errors
 
 
-def _graph_valid(model: Any) -> dict | None:
-    """A graph model's validation metrics: it trains on its fast model's split, so they are on
-    the fast model's validation molecules (a transformer's validation side is its own)."""
+def _graph_scores(model: Any) -> dict:
+    """A graph model's validation metrics (it trains on its fast model's split, so they are on
+    the fast model's validation molecules; a transformer's validation side is its own) and the
+    fast and graph tiers' mean: what routing compares. Empty for other models."""
     manifest = getattr(model, "manifest", {})
-    return (manifest.get("metrics") or {}).get("valid") if manifest.get("kind") == "graph" else None
-
-
-def _tiers_mean(model: Any) -> dict | None:
-    return (getattr(model, "manifest", {}).get("metrics") or {}).get("tiers_mean")
+    if manifest.get("kind") != "graph":
+        return {}
+    metrics = manifest.get("metrics") or {}
+    return {key: metrics[key] for key in ("valid", "tiers_mean") if metrics.get(key)}
 
 
 def create_worker_app(settings: WorkerSettings | None = None,
@@ -238,10 +238,7 @@ def create_worker_app(settings: WorkerSettings | None = None,
              "device": m.device,
              # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
              "evidence": split_evidence(getattr(m, "manifest", {}).get("split")),
-             # Graph models: their validation metrics (on the fast model's validation
-             # molecules, which routing compares), and the fast and graph tiers' mean.
-             **({"valid": valid} if (valid := _graph_valid(m)) else {}),
-             **({"tiers_mean": mean} if (mean := _tiers_mean(m)) else {})}
+             **_graph_scores(m)}
             for key, m in state["models"].items()
         ])
 

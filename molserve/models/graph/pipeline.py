@@ -118,20 +118,20 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     calibration = calibrate(kind, z[va], mean_z[va], spread[va])
     calibration["space"] = "log10" if transform.kind == "log10" else "value"
     mean = transform.inverse(mean_z) if kind == "regression" else mean_z
-    test_fast = fast.info.metrics.test
     if kind == "regression":
         test = M.regression_metrics(y[te], mean[te])
         low, high = (transform.inverse(b) for b in interval(calibration, mean_z[te], spread[te]))
         test["interval_coverage"] = float(np.mean((y[te] >= low) & (y[te] <= high)))
         test["interval_mean_width"] = float(np.mean(high - low))
-        metrics = {"test": test, "valid": M.regression_metrics(y[va], mean[va]), "primary": "rmse",
-                   "fast_model_test": test_fast, "fast_model_valid": fast.info.metrics.valid}
+        metrics = {"test": test, "valid": M.regression_metrics(y[va], mean[va]), "primary": "rmse"}
         test_predictions = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
     else:
         metrics = {"test": M.classification_metrics(y[te], mean[te]),
-                   "valid": M.classification_metrics(y[va], mean[va]), "primary": "roc_auc",
-                   "fast_model_test": test_fast, "fast_model_valid": fast.info.metrics.valid}
+                   "valid": M.classification_metrics(y[va], mean[va]), "primary": "roc_auc"}
         test_predictions = {"roc": M.roc_curve(y[te], mean[te])}
+    # The fast model on the same molecules: test (its served ensemble), validation (its selection
+    # model), and the two tiers' mean on both.
+    metrics["fast_model_test"], metrics["fast_model_valid"] = fast.info.metrics.test, fast.info.metrics.valid
     metrics["tiers_mean"] = tiers_mean(fast, [smiles[i] for i in te], y[te], mean[te],
                                        None if kind != "regression" else (low, high),
                                        valid=(y[va], mean[va]))
@@ -187,12 +187,12 @@ def describe(artifact: Artifact) -> str:
     where = f"{artifact.endpoint} v{artifact.version}"
     nan = float("nan")
     metric, name = ("roc_auc", "ROC AUC") if view.task == "classification" else ("rmse", "RMSE")
-    valid = [(label, (scores or {}).get(metric)) for label, scores in
-             (("graph", recorded.get("valid")), ("fast", recorded.get("fast_model_valid")),
-              ("mean", mean_scores.get("valid")))]
-    on_valid = ("; validation " + name + " " + ", ".join(f"{label} {value:.3f}" for label, value in valid
-                                                         if value is not None)) \
-        if all(value is not None for _, value in valid[:2]) else ""
+    graph_v, fast_v, mean_v = ((scores or {}).get(metric) for scores in (
+        recorded.get("valid"), recorded.get("fast_model_valid"), mean_scores.get("valid")))
+    on_valid = ""
+    if graph_v is not None and fast_v is not None:  # models written before record no fast one
+        on_valid = f"; validation {name} graph {graph_v:.3f}, fast {fast_v:.3f}" + (
+            f", mean {mean_v:.3f}" if mean_v is not None else "")
     if view.task == "classification":
         return (f"{where} graph: test ROC AUC {test['roc_auc']:.3f} "
                 f"(fast tier {fast.get('roc_auc', nan):.3f}; "

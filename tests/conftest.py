@@ -11,6 +11,32 @@ import pytest
 from molserve.data.bundled import BUNDLED
 from molserve.registry import Registry
 
+
+def pytest_configure(config) -> None:
+    """Every test, and every process a test starts, sees an empty home folder of this session's
+    own, as on a machine where nothing ever ran: no `~/.ray/auth_token` left by an earlier Ray
+    cluster, no caches or credentials in `~/.cache` or `~/.config`. What a test needs there, it
+    makes. The variables are set before any test module (or Ray, or a subprocess) reads them."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="molserve-test-home-"))
+    os.environ["HOME"] = str(home)
+    for variable, folder in (("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+                             ("XDG_DATA_HOME", ".local/share")):
+        os.environ[variable] = str(home / folder)
+    # Ray's token, if the caller's shell has one, belongs to the caller's clusters, not the tests'.
+    for variable in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        os.environ.pop(variable, None)
+    config.molserve_home = home
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    home = getattr(config, "molserve_home", None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
 # Three of the forty TDC endpoints (a benchmark classifier, a log-scale regression, a dataset
 # outside the benchmark group): training all of them takes a quarter of an hour.
 TDC_IN_TESTS = ["dili", "half_life", "carcinogenicity"]

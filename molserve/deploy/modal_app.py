@@ -10,7 +10,7 @@ Deploy:  molserve deploy modal --check     (validates the account's token, secre
   public, so a container refuses to start without a worker token.
 - `BatchPredictor` exposes the same models to Python callers with `@modal.batched`
   (e.g. `BatchPredictor(endpoint="solubility").predict.map(smiles)` for a large screen).
-- `finetune` and `train_graph` train on a GPU; start them with `.spawn()` (never inside a
+- `finetune`, `train_graph` and `train_foundation` train on a GPU; start them with `.spawn()` (never inside a
   request). They write the model to the registry Volume, their progress to a modal.Dict that
   `progress(call_id)` reads, and with a `job_id` register at most one model per job.
 - The registry and the Hugging Face cache live on Modal Volumes, created on first use.
@@ -258,32 +258,47 @@ def finetune(endpoint: str, params: dict | None = None, tasks: list[str] | None 
     return _train_once(job_id, train)
 
 
-@app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
-def train_graph(endpoints: list[str], params: dict, job_id: str | None = None) -> dict:
-    """Graph models (D-MPNN ensembles) for `endpoints`, one each, on the registry volume, with
-    the same code as `molserve finetune --model graph`; progress in the same modal.Dict. With
-    `job_id`, endpoints the job already trained are not trained again."""
-    from molserve.operations.training import GraphParams, outcome, registered_by
-    from molserve.operations.training import train_graph as train_graph_models
+def _train_each(kind: str, endpoints: list[str], params: dict, job_id: str | None) -> dict:
+    """Models of `kind` (graph, foundation) for `endpoints`, one each, on the registry volume,
+    with the same code as `molserve finetune --model <kind>`; progress in the same modal.Dict.
+    With `job_id`, endpoints the job already trained are not trained again."""
+    from molserve.operations import training
     from molserve.registry import Registry
+
+    train_models, parameters = ((training.train_graph, training.GraphParams) if kind == "graph"
+                                else (training.train_foundation, training.FoundationParams))
 
     def train(call_id: str) -> dict:
         if not modal.is_local():
             registry_volume.reload()
         registry = Registry(REGISTRY_MOUNT)
-        done = {e: registered_by(registry, e, job_id) for e in endpoints} if job_id else {}
+        done = {e: training.registered_by(registry, e, job_id) for e in endpoints} if job_id else {}
         todo = [e for e in endpoints if done.get(e) is None]
         if todo:
-            for artifact in train_graph_models(
-                    registry, todo, GraphParams(**params),
+            for artifact in train_models(
+                    registry, todo, parameters(**params),
                     extra_manifest={"job_id": job_id} if job_id else None, progress=_reporter(call_id)):
                 done[artifact.endpoint] = artifact
             _commit(call_id)
         artifacts = [done[e] for e in endpoints]
         progress_dict_put(call_id, {"step": "done", "progress": 1.0})
-        return {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts]}
+        return {**training.outcome(artifacts[0]), "models": [training.outcome(a) for a in artifacts]}
 
     return _train_once(job_id, train)
+
+
+@app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
+def train_graph(endpoints: list[str], params: dict, job_id: str | None = None) -> dict:
+    """Graph models (D-MPNN ensembles) for `endpoints`, one each (see `_train_each`)."""
+    return _train_each("graph", endpoints, params, job_id)
+
+
+@app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
+def train_foundation(endpoints: list[str], params: dict, job_id: str | None = None) -> dict:
+    """Foundation models (heads on MiniMol embeddings, onnxruntime's CUDA provider on the GPU)
+    for `endpoints`, one each (see `_train_each`); the embeddings are kept in the registry
+    volume's store, which the Workers read."""
+    return _train_each("foundation", endpoints, params, job_id)
 
 
 LOCAL_PROGRESS: dict[str, object] = {}

@@ -172,24 +172,41 @@ def finetune_task(registry: str, endpoint: str, params: dict[str, Any], tasks: l
     return training.outcome(artifact)
 
 
-@ray.remote(max_retries=0)
-def graph_task(registry: str, endpoints: list[str], params: dict[str, Any], job_id: str | None = None,
-               board=None) -> dict:
-    """Graph models for `endpoints` (one each), with the same code as `molserve finetune
-    --model graph`; with `job_id`, endpoints the job already trained are not trained again."""
-    from molserve.operations.training import GraphParams, outcome, registered_by, train_graph
+def _train_each(kind: str, registry: str, endpoints: list[str], params: dict[str, Any],
+                job_id: str | None, board) -> dict:
+    """Models of `kind` (graph, foundation) for `endpoints`, one each, with the same code as
+    `molserve finetune --model <kind>`; with `job_id`, endpoints the job already trained are not
+    trained again."""
+    from molserve.operations import training
     from molserve.registry import Registry
 
     store = Registry(registry)
-    done = {e: registered_by(store, e, job_id) for e in endpoints} if job_id else {}
+    done = {e: training.registered_by(store, e, job_id) for e in endpoints} if job_id else {}
     todo = [e for e in endpoints if done.get(e) is None]
     if todo:
-        for artifact in train_graph(store, todo, GraphParams(**params),
-                                    extra_manifest={"job_id": job_id} if job_id else None,
-                                    progress=_reporter(board)):
+        train, parameters = ((training.train_graph, training.GraphParams) if kind == "graph"
+                             else (training.train_foundation, training.FoundationParams))
+        for artifact in train(store, todo, parameters(**params),
+                              extra_manifest={"job_id": job_id} if job_id else None,
+                              progress=_reporter(board)):
             done[artifact.endpoint] = artifact
     artifacts = [done[e] for e in endpoints]
-    return {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts]}
+    return {**training.outcome(artifacts[0]), "models": [training.outcome(a) for a in artifacts]}
+
+
+@ray.remote(max_retries=0)
+def graph_task(registry: str, endpoints: list[str], params: dict[str, Any], job_id: str | None = None,
+               board=None) -> dict:
+    """Graph models for `endpoints` (see `_train_each`)."""
+    return _train_each("graph", registry, endpoints, params, job_id, board)
+
+
+@ray.remote(max_retries=0)
+def foundation_task(registry: str, endpoints: list[str], params: dict[str, Any],
+                    job_id: str | None = None, board=None) -> dict:
+    """Foundation models (heads on MiniMol embeddings) for `endpoints` (see `_train_each`); the
+    embeddings go to the store in the registry the cluster shares."""
+    return _train_each("foundation", registry, endpoints, params, job_id, board)
 
 
 def submit_finetune(registry: str, endpoint: str, params: dict[str, Any], *, num_gpus: float = 0,
@@ -203,6 +220,12 @@ def submit_graph(registry: str, endpoints: list[str], params: dict[str, Any], *,
                  job_id: str | None = None, board=None):
     """Start graph training on the cluster; returns the task's ObjectRef at once."""
     return graph_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board)
+
+
+def submit_foundation(registry: str, endpoints: list[str], params: dict[str, Any], *,
+                      num_gpus: float = 0, job_id: str | None = None, board=None):
+    """Start foundation training on the cluster; returns the task's ObjectRef at once."""
+    return foundation_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board)
 
 
 def worker_settings(*, registry: str | Path, backend: str = "torch", token: str | None = None) -> dict:

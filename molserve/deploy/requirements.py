@@ -7,8 +7,8 @@ from pathlib import Path
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # What a worker runs: the base install and the `worker` extra (onnx included: the int8 export's
-# quantizer imports it).
-WORKER_EXTRAS = ("worker",)
+# quantizer imports it), and the foundation tier's MiniMol embedding.
+WORKER_EXTRAS = ("worker", "foundation")
 
 
 def locked_requirements(source_root: Path = SOURCE_ROOT,

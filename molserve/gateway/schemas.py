@@ -45,10 +45,12 @@ class PredictRequest(BaseModel):
         # Stated, not enforced here: the router refuses an empty list with its own code.
         json_schema_extra={"minItems": 1},
     )
-    tier: Literal["auto", "fast", "transformer", "graph", "fast+graph"] = Field(
-        "auto", description="Which tier should answer; `auto` picks the best-validated healthy one. "
-        "`fast+graph` is the mean of the fast and graph tiers' answers (served by `auto` where "
-        "its test metric beats every tier's).",
+    tier: Literal["auto", "fast", "transformer", "graph", "foundation", "fast+graph",
+                  "fast+foundation"] = Field(
+        "auto", description="Which tier should answer; `auto` picks the one that scored best "
+        "inside the training data (out of fold, else on validation; never on the test split). "
+        "`fast+graph` is the mean of the fast and graph tiers' answers, `fast+foundation` the "
+        "stacked blend of the fast and foundation tiers (its weight fitted out of fold).",
     )
     deadline_ms: float | None = Field(
         None, gt=0, le=60000,
@@ -101,7 +103,8 @@ class ApplicabilityDomain(Answered):
 class Provenance(Answered):
     model_id: str
     version: int | str
-    tier: Literal["fast", "transformer", "graph", "fast+graph", "computed"]
+    tier: Literal["fast", "transformer", "graph", "foundation", "fast+graph", "fast+foundation",
+                  "computed"]
     kind: str | None = None
     trained: str | None = None
     dataset: str | None = Field(None, description="The training data, e.g. `TDC Caco2_Wang`.")
@@ -186,11 +189,14 @@ class EndpointInfo(Answered):
     citation: str | None = Field(None, description="Publication to cite for the training data.")
     label_names: list[str] | None = Field(None, description="Classification: [negative, positive].")
     tiers: list[str]
-    preferred_tier: str | None = Field(None, description="Served by several tiers: the one whose "
-                                       "model scored better on equal evidence: on the same "
-                                       "validation molecules where both were validated on them "
-                                       "(fast and graph), else on the same test split "
-                                       "(`fast+graph`: the two tiers' mean scored better than each).")
+    preferred_tier: str | None = Field(None, description="Served by several tiers: the one that "
+                                       "scored best on equal evidence inside the training data: "
+                                       "out of fold on the fast model's scaffold folds (fast, "
+                                       "foundation, `fast+foundation`), then on the validation "
+                                       "molecules the fast and graph tiers share (graph, "
+                                       "`fast+graph`). Never on the test split.")
+    cv: dict[str, Any] | None = Field(None, description="The out-of-fold evidence: metric, folds, "
+                                      "molecules and each tier's scores (`scores`).")
     models: list[dict[str, Any]] = Field(default_factory=list)
 
 

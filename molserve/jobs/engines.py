@@ -1,5 +1,5 @@
-"""Where a training job's worker-tier model trains (a transformer, or graph models): here, on
-Modal, or on a Ray cluster.
+"""Where a training job's worker-tier model trains (a transformer, graph models or foundation
+models): here, on Modal, or on a Ray cluster.
 
 Each engine takes the same request and the same progress callback and returns the same outcome
 (`operations.training.outcome`'s shape, plus `engine`), so the job that uses one does not know
@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from molserve.config import EngineSettings
-from molserve.operations.training import GraphParams, TransformerParams
+from molserve.operations.training import FoundationParams, GraphParams, TransformerParams
+
+# Kinds whose training makes one model per endpoint of the request (`tasks`).
+PerEndpoint = GraphParams | FoundationParams
 
 # progress(fraction, step, metrics or None); raising from it (a cancelled job) stops the wait.
 Progress = Callable[[float, str, dict[str, Any] | None], None]
@@ -26,8 +29,8 @@ Progress = Callable[[float, str, dict[str, Any] | None], None]
 @dataclass(frozen=True)
 class FinetuneRequest:
     endpoint: str  # the registry name; with `tasks`, the multi-task model's name
-    params: TransformerParams | GraphParams  # which kind of model, and how to train it
-    tasks: list[str] | None = None  # transformer: one multi-task model; graph: one model each
+    params: TransformerParams | GraphParams | FoundationParams  # which kind, and how to train it
+    tasks: list[str] | None = None  # transformer: one multi-task model; graph, foundation: one each
     job_id: str | None = None
 
 
@@ -50,10 +53,11 @@ class LocalEngine:
         store = Registry(registry)
         store.check_writable()  # fail now, not after the training compute is spent
         extra = {"job_id": request.job_id} if request.job_id else None
-        if isinstance(request.params, GraphParams):
-            from molserve.operations.training import train_graph
+        if isinstance(request.params, PerEndpoint):
+            from molserve.operations.training import train_foundation, train_graph
 
-            artifacts = train_graph(
+            train = train_graph if isinstance(request.params, GraphParams) else train_foundation
+            artifacts = train(
                 store, request.tasks or [request.endpoint], request.params, extra_manifest=extra,
                 progress=lambda step, fraction, info: progress(fraction * 0.95, step, dict(info)))
             return {**outcome(artifacts[0]), "models": [outcome(a) for a in artifacts],
@@ -90,8 +94,9 @@ class ModalEngine:
             call = modal.FunctionCall.from_id(earlier)
             progress(0.0, f"modal: waiting for call {earlier}, started by an earlier attempt", None)
         else:
-            if isinstance(params, GraphParams):
-                call = modal.Function.from_name(self.app_name, "train_graph").spawn(
+            if isinstance(params, PerEndpoint):
+                function = "train_graph" if isinstance(params, GraphParams) else "train_foundation"
+                call = modal.Function.from_name(self.app_name, function).spawn(
                     request.tasks or [request.endpoint], params.model_dump(), job_id=request.job_id)
             else:
                 call = modal.Function.from_name(self.app_name, "finetune").spawn(
@@ -122,8 +127,10 @@ class ModalEngine:
         return {**result, "kind": _kind(params), "engine": self.name}
 
 
-def _kind(params: TransformerParams | GraphParams) -> str:
-    return "graph" if isinstance(params, GraphParams) else "transformer"
+def _kind(params: TransformerParams | GraphParams | FoundationParams) -> str:
+    if isinstance(params, GraphParams):
+        return "graph"
+    return "foundation" if isinstance(params, FoundationParams) else "transformer"
 
 
 class RayEngine:
@@ -141,16 +148,23 @@ class RayEngine:
     def finetune(self, registry: Path, request: FinetuneRequest, progress: Progress) -> dict[str, Any]:
         import ray
 
-        from molserve.deploy.ray_app import code_runtime_env, new_board, submit_finetune, submit_graph
+        from molserve.deploy.ray_app import (
+            code_runtime_env,
+            new_board,
+            submit_finetune,
+            submit_foundation,
+            submit_graph,
+        )
 
         ray.init(address=self.address, ignore_reinit_error=True, log_to_driver=False,
                  runtime_env=code_runtime_env())
         params = request.params
         where = str(Path(registry).resolve())
         board = new_board()
-        if isinstance(params, GraphParams):
-            reference = submit_graph(where, request.tasks or [request.endpoint], params.model_dump(),
-                                     num_gpus=self.num_gpus, job_id=request.job_id, board=board)
+        if isinstance(params, PerEndpoint):
+            submit = submit_graph if isinstance(params, GraphParams) else submit_foundation
+            reference = submit(where, request.tasks or [request.endpoint], params.model_dump(),
+                               num_gpus=self.num_gpus, job_id=request.job_id, board=board)
         else:
             reference = submit_finetune(where, request.endpoint, params.model_dump(),
                                         num_gpus=self.num_gpus, tasks=request.tasks,

@@ -169,11 +169,12 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     if existing is not None:
         ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
         return training.outcome(existing)
-    if params.get("model", "gbm") in ("transformer", "graph"):
+    if params.get("model", "gbm") in ("transformer", "graph", "foundation"):
         from molserve.jobs.engines import FinetuneRequest, engine
 
         chosen = engine()
-        kind = training.GraphParams if params["model"] == "graph" else training.TransformerParams
+        kind = {"graph": training.GraphParams, "foundation": training.FoundationParams,
+                "transformer": training.TransformerParams}[params["model"]]
         fields = {k: params[k] for k in kind.model_fields if k in params}
         request = FinetuneRequest(endpoint, kind(**fields), tasks=params.get("tasks"), job_id=ctx.id)
         ctx.log(f"fine-tuning on the {chosen.name} engine")

@@ -664,6 +664,12 @@ def fit_and_evaluate(
             yg[in_domain], test_pred[ok][in_domain])["rmse"]
         metrics["test"]["rmse_out_of_domain"] = M.regression_metrics(
             yg[~in_domain], test_pred[ok][~in_domain])["rmse"]
+    # Every fitted molecule's out-of-fold prediction (the member that never saw it), with its
+    # fold: the evidence other tiers are compared and stacked with (`molserve.models.stacking`).
+    fold_of = np.full(n, -1, dtype=np.int64)
+    for k, held_out in enumerate(folds):
+        fold_of[held_out] = k
+    oof_model = out_of_fold if task == "regression" else 1.0 / (1.0 + np.exp(-out_of_fold))
     result = {"test_predictions": test_pred, "test_errors": test_errors, "metrics": metrics,
               "coverage_previous_rule": previous, "coverage_variants": variants,
               "platt_applied": bool(calibration.get("probability_calibration", {}).get("applied")),
@@ -671,6 +677,10 @@ def fit_and_evaluate(
               # The chosen recipe's selection model on the validation side (curated order).
               "valid_index": va, "valid_predictions": best["valid"],
               "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
+              # Out of fold (fitted molecules, in `fitted_smiles` order): each one's fold and the
+              # prediction of the member that never saw it (model scale; probabilities).
+              "fitted_labels": y[fit], "fitted_folds": fold_of[fit],
+              "fitted_out_of_fold": oof_model[fit],
               "test_keys": test_keys if test is not None else None,
               "seconds": time.perf_counter() - started}
     if registry is None:
@@ -693,6 +703,10 @@ def fit_and_evaluate(
         for i in good:
             table.write(f"{test_keys[i]},{test_y[i]:.6g},test\n")
     train_smiles = "\n".join(curated.canonical_smiles[i] for i in fit) + "\n"
+    oof_table = io.StringIO()
+    oof_table.write("canonical_smiles,fold,prediction\n")
+    for i in fit:
+        oof_table.write(f"{curated.canonical_smiles[i]},{fold_of[i]},{oof_model[i]:.8g}\n")
     split_sizes = {"train": len(tr), "calibration (part of train, never validation)": len(calib),
                    "valid": len(va),
                    "test": len(sides.test) if test is None else len(test)}
@@ -753,6 +767,14 @@ def fit_and_evaluate(
         },
         "metrics": metrics,
         "test_predictions": parity,
+        "out_of_fold": {
+            "file": "out_of_fold.csv",
+            "folds": len(folds),
+            "fold_rule": f"scaffold_folds of the fitted molecules, seed {seed}",
+            "prediction": ("the ensemble member that never saw the molecule, on the model's scale"
+                           + (" (log10)" if transform.kind == "log10" else "")
+                           if task == "regression" else
+                           "the class-1 probability of the member that never saw the molecule")},
         # What a graph model trained on this split averages with its own validation answers to
         # score the tiers' mean on the validation side.
         "valid_predictions": {
@@ -770,6 +792,7 @@ def fit_and_evaluate(
             "lightgbm_members.txt": lightgbm_text.encode(),
             "data.csv": table.getvalue().encode(),
             "train_smiles.txt": train_smiles.encode(),
+            "out_of_fold.csv": oof_table.getvalue().encode(),
         },
         manifest,
     )

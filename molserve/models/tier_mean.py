@@ -19,17 +19,28 @@ from molserve.registry.store import Artifact
 _TINY = 1e-12
 
 
-def mean_values(fast: np.ndarray, graph: np.ndarray, task: str, transform: Any) -> np.ndarray:
-    """The tiers' mean of answers in label units (regression) or probabilities."""
-    fast, graph = np.asarray(fast, dtype=np.float64), np.asarray(graph, dtype=np.float64)
+def mean_values(fast: np.ndarray, other: np.ndarray, task: str, transform: Any,
+                weight: float = 0.5) -> np.ndarray:
+    """`(1 - weight) * fast + weight * other` of two tiers' answers in label units (regression,
+    averaged on the model's scale) or probabilities: the tiers' mean at the default weight, a
+    stacked blend at a fitted one."""
+    fast, other = np.asarray(fast, dtype=np.float64), np.asarray(other, dtype=np.float64)
     if task != "regression" or transform is None or transform.kind == "identity":
-        return (fast + graph) / 2
+        return (1 - weight) * fast + weight * other
     offset = transform.offset
 
     def forward(y: np.ndarray) -> np.ndarray:  # rounded answers can touch the scale's floor
         return np.log10(np.maximum(y + offset, _TINY))
 
-    return transform.inverse((forward(fast) + forward(graph)) / 2)
+    return transform.inverse((1 - weight) * forward(fast) + weight * forward(other))
+
+
+def shifted(values: np.ndarray, delta: float, task: str, transform: Any) -> np.ndarray:
+    """Answers moved by `delta` on the model's scale (an interval's ends around a value)."""
+    values = np.asarray(values, dtype=np.float64)
+    if task != "regression" or transform is None or transform.kind == "identity":
+        return values + delta
+    return transform.inverse(np.log10(np.maximum(values + transform.offset, _TINY)) + delta)
 
 
 def fast_answers(fast: Artifact, smiles: list[str]):

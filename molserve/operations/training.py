@@ -69,6 +69,21 @@ class GraphParams(BaseModel):
     seed: int = 0
 
 
+class FoundationParams(BaseModel):
+    """How a foundation-tier model (heads on MiniMol embeddings) is trained."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heads: list[Literal["trees", "trees+fast", "mlp"]] = Field(
+        default_factory=lambda: ["trees", "trees+fast", "mlp"], min_length=1,
+        description="Head kinds that compete out of fold: trees on the embedding, trees on the "
+        "embedding joined with the fast tier's features, a small network on the embedding.")
+    mlp_epochs: int = Field(25, ge=1, le=500, description="Epochs of each network head.")
+    device: str | None = Field(None, description="auto (default), cpu or cuda (the embedding's "
+                               "onnxruntime provider and the network heads).")
+    seed: int = 0
+
+
 def endpoint_from_column(column: str) -> str:
     """An endpoint name made from a label column's name (`LogD7.4` -> `logd7_4`)."""
     name = re.sub(r"[^a-z0-9_-]+", "_", column.strip().lower()).strip("_-")
@@ -164,20 +179,24 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
         extra_manifest=extra_manifest, progress=progress)
 
 
-def graph_candidates(registry: Registry) -> list[str]:
-    """Endpoints with a fast model and no graph model trained on that fast model's data yet:
-    what `finetune --model graph --all` trains, smallest dataset first."""
+def worker_candidates(registry: Registry, kind: str = "graph") -> list[str]:
+    """Endpoints with a fast model and no `kind` model (graph, foundation) trained on that fast
+    model's data yet: what `finetune --model <kind> --all` trains, smallest dataset first."""
     todo = []
     for endpoint in registry.endpoints():
         fast = registry.latest(endpoint, kind="gbm")
         if fast is None or fast.info.task not in ("regression", "classification"):
             continue
-        graph = registry.latest(endpoint, kind="graph")
+        trained = registry.latest(endpoint, kind=kind)
         shared = f"{endpoint} v{fast.version} (gbm)"
-        if graph is None or graph.manifest.get("split", {}).get("shared_with") != shared:
+        if trained is None or trained.manifest.get("split", {}).get("shared_with") != shared:
             rows = (fast.manifest.get("dataset") or {}).get("rows") or 0
             todo.append((rows, endpoint))
     return [endpoint for _, endpoint in sorted(todo)]
+
+
+def graph_candidates(registry: Registry) -> list[str]:
+    return worker_candidates(registry, "graph")
 
 
 def train_graph(registry: Registry, endpoints: list[str], params: GraphParams, *,
@@ -200,6 +219,39 @@ def train_graph(registry: Registry, endpoints: list[str], params: GraphParams, *
             batch_size=params.batch_size, patience=params.patience, hidden=params.hidden,
             depth=params.depth, descriptors=params.descriptors, device=params.device or "auto",
             seed=params.seed, extra_manifest=extra_manifest, progress=report))
+    return artifacts
+
+
+def train_foundation(registry: Registry, endpoints: list[str], params: FoundationParams, *,
+                     extra_manifest: dict | None = None, embedding_store: Path | None = None,
+                     progress: TransformerProgress | None = None) -> list[Artifact]:
+    """Train one foundation model per endpoint on its fast model's curated data, split and
+    folds, each registered as kind `foundation`. One MiniMol embedder serves them all, through
+    the embedding store (default `<registry>/.embeddings`) that the workers read too. Bad input
+    is refused before onnxruntime or torch is imported."""
+    endpoints = _with_fast_models(registry, endpoints, "a foundation model", "(--dataset, or --all)")
+    from molserve.models.foundation.embedding import MiniMolEmbedder
+    from molserve.models.foundation.pipeline import FoundationOptions, train_foundation_endpoint
+
+    device = params.device if params.device not in (None, "auto") else "auto"
+    embedder = MiniMolEmbedder(embedding_store or registry.root / ".embeddings", device=device)
+    heads_device = "cpu"
+    if "mlp" in params.heads:  # network heads train on torch's device (a GPU when there is one)
+        from molserve.models.transformer.modeling import pick_device
+
+        heads_device = pick_device(None if device == "auto" else device)
+    options = FoundationOptions(kinds=tuple(params.heads), mlp_epochs=params.mlp_epochs,
+                                seed=params.seed, device=heads_device)
+    artifacts = []
+    for position, endpoint in enumerate(endpoints):
+        def report(step: str, fraction: float, info: dict[str, Any], _p: int = position,
+                   _e: str = endpoint) -> None:
+            if progress is not None:
+                progress(f"{_e}: {step}", (_p + fraction) / len(endpoints), info)
+
+        artifacts.append(train_foundation_endpoint(registry, endpoint, embedder=embedder,
+                                                   options=options, extra_manifest=extra_manifest,
+                                                   progress=report))
     return artifacts
 
 

@@ -2,8 +2,9 @@
 `molserve predict`, screening jobs).
 
 It parses each input once, merges duplicates, plans per endpoint which tier answers first
-(computed, fast, or a remote worker tier, transformer or graph, when its model scored better on
-the same test split), sends the remote work first so the fast tier answers meanwhile (hedging),
+(computed, fast, a remote worker tier, or a blend of the fast tier with one, whichever scored
+best on out-of-fold or validation evidence inside the training data; never on the test split),
+sends the remote work first so the fast tier answers meanwhile (hedging),
 degrades an endpoint to the fast tier with the reason whenever the remote tier cannot answer in
 time, and assembles the answers in input order. No request fails because a worker failed.
 
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.errors import InvalidInput, TooLarge, Unavailable
-from molserve.prediction.blend import MEAN_TIER, combine, usable
+from molserve.models import stacking
+from molserve.prediction.blend import BLEND_TIER, COMBINED_TIERS, MEAN_TIER, combine, usable, usable_blend
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
 from molserve.registry.manifest import preferred_over
 from molserve.registry.store import ArtifactError, Registry
@@ -39,14 +41,14 @@ if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are 
 log = logging.getLogger("molserve.prediction")
 
 
-REMOTE_TIERS = ("transformer", "graph")
+REMOTE_TIERS = ("transformer", "graph", "foundation")
 CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
 
 
 def _remote_of(planned: str) -> str | None:
-    """The worker tier a planned tier asks (the tiers' mean asks the graph tier), or None."""
-    if planned == MEAN_TIER:
-        return "graph"
+    """The worker tier a planned tier asks (a blend asks its worker tier), or None."""
+    if planned in COMBINED_TIERS:
+        return COMBINED_TIERS[planned]
     return planned if planned in REMOTE_TIERS else None
 
 
@@ -179,7 +181,7 @@ class Router:
                 fast = self.fast.models.get(name)
                 graph = remote.get("graph", {}).get(name)
                 mean = usable(graph, fast.artifact.version) if fast is not None and graph else None
-                if mean is not None:  # the tiers' mean, scored on the same test molecules
+                if mean is not None:  # the tiers' mean, scored on the same molecules
                     info["tiers"] = [*info["tiers"], MEAN_TIER]
                     info["models"] = [*info["models"], {
                         "model_id": f"{name}/{MEAN_TIER}", "tier": MEAN_TIER,
@@ -187,6 +189,20 @@ class Router:
                         "kind": "mean of the fast and graph tiers' answers",
                         "metrics": mean["test"],
                         **({"valid": mean["valid"]} if mean.get("valid") else {})}]
+                foundation = remote.get("foundation", {}).get(name)
+                blend = usable_blend(foundation, fast.artifact.version) \
+                    if fast is not None and foundation else None
+                if blend is not None:  # the stacked blend, fitted and scored out of fold
+                    cv = foundation.get("cv") or {}
+                    info["tiers"] = [*info["tiers"], BLEND_TIER]
+                    info["models"] = [*info["models"], {
+                        "model_id": f"{name}/{BLEND_TIER}", "tier": BLEND_TIER,
+                        "version": f"{fast.artifact.version}+{foundation.get('version')}",
+                        "kind": f"stacked blend: {1 - blend['weight']:.2f} x fast + "
+                                f"{blend['weight']:.2f} x foundation",
+                        "metrics": blend.get("test") or {},
+                        "cv": {"metric": cv.get("metric"), "scores": cv.get(BLEND_TIER)}}]
+                info["cv"] = self.cv_scores(name)
                 info["preferred_tier"] = self.preferred_tier(name)
             infos.append(info)
         infos += self.pending_info()
@@ -213,53 +229,83 @@ class Router:
         return infos
 
     # Planning ----------------------------------------------------------------------------
-    def preferred_tier(self, endpoint: str) -> str:
-        """The tier whose model scored best, compared on equal evidence only: a worker model
-        competes with the fast model only when tested on the live fast model's split (same
-        dataset version, same split; `evidence_mismatch`). Two models validated on the same
-        molecules (the fast tier's selection model and a graph model, trained on the fast model's
-        split) are compared on that validation side, so the test split chooses nothing; others
-        (the transformer, validated on its own part of the split) on the held-out test split
-        (`preferred_over`). A tie goes to the tier listed first (fast, then transformer, then
-        graph). The fast and graph tiers' mean (`fast+graph`, `molserve.prediction.blend`) is
-        preferred when its score, with the live fast model, beats every tier's."""
+    def cv_scores(self, endpoint: str) -> dict[str, Any] | None:
+        """The out-of-fold evidence for `endpoint`: the metric, and the fast tier's, the
+        foundation tier's and their blend's scores over the live fast model's scaffold folds
+        (recorded by the foundation model, trained on those folds); None without such a model."""
         from molserve.registry.manifest import evidence_mismatch
 
-        best: str | None = None
-        best_scores: dict[str, Any] = {}
         fast = self.fast.models.get(endpoint)
-        if fast is not None:
-            metrics = fast.artifact.info.metrics
-            best, best_scores = "fast", {"valid": metrics.valid, "test": metrics.test}
-        graph_listing = None
-        for tier, served in self.served_remotely().items():
-            if endpoint not in served:
-                continue
-            if fast is not None and evidence_mismatch(served[endpoint].get("evidence"),
-                                                      fast.artifact.manifest):
-                continue
-            if tier == "graph":
-                graph_listing = served[endpoint]
-            # A worker lists each model's test metrics as a plain dict (and graph models their
-            # validation metrics, on the fast model's validation molecules).
-            scores = {"valid": served[endpoint].get("valid"), "test": served[endpoint].get("metrics")}
-            if best is None or preferred_over(scores, best_scores):
-                best, best_scores = tier, scores
-        # The two tiers' mean, scored with this very fast model, when it beats every tier alone.
-        mean = usable(graph_listing, fast.artifact.version) if fast is not None and graph_listing \
-            else None
+        listing = self.served_remotely().get("foundation", {}).get(endpoint)
+        if fast is None or not listing:
+            return None
+        cv = listing.get("cv") or {}
+        if cv.get("fast_version") != fast.artifact.version or evidence_mismatch(
+                listing.get("evidence"), fast.artifact.manifest):
+            return None
+        # A fast model written before it recorded its out-of-fold answers: its own out-of-fold
+        # metrics, on the same folds (the foundation model rebuilt them from the same molecules).
+        scores = {"fast": cv.get("fast") or fast.artifact.info.metrics.out_of_fold,
+                  "foundation": cv.get("foundation")}
+        if usable_blend(listing, fast.artifact.version) is not None:
+            scores[BLEND_TIER] = cv.get(BLEND_TIER)
+        return {"metric": cv.get("metric") or "rmse", "folds": cv.get("folds"),
+                "molecules": cv.get("molecules"), "scores": scores}
+
+    def preferred_tier(self, endpoint: str) -> str:
+        """The tier that answers `endpoint` when a request names none, chosen on evidence inside
+        the training data only, never on the test split:
+
+        1. Out of fold: the fast tier, the foundation tier and their stacked blend, each scored
+           on the live fast model's scaffold folds (`cv_scores`); the best answers.
+        2. On validation, if the fast tier is still the choice: a graph model (trained on the
+           fast model's split) and the fast and graph tiers' mean against the fast tier's
+           selection model, on the validation molecules they share (`preferred_over`).
+        A worker model tested on another split than the live fast model's is never compared
+        (`evidence_mismatch`). A transformer has no evidence comparable with the fast tier's
+        (it validates on its own part of the split): it answers when asked by name. An endpoint
+        without a fast model is answered by the first worker tier that serves it."""
+        from molserve.registry.manifest import evidence_mismatch
+
+        fast = self.fast.models.get(endpoint)
+        served = self.served_remotely()
+        if fast is None:
+            return next((tier for tier in REMOTE_TIERS if endpoint in served.get(tier, {})), "fast")
+        cv = self.cv_scores(endpoint)
+        if cv is not None:
+            choice = stacking.best_choice(cv["metric"], cv["scores"])
+            if choice is not None and choice != "fast":
+                return choice
+        metrics = fast.artifact.info.metrics
+        best, best_scores = "fast", {"valid": metrics.valid}
+        graph = served.get("graph", {}).get(endpoint)
+        if graph is None or evidence_mismatch(graph.get("evidence"), fast.artifact.manifest):
+            return best
+        scores = {"valid": graph.get("valid")}
+        if preferred_over(scores, best_scores):
+            best, best_scores = "graph", scores
+        # The two tiers' mean, scored with this very fast model, when it beats both.
+        mean = usable(graph, fast.artifact.version)
         if mean is not None and preferred_over(mean, best_scores):
             return MEAN_TIER
-        return best or "fast"
+        return best
+
+    def _blend_fitted(self, endpoint: str) -> bool:
+        fast = self.fast.models.get(endpoint)
+        listing = self.served_remotely().get("foundation", {}).get(endpoint)
+        return fast is not None and usable_blend(listing, fast.artifact.version) is not None
 
     def plan(self, names: list[str], tier: str) -> dict[str, str]:
-        """endpoint -> the tier to try first ('fast', 'transformer', 'graph', 'fast+graph' or
-        'computed')."""
+        """endpoint -> the tier to try first ('fast', a worker tier ('transformer', 'graph',
+        'foundation'), a blend ('fast+graph', 'fast+foundation') or 'computed')."""
         plan = {}
         for name in names:
             if name in self.computed.served():
                 plan[name] = "computed"
-            elif tier in ("fast", *REMOTE_TIERS, MEAN_TIER):
+            elif tier == BLEND_TIER and not self._blend_fitted(name):
+                # No blend was fitted with the live fast model: the foundation tier alone.
+                plan[name] = "foundation"
+            elif tier in ("fast", *REMOTE_TIERS, *COMBINED_TIERS):
                 plan[name] = tier
             else:
                 plan[name] = self.preferred_tier(name)
@@ -443,8 +489,8 @@ class Router:
             except RemoteFailure as failure:
                 reasons[name] = failure.reason
                 continue
-            if plan[name] == MEAN_TIER and name in answers:
-                answers[name] = self._mean_answers(name, answers[name], remote_answers)
+            if plan[name] in COMBINED_TIERS and name in answers:
+                answers[name] = self._combined_answers(name, plan[name], answers[name], remote_answers)
                 continue
             merged = []
             for slot, answer in enumerate(remote_answers):
@@ -472,19 +518,21 @@ class Router:
                 await asyncio.get_running_loop().run_in_executor(
                     self.compute, functools.partial(self._explain, batch, answers))
         response = self._assemble(results, owners, answers, names, started, len(molecules), batch)
-        # The mean asked of an endpoint without a fast model is the graph tier's answer alone.
-        answered = {name: "graph" if plan[name] == MEAN_TIER and name not in self.fast.models
+        # A blend asked of an endpoint without a fast model is its worker tier's answer alone.
+        answered = {name: COMBINED_TIERS[plan[name]]
+                    if plan[name] in COMBINED_TIERS and name not in self.fast.models
                     else plan[name] for name in names}
         response["tiers"] = {name: ("fast" if name in reasons else answered[name]) for name in names}
         response["degraded"] = dict(reasons)
         self._annotate(response, reference)
         return response
 
-    def _mean_answers(self, name: str, fast: list[Answer], graph: list[Answer]) -> list[Answer]:
+    def _combined_answers(self, name: str, tier: str, fast: list[Answer],
+                          other: list[Answer]) -> list[Answer]:
         model = self.fast.models[name]
-        listing = self.served_remotely().get("graph", {}).get(name, {})
-        return combine(name, fast, graph, task=model.task, transform=model.transform,
-                       label_names=model.manifest.get("label_names"), listing=listing)
+        listing = self.served_remotely().get(COMBINED_TIERS[tier], {}).get(name, {})
+        return combine(name, fast, other, task=model.task, transform=model.transform,
+                       label_names=model.manifest.get("label_names"), listing=listing, tier=tier)
 
     async def _remote_timed(self, remote: RemoteTier, batch: MoleculeBatch, name: str,
                             deadline: float, request_id: str | None) -> list[Answer]:

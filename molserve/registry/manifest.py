@@ -39,7 +39,7 @@ def test_score(test: dict[str, Any] | None) -> float:
 
 
 def scored_better(candidate: dict[str, Any] | None, incumbent: dict[str, Any] | None) -> bool:
-    """True when `candidate` beat `incumbent` on the same test split, by the same metric."""
+    """True when `candidate` beat `incumbent` on the same molecules, by the same metric."""
     candidate, incumbent = candidate or {}, incumbent or {}
     for metric in ("rmse", "roc_auc"):
         if candidate.get(metric) is not None and incumbent.get(metric) is not None:
@@ -49,15 +49,13 @@ def scored_better(candidate: dict[str, Any] | None, incumbent: dict[str, Any] | 
 
 def preferred_over(candidate: dict[str, Any], incumbent: dict[str, Any]) -> bool:
     """True when `candidate` should answer rather than `incumbent`, each given as
-    `{"valid": metrics, "test": metrics}`: on the validation side where both were validated on
-    the same molecules (both record it: the fast tier and the graph tier, which trains on the
-    fast model's split), so the test split chooses nothing; else on the test split (models
-    validated on other molecules, such as the transformer's, or written before validation
-    metrics were recorded)."""
+    `{"valid": metrics, ...}`: on the validation side, where both were validated on the same
+    molecules (the fast tier and the graph tier, which trains on the fast model's split). Models
+    without that evidence are not compared at all (False): the test split chooses nothing."""
     valid_c, valid_i = candidate.get("valid") or {}, incumbent.get("valid") or {}
     if any(valid_c.get(m) is not None and valid_i.get(m) is not None for m in ("rmse", "roc_auc")):
         return scored_better(valid_c, valid_i)
-    return scored_better(candidate.get("test"), incumbent.get("test"))
+    return False
 
 
 def split_evidence(split: dict[str, Any] | None) -> dict[str, Any]:

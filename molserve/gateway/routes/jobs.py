@@ -47,7 +47,7 @@ JOB_RULES = [
                     "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 2},
                                             {"type": "null"}]}},
      "required": ["model", "endpoint"]},
-    {"properties": {"kind": {"const": "train"}, "model": {"const": "graph"},
+    {"properties": {"kind": {"const": "train"}, "model": {"enum": ["graph", "foundation"]},
                     "endpoint": _NAMED_FAST_ENDPOINT,
                     "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 1},
                                             {"type": "null"}]}},
@@ -70,8 +70,8 @@ class JobRequest(BaseModel):
                                 description="A stored dataset (molserve data list).")
     endpoints: list[EndpointRef] | None = Field(
         None, description="screen: endpoints to predict. train with model=transformer: two or more "
-        "endpoints make one multi-task model, registered under `endpoint`; with model=graph: one "
-        "graph model for each.",
+        "endpoints make one multi-task model, registered under `endpoint`; with model=graph or "
+        "model=foundation: one model of that kind for each.",
         json_schema_extra={"minItems": 1})
     smiles_col: str | None = None
     chunk_size: int = Field(1000, ge=10, le=10000)
@@ -91,7 +91,7 @@ class JobRequest(BaseModel):
     output_format: Literal["csv", "parquet"] = Field(
         "csv", description="screen: the shard files kept beside the result CSV.")
     shard_size: int = Field(100_000, ge=100, le=10_000_000, description="screen: molecules a shard.")
-    model: Literal["gbm", "transformer", "graph"] = "gbm"
+    model: Literal["gbm", "transformer", "graph", "foundation"] = "gbm"
     endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
                                  json_schema_extra={"pattern": ENDPOINT_NAME})
     label_col: str | None = None
@@ -102,6 +102,9 @@ class JobRequest(BaseModel):
     base: str | None = Field(None, description="transformer: hub id or local directory.")
     epochs: int = Field(30, ge=1, le=1000)
     ensemble: int = Field(5, ge=1, le=20, description="graph: networks per endpoint.")
+    heads: list[Literal["trees", "trees+fast", "mlp"]] | None = Field(
+        None, min_length=1, description="foundation: head kinds that compete out of fold "
+        "(default: all three).")
 
 
 def _check_screen_options(router, body: JobRequest) -> None:
@@ -270,16 +273,16 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                                    "`endpoint`, the name to register the model under",
                                    code="invalid_multitask_job")
             params["tasks"] = tasks
-        elif body.model == "graph":
+        elif body.model in ("graph", "foundation"):
             if not body.endpoints and not body.endpoint:
                 # Not found, like an endpoint without a fast model: there is nothing to train.
-                raise NotFound("graph training needs `endpoint` (or `endpoints`): the endpoint(s) to "
-                               "train a graph model for", code="no_endpoint")
+                raise NotFound(f"{body.model} training needs `endpoint` (or `endpoints`): the "
+                               f"endpoint(s) to train a {body.model} model for", code="no_endpoint")
             tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
             missing = [e for e in tasks if e not in router.fast.models]
             if missing:
-                raise InvalidInput("graph training needs endpoints with fast models, whose curated "
-                                   f"data and split it reuses (missing: {', '.join(missing)})",
+                raise InvalidInput(f"{body.model} training needs endpoints with fast models, whose "
+                                   f"curated data and split it reuses (missing: {', '.join(missing)})",
                                    code="no_fast_model")
             params["tasks"], params["endpoint"] = tasks, tasks[0]
         elif body.model == "transformer":

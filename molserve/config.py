@@ -36,6 +36,9 @@ class GatewaySettings(BaseSettings):
         None, description="Only these bundled endpoints (JSON list); default: all of them.")
     bootstrap_profile: Literal["standard", "quick"] = Field(
         "standard", description="Training profile of the bootstrap.")
+    bootstrap_protocol: Literal["production", "tdc"] = Field(
+        "production", description="production: the bundled models learn from every labelled row "
+        "(figures out of fold); tdc: TDC's protocol (train_val only, scored on TDC's test set).")
     reference_default: str | None = Field(
         "clintox_drugs", description="Reference set of every answer's reference_percentile when a "
         "request names none (molserve reference list); empty: none unless asked.")

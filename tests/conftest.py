@@ -52,7 +52,7 @@ def trained_registry(tmp_path_factory) -> Registry:
     registry = Registry(root)
     todo = missing(registry, [*BUNDLED, *TDC_IN_TESTS])
     if todo:
-        outcome = bootstrap(registry, todo, profile="quick")
+        outcome = bootstrap(registry, todo, profile="quick", protocol="tdc")
         assert not [n for n, r in outcome.items() if "error" in r], outcome
     return registry
 

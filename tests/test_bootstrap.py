@@ -152,3 +152,51 @@ def test_gateway_trains_missing_endpoints_in_the_background_and_serves_each_as_i
             time.sleep(0.2)
         assert ready["bootstrap"]["done"] == 2 and ready["bootstrap"]["state"] == "done"
     assert read_status(Registry(registry))["state"] == "done"
+
+
+def test_production_models_learn_from_every_labelled_row_and_state_out_of_fold_figures(tmp_path):
+    """The served protocol: a TDC benchmark endpoint learns from train_val and test alike, a
+    dataset of our own holds nothing out either; the quality figures are out of fold, and a model
+    trained on top of one (graph, foundation) needs no test rows."""
+    import csv
+
+    from molserve.chem.molecules import try_parse
+    from molserve.data.catalog import bundled_endpoints
+    from molserve.operations.bootstrap import bootstrap, load_for
+
+    registry = Registry(tmp_path / "registry")
+    outcome = bootstrap(registry, ["dili", "logbb"], profile="quick", workers=1)
+    assert not [n for n, r in outcome.items() if "error" in r], outcome
+    assert "every labelled row; out of fold" in outcome["dili"]["summary"]
+    catalog = bundled_endpoints()
+    for endpoint in ("dili", "logbb"):
+        fast = registry.latest(endpoint, kind="gbm")
+        manifest = fast.manifest
+        assert manifest["protocol"] == "production" and manifest["metrics"]["test"] == {}
+        assert manifest["trained_on"]["rows"].startswith("every labelled row")
+        with open(fast.file("data.csv"), newline="") as handle:
+            sides = [row["split"] for row in csv.DictReader(handle)]
+        assert "test" not in sides and sides.count("valid") > 0
+        oof = manifest["metrics"]["out_of_fold"]
+        assert oof["n"] == len(sides) == manifest["trained_on"]["molecules"]
+        if endpoint == "logbb":
+            assert 0.5 < oof["interval_coverage"] <= 1
+    # TDC's test molecules are among the ones the production model learned from.
+    _, test = catalog["dili"].load()
+    fitted = set(registry.latest("dili", kind="gbm").file("train_smiles.txt").read_text().split())
+    readable = [try_parse(s) for s in test.smiles]
+    assert sum(p.canonical_smiles in fitted for p in readable if hasattr(p, "canonical_smiles")) \
+        >= 0.9 * len(test)
+    train, held, hold_out = load_for(catalog["dili"], "tdc")
+    everything, none, production_hold_out = load_for(catalog["dili"], "production")
+    assert held is not None and hold_out and none is None and not production_hold_out
+    assert len(everything) == len(train) + len(held)
+    with pytest.raises(ValueError):
+        load_for(catalog["dili"], "everything")
+    # Served, and listed with their out-of-fold figures.
+    router = Router(registry)
+    router.load()
+    answer = router.predict_local(["CCO"], ["dili", "logbb"])["results"][0]["predictions"]
+    assert answer["logbb"].uncertainty.interval and 0 <= answer["dili"].value <= 1
+    info = {e["name"]: e for e in router.endpoint_info()}
+    assert info["dili"]["models"][0]["metrics"]["test"] == {}

@@ -191,20 +191,24 @@ def test_main_returns_the_exit_code_as_an_int(capsys):
     assert main(["data", "tdc", "list", "--all"]) == 2
 
 
-def test_models_list_shows_each_model_and_each_task_of_a_multitask_one(trained_registry):
+def test_models_list_shows_each_model_its_figures_and_the_tier_that_answers(trained_registry):
     result = invoke("--registry", str(trained_registry.root), "models", "list")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["endpoint", "ver", "kind", "task", "n_test", "held-out", "(test)", "metrics"]
-    rows = {line.split()[0]: line for line in lines[1:]}
-    solubility = trained_registry.latest("solubility").manifest["metrics"]["test"]
-    assert rows["solubility"].split()[3:5] == ["regression", str(solubility["n"])]
-    assert f"RMSE {solubility['rmse']:.3f}" in rows["solubility"]
+    assert lines[0].split() == ["endpoint", "ver", "kind", "task", "figures"]
+    rows = {line.split()[0]: line for line in lines[1:] if not line.startswith(" ")}
+    solubility = trained_registry.latest("solubility").manifest["metrics"]
+    assert rows["solubility"].split()[3] == "regression"
+    assert f"test (n={solubility['test']['n']}): RMSE {solubility['test']['rmse']:.3f}" in rows["solubility"]
+    assert f"out of fold: RMSE {solubility['out_of_fold']['rmse']:.3f}" in rows["solubility"]
     assert "ROC AUC" in rows["bbb_penetration"] and "classification" in rows["bbb_penetration"]
+    # Under each endpoint's models: the tier `auto` serves with them (no worker model: fast).
+    after = lines[lines.index(rows["solubility"]) + 1]
+    assert after.split()[:2] == ["answers:", "fast"]
     listed = json.loads(invoke("--registry", str(trained_registry.root), "models", "list", "--json").stdout)
     entry = next(m for m in listed if m["endpoint"] == "solubility")
-    assert set(entry) == {"endpoint", "version", "kind", "created", "test"}
-    assert entry["test"] == solubility
+    assert set(entry) == {"endpoint", "version", "kind", "created", "test", "out_of_fold", "valid"}
+    assert entry["test"] == solubility["test"] and entry["out_of_fold"] == solubility["out_of_fold"]
 
 
 def test_predict_a_tiny_file_through_the_runner(tmp_path, trained_registry):

@@ -97,6 +97,9 @@ def bootstrap(
         "Dataverse (downloaded, checksum verified, cached)")] = "bundled",
     workers: Annotated[int | None, typer.Option(
         min=1, help="endpoints trained at once (default: one per core)", show_default=False)] = None,
+    protocol: Annotated[Literal["production", "tdc"], typer.Option(
+        help="production: learn from every labelled row (TDC's train_val and test), figures out of "
+        "fold; tdc: TDC's protocol, train_val only, scored on TDC's fixed test set")] = "production",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> int:
     """Train the bundled endpoints that the registry does not have yet (all with --force)."""
@@ -127,7 +130,7 @@ def bootstrap(
             update(f"{name}: {step}", sum(fractions.values()) / len(names))
 
     outcome = train_bundled(registry, names, profile=profile, tdc_source=tdc_source, workers=workers,
-                            report=report_progress)
+                            report=report_progress, protocol=protocol)
     if bar is not None:
         bar.close()
     for name, result in outcome.items():

@@ -39,6 +39,19 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.smiles)
 
+    def joined(self, other: Dataset) -> Dataset:
+        """These rows then `other`'s, as one dataset (a benchmark's train_val and test files,
+        for a production model that learns from every labelled row)."""
+        import hashlib
+
+        if other.task != self.task:
+            raise ValueError(f"cannot join a {self.task} dataset with a {other.task} one")
+        checksum = hashlib.sha256(f"{self.checksum}+{other.checksum}".encode()).hexdigest()
+        return Dataset(self.name, [*self.smiles, *other.smiles], [*self.labels, *other.labels],
+                       self.task, self.units, self.description,
+                       f"{self.source} + {other.source}", self.licence, checksum,
+                       self.label_names, {**self.extra, "joined_rows": [len(self), len(other)]})
+
     def describe(self) -> dict:
         return {
             "name": self.name,

@@ -166,7 +166,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             app.state.bootstrap = BackgroundBootstrap(
                 router.registry, load_models, only=settings.gateway.bootstrap_endpoints,
-                profile=settings.gateway.bootstrap_profile)
+                profile=settings.gateway.bootstrap_profile,
+                protocol=settings.gateway.bootstrap_protocol)
             router.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "

@@ -374,6 +374,7 @@ def train_endpoint(
     feature_cache: FeatureCache | None = None,
     threads: int | None = None,
     progress: Progress | None = None,
+    hold_out: bool = True,
 ) -> Artifact:
     """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact.
 
@@ -381,13 +382,15 @@ def train_endpoint(
     `dataset` is held out. `split` is how the model-selection split is made: "scaffold",
     "random", or "tdc-scaffold" (TDC's own split of train_val, seed `seed`). `split_labels`
     (train/valid/test per dataset row) replaces the computed split. `recipes` replaces the
-    profile's candidates; `metric` (a TDC metric name) is what selection maximizes.
+    profile's candidates; `metric` (a TDC metric name) is what selection maximizes. With
+    `hold_out=False` (production models) nothing is held out: every labelled row is fitted, the
+    split only chooses (train / valid), and the quality figures are the out-of-fold ones.
     """
     artifact, _ = fit_and_evaluate(
         dataset, endpoint, test=test, split=split, profile=profile, seed=seed,
         split_labels=split_labels, recipes=recipes, target_transform=target_transform,
         metric=metric, feature_cache=feature_cache, threads=threads, progress=progress,
-        registry=registry, extra_manifest=extra_manifest)
+        registry=registry, extra_manifest=extra_manifest, hold_out=hold_out)
     assert artifact is not None
     return artifact
 
@@ -409,6 +412,7 @@ def fit_and_evaluate(
     progress: Progress | None = None,
     registry: Registry | None = None,
     extra_manifest: dict | None = None,
+    hold_out: bool = True,
 ) -> tuple[Artifact | None, dict]:
     """The training pipeline; registers the model when `registry` is given.
 
@@ -437,8 +441,15 @@ def fit_and_evaluate(
     if task == "classification" and len(np.unique(y)) < 2:
         raise ValueError("classification data needs both classes; the labels read were all "
                          f"{int(y[0]) if len(y) else '?'} (see --positive-label)")
+    if not hold_out and (test is not None or split_labels is not None):
+        raise ValueError("a production model (hold_out=False) fits every row: give no test set "
+                         "and no stored split")
     sides = _choose_sides(dataset, curated, split=split, seed=seed, split_labels=split_labels,
-                          has_test=test is not None)
+                          has_test=test is not None or not hold_out)
+    if not hold_out and len(sides.test):  # a split's rounding may leave a molecule on that side
+        sides.train = np.sort(np.concatenate([sides.train, sides.test]))
+        sides.fit = np.sort(np.concatenate([sides.fit, sides.test]))
+        sides.test = sides.test[:0]
     tr, va, fit = sides.train, sides.valid, sides.fit
     calibration_rule = "random" if sides.method.startswith("random") else "rarest_scaffolds"
     calib = calibration_molecules(curated.mols, tr, seed, rule=calibration_rule)
@@ -589,7 +600,6 @@ def fit_and_evaluate(
         mean_z = test_raw.mean(axis=1)
         prediction = transform.inverse(mean_z)
         test_pred[ok] = prediction
-        test_metrics = M.regression_metrics(yg, prediction)
 
         def coverage(gamma: float | None, levels: dict[str, float]) -> dict[str, float]:
             """Test coverage at each level: constant half widths, or scaled by distance."""
@@ -600,23 +610,32 @@ def fit_and_evaluate(
                                                    transform.inverse(mean_z + half))
             return found
 
-        low, high = transform.inverse(mean_z - q), transform.inverse(mean_z + q)
-        test_metrics["interval_coverage"] = M.interval_coverage(yg, low, high)
-        test_metrics["interval_mean_width"] = float(np.mean(high - low))
-        test_metrics["interval_coverage_by_level"] = coverage(None, quantiles)
-        # The first rule (every fitted molecule's out-of-fold residual, selection's included,
-        # scaled by distance), on these same members: for comparison.
-        previous = coverage(*quantiles_from(fit, scaled=True))
-        # Measured alongside: the same calibration molecules with residuals scaled by distance.
-        variants = {"distance_scaled": coverage(*quantiles_from(calib if len(calib) else fit,
-                                                                scaled=True))}
         oof = M.regression_metrics(y[fit], transform.inverse(out_of_fold[fit]))
-        baseline_pred, alpha = ridge_baseline(x[tr], z[tr], x[va], z[va], test_x)
-        metrics = {"test": test_metrics, "out_of_fold": oof,
-                   "baseline_test": {"model": f"ridge (alpha={alpha})",
-                                     **M.regression_metrics(yg, transform.inverse(baseline_pred))},
-                   "primary": "rmse"}
-        parity = {"measured": yg.round(4).tolist(), "predicted": np.round(prediction, 4).tolist()}
+        # The 90% interval around each out-of-fold prediction, on the fitted molecules that did
+        # not calibrate it: the coverage a production model (no test set) can state.
+        others = np.setdiff1d(fit, calib) if len(calib) else fit
+        oof["interval_coverage"] = M.interval_coverage(
+            y[others], transform.inverse(out_of_fold[others] - q), transform.inverse(out_of_fold[others] + q))
+        oof["interval_coverage_molecules"] = int(len(others))
+        metrics = {"test": {}, "out_of_fold": oof, "primary": "rmse"}
+        previous = variants = parity = None
+        if len(yg):
+            test_metrics = M.regression_metrics(yg, prediction)
+            low, high = transform.inverse(mean_z - q), transform.inverse(mean_z + q)
+            test_metrics["interval_coverage"] = M.interval_coverage(yg, low, high)
+            test_metrics["interval_mean_width"] = float(np.mean(high - low))
+            test_metrics["interval_coverage_by_level"] = coverage(None, quantiles)
+            # The first rule (every fitted molecule's out-of-fold residual, selection's
+            # included, scaled by distance), on these same members: for comparison.
+            previous = coverage(*quantiles_from(fit, scaled=True))
+            # Measured alongside: the same calibration molecules with residuals scaled by distance.
+            variants = {"distance_scaled": coverage(*quantiles_from(calib if len(calib) else fit,
+                                                                    scaled=True))}
+            baseline_pred, alpha = ridge_baseline(x[tr], z[tr], x[va], z[va], test_x)
+            metrics.update(test=test_metrics, baseline_test={
+                "model": f"ridge (alpha={alpha})",
+                **M.regression_metrics(yg, transform.inverse(baseline_pred))})
+            parity = {"measured": yg.round(4).tolist(), "predicted": np.round(prediction, 4).tolist()}
     else:
         platt = choose_probability_calibration(out_of_fold[calib], y[calib], seed) if len(calib) \
             else {"method": "none", "applied": False, "a": 1.0, "b": 0.0,
@@ -628,27 +647,28 @@ def fit_and_evaluate(
         calibration = {"method": "ensemble spread (member probabilities)", "confidence": CONFIDENCE,
                        "probability_calibration": platt}
         oof_p = 1.0 / (1.0 + np.exp(-out_of_fold[fit]))
-        baseline_pred, alpha = ridge_baseline(x[tr], y[tr], x[va], y[va], test_x)
-        test_metrics = M.classification_metrics(yg, probability)
-        test_metrics["ece_uncalibrated"] = M.expected_calibration_error(yg, uncalibrated)
-        test_metrics["reliability"] = M.reliability_curve(yg, probability)
-        test_metrics["reliability_uncalibrated"] = M.reliability_curve(yg, uncalibrated)
-        metrics = {"test": test_metrics,
-                   "out_of_fold": M.classification_metrics(y[fit], oof_p),
-                   "baseline_test": {"model": f"ridge on 0/1 labels (alpha={alpha})",
-                                     "roc_auc": M.roc_auc(yg, baseline_pred),
-                                     "pr_auc": M.average_precision(yg, baseline_pred)},
-                   "primary": "roc_auc"}
-        previous = None
-        variants = None
-        parity = {"roc": M.roc_curve(yg, probability)}
+        out_of_fold_metrics = M.classification_metrics(y[fit], oof_p)
+        out_of_fold_metrics["reliability"] = M.reliability_curve(y[fit], oof_p)
+        metrics = {"test": {}, "out_of_fold": out_of_fold_metrics, "primary": "roc_auc"}
+        previous = variants = parity = None
+        if len(yg):
+            baseline_pred, alpha = ridge_baseline(x[tr], y[tr], x[va], y[va], test_x)
+            test_metrics = M.classification_metrics(yg, probability)
+            test_metrics["ece_uncalibrated"] = M.expected_calibration_error(yg, uncalibrated)
+            test_metrics["reliability"] = M.reliability_curve(yg, probability)
+            test_metrics["reliability_uncalibrated"] = M.reliability_curve(yg, uncalibrated)
+            metrics.update(test=test_metrics, baseline_test={
+                "model": f"ridge on 0/1 labels (alpha={alpha})",
+                "roc_auc": M.roc_auc(yg, baseline_pred),
+                "pr_auc": M.average_precision(yg, baseline_pred)})
+            parity = {"roc": M.roc_curve(yg, probability)}
     # The chosen recipe's selection model (trained on the train side) on the validation side
     # that chose it: what routing compares with a graph model validated on the same molecules.
     metrics["valid"] = (M.regression_metrics(y[va], best["valid"]) if task == "regression"
                         else M.classification_metrics(y[va], best["valid"]))
     if len(ok) and not ok.all():
         metrics["test"]["unreadable_rows"] = int((~ok).sum())
-    if metric:
+    if metric and len(ok):
         # TDC scores every row of its test file: a row RDKit cannot read gets the training
         # median (regression) or the training positive rate (classification), and is counted.
         fallback = (float(np.median(y[fit])) if task == "regression" else float(np.mean(y[fit])))
@@ -676,7 +696,7 @@ def fit_and_evaluate(
               "recipe": recipe, "rounds": best["rounds"], "spec": spec, "ensemble": ensemble,
               # The chosen recipe's selection model on the validation side (curated order).
               "valid_index": va, "valid_predictions": best["valid"],
-              "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
+              "fit_index": fit, "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
               # Out of fold (fitted molecules, in `fitted_smiles` order): each one's fold and the
               # prediction of the member that never saw it (model scale; probabilities).
               "fitted_labels": y[fit], "fitted_folds": fold_of[fit],
@@ -722,8 +742,16 @@ def fit_and_evaluate(
         "curation": curated.report,
         "split": {"method": sides.method, "seed": seed, "sizes": split_sizes,
                   "test": "fixed test set, every row scored" if test is not None
-                  else "held-out part of the dataset",
+                  else "held-out part of the dataset" if hold_out
+                  else "none: a production model fits every labelled row",
                   **({"test_source": test.source, "test_sha256": test.checksum} if test else {})},
+        # Which rows the model learned from, and where its quality figures come from.
+        "trained_on": {
+            "rows": "every labelled row (production model)" if not hold_out
+            else "every row but the test set",
+            "molecules": int(len(fit)),
+            "figures": "out of fold over scaffold folds of the fitted molecules (metrics.out_of_fold)"
+            if not hold_out else "the held-out test set (metrics.test), and out of fold"},
         "features": spec.to_dict(),
         "target_transform": transform.to_dict(),
         "model": {
@@ -743,10 +771,11 @@ def fit_and_evaluate(
                        "value per member" + (" in log10 space" if transform.kind == "log10" else "")),
         },
         "uncertainty": {**calibration,
-                        **({"test_coverage": metrics["test"]["interval_coverage_by_level"]}
-                           if task == "regression" else
-                           {"test_ece": metrics["test"]["ece"],
-                            "test_ece_uncalibrated": metrics["test"]["ece_uncalibrated"]})},
+                        **(({"test_coverage": metrics["test"]["interval_coverage_by_level"]}
+                            if task == "regression" else
+                            {"test_ece": metrics["test"]["ece"],
+                             "test_ece_uncalibrated": metrics["test"]["ece_uncalibrated"]})
+                           if metrics["test"] else {})},
         "applicability_domain": {
             "method": "max Tanimoto similarity (Morgan radius 2, 2048 bits) to the training molecules",
             "threshold": ad_threshold,
@@ -803,6 +832,15 @@ def fit_and_evaluate(
 def summarize(artifact: Artifact) -> str:
     m = artifact.manifest["metrics"]
     test = m["test"]
+    if not test:  # a production model: nothing held out, its figures are out of fold
+        oof = m["out_of_fold"]
+        if artifact.manifest["task"] == "classification":
+            line = f"ROC AUC {oof['roc_auc']:.3f}, PR AUC {oof['pr_auc']:.3f}"
+        else:
+            line = (f"RMSE {oof['rmse']:.3f}, MAE {oof['mae']:.3f}, Spearman {oof['spearman']:.3f}, "
+                    f"90% interval coverage {oof.get('interval_coverage', float('nan')):.2f}")
+        return (f"{artifact.endpoint} v{artifact.version} (every labelled row; out of fold, "
+                f"n={oof['n']}): {line}")
     if artifact.manifest["task"] == "classification":
         line = f"ROC AUC {test['roc_auc']:.3f}, PR AUC {test['pr_auc']:.3f}, accuracy {test['accuracy']:.3f}"
         base = f"baseline ROC AUC {m['baseline_test']['roc_auc']:.3f}"
@@ -813,4 +851,3 @@ def summarize(artifact: Artifact) -> str:
     tdc = m.get("tdc")
     extra = f"; TDC {tdc['metric']} {tdc['test']:.3f}" if tdc else ""
     return f"{artifact.endpoint} v{artifact.version} (test, n={test['n']}): {line}; {base}{extra}"
-

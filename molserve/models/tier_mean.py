@@ -80,7 +80,7 @@ def tiers_mean(fast: Artifact, smiles: list[str], y: np.ndarray, graph: np.ndarr
     (`valid`): what routing compares with each tier's validation score."""
     from molserve.models.gbm_runtime import TargetTransform
 
-    answers = fast_answers(fast, smiles)
+    answers = fast_answers(fast, smiles) if smiles else []
     kind = fast.info.task
     transform = TargetTransform(**fast.manifest.get("target_transform", {}))
     both = mean_values(np.array([a.value for a in answers], dtype=np.float64), graph, kind, transform)
@@ -90,6 +90,9 @@ def tiers_mean(fast: Artifact, smiles: list[str], y: np.ndarray, graph: np.ndarr
     scores = M.regression_metrics if kind == "regression" else M.classification_metrics
     if valid is not None and (on_valid := fast_valid_predictions(fast, len(valid[0]))) is not None:
         out["valid"] = scores(valid[0], mean_values(on_valid, valid[1], kind, transform))
+    if not len(y):  # a production fast model holds nothing out
+        out["test"] = {}
+        return out
     if kind != "regression":
         out["test"] = M.classification_metrics(y, both)
         return out

@@ -4,6 +4,11 @@ Bundled endpoints are the five legacy datasets shipped inside installed packages
 TDC ADMET datasets shipped inside molserve (`molserve.data.tdc`). Training goes smallest first,
 so the first endpoints answer within seconds of a fresh start and the big datasets come last.
 
+Two protocols (`PROTOCOLS`): `production` (the default, what is served) learns from every
+labelled row, TDC's train_val and test files alike, as ADMET-AI's models do; its quality figures
+are out of fold. `tdc` keeps TDC's protocol: train_val only, scored on TDC's fixed test file (and
+a held-out tenth of the other datasets), the models the benchmark tables describe.
+
 Progress is written to `<registry>/.bootstrap.json` (atomically, a few times a second at most):
 the gateway, `molserve models list` and the web page read it to say which endpoints are still
 being trained. Each model reaches the registry through its atomic write, so a bootstrap that is
@@ -24,6 +29,9 @@ from molserve.processes import cancel_and_wait, pid_alive
 from molserve.registry.store import Registry
 
 STATUS_FILE = ".bootstrap.json"
+
+
+PROTOCOLS = ("production", "tdc")
 
 
 def training_options(endpoint: BundledEndpoint) -> dict[str, Any]:
@@ -127,7 +135,19 @@ def missing(registry: Registry, names: list[str] | None = None) -> list[str]:
 _feature_cache = None
 
 
-def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, events) -> dict[str, Any]:
+def load_for(entry: BundledEndpoint, protocol: str, tdc_source: str = "bundled") -> tuple[Any, Any, bool]:
+    """(training data, fixed test set or None, hold_out) of a bundled endpoint under `protocol`:
+    production joins a benchmark's test file to its train_val and holds nothing out."""
+    train, test = entry.load(tdc_source)
+    if protocol == "production":
+        return (train.joined(test) if test is not None else train), None, False
+    if protocol != "tdc":
+        raise ValueError(f"unknown protocol {protocol!r}: {', '.join(PROTOCOLS)}")
+    return train, test, True
+
+
+def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, events,
+               protocol: str = "production") -> dict[str, Any]:
     """Train one bundled endpoint in a worker process; progress goes to `events`."""
     global _feature_cache
     from molserve.models.gbm_train import FeatureCache, summarize, train_endpoint
@@ -138,10 +158,11 @@ def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, eve
     events.put(("start", name, started))
     entry = bundled_endpoints()[name]
     try:
-        train, test = entry.load(tdc_source)
+        train, test, hold_out = load_for(entry, protocol, tdc_source)
         artifact = train_endpoint(
             train, Registry(registry_root), name, test=test, profile=profile,
-            feature_cache=_feature_cache, threads=1,
+            feature_cache=_feature_cache, threads=1, hold_out=hold_out,
+            extra_manifest={"protocol": protocol},
             progress=lambda step, fraction: events.put(("progress", name, step, fraction)),
             **training_options(entry))
     except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
@@ -152,7 +173,7 @@ def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, eve
 
 def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard",
               tdc_source: str = "bundled", workers: int | None = None,
-              report: Report | None = None) -> dict[str, Any]:
+              report: Report | None = None, protocol: str = "production") -> dict[str, Any]:
     """Train `names` (bundled endpoints), smallest first; return {name: summary or error}.
 
     `workers` endpoints train at once (default: one per core), each in its own process and
@@ -195,7 +216,7 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
         try:
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 futures = [(name, pool.submit(_train_one, str(registry.root), name, profile,
-                                              tdc_source, events)) for name in names]
+                                              tdc_source, events, protocol)) for name in names]
                 for name, future in futures:
                     try:
                         result = future.result()
@@ -224,10 +245,11 @@ class BackgroundBootstrap:
 
     def __init__(self, registry: Registry, on_model: Callable[[], None], *,
                  only: list[str] | None = None, profile: str = "standard",
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, protocol: str = "production") -> None:
         self.registry = registry
         self.only = only
         self.profile = profile
+        self.protocol = protocol
         self.on_model = on_model
         self.poll_s = poll_s
         self.process = None
@@ -248,7 +270,7 @@ class BackgroundBootstrap:
                 return False
             self.registry.root.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "molserve", "--registry", str(self.registry.root),
-                       "bootstrap", "--quiet", "--profile", self.profile]
+                       "bootstrap", "--quiet", "--profile", self.profile, "--protocol", self.protocol]
             if self.only:
                 command += ["--only", ",".join(self.only)]
             with open(self.registry.root / ".bootstrap.log", "ab") as log:

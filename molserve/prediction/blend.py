@@ -34,10 +34,11 @@ COMBINED_TIERS = {MEAN_TIER: "graph", BLEND_TIER: "foundation"}
 
 
 def usable(listing: dict[str, Any] | None, fast_version: int) -> dict[str, Any] | None:
-    """The graph model's `tiers_mean` test metrics when they were scored with this fast model
-    version (else None: the mean of other answers was measured)."""
+    """The graph model's `tiers_mean` scores (validation, and test where the fast model held a
+    test set out) when they were scored with this fast model version (else None: the mean of
+    other answers was measured)."""
     mean = (listing or {}).get("tiers_mean") or {}
-    if not mean.get("test") or mean.get("fast_version") != fast_version:
+    if not (mean.get("valid") or mean.get("test")) or mean.get("fast_version") != fast_version:
         return None
     return mean
 

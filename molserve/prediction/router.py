@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any
 from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
 from molserve.errors import InvalidInput, TooLarge, Unavailable
-from molserve.models import stacking
+from molserve.prediction import choice
 from molserve.prediction.blend import BLEND_TIER, COMBINED_TIERS, MEAN_TIER, combine, usable, usable_blend
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
-from molserve.registry.manifest import preferred_over
 from molserve.registry.store import ArtifactError, Registry
 
 if TYPE_CHECKING:  # the remote tier (httpx) is imported only where workers are configured
@@ -187,7 +186,7 @@ class Router:
                         "model_id": f"{name}/{MEAN_TIER}", "tier": MEAN_TIER,
                         "version": f"{fast.artifact.version}+{graph.get('version')}",
                         "kind": "mean of the fast and graph tiers' answers",
-                        "metrics": mean["test"],
+                        "metrics": mean.get("test") or {},
                         **({"valid": mean["valid"]} if mean.get("valid") else {})}]
                 foundation = remote.get("foundation", {}).get(name)
                 blend = usable_blend(foundation, fast.artifact.version) \
@@ -229,66 +228,21 @@ class Router:
         return infos
 
     # Planning ----------------------------------------------------------------------------
-    def cv_scores(self, endpoint: str) -> dict[str, Any] | None:
-        """The out-of-fold evidence for `endpoint`: the metric, and the fast tier's, the
-        foundation tier's and their blend's scores over the live fast model's scaffold folds
-        (recorded by the foundation model, trained on those folds); None without such a model."""
-        from molserve.registry.manifest import evidence_mismatch
+    def _listings(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        """worker tier -> its listing of `endpoint` (tiers that do not serve it are absent)."""
+        return {tier: served[endpoint] for tier, served in self.served_remotely().items()
+                if endpoint in served}
 
+    def cv_scores(self, endpoint: str) -> dict[str, Any] | None:
+        """The out-of-fold evidence for `endpoint` (`prediction.choice.cv_scores`)."""
         fast = self.fast.models.get(endpoint)
-        listing = self.served_remotely().get("foundation", {}).get(endpoint)
-        if fast is None or not listing:
-            return None
-        cv = listing.get("cv") or {}
-        if cv.get("fast_version") != fast.artifact.version or evidence_mismatch(
-                listing.get("evidence"), fast.artifact.manifest):
-            return None
-        # A fast model written before it recorded its out-of-fold answers: its own out-of-fold
-        # metrics, on the same folds (the foundation model rebuilt them from the same molecules).
-        scores = {"fast": cv.get("fast") or fast.artifact.info.metrics.out_of_fold,
-                  "foundation": cv.get("foundation")}
-        if usable_blend(listing, fast.artifact.version) is not None:
-            scores[BLEND_TIER] = cv.get(BLEND_TIER)
-        return {"metric": cv.get("metric") or "rmse", "folds": cv.get("folds"),
-                "molecules": cv.get("molecules"), "scores": scores}
+        return choice.cv_scores(fast.artifact if fast else None, self._listings(endpoint).get("foundation"))
 
     def preferred_tier(self, endpoint: str) -> str:
-        """The tier that answers `endpoint` when a request names none, chosen on evidence inside
-        the training data only, never on the test split:
-
-        1. Out of fold: the fast tier, the foundation tier and their stacked blend, each scored
-           on the live fast model's scaffold folds (`cv_scores`); the best answers.
-        2. On validation, if the fast tier is still the choice: a graph model (trained on the
-           fast model's split) and the fast and graph tiers' mean against the fast tier's
-           selection model, on the validation molecules they share (`preferred_over`).
-        A worker model tested on another split than the live fast model's is never compared
-        (`evidence_mismatch`). A transformer has no evidence comparable with the fast tier's
-        (it validates on its own part of the split): it answers when asked by name. An endpoint
-        without a fast model is answered by the first worker tier that serves it."""
-        from molserve.registry.manifest import evidence_mismatch
-
+        """The tier that answers `endpoint` when a request names none, on evidence inside the
+        training data only (`prediction.choice`)."""
         fast = self.fast.models.get(endpoint)
-        served = self.served_remotely()
-        if fast is None:
-            return next((tier for tier in REMOTE_TIERS if endpoint in served.get(tier, {})), "fast")
-        cv = self.cv_scores(endpoint)
-        if cv is not None:
-            choice = stacking.best_choice(cv["metric"], cv["scores"])
-            if choice is not None and choice != "fast":
-                return choice
-        metrics = fast.artifact.info.metrics
-        best, best_scores = "fast", {"valid": metrics.valid}
-        graph = served.get("graph", {}).get(endpoint)
-        if graph is None or evidence_mismatch(graph.get("evidence"), fast.artifact.manifest):
-            return best
-        scores = {"valid": graph.get("valid")}
-        if preferred_over(scores, best_scores):
-            best, best_scores = "graph", scores
-        # The two tiers' mean, scored with this very fast model, when it beats both.
-        mean = usable(graph, fast.artifact.version)
-        if mean is not None and preferred_over(mean, best_scores):
-            return MEAN_TIER
-        return best
+        return choice.preferred_tier(fast.artifact if fast else None, self._listings(endpoint))
 
     def _blend_fitted(self, endpoint: str) -> bool:
         fast = self.fast.models.get(endpoint)

@@ -67,6 +67,22 @@ def split_evidence(split: dict[str, Any] | None) -> dict[str, Any]:
             "data_sha256": (split.get("evidence") or {}).get("data_sha256")}
 
 
+def routing_listing(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a worker lists about a model for routing (`molserve.prediction.choice`): the split it
+    shares with a fast model (`evidence`) and, for the models that record them, the scores a
+    choice compares: a graph model's validation metrics (on its fast model's validation
+    molecules) and the fast and graph tiers' mean; a foundation model's out-of-fold scores beside
+    the fast tier's and their blend's (`cv`), and the blend itself (weight, intervals)."""
+    metrics = manifest.get("metrics") or {}
+    listing: dict[str, Any] = {"evidence": split_evidence(manifest.get("split"))}
+    if manifest.get("kind") == "graph":
+        listing.update({key: metrics[key] for key in ("valid", "tiers_mean") if metrics.get(key)})
+    elif manifest.get("kind") == "foundation":
+        listing.update(cv=metrics.get("cv") or {}, blend=manifest.get("blend"),
+                       leakage_caveat=manifest.get("leakage_caveat"))
+    return listing
+
+
 def evidence_mismatch(evidence: dict[str, Any] | None, fast_manifest: dict[str, Any]) -> str | None:
     """None when a worker-tier model was tested on the live fast model's split (same dataset
     version, same split: the same curated rows and sides), else why its test metric cannot be

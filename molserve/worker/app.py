@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +31,7 @@ from starlette.responses import Response
 
 from molserve.config import WorkerSettings
 from molserve.prediction.batcher import DynamicBatcher, Overloaded
-from molserve.registry.manifest import split_evidence
+from molserve.registry.manifest import routing_listing
 from molserve.registry.store import ArtifactError, Registry
 from molserve.responses import JSONResponse
 
@@ -145,22 +145,6 @@ def _load_transformers(settings: WorkerSettings) -> tuple[dict, dict]:
             errors[endpoint] = str(error)
             log.error("not serving %s: %s", endpoint, error)
     return models, errors
-
-
-def _routing_scores(model: Any) -> dict:
-    """What routing compares, for the models that record it: a graph model's validation metrics
-    (on its fast model's validation molecules; a transformer's validation side is its own) and
-    the fast and graph tiers' mean; a foundation model's out-of-fold scores beside the fast
-    tier's and their blend's (`cv`), and the blend itself (weight, intervals). Empty for other
-    models."""
-    manifest = getattr(model, "manifest", {})
-    metrics = manifest.get("metrics") or {}
-    if manifest.get("kind") == "graph":
-        return {key: metrics[key] for key in ("valid", "tiers_mean") if metrics.get(key)}
-    if manifest.get("kind") == "foundation":
-        return {"cv": metrics.get("cv") or {}, "blend": manifest.get("blend"),
-                "leakage_caveat": manifest.get("leakage_caveat")}
-    return {}
 
 
 def create_worker_app(settings: WorkerSettings | None = None,
@@ -277,9 +261,9 @@ def create_worker_app(settings: WorkerSettings | None = None,
              "metrics": m.served_metrics() if hasattr(m, "served_metrics") else m.info.metrics.test,
              "backend": m.backend,
              "device": m.device,
-             # Which split the metrics are on, so a gateway compares tiers on equal evidence only.
-             "evidence": split_evidence(getattr(m, "manifest", {}).get("split")),
-             **_routing_scores(m)}
+             # Which split the model shares with a fast model (so a gateway compares tiers on
+             # equal evidence only) and the scores routing compares.
+             **routing_listing(getattr(m, "manifest", {}))}
             for key, m in state["models"].items()
         ])
 

@@ -611,27 +611,35 @@ function metricList(metrics) {
     .map(([k, v]) => `<dt>${escapeHtml(k)}</dt><dd>${Number.isInteger(v) ? v : v.toFixed(3)}</dd>`).join("");
 }
 
-// Each tier's held-out figure for the endpoint, side by side (every tier is tested on the fast
-// model's test split, so the rows compare like with like), and the validation figure `auto`
-// chooses on where a tier was validated on the fast model's validation molecules (fast, graph and
-// their mean; the transformer is chosen on the test split). The row `auto` picks is marked.
+// Each tier's figures for the endpoint, side by side: out of fold on the fast model's scaffold
+// folds (fast, foundation and their blend: what `auto` chooses on first), on the validation
+// molecules the fast and graph tiers share (then), and on the held-out test split where the model
+// has one (reported only: it chooses nothing). The row `auto` picks is marked.
 function tierTable(e) {
   const figure = (scores) => {
     scores = scores || {};
-    return scores.rmse !== undefined
-      ? `RMSE ${scores.rmse.toFixed(3)}` + (scores.mae !== undefined ? `, MAE ${scores.mae.toFixed(3)}` : "")
-      : (scores.roc_auc !== undefined ? `ROC AUC ${scores.roc_auc.toFixed(3)}` : "");
+    const parts = [];
+    if (scores.rmse !== undefined) parts.push(`RMSE ${scores.rmse.toFixed(3)}`);
+    if (scores.mae !== undefined) parts.push(`MAE ${scores.mae.toFixed(3)}`);
+    if (scores.spearman !== undefined && scores.rmse !== undefined) parts.push(`Spearman ${scores.spearman.toFixed(3)}`);
+    if (scores.roc_auc !== undefined) parts.push(`ROC AUC ${scores.roc_auc.toFixed(3)}`);
+    if (scores.pr_auc !== undefined && scores.roc_auc !== undefined) parts.push(`PR AUC ${scores.pr_auc.toFixed(3)}`);
+    return parts.join(", ");
   };
+  const cv = (e.cv && e.cv.scores) || {};
   const rows = e.models.map((m) => {
     const fast = m.tier === "fast";
     const test = fast ? (m.metrics || {}).test : m.metrics;
     const valid = fast ? (m.metrics || {}).valid : m.valid;
+    const folds = cv[m.tier] || (fast ? (m.metrics || {}).out_of_fold : null);
     const auto = (e.preferred_tier || "fast") === m.tier ? " (auto)" : "";
-    return `<tr><td>${escapeHtml(m.tier)}${auto}</td><td class="test">${escapeHtml(figure(test))}</td>` +
-      `<td class="valid">${escapeHtml(figure(valid) || "-")}</td></tr>`;
+    return `<tr><td>${escapeHtml(m.tier)}${auto}</td><td class="cv">${escapeHtml(figure(folds) || "-")}</td>` +
+      `<td class="valid">${escapeHtml(figure(valid) || "-")}</td>` +
+      `<td class="test">${escapeHtml(figure(test) || "-")}</td></tr>`;
   }).join("");
-  return `<table class="tier-metrics"><thead><tr><th>tier</th><th>held-out test</th>` +
-    `<th>validation</th></tr></thead><tbody>${rows}</tbody></table>`;
+  const metric = e.cv && e.cv.metric ? ` (chosen by ${escapeHtml(e.cv.metric)})` : "";
+  return `<table class="tier-metrics"><thead><tr><th>tier</th><th>out of fold${metric}</th>` +
+    `<th>validation</th><th>held-out test</th></tr></thead><tbody>${rows}</tbody></table>`;
 }
 
 function reliabilitySvg(curve) {
@@ -657,17 +665,25 @@ const percent = (v) => `${(100 * v).toFixed(1)}%`;
 function trustBlock(manifest) {
   const u = manifest.uncertainty || {}, d = manifest.applicability_domain || {};
   const test = (manifest.metrics || {}).test || {};
+  const oof = (manifest.metrics || {}).out_of_fold || {};
   const items = [];
   const levels = test.interval_coverage_by_level;
+  const set = u.calibration_set ? ` (calibrated on ${u.calibration_set.molecules} molecules: ${u.calibration_set.rule})` : "";
   if (levels) {
     const shown = Object.keys(levels).sort().map((c) => `${Math.round(100 * Number(c))}%: ${percent(levels[c])}`).join(", ");
-    const set = u.calibration_set ? ` (calibrated on ${u.calibration_set.molecules} molecules: ${u.calibration_set.rule})` : "";
     items.push(`<dt>interval coverage on test</dt><dd class="coverage">${escapeHtml(shown)}${escapeHtml(set)}</dd>`);
+  } else if (oof.interval_coverage !== undefined) {
+    // A production model (every labelled row fitted): the 90% interval around each out-of-fold
+    // prediction, on the fitted molecules that did not calibrate it.
+    items.push(`<dt>interval coverage out of fold</dt><dd class="coverage">90%: ${percent(oof.interval_coverage)} ` +
+      `of ${oof.interval_coverage_molecules} molecules${escapeHtml(set)}</dd>`);
   }
-  if (test.ece !== undefined) {
+  const ece = test.ece !== undefined ? test.ece : oof.ece;
+  if (ece !== undefined) {
     const pc = u.probability_calibration;
     const how = pc ? (pc.applied ? `Platt scaling applied` : `not recalibrated: ${pc.reason || ""}`) : "";
-    items.push(`<dt>calibration error (ECE) on test</dt><dd class="ece">${test.ece.toFixed(3)}${how ? ` (${escapeHtml(how)})` : ""}</dd>`);
+    const where = test.ece !== undefined ? "on test" : "out of fold";
+    items.push(`<dt>calibration error (ECE) ${where}</dt><dd class="ece">${ece.toFixed(3)}${how ? ` (${escapeHtml(how)})` : ""}</dd>`);
   }
   if (d.threshold !== undefined) {
     const t = d.test || {};
@@ -677,7 +693,7 @@ function trustBlock(manifest) {
     items.push(`<dt>applicability domain</dt><dd class="domain">max similarity to training ≥ ${d.threshold.toFixed(3)} ` +
       `(${escapeHtml(d.threshold_rule || "")})${escapeHtml(where)}${escapeHtml(rmse)}</dd>`);
   }
-  const curve = test.reliability;
+  const curve = test.reliability || oof.reliability;
   return `<dl class="trust">${items.join("")}</dl>` + (curve && curve.predicted.length ? reliabilitySvg(curve) : "");
 }
 
@@ -687,8 +703,11 @@ async function renderModels() {
     const fast = e.models.find((m) => m.tier === "fast");
     if (!fast) return "";
     const manifest = await api(`/v1/models/${encodeURIComponent(e.name)}/${fast.version}`);
-    const plot = manifest.test_predictions.roc ? rocSvg(manifest.test_predictions.roc)
-      : scatterSvg(manifest.test_predictions.measured, manifest.test_predictions.predicted, e.units);
+    const parity = manifest.test_predictions;  // none for a production model (no test set)
+    const plot = !parity ? "" : parity.roc ? rocSvg(parity.roc)
+      : scatterSvg(parity.measured, parity.predicted, e.units);
+    const held = manifest.metrics.test && Object.keys(manifest.metrics.test).length;
+    const baseline = manifest.metrics.baseline_test;
     const tiers = e.tiers.map((t) => `<span class="badge tier-${escapeHtml(t)}">${escapeHtml(t)}</span>`).join("");
     return `<div class="card model-card" data-endpoint="${escapeHtml(e.name)}">
       <h2>${escapeHtml(e.name)} <span class="units">${escapeHtml(e.units)}</span></h2>
@@ -699,12 +718,12 @@ async function renderModels() {
         ${manifest.dataset.citation ? `<dt>cite</dt><dd class="citation">${escapeHtml(manifest.dataset.citation)}</dd>` : ""}
         ${manifest.metrics.tdc ? `<dt>TDC ${escapeHtml(manifest.metrics.tdc.metric)}</dt><dd>${manifest.metrics.tdc.test.toFixed(3)} (TDC's test set)</dd>` : ""}
         <dt>split</dt><dd>${escapeHtml(manifest.split.method)}: ${manifest.split.sizes.train}/${manifest.split.sizes.valid}/${manifest.split.sizes.test}</dd>
+        ${manifest.trained_on ? `<dt>trained on</dt><dd class="trained-on">${escapeHtml(manifest.trained_on.rows)}; figures ${escapeHtml(manifest.trained_on.figures)}</dd>` : ""}
         <dt>model</dt><dd>${escapeHtml(manifest.model_id)} v${manifest.version}</dd>
-        ${metricList(manifest.metrics.test)}</dl>
+        ${held ? metricList(manifest.metrics.test) : metricList(manifest.metrics.out_of_fold)}</dl>
       ${trustBlock(manifest)}
-      <div class="units">baseline (${escapeHtml(manifest.metrics.baseline_test.model)}): ${
-        manifest.metrics.baseline_test.rmse !== undefined ? `RMSE ${manifest.metrics.baseline_test.rmse.toFixed(3)}`
-          : `ROC AUC ${manifest.metrics.baseline_test.roc_auc.toFixed(3)}`}</div>
+      ${baseline ? `<div class="units">baseline (${escapeHtml(baseline.model)}): ${
+        baseline.rmse !== undefined ? `RMSE ${baseline.rmse.toFixed(3)}` : `ROC AUC ${baseline.roc_auc.toFixed(3)}`}</div>` : ""}
       ${plot}</div>`;
   }));
   $("#model-cards").innerHTML = cards.join("");

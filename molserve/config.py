@@ -39,6 +39,10 @@ class GatewaySettings(BaseSettings):
     bootstrap_protocol: Literal["production", "tdc"] = Field(
         "production", description="production: the bundled models learn from every labelled row "
         "(figures out of fold); tdc: TDC's protocol (train_val only, scored on TDC's test set).")
+    local_worker: bool = Field(
+        False, description="Start a worker process on this machine beside the gateway (`molserve "
+        "serve --local-worker`) for the worker tiers' models in the registry, served as they land; "
+        "with the bootstrap, the foundation tier's heads are trained after the fast models.")
     reference_default: str | None = Field(
         "clintox_drugs", description="Reference set of every answer's reference_percentile when a "
         "request names none (molserve reference list); empty: none unless asked.")

@@ -276,3 +276,51 @@ def test_molserve_finetune_trains_a_foundation_model_from_the_command_line(train
     wrong = CliRunner().invoke(app, ["--registry", str(root), "finetune", "--model", "foundation",
                                      "--dataset", "dili", "--heads", "forest"])
     assert wrong.exit_code != 0 and "--heads" in wrong.output
+
+
+def test_a_gateway_with_a_local_worker_serves_foundation_heads_as_they_land(foundation_registry, tmp_path):
+    """`molserve serve --local-worker` (what `make serve` runs): the gateway starts a worker of
+    its own, which serves the foundation models in the registry and each one registered later,
+    without a restart; stopping the gateway stops it."""
+    from molserve.operations.training import FoundationParams, train_foundation
+
+    root = tmp_path / "registry"
+    shutil.copytree(foundation_registry.root, root)
+    registry = Registry(root)
+    registry.delete("logbb", registry.latest("logbb", kind="foundation").version)
+    with gateway(root, [], MOLSERVE_LOCAL_WORKER="true", MOLSERVE_WORKER_TIMEOUT_MS="20000") as (base, _), \
+            httpx.Client(timeout=60) as client:
+        deadline = time.monotonic() + 90
+        while _ask(base, client, "foundation")["tiers"]["dili"] != "foundation":
+            assert time.monotonic() < deadline, "the local worker never served the foundation tier"
+            time.sleep(0.5)
+        assert _ask(base, client, "foundation")["degraded"]["logbb"] == "no_foundation_model"
+        workers = _workers_of(root)
+        assert len(workers) == 1
+        train_foundation(registry, ["logbb"], FoundationParams(heads=["trees"], device="cpu"))
+        deadline = time.monotonic() + 90
+        while _ask(base, client, "foundation")["tiers"]["logbb"] != "foundation":
+            assert time.monotonic() < deadline, "the new head was not served"
+            time.sleep(0.5)
+    deadline = time.monotonic() + 15
+    while _workers_of(root):
+        assert time.monotonic() < deadline, "the local worker outlived its gateway"
+        time.sleep(0.2)
+
+
+def _workers_of(registry_root) -> list[int]:
+    """pids of `molserve worker` processes serving this registry."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in command]
+        if "worker" in words and str(registry_root) in words:
+            found.append(int(entry.name))
+    return found

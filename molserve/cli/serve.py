@@ -1,4 +1,4 @@
-"""`molserve serve` (the HTTP gateway) and `molserve worker` (the transformer tier's service).
+"""`molserve serve` (the HTTP gateway) and `molserve worker` (the worker tiers' service).
 
 Both only build their settings from the options and hand the app to uvicorn.
 """
@@ -29,6 +29,10 @@ def serve(
     bootstrap: Annotated[bool, typer.Option(
         "--bootstrap", help="train the bundled endpoints the registry lacks in the background; each "
         "is served as soon as it is trained")] = False,
+    local_worker: Annotated[bool, typer.Option(
+        "--local-worker", help="also start a worker process on this machine for the worker "
+        "tiers' models in the registry (and, with --bootstrap, train the foundation tier's heads "
+        "in the background after the fast models); each is served as it lands")] = False,
     log_level: Annotated[LogLevel, typer.Option("--log-level")] = "info",
     workers: Annotated[int, typer.Option(
         "--workers", min=1, help="processes serving the port; the models are loaded once and "
@@ -41,6 +45,8 @@ def serve(
     config = settings(ctx)
     if bootstrap:
         config = config.with_overrides(bootstrap=True)
+    if local_worker:
+        config = config.with_overrides(local_worker=True)
     if workers > 1 and config.gateway.bootstrap:
         raise typer.BadParameter("the start-up bootstrap trains in one process: run it with one "
                                  "worker, then restart with --workers", param_hint="--workers")
@@ -56,13 +62,16 @@ def serve(
     return 0
 
 
-@app.command("worker", help="serve transformer models (the worker tier)")
+@app.command("worker", help="serve the worker tiers' models (transformer, graph, foundation)")
 def worker(
     ctx: typer.Context,
     host: Host = None,
     port: Port = None,
     backend: Annotated[Literal["torch", "onnx", "onnx-int8"] | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto (default), cpu, cuda")] = None,
+    reload_s: Annotated[float, typer.Option(
+        "--reload-s", min=0, help="look for newly registered models at most this often (seconds, "
+        "on a request) and serve them without a restart; 0: serve the models found at start")] = 0,
     log_level: Annotated[LogLevel, typer.Option("--log-level")] = "info",
 ) -> int:
     import uvicorn
@@ -75,6 +84,12 @@ def worker(
     if registry is not None:
         overrides["registry"] = registry
     config = WorkerSettings(**overrides)
-    uvicorn.run(create_worker_app(config), host=host or config.host, port=port or config.port,
+    served = create_worker_app(config)
+    if reload_s:
+        from molserve.deploy.reloading import ReloadingApp, registry_generation
+
+        served = ReloadingApp(lambda: create_worker_app(config),
+                              lambda: registry_generation(config.registry), check_s=reload_s)
+    uvicorn.run(served, host=host or config.host, port=port or config.port,
                 log_level=log_level, access_log=False)
     return 0

@@ -100,11 +100,14 @@ def bootstrap(
     protocol: Annotated[Literal["production", "tdc"], typer.Option(
         help="production: learn from every labelled row (TDC's train_val and test), figures out of "
         "fold; tdc: TDC's protocol, train_val only, scored on TDC's fixed test set")] = "production",
+    foundation: Annotated[bool, typer.Option(
+        "--foundation", help="then train the foundation tier's heads (MiniMol embeddings) for "
+        "every bundled endpoint with a fast model and none")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> int:
     """Train the bundled endpoints that the registry does not have yet (all with --force)."""
     from molserve.operations.bootstrap import bootstrap as train_bundled
-    from molserve.operations.bootstrap import bundled_endpoints, missing
+    from molserve.operations.bootstrap import bundled_endpoints, foundation_candidates, missing
     from molserve.registry import Registry
 
     registry = Registry(settings(ctx).registry)
@@ -115,7 +118,7 @@ def bootstrap(
             raise InvalidInput(f"not bundled endpoints: {', '.join(unknown)}")
     names = ([n for n in bundled_endpoints() if wanted is None or n in wanted] if force
              else missing(registry, wanted))
-    if not names:
+    if not names and not (foundation and foundation_candidates(registry, wanted)):
         print(f"registry {registry.root} already has every bundled endpoint", file=sys.stderr)
         return 0
     print(f"training {len(names)} bundled endpoint(s) into {registry.root}, smallest first",
@@ -123,14 +126,14 @@ def bootstrap(
     bar = report_progress = None
     if not quiet:
         bar, update = progress_bar(desc="bootstrap")
-        fractions = dict.fromkeys(names, 0.0)
+        fractions: dict[str, float] = dict.fromkeys(names, 0.0)
 
         def report_progress(name: str, step: str, fraction: float) -> None:
             fractions[name] = fraction
-            update(f"{name}: {step}", sum(fractions.values()) / len(names))
+            update(f"{name}: {step}", sum(fractions.values()) / max(1, len(fractions)))
 
     outcome = train_bundled(registry, names, profile=profile, tdc_source=tdc_source, workers=workers,
-                            report=report_progress, protocol=protocol)
+                            report=report_progress, protocol=protocol, foundation=foundation)
     if bar is not None:
         bar.close()
     for name, result in outcome.items():

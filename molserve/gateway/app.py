@@ -142,14 +142,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         load_models()
         log.info("loaded %d fast models in %.3f s", len(router.fast.models),
                  time.perf_counter() - started)
-        if settings.remote.worker_urls:
+        remote = settings.remote
+        if settings.gateway.local_worker:
+            from molserve.operations.local_worker import LocalWorker
+
+            worker = LocalWorker(settings.registry, token=remote.worker_token)
+            url = await asyncio.to_thread(worker.start)
+            if url is not None:
+                app.state.local_worker = worker
+                remote = remote.model_copy(update={"worker_urls": [*remote.worker_urls, url],
+                                                   "worker_token": worker.token})
+        if remote.worker_urls:
             from molserve.prediction.remote import RemoteOptions, RemoteTier
             from molserve.prediction.router import REMOTE_TIERS
 
-            # The same workers host both worker tiers; each tier keeps its own breakers.
+            # The same workers host every worker tier; each tier keeps its own breakers.
             for name in REMOTE_TIERS:
-                router.remotes[name] = RemoteTier(RemoteOptions.from_settings(settings.remote),
-                                                  name=name)
+                router.remotes[name] = RemoteTier(RemoteOptions.from_settings(remote), name=name)
             await asyncio.gather(*(tier.start() for tier in router.remotes.values()))
         if settings.jobs.jobs_dir:
             from molserve.jobs.runner import JobRunner
@@ -167,7 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.bootstrap = BackgroundBootstrap(
                 router.registry, load_models, only=settings.gateway.bootstrap_endpoints,
                 profile=settings.gateway.bootstrap_profile,
-                protocol=settings.gateway.bootstrap_protocol)
+                protocol=settings.gateway.bootstrap_protocol,
+                foundation=app.state.local_worker is not None)
             router.pending = app.state.bootstrap.pending
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "
@@ -180,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.jobs.stop()
         for tier in router.remotes.values():
             await tier.stop()
+        if app.state.local_worker is not None:
+            await asyncio.to_thread(app.state.local_worker.stop)
 
     app = FastAPI(
         title="molserve",
@@ -197,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.jobs = None
     app.state.bootstrap = None
+    app.state.local_worker = None
     app.state.pending_molecules = 0
 
     errors.install(app)

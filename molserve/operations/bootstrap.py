@@ -96,9 +96,9 @@ class StatusWriter:
         }
         self.write(force=True)
 
-    def update(self, name: str, force: bool = False, **fields: Any) -> None:
+    def update(self, name: str, force: bool = False, section: str = "endpoints", **fields: Any) -> None:
         with self._lock:
-            self.status["endpoints"][name].update(fields)
+            self.status.setdefault(section, {}).setdefault(name, {}).update(fields)
             self.write(force)
 
     def finish(self, state: str) -> None:
@@ -171,9 +171,53 @@ def _train_one(registry_root: str, name: str, profile: str, tdc_source: str, eve
             "summary": summarize(artifact)}
 
 
+def foundation_candidates(registry: Registry, names: list[str] | None = None) -> list[str]:
+    """Bundled endpoints (of `names`) with a fast model and no foundation model trained on its
+    data, smallest first."""
+    from molserve.operations.training import worker_candidates
+
+    catalog = bundled_endpoints()
+    wanted = set(catalog if names is None else names) & set(catalog)
+    return [n for n in worker_candidates(registry, "foundation") if n in wanted]
+
+
+def _train_foundations(registry: Registry, names: list[str], writer: StatusWriter,
+                       report: Report | None) -> dict[str, Any]:
+    """The foundation tier's heads for `names`, one endpoint after another in this process (one
+    MiniMol embedder and its store for all), each registered as it is done."""
+    from molserve.models.foundation.pipeline import describe
+    from molserve.operations.training import FoundationParams, train_foundation
+
+    outcome: dict[str, Any] = {}
+    for name in names:
+        writer.update(name, force=True, section="foundation", state="queued", progress=0.0)
+    for name in names:
+        started = time.time()
+        writer.update(name, force=True, section="foundation", state="training", started=started)
+
+        def progress(step: str, fraction: float, info: dict, _name: str = name) -> None:
+            writer.update(_name, section="foundation", step=step, progress=round(fraction, 3))
+            if report:
+                report(f"foundation:{_name}", step, fraction)
+
+        try:
+            [artifact] = train_foundation(registry, [name], FoundationParams(), progress=progress)
+        except Exception as error:  # noqa: BLE001 - recorded; the other endpoints go on
+            outcome[name] = {"error": f"{type(error).__name__}: {error}"}
+            writer.update(name, force=True, section="foundation", state="failed",
+                          error=outcome[name]["error"])
+            continue
+        outcome[name] = {"version": artifact.version, "seconds": round(time.time() - started, 1),
+                         "summary": describe(artifact)}
+        writer.update(name, force=True, section="foundation", state="done", progress=1.0,
+                      version=artifact.version, seconds=outcome[name]["seconds"])
+    return outcome
+
+
 def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard",
               tdc_source: str = "bundled", workers: int | None = None,
-              report: Report | None = None, protocol: str = "production") -> dict[str, Any]:
+              report: Report | None = None, protocol: str = "production",
+              foundation: bool = False) -> dict[str, Any]:
     """Train `names` (bundled endpoints), smallest first; return {name: summary or error}.
 
     `workers` endpoints train at once (default: one per core), each in its own process and
@@ -181,7 +225,9 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
     better than one two-threaded training; LightGBM is not safe to train from several threads
     of one process; and a model's numbers do not depend on how many ran beside it (the
     benchmark trains the same way, so its seed-1 model is the served one). One endpoint failing
-    (bad download, too few molecules) is recorded and the rest go on.
+    (bad download, too few molecules) is recorded and the rest go on. With `foundation`, the
+    foundation tier's heads are trained next, for every bundled endpoint with a fast model and
+    none (`foundation_candidates`; in the outcome as `foundation:<name>`).
     """
     import multiprocessing
     import threading
@@ -234,6 +280,13 @@ def bootstrap(registry: Registry, names: list[str], *, profile: str = "standard"
         finally:
             events.put(None)
             relay_thread.join(timeout=5)
+    if foundation:
+        try:
+            trained = _train_foundations(registry, foundation_candidates(registry), writer, report)
+        except BaseException:
+            writer.finish("interrupted")
+            raise
+        outcome.update({f"foundation:{name}": result for name, result in trained.items()})
     writer.finish("failed" if any("error" in v for v in outcome.values()) else "done")
     return outcome
 
@@ -245,11 +298,12 @@ class BackgroundBootstrap:
 
     def __init__(self, registry: Registry, on_model: Callable[[], None], *,
                  only: list[str] | None = None, profile: str = "standard",
-                 poll_s: float = 1.0, protocol: str = "production") -> None:
+                 poll_s: float = 1.0, protocol: str = "production", foundation: bool = False) -> None:
         self.registry = registry
         self.only = only
         self.profile = profile
         self.protocol = protocol
+        self.foundation = foundation
         self.on_model = on_model
         self.poll_s = poll_s
         self.process = None
@@ -266,13 +320,16 @@ class BackgroundBootstrap:
 
         status = read_status(self.registry)
         if not (status and status.get("state") == "running"):
-            if not missing(self.registry, self.only):
+            if not missing(self.registry, self.only) and not (
+                    self.foundation and foundation_candidates(self.registry, self.only)):
                 return False
             self.registry.root.mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "molserve", "--registry", str(self.registry.root),
                        "bootstrap", "--quiet", "--profile", self.profile, "--protocol", self.protocol]
             if self.only:
                 command += ["--only", ",".join(self.only)]
+            if self.foundation:
+                command.append("--foundation")
             with open(self.registry.root / ".bootstrap.log", "ab") as log:
                 self.process = subprocess.Popen(command, stdout=log, stderr=log,
                                                 stdin=subprocess.DEVNULL)
@@ -315,7 +372,7 @@ class BackgroundBootstrap:
         by_state: dict[str, list[str]] = {}
         for name, entry in entries.items():
             by_state.setdefault(entry.get("state", "queued"), []).append(name)
-        return {
+        summary = {
             "state": status.get("state"),
             "done": len(by_state.get("done", [])),
             "total": len(entries),
@@ -324,6 +381,15 @@ class BackgroundBootstrap:
             "queued": by_state.get("queued", []),
             "failed": {n: entries[n].get("error") for n in by_state.get("failed", [])},
         }
+        heads = status.get("foundation") or {}
+        if heads:  # the foundation tier's heads, trained after the fast models
+            states = [entry.get("state") for entry in heads.values()]
+            summary["foundation"] = {
+                "done": states.count("done"), "total": len(heads),
+                "training": {n: {"progress": e.get("progress", 0.0), "step": e.get("step")}
+                             for n, e in heads.items() if e.get("state") == "training"},
+                "failed": {n: e.get("error") for n, e in heads.items() if e.get("state") == "failed"}}
+        return summary
 
     async def stop(self) -> None:
         import asyncio

@@ -116,6 +116,12 @@ class WorkerSettings(BaseSettings):
         "(default: <registry>/.embeddings).")
 
 
+def child_environment(**settings: str) -> dict[str, str]:
+    """The environment of a molserve process this one starts (a local worker): this process's
+    own, with `settings` (MOLSERVE_* variables) set, so the child reads them as its settings."""
+    return {**os.environ, **settings}
+
+
 def _xdg_cache() -> Path:
     # The XDG base-directory convention, as every well-behaved tool reads it.
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "molserve"

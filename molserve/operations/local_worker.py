@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import secrets
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from molserve.config import child_environment
 
 log = logging.getLogger("molserve.operations")
 
@@ -58,7 +59,7 @@ class LocalWorker:
             return None
         port = _free_port(self.host)
         self.registry.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "MOLSERVE_WORKER_TOKEN": self.token}
+        env = child_environment(MOLSERVE_WORKER_TOKEN=self.token)
         command = [sys.executable, "-m", "molserve", "--registry", str(self.registry), "worker",
                    "--host", self.host, "--port", str(port), "--reload-s", str(self.reload_s),
                    "--log-level", "warning"]

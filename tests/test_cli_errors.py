@@ -4,6 +4,9 @@ reaches the network."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 from typer.testing import CliRunner
@@ -173,3 +176,23 @@ def test_the_jobs_client_raises_the_projects_errors_with_the_gateways_message(st
     assert type(raised.value) is getattr(errors, error)
     assert raised.value.code == "some_code"
     assert f"HTTP {status}: no job /v1/jobs/abc" in raised.value.message
+
+
+def test_a_csv_field_longer_than_pythons_limit_is_one_rows_error_not_a_traceback(tmp_path, trained_registry):
+    """Python's csv module refuses fields over 131,072 characters by default: that row gets an
+    error of its own, every other row its answer."""
+    source = tmp_path / "in.csv"
+    source.write_text("smiles\nCCO\n" + "C" * 140_000 + "\nc1ccccc1O\n")
+    out = tmp_path / "out.csv"
+    result = subprocess.run([sys.executable, "-m", "molserve", "--registry", str(trained_registry.root),
+                             "predict", str(source), "-o", str(out), "--endpoints", "solubility",
+                             "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    import csv
+
+    csv.field_size_limit(1 << 30)
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [bool(r["error"]) for r in rows] == [False, True, False]
+    assert rows[0]["solubility"] and rows[2]["solubility"]

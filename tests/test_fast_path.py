@@ -244,3 +244,24 @@ def test_a_reload_that_adds_an_endpoint_restacks_the_loaded_models_with_the_new_
         assert sorted(result["predictions"]) == names[:3]
         for name, answer in result["predictions"].items():
             assert_same(answer, reference[name][slot[result["canonical_smiles"]]])
+
+
+def test_a_reload_replaces_what_the_fast_tier_serves_in_one_step(trained_registry):
+    """Requests read models, groups and each endpoint's group while a reload happens: the reload
+    must swap them together (one assignment), never one after another."""
+    from molserve.prediction.tiers import FastTier
+
+    assigned: list[str] = []
+
+    class Watched(FastTier):
+        def __setattr__(self, name, value):
+            assigned.append(name)
+            super().__setattr__(name, value)
+
+    tier = Watched(trained_registry)
+    tier.load()
+    assigned.clear()
+    tier.load(only=["solubility", "logbb"])  # a different set: new models, groups and map
+    assert assigned == ["_served"]
+    assert sorted(tier.models) == ["logbb", "solubility"]
+    assert {name for group in tier.groups for name in group.names} == {"logbb", "solubility"}

@@ -14,6 +14,7 @@ from molserve.prediction.remote import (
     RemoteFailure,
     RemoteOptions,
     RemoteTier,
+    RetryBudget,
     WorkerClient,
 )
 
@@ -240,3 +241,15 @@ def test_a_worker_that_answers_503_is_left_alone_for_its_retry_after():
     assert len(first) == 1  # retried on b and answered
     assert during == ["http://b"] * 20 and after == "http://a"
     assert reason == "worker_overloaded" and alone_calls == ["a"]  # one 503, then not called
+
+
+def test_the_retry_budget_remembers_one_window_of_calls_on_a_healthy_system():
+    """No call fails, so nothing is retried: the budget's memory must not grow with every call."""
+    clock = FakeClock()
+    budget = RetryBudget(window_s=10.0, clock=clock)
+    for _ in range(100_000):
+        clock.now += 0.001  # a thousand calls a second for 100 s
+        budget.record_call()
+    assert len(budget.calls) <= 10_001
+    # The window still counts: retries are allowed in proportion to its calls.
+    assert budget.try_spend()

@@ -79,8 +79,28 @@ def test_cli_creates_lists_and_revokes_keys(tmp_path):
     listing = subprocess.run([*run, "list"], capture_output=True, text=True, check=True).stdout
     assert "ci" in listing and key not in listing
     key_id = key.split("_")[1]
+    assert len(key_id) == 32  # 128 random bits
     subprocess.run([*run, "revoke", key_id], check=True, capture_output=True)
-    assert json.loads(keys_file.read_text())["keys"] == []
+    stored = json.loads(keys_file.read_text())
+    assert stored["keys"] == [] and stored["revoked"] == [key_id]
+
+
+def test_a_revoked_key_id_is_never_given_out_again(tmp_path, monkeypatch):
+    """A new key must not inherit a revoked key's jobs and uploads (they are owned by id)."""
+    import secrets
+
+    from molserve.gateway.keys import KeyStore
+
+    store = KeyStore(tmp_path / "k.json")
+    _, first = store.create("first", ["predict"])
+    store.revoke(first.id)
+    _, live = store.create("live", ["predict"])
+    draws = iter([first.id, live.id, "f" * 32])  # a revoked id, a live one, then a fresh one
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(draws))
+    _, third = store.create("third", ["predict"])
+    assert third.id == "f" * 32
+    # The revoked id is remembered across processes (it is in the keys file).
+    assert first.id in KeyStore(tmp_path / "k.json").revoked
 
 
 @settings(max_examples=300, deadline=None)

@@ -125,8 +125,21 @@ def parse_label(value: str, task: str, positive: str | None = None) -> float | N
     return _as_number(text)
 
 
+# Python's csv module refuses a field over 131,072 characters by raising in the middle of a file.
+# A table row is read as one line in any case, so a longer field (a pasted polymer, garbage in one
+# cell) is read like any other and refused later as that row's own problem (an unreadable or too
+# long SMILES), while the other rows are answered.
+CSV_FIELD_LIMIT = 1 << 30
+
+
+def allow_long_csv_fields() -> None:
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
 def iter_table(path: Path) -> Iterator[dict[str, str]]:
     """Rows of a CSV or TSV file as dicts (the delimiter is sniffed from the header)."""
+    allow_long_csv_fields()
     with open(path, newline="", encoding="utf-8-sig") as handle:
         header = handle.readline()
         delimiter = "\t" if header.count("\t") > header.count(",") else ","

@@ -1,9 +1,10 @@
 """API keys: stored as SHA-256 hashes, compared in constant time, scoped, rate-limited.
 
-A key looks like `ms_<id>_<secret>`: the id finds the record, the hash of the whole key is
-compared with `hmac.compare_digest`. The keys file (MOLSERVE_API_KEYS_FILE, JSON) holds ids,
-names, scopes, rate limits and hashes; no plaintext key is ever stored or logged. The legacy
-MOLSERVE_API_KEY, when set, acts as one admin key.
+A key looks like `ms_<id>_<secret>`: the id (128 random bits, never given out twice: revoked
+ids stay listed, so a new key cannot inherit an old key's jobs and uploads) finds the record,
+the hash of the whole key is compared with `hmac.compare_digest`. The keys file
+(MOLSERVE_API_KEYS_FILE, JSON) holds ids, names, scopes, rate limits and hashes; no plaintext
+key is ever stored or logged. The legacy MOLSERVE_API_KEY, when set, acts as one admin key.
 
 The gateway rereads the keys file when it changes (checked at most every `recheck_s`, 0.5 s),
 so a key revoked or changed with `molserve keys` stops or changes within a second, without a
@@ -68,6 +69,7 @@ class KeyStore:
                  recheck_s: float = 0.5) -> None:
         self.path = path
         self.records: dict[str, KeyRecord] = {}
+        self.revoked: set[str] = set()  # ids of revoked keys, never given out again
         self._legacy_hash = digest(legacy_key) if legacy_key else None
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
@@ -83,13 +85,14 @@ class KeyStore:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            self.records, self._signature = {}, None
+            self.records, self.revoked, self._signature = {}, set(), None
             return
         signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
         if signature == self._signature:
             return
         data = json.loads(self.path.read_text())
         self.records = {item["id"]: KeyRecord(**item) for item in data.get("keys", [])}
+        self.revoked = set(data.get("revoked", []))
         self._signature = signature
 
     def refresh(self) -> None:
@@ -136,7 +139,11 @@ class KeyStore:
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown or not scopes:
             raise ValueError(f"scopes must be some of {SCOPES}, not {scopes}")
-        key_id = secrets.token_hex(4)
+        self._load()  # another process may have added or revoked keys since
+        while True:  # 128 bits collide with no key ever issued; checked all the same
+            key_id = secrets.token_hex(16)
+            if key_id not in self.records and key_id not in self.revoked and key_id != "legacy":
+                break
         key = f"ms_{key_id}_{secrets.token_urlsafe(24).replace('_', '-')}"
         record = KeyRecord(id=key_id, name=name, hash=digest(key), scopes=scopes,
                            rate_per_minute=rate_per_minute)
@@ -148,6 +155,7 @@ class KeyStore:
         if key_id not in self.records:
             raise ValueError(f"no key with id {key_id!r}")
         del self.records[key_id]
+        self.revoked.add(key_id)
         self.save()
 
     def save(self) -> None:
@@ -155,6 +163,7 @@ class KeyStore:
             raise ValueError("no keys file configured (MOLSERVE_API_KEYS_FILE)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"keys": [asdict(r) for r in self.records.values()]}, indent=2))
+        tmp.write_text(json.dumps({"keys": [asdict(r) for r in self.records.values()],
+                                   "revoked": sorted(self.revoked)}, indent=2))
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)

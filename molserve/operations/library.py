@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from molserve.data.dataset import allow_long_csv_fields
 from molserve.errors import InvalidInput, NotFound
 
 SDF_SUFFIXES = {".sdf", ".sd"}
@@ -278,6 +279,7 @@ def read_records(path: str, *, smiles_col: str | None = None, id_col: str | None
                              _sdf_identifier(text, id_col) if id_col else None, text + "$$$$\n")
             return
         if kind == "table":
+            allow_long_csv_fields()
             for row in csv.reader((line for line in lines if line.strip("\r\n")), delimiter=delimiter):
                 smiles = (row[smiles_at] if smiles_at < len(row) else "").strip()
                 identifier = (row[id_at] if id_at is not None and id_at < len(row) else "").strip()

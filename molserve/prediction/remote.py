@@ -109,8 +109,10 @@ class RetryBudget:
     """Retries may be at most `ratio` of recent calls (plus a small floor), so a failing tier
     is not hit with twice the traffic."""
 
-    def __init__(self, ratio: float = 0.1, floor: int = 3, window_s: float = 10.0) -> None:
+    def __init__(self, ratio: float = 0.1, floor: int = 3, window_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ratio, self.floor, self.window_s = ratio, floor, window_s
+        self.clock = clock
         self.calls: deque[float] = deque()
         self.retries: deque[float] = deque()
 
@@ -120,10 +122,14 @@ class RetryBudget:
                 queue.popleft()
 
     def record_call(self) -> None:
-        self.calls.append(time.monotonic())
+        # Trimmed here too: on a healthy system no retry ever trims, and the window is all
+        # that is needed (memory stays bounded by the calls of one window).
+        now = self.clock()
+        self._trim(now)
+        self.calls.append(now)
 
     def try_spend(self) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         self._trim(now)
         if len(self.retries) < self.floor + self.ratio * len(self.calls):
             self.retries.append(now)

@@ -114,6 +114,17 @@ def _return_freed_memory() -> None:
     trim(0)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """One loaded state of the fast tier."""
+
+    models: dict[str, FastModel]
+    load_errors: dict[str, str]
+    groups: list[Stack]
+    group_of: dict[str, Stack]
+    shared_spec: FeatureSpec | None
+
+
 class FastTier:
     """Fast-tier models (tree ensembles evaluated with numpy), the newest version of each
     endpoint.
@@ -127,11 +138,25 @@ class FastTier:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self.models: dict[str, FastModel] = {}
-        self.load_errors: dict[str, str] = {}
-        self.shared_spec: FeatureSpec | None = None
-        self.groups: list[Stack] = []
-        self._group_of: dict[str, Stack] = {}
+        self._served = _Served({}, {}, [], {}, None)
+
+    # What is served is one snapshot, replaced in one assignment by `load`: a request reads
+    # models, groups and the group of each endpoint from the same one, never a mix of two.
+    @property
+    def models(self) -> dict[str, FastModel]:
+        return self._served.models
+
+    @property
+    def load_errors(self) -> dict[str, str]:
+        return self._served.load_errors
+
+    @property
+    def groups(self) -> list[Stack]:
+        return self._served.groups
+
+    @property
+    def shared_spec(self) -> FeatureSpec | None:
+        return self._served.shared_spec
 
     def load(self, only: list[str] | None = None) -> None:
         """Serve the newest version of each endpoint; a model already loaded at that version is
@@ -185,12 +210,9 @@ class FastTier:
                     stacked.write(group, store)
             group.attach(members)
             groups.append(group)
-        self.models = models
-        self.load_errors = errors
-        self.groups = groups
-        self._group_of = {name: group for group in groups for name in group.names}
-        self.shared_spec = next((g.spec for g in groups if (g.spec.radius, g.spec.n_bits) == (2, 2048)),
-                                None)
+        self._served = _Served(
+            models, errors, groups, {name: group for group in groups for name in group.names},
+            next((g.spec for g in groups if (g.spec.radius, g.spec.n_bits) == (2, 2048)), None))
         if built:
             gc.collect()
             _return_freed_memory()
@@ -224,8 +246,9 @@ class FastTier:
         }
 
     def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
-        model = self.models[endpoint]
-        group = self._group_of[endpoint]
+        served = self._served
+        model = served.models[endpoint]
+        group = served.group_of[endpoint]
         features = batch.features(group.spec)
         # The router asks endpoint by endpoint, having said which it will ask (`wanted`). When a
         # quarter or more of the group is wanted, the group's stacked trees are evaluated once

@@ -19,14 +19,17 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = Field(1000, ge=1, description="Most molecules in one /v1/predict request.")
+    max_batch: int = Field(1000, ge=1, le=100_000,
+                           description="Most molecules in one /v1/predict request (at most 100,000).")
     max_body_bytes: int = Field(8 * 1024 * 1024, description="Largest accepted request body.")
     api_key: str | None = Field(None, description="One admin key (training, deleting models).")
     api_keys_file: Path | None = Field(None, description="Scoped, hashed keys (molserve keys ...).")
     require_key_for_reads: bool = Field(False, description="Also require the key for reads.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off when empty.")
     inline_batch: int = Field(
-        16, description="Batches up to this size run on the event loop; larger ones in a thread.")
+        0, ge=0, description="Batches up to this size are parsed and predicted on the event loop, "
+        "larger ones in a thread; 0 (the default): RDKit never runs on the event loop, so one "
+        "slow molecule cannot stall other requests.")
     access_log: bool = Field(False, description="One log line per request (method, path, status, ms).")
     compute_threads: int = Field(2, ge=1, description="Threads for large prediction batches.")
     max_pending_molecules: int = Field(20000, ge=1, description="Molecules in flight before 503.")

@@ -112,17 +112,16 @@ def test_misbehaving_worker_is_labelled_and_the_breaker_opens_and_closes(trained
             assert time.monotonic() < deadline
             time.sleep(0.1)
         assert logbb_provenance(ask(base, client))[0]["model_id"] == "logbb/transformer"
-        # In "auto", the fake's better held-out RMSE makes the transformer the preferred tier, once
-        # it lists the live fast model's split as its evidence (equal evidence only).
+        # In "auto", the fake's far better held-out RMSE chooses nothing, even once it lists the
+        # live fast model's split as its evidence: the test split never picks a tier, and a
+        # transformer has no out-of-fold or shared validation evidence. It answers when asked.
         assert ask(base, client, tier="auto")["tiers"]["logbb"] == "fast"
         fast = trained_registry.latest("logbb", kind="gbm")
         httpx.post(f"{fake_worker}/control", json={"mode": "ok", "evidence": {
             "shared_with": f"logbb v{fast.version} (gbm)",
             "data_sha256": fast.manifest["files"]["data.csv"]["sha256"]}}, timeout=5).raise_for_status()
-        deadline = time.monotonic() + 10
-        while ask(base, client, tier="auto")["tiers"]["logbb"] != "transformer":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        time.sleep(1.0)  # a few health probes: the gateway has read the new listing
+        assert ask(base, client, tier="auto")["tiers"]["logbb"] == "fast"
 
         expectations = [("error500", "worker_error"), ("garbage", "worker_error"),
                         ("overloaded", "worker_overloaded"), ("slow", "deadline_exceeded"),

@@ -381,3 +381,82 @@ def test_a_wrong_method_on_the_static_files_names_the_methods_they_allow(strict_
     assert wrong.json()["message"].endswith("use GET")
     missing = strict_client.get("/static/nothing.js")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_a_body_of_many_wrong_items_gets_a_small_answer_and_little_work(app_client):
+    """A request's lists are bounded in the schema (validation stops at the first item past the
+    bound) and an error answer names a few problems and counts the rest: its size never grows
+    with the request's."""
+    import tracemalloc
+
+    too_many = {"molecules": list(range(150_000)), "endpoints": ["solubility"]}
+    tracemalloc.start()
+    response = app_client.post("/v1/predict", json=too_many)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert response.status_code == 422 and len(response.content) < 2_000, len(response.content)
+    assert "100000" in response.json()["message"]
+    assert peak < 200e6, peak  # was several hundred MB for 0.8 MB of integers
+    # Under the bound, every item wrong: a few named, the rest counted.
+    response = app_client.post("/v1/predict", json={"molecules": list(range(5000))})
+    body = response.json()
+    assert response.status_code == 422 and len(response.content) < 5_000, len(response.content)
+    assert "and 4995 more" in body["message"]
+    assert len(body["details"]) == 11 and body["details"][-1] == {"more": 4990}
+
+
+def test_unknown_endpoint_names_cost_a_few_suggestions_whatever_their_number(app_client, monkeypatch):
+    import difflib
+
+    calls = []
+    original = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    names = [f"solubilty{i}" for i in range(1000)]
+    response = app_client.post("/v1/predict", json={"molecules": ["CCO"], "endpoints": names})
+    body = response.json()
+    assert response.status_code == 422 and body["error"] == "unknown_endpoint"
+    assert len(calls) == 3 and len(response.content) < 10_000
+    assert body["details"]["unknown_count"] == 1000 and len(body["details"]["unknown"]) == 20
+    assert "and 997 more" in body["message"] and "did you mean" in body["message"]
+
+
+def test_smiles_are_parsed_off_the_event_loop_on_every_path(trained_registry):
+    """One slow molecule must not stall other requests: RDKit runs in the compute threads, for
+    the fast tier's path and for the worker tiers' alike."""
+    import asyncio
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from molserve.prediction.router import Router
+
+    router = Router(trained_registry, compute=ThreadPoolExecutor(2))
+    router.load()
+    threads = []
+    parse = router._parse
+    router._parse = lambda molecules: threads.append(threading.current_thread().name) or parse(molecules)
+
+    async def ask(tier: str) -> None:
+        loop_thread = threading.current_thread().name
+        await router.predict(["CCO", "c1ccccc1O"], ["solubility"], tier=tier)
+        assert threads and threads[-1] != loop_thread
+
+    asyncio.run(ask("auto"))
+    router.remotes["graph"] = _NoWorker()  # a worker tier planned: the remote path
+    asyncio.run(ask("graph"))
+    assert len(threads) == 2
+
+
+class _NoWorker:
+    name = "graph"
+    settings = type("S", (), {"timeout_s": 0.1})()
+
+    def served_endpoints(self) -> dict:
+        return {}
+
+    def endpoints(self) -> list[str]:
+        return []
+
+    async def answer(self, batch, endpoint, deadline, request_id=None):
+        from molserve.prediction.remote import RemoteFailure
+
+        raise RemoteFailure("worker_unreachable")

@@ -126,12 +126,19 @@ def error_response(status: int, code: str, message: str, details: Any = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _validation_message(error: RequestValidationError) -> str:
+# A body can break many rules at once (one per list item): the answer names the first few and
+# counts the rest, so its size does not grow with the request's.
+SHOWN_ERRORS = 5
+LISTED_ERRORS = 10
+
+
+def _validation_message(errors: list[dict]) -> str:
     parts = []
-    for item in error.errors()[:5]:
+    for item in errors[:SHOWN_ERRORS]:
         where = ".".join(str(p) for p in item.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
-    return "; ".join(parts) or "the request body is not valid"
+        parts.append(f"{where}: {str(item.get('msg', 'invalid'))[:200]}")
+    more = f"; and {len(errors) - SHOWN_ERRORS} more" if len(errors) > SHOWN_ERRORS else ""
+    return ("; ".join(parts) or "the request body is not valid") + more
 
 
 def _allowed_methods(app: FastAPI, scope: dict) -> list[str]:
@@ -155,13 +162,17 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-        details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in error.errors()]
-        unparsable = [e for e in error.errors() if e.get("type") == "json_invalid"]
+        errors = error.errors()
+        details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")}
+                   for e in errors[:LISTED_ERRORS]]
+        if len(errors) > LISTED_ERRORS:
+            details.append({"more": len(errors) - LISTED_ERRORS})
+        unparsable = [e for e in errors[:1] if e.get("type") == "json_invalid"]
         if unparsable:
             reason = (unparsable[0].get("ctx") or {}).get("error", "JSON decode error")
             return error_response(400, "invalid_json", f"the request body is not valid JSON: {reason}",
                                   details)
-        return error_response(422, "invalid_request", _validation_message(error), details)
+        return error_response(422, "invalid_request", _validation_message(errors), details)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

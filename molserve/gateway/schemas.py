@@ -22,6 +22,11 @@ ENDPOINT_NAME = _ENDPOINT_NAME.pattern
 # them sends molecules and names rather than noise the server must refuse.
 Smiles = Annotated[str, Field(json_schema_extra={"format": "smiles"})]
 EndpointRef = Annotated[str, Field(json_schema_extra={"format": "endpoint"})]
+# Bounds a request's lists have before anything else reads them (validation stops at the first
+# item past them): the molecules of one request (the server's own `max_batch`, at most this, is
+# enforced next, 413), and the endpoints one request may name.
+MAX_MOLECULES = 100_000
+MAX_ENDPOINTS = 1_000
 
 EXAMPLE_MOLECULES = ["CC(=O)Oc1ccccc1C(=O)O", "not a smiles"]
 
@@ -38,10 +43,13 @@ class PredictRequest(BaseModel):
     )
 
     molecules: list[Smiles] = Field(
-        ..., min_length=1, description="SMILES strings, one molecule each; answered in order."
+        ..., min_length=1, max_length=MAX_MOLECULES,
+        description="SMILES strings, one molecule each; answered in order. The server's batch "
+        "limit (`max_batch`, 1,000 by default) applies: more are refused with 413.",
     )
     endpoints: list[EndpointRef] | None = Field(
-        None, description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint.",
+        None, max_length=MAX_ENDPOINTS,
+        description="Endpoint names (GET /v1/endpoints). Default: every predicted endpoint.",
         # Stated, not enforced here: the router refuses an empty list with its own code.
         json_schema_extra={"minItems": 1},
     )

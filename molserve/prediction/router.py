@@ -41,6 +41,9 @@ log = logging.getLogger("molserve.prediction")
 
 
 REMOTE_TIERS = ("transformer", "graph", "foundation")
+# An unknown endpoint's error: suggestions for the first few names, the names listed up to a
+# bound, each cut to an endpoint name's length (a request must not make the answer large).
+SUGGESTED, LISTED, MAX_NAME = 3, 20, 64
 CALIBRATED_LEVELS = (0.8, 0.9, 0.95)
 
 
@@ -139,12 +142,18 @@ class Router:
         if unknown:
             import difflib
 
-            close = sorted({m for name in unknown for m in difflib.get_close_matches(name, known, n=2)})
+            # Suggestions for the first few only: each costs a comparison with every name.
+            close = sorted({m for name in unknown[:SUGGESTED] for m in difflib.get_close_matches(
+                name[:MAX_NAME], known, n=2)})
             hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+            shown = ", ".join(repr(name[:MAX_NAME]) for name in unknown[:SUGGESTED])
+            more = f" and {len(unknown) - SUGGESTED} more" if len(unknown) > SUGGESTED else ""
             raise InvalidInput(
-                f"unknown endpoint(s): {', '.join(map(repr, unknown))}; {hint}{len(known)} are "
-                "available (GET /v1/endpoints, molserve models list)",
-                code="unknown_endpoint", details={"unknown": unknown, "available": sorted(known)},
+                f"unknown endpoint(s): {shown}{more}; {hint}{len(known)} are available "
+                "(GET /v1/endpoints, molserve models list)",
+                code="unknown_endpoint",
+                details={"unknown": [name[:MAX_NAME] for name in unknown[:LISTED]],
+                         "unknown_count": len(unknown), "available": sorted(known)},
             )
         if not requested:
             raise InvalidInput("endpoints is empty; name at least one", code="no_endpoints")
@@ -383,7 +392,7 @@ class Router:
 
     async def predict(self, molecules: list[str], endpoints: list[str] | None, *,
                       tier: str = "auto", deadline_ms: float | None = None,
-                      request_id: str | None = None, inline_limit: int = 16,
+                      request_id: str | None = None, inline_limit: int = 0,
                       on_degraded: Callable[[str, str], None] | None = None,
                       explain: bool = False, reference: str | None = None,
                       confidence: float | None = None) -> dict[str, Any]:
@@ -409,7 +418,11 @@ class Router:
             return response
         from molserve.prediction.remote import RemoteFailure
 
-        results, batch, owners = self._parse(molecules)
+        if len(molecules) <= inline_limit or self.compute is None:
+            results, batch, owners = self._parse(molecules)
+        else:  # RDKit parses in the executor, as for the local path: never on the event loop
+            results, batch, owners = await asyncio.get_running_loop().run_in_executor(
+                self.compute, self._parse, molecules)
         if not batch.canonical_smiles:  # nothing readable: per-molecule errors, nothing to route
             response = self._assemble(results, owners, {}, names, started, len(molecules), batch)
             response = {**response, "tiers": plan, "degraded": {}}

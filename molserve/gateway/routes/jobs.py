@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.errors import Conflict, InvalidInput, NotFound, StorageError, Unavailable
 from molserve.gateway.errors import AUTH, QuotaExceeded, UnsupportedFile, documented
-from molserve.gateway.schemas import ENDPOINT_NAME, EndpointRef, Job, JobWithLogs, SubmittedJob, Upload
+from molserve.gateway.schemas import (
+    ENDPOINT_NAME,
+    MAX_ENDPOINTS,
+    EndpointRef,
+    Job,
+    JobWithLogs,
+    SubmittedJob,
+    Upload,
+)
 from molserve.gateway.security import TOKEN_HEADER, Caller, job_reader, job_submitter, new_job_token
 from molserve.responses import JSONResponse
 
@@ -69,7 +77,8 @@ class JobRequest(BaseModel):
     dataset: str | None = Field(None, pattern=ENDPOINT_NAME,
                                 description="A stored dataset (molserve data list).")
     endpoints: list[EndpointRef] | None = Field(
-        None, description="screen: endpoints to predict. train with model=transformer: two or more "
+        None, max_length=MAX_ENDPOINTS,
+        description="screen: endpoints to predict. train with model=transformer: two or more "
         "endpoints make one multi-task model, registered under `endpoint`; with model=graph or "
         "model=foundation: one model of that kind for each.",
         json_schema_extra={"minItems": 1})

@@ -31,11 +31,13 @@ def chembl(
     standard_type: Annotated[str, typer.Option("--type", help="standard_type (IC50, Ki, ...)")] = "IC50",
     tautomer: Annotated[bool, typer.Option("--tautomer", help="canonicalize tautomers too")] = False,
     base_url: Annotated[str, typer.Option("--base-url")] = "https://www.ebi.ac.uk",
+    public: Annotated[bool, typer.Option(
+        "--public", help="any key may screen and train on it over HTTP (default: admin keys only)")] = False,
 ) -> int:
     from molserve.operations.datasets import fetch_chembl
 
     summary(fetch_chembl(settings(ctx).datasets, target, standard_type=standard_type,
-                         base_url=base_url, canonical_tautomer=tautomer))
+                         base_url=base_url, canonical_tautomer=tautomer, public=public))
     return 0
 
 
@@ -53,6 +55,8 @@ def import_file(
     licence: Annotated[str, typer.Option()] = "user-supplied",
     ic50_nm: Annotated[bool, typer.Option("--ic50-nm", help="labels are IC50 in nM: store pIC50")] = False,
     tautomer: Annotated[bool, typer.Option("--tautomer")] = False,
+    public: Annotated[bool, typer.Option(
+        "--public", help="any key may screen and train on it over HTTP (default: admin keys only)")] = False,
 ) -> int:
     import sys
 
@@ -61,7 +65,7 @@ def import_file(
     artifact = import_table(settings(ctx).datasets, file, name=name, label_col=label_col,
                             smiles_col=smiles_col, task=task, units=units, description=description,
                             positive_label=positive_label, licence=licence, ic50_nm=ic50_nm,
-                            canonical_tautomer=tautomer)
+                            canonical_tautomer=tautomer, public=public)
     dropped = artifact.manifest["curation"].get("ic50_non_positive_dropped")
     if dropped:
         print(f"dropped {dropped} row(s) whose IC50 was zero or negative (no pIC50)", file=sys.stderr)

@@ -106,7 +106,7 @@ class DatasetStore:
 
 
 def fetch_chembl_dataset(store: DatasetStore, target: str, *, standard_type: str = "IC50",
-                         client=None, canonical_tautomer: bool = False) -> Artifact:
+                         client=None, canonical_tautomer: bool = False, public: bool = False) -> Artifact:
     """Fetch a target's activities, curate them and save `chembl_<target>_p<type>`."""
     from molserve.data.chembl import LICENCE, ChemblClient, curate_activities, resolve_target
 
@@ -127,5 +127,6 @@ def fetch_chembl_dataset(store: DatasetStore, target: str, *, standard_type: str
         licence=LICENCE, curation=curated.report,
         extra={"target": {"chembl_id": chembl_id, "name": info.get("pref_name"),
                           "organism": info.get("organism"), "type": info.get("target_type")},
-               "endpoint_suggestion": f"p{kind}_{short}", "requests": client.requests},
+               "endpoint_suggestion": f"p{kind}_{short}", "requests": client.requests,
+               "public": public},
     )

@@ -230,9 +230,15 @@ def _commit(call_id: str) -> None:
         progress_dict[GENERATION_KEY] = f"{call_id}@{time.time():.3f}"  # running Workers reload
 
 
+def _extra(job_id: str | None, manifest: dict | None) -> dict | None:
+    """What a job's models add to their manifests: the job, and its ownership fields."""
+    extra = {**({"job_id": job_id} if job_id else {}), **(manifest or {})}
+    return extra or None
+
+
 @app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=6 * 3600)
 def finetune(endpoint: str, params: dict | None = None, tasks: list[str] | None = None,
-             job_id: str | None = None) -> dict:
+             job_id: str | None = None, manifest: dict | None = None) -> dict:
     """Fine-tune a transformer (`operations.training.TransformerParams` as `params`) on the
     endpoint's curated data and split from the registry volume; with `tasks`, one multi-task
     model over those endpoints, registered as `endpoint`. With `job_id`, the model's manifest
@@ -249,7 +255,7 @@ def finetune(endpoint: str, params: dict | None = None, tasks: list[str] | None 
             existing = training.finetune(
                 registry, tasks or [endpoint], training.TransformerParams(**(params or {})),
                 name=endpoint if tasks else None,
-                extra_manifest={"job_id": job_id} if job_id else None, progress=_reporter(call_id))
+                extra_manifest=_extra(job_id, manifest), progress=_reporter(call_id))
             _commit(call_id)
         summary = training.outcome(existing)
         progress_dict_put(call_id, {"step": "done", "progress": 1.0})
@@ -258,7 +264,8 @@ def finetune(endpoint: str, params: dict | None = None, tasks: list[str] | None 
     return _train_once(job_id, train)
 
 
-def _train_each(kind: str, endpoints: list[str], params: dict, job_id: str | None) -> dict:
+def _train_each(kind: str, endpoints: list[str], params: dict, job_id: str | None,
+                manifest: dict | None = None) -> dict:
     """Models of `kind` (graph, foundation) for `endpoints`, one each, on the registry volume,
     with the same code as `molserve finetune --model <kind>`; progress in the same modal.Dict.
     With `job_id`, endpoints the job already trained are not trained again."""
@@ -277,7 +284,7 @@ def _train_each(kind: str, endpoints: list[str], params: dict, job_id: str | Non
         if todo:
             for artifact in train_models(
                     registry, todo, parameters(**params),
-                    extra_manifest={"job_id": job_id} if job_id else None, progress=_reporter(call_id)):
+                    extra_manifest=_extra(job_id, manifest), progress=_reporter(call_id)):
                 done[artifact.endpoint] = artifact
             _commit(call_id)
         artifacts = [done[e] for e in endpoints]
@@ -288,17 +295,19 @@ def _train_each(kind: str, endpoints: list[str], params: dict, job_id: str | Non
 
 
 @app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
-def train_graph(endpoints: list[str], params: dict, job_id: str | None = None) -> dict:
+def train_graph(endpoints: list[str], params: dict, job_id: str | None = None,
+                manifest: dict | None = None) -> dict:
     """Graph models (D-MPNN ensembles) for `endpoints`, one each (see `_train_each`)."""
-    return _train_each("graph", endpoints, params, job_id)
+    return _train_each("graph", endpoints, params, job_id, manifest)
 
 
 @app.function(gpu=TRAIN_GPU, volumes=VOLUMES, timeout=12 * 3600)
-def train_foundation(endpoints: list[str], params: dict, job_id: str | None = None) -> dict:
+def train_foundation(endpoints: list[str], params: dict, job_id: str | None = None,
+                     manifest: dict | None = None) -> dict:
     """Foundation models (heads on MiniMol embeddings, onnxruntime's CUDA provider on the GPU)
     for `endpoints`, one each (see `_train_each`); the embeddings are kept in the registry
     volume's store, which the Workers read."""
-    return _train_each("foundation", endpoints, params, job_id)
+    return _train_each("foundation", endpoints, params, job_id, manifest)
 
 
 LOCAL_PROGRESS: dict[str, object] = {}

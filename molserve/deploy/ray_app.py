@@ -154,9 +154,15 @@ def _reporter(board) -> Callable[[str, float, dict], None]:
     return report
 
 
+def _extra(job_id: str | None, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a job's models add to their manifests: the job, and its ownership fields."""
+    extra = {**({"job_id": job_id} if job_id else {}), **(manifest or {})}
+    return extra or None
+
+
 @ray.remote(max_retries=0)
 def finetune_task(registry: str, endpoint: str, params: dict[str, Any], tasks: list[str] | None = None,
-                  job_id: str | None = None, board=None) -> dict:
+                  job_id: str | None = None, board=None, manifest: dict[str, Any] | None = None) -> dict:
     """Fine-tune a transformer for `endpoint` (with `tasks`, one multi-task model registered as
     `endpoint`); with `job_id`, at most one model per job."""
     from molserve.operations import training
@@ -167,13 +173,13 @@ def finetune_task(registry: str, endpoint: str, params: dict[str, Any], tasks: l
     if artifact is None:
         artifact = training.finetune(
             store, tasks or [endpoint], training.TransformerParams(**params),
-            name=endpoint if tasks else None, extra_manifest={"job_id": job_id} if job_id else None,
+            name=endpoint if tasks else None, extra_manifest=_extra(job_id, manifest),
             progress=_reporter(board))
     return training.outcome(artifact)
 
 
 def _train_each(kind: str, registry: str, endpoints: list[str], params: dict[str, Any],
-                job_id: str | None, board) -> dict:
+                job_id: str | None, board, manifest: dict[str, Any] | None = None) -> dict:
     """Models of `kind` (graph, foundation) for `endpoints`, one each, with the same code as
     `molserve finetune --model <kind>`; with `job_id`, endpoints the job already trained are not
     trained again."""
@@ -187,8 +193,7 @@ def _train_each(kind: str, registry: str, endpoints: list[str], params: dict[str
         train, parameters = ((training.train_graph, training.GraphParams) if kind == "graph"
                              else (training.train_foundation, training.FoundationParams))
         for artifact in train(store, todo, parameters(**params),
-                              extra_manifest={"job_id": job_id} if job_id else None,
-                              progress=_reporter(board)):
+                              extra_manifest=_extra(job_id, manifest), progress=_reporter(board)):
             done[artifact.endpoint] = artifact
     artifacts = [done[e] for e in endpoints]
     return {**training.outcome(artifacts[0]), "models": [training.outcome(a) for a in artifacts]}
@@ -196,36 +201,40 @@ def _train_each(kind: str, registry: str, endpoints: list[str], params: dict[str
 
 @ray.remote(max_retries=0)
 def graph_task(registry: str, endpoints: list[str], params: dict[str, Any], job_id: str | None = None,
-               board=None) -> dict:
+               board=None, manifest: dict[str, Any] | None = None) -> dict:
     """Graph models for `endpoints` (see `_train_each`)."""
-    return _train_each("graph", registry, endpoints, params, job_id, board)
+    return _train_each("graph", registry, endpoints, params, job_id, board, manifest)
 
 
 @ray.remote(max_retries=0)
 def foundation_task(registry: str, endpoints: list[str], params: dict[str, Any],
-                    job_id: str | None = None, board=None) -> dict:
+                    job_id: str | None = None, board=None, manifest: dict[str, Any] | None = None) -> dict:
     """Foundation models (heads on MiniMol embeddings) for `endpoints` (see `_train_each`); the
     embeddings go to the store in the registry the cluster shares."""
-    return _train_each("foundation", registry, endpoints, params, job_id, board)
+    return _train_each("foundation", registry, endpoints, params, job_id, board, manifest)
 
 
 def submit_finetune(registry: str, endpoint: str, params: dict[str, Any], *, num_gpus: float = 0,
-                    tasks: list[str] | None = None, job_id: str | None = None, board=None):
+                    tasks: list[str] | None = None, job_id: str | None = None, board=None,
+                    manifest: dict[str, Any] | None = None):
     """Start fine-tuning on the cluster; returns the task's ObjectRef at once."""
     return finetune_task.options(num_gpus=num_gpus).remote(registry, endpoint, params, tasks, job_id,
-                                                           board)
+                                                           board, manifest)
 
 
 def submit_graph(registry: str, endpoints: list[str], params: dict[str, Any], *, num_gpus: float = 0,
-                 job_id: str | None = None, board=None):
+                 job_id: str | None = None, board=None, manifest: dict[str, Any] | None = None):
     """Start graph training on the cluster; returns the task's ObjectRef at once."""
-    return graph_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board)
+    return graph_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board,
+                                                        manifest)
 
 
 def submit_foundation(registry: str, endpoints: list[str], params: dict[str, Any], *,
-                      num_gpus: float = 0, job_id: str | None = None, board=None):
+                      num_gpus: float = 0, job_id: str | None = None, board=None,
+                      manifest: dict[str, Any] | None = None):
     """Start foundation training on the cluster; returns the task's ObjectRef at once."""
-    return foundation_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board)
+    return foundation_task.options(num_gpus=num_gpus).remote(registry, endpoints, params, job_id, board,
+                                                             manifest)
 
 
 def worker_settings(*, registry: str | Path, backend: str = "torch", token: str | None = None) -> dict:

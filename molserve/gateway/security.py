@@ -15,8 +15,9 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from molserve.gateway.errors import Forbidden, MissingCredentials, RateLimited
 from molserve.gateway.keys import KeyRecord, digest
@@ -121,6 +122,38 @@ def require_predict(request: Request) -> None:
     authorize(request, "predict")
 
 
+def reader(request: Request) -> Caller:
+    """A read route's caller (as `require_read`), kept: what it may see depends on who it is."""
+    return Caller(authorize(request, "read"))
+
+
+def predictor(request: Request) -> Caller:
+    """A prediction's caller (as `require_predict`)."""
+    return Caller(authorize(request, "predict"))
+
+
+# Route parameters that name the caller (FastAPI resolves them with the dependency).
+ReadCaller = Annotated[Caller, Depends(reader)]
+PredictCaller = Annotated[Caller, Depends(predictor)]
+
+
+def hidden_from(request: Request, caller: Caller) -> frozenset[str]:
+    """The endpoints `caller` may not see: other keys' private ones (not for admins)."""
+    return request.app.state.router.hidden_from(caller.owner if caller.key else None, caller.admin)
+
+
+def redacted_for(request: Request, caller: Caller) -> frozenset[str]:
+    """Endpoints whose models learned from another key's upload: the caller may have their
+    answers (the owner published them) but not the training structures (each answer's
+    `nearest_training_smiles`) nor the server's paths."""
+    if caller.admin:
+        return frozenset()
+    owner = caller.owner if caller.key else None
+    return frozenset(name for name, model in request.app.state.router.fast.models.items()
+                     if model.manifest.get("training_data") == "upload"
+                     and model.manifest.get("owner") != owner)
+
+
 def require_train(request: Request) -> None:
     authorize(request, "train")
 
@@ -128,3 +161,19 @@ def require_train(request: Request) -> None:
 def require_key(request: Request) -> None:
     """Write routes that change the registry: the admin scope."""
     authorize(request, "admin")
+
+
+def may_publish(registry, caller: Caller, endpoint: str) -> None:
+    """Refuse (403) a training job that would publish a version of an endpoint the caller does
+    not own: a bundled endpoint, or one another key (or the operator) trained first. A new name
+    becomes the caller's; admins publish anywhere. Checked again before the job registers."""
+    if caller.admin:
+        return
+    from molserve.data.catalog import bundled_endpoints
+
+    owned = (endpoint not in bundled_endpoints()
+             and (registry.highest_allocated(endpoint) == 0 or registry.owner(endpoint) == caller.owner))
+    if not owned:
+        raise Forbidden(f"the endpoint name {endpoint!r} is taken (a bundled endpoint, or another "
+                        "key's, or the operator's): publishing a version of it needs an admin key; "
+                        "train under a name of your own", code="endpoint_not_owned")

@@ -32,6 +32,12 @@ class FinetuneRequest:
     params: TransformerParams | GraphParams | FoundationParams  # which kind, and how to train it
     tasks: list[str] | None = None  # transformer: one multi-task model; graph, foundation: one each
     job_id: str | None = None
+    manifest: dict[str, Any] | None = None  # owner, visibility, ... for the models' manifests
+
+    def extra(self) -> dict[str, Any] | None:
+        """What the trained models' manifests add: the job and its ownership fields."""
+        extra = {**({"job_id": self.job_id} if self.job_id else {}), **(self.manifest or {})}
+        return extra or None
 
 
 class Engine(Protocol):
@@ -52,7 +58,7 @@ class LocalEngine:
 
         store = Registry(registry)
         store.check_writable()  # fail now, not after the training compute is spent
-        extra = {"job_id": request.job_id} if request.job_id else None
+        extra = request.extra()
         if isinstance(request.params, PerEndpoint):
             from molserve.operations.training import train_foundation, train_graph
 
@@ -97,10 +103,12 @@ class ModalEngine:
             if isinstance(params, PerEndpoint):
                 function = "train_graph" if isinstance(params, GraphParams) else "train_foundation"
                 call = modal.Function.from_name(self.app_name, function).spawn(
-                    request.tasks or [request.endpoint], params.model_dump(), job_id=request.job_id)
+                    request.tasks or [request.endpoint], params.model_dump(), job_id=request.job_id,
+                    manifest=request.manifest)
             else:
                 call = modal.Function.from_name(self.app_name, "finetune").spawn(
-                    request.endpoint, params.model_dump(), tasks=request.tasks, job_id=request.job_id)
+                    request.endpoint, params.model_dump(), tasks=request.tasks, job_id=request.job_id,
+                    manifest=request.manifest)
             if claim:
                 states.put(claim, call.object_id, skip_if_exists=True)
             progress(0.0, f"modal: spawned call {call.object_id}", None)
@@ -164,11 +172,12 @@ class RayEngine:
         if isinstance(params, PerEndpoint):
             submit = submit_graph if isinstance(params, GraphParams) else submit_foundation
             reference = submit(where, request.tasks or [request.endpoint], params.model_dump(),
-                               num_gpus=self.num_gpus, job_id=request.job_id, board=board)
+                               num_gpus=self.num_gpus, job_id=request.job_id, board=board,
+                               manifest=request.manifest)
         else:
             reference = submit_finetune(where, request.endpoint, params.model_dump(),
                                         num_gpus=self.num_gpus, tasks=request.tasks,
-                                        job_id=request.job_id, board=board)
+                                        job_id=request.job_id, board=board, manifest=request.manifest)
         progress(0.0, "ray: submitted a training task", None)
         finished, fraction = False, 0.0
         try:

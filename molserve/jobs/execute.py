@@ -169,6 +169,10 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     if existing is not None:
         ctx.log(f"found {endpoint} v{existing.version} registered by an earlier attempt")
         return training.outcome(existing)
+    # Who the model belongs to and who may see it (`visibility`), as the route decided, written
+    # into its manifest; `publish_as` makes the registry refuse a version of an endpoint the
+    # job's key does not own.
+    owned = {k: params[k] for k in ("owner", "visibility", "training_data", "publish_as") if k in params}
     if params.get("model", "gbm") in ("transformer", "graph", "foundation"):
         from molserve.jobs.engines import FinetuneRequest, engine
 
@@ -176,7 +180,8 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
         kind = {"graph": training.GraphParams, "foundation": training.FoundationParams,
                 "transformer": training.TransformerParams}[params["model"]]
         fields = {k: params[k] for k in kind.model_fields if k in params}
-        request = FinetuneRequest(endpoint, kind(**fields), tasks=params.get("tasks"), job_id=ctx.id)
+        request = FinetuneRequest(endpoint, kind(**fields), tasks=params.get("tasks"), job_id=ctx.id,
+                                  manifest=owned or None)
         ctx.log(f"fine-tuning on the {chosen.name} engine")
         result = chosen.finetune(registry_root, request,
                                  lambda fraction, step, metrics: ctx.progress(fraction, step, metrics))
@@ -190,7 +195,7 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
 
         if params.get("dataset"):
             artifact = training.train_stored(registry, datasets, params["dataset"], fast,
-                                             endpoint=endpoint, extra_manifest={"job_id": ctx.id},
+                                             endpoint=endpoint, extra_manifest={"job_id": ctx.id, **owned},
                                              progress=report)
         else:
             [(name, dataset)] = training.table_jobs(
@@ -198,7 +203,7 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
                 split=fast.split, smiles_col=params.get("smiles_col", "smiles"),
                 task=params.get("task", "regression"), units=params.get("units", ""))
             artifact = training.train_fast(registry, dataset, name, fast,
-                                           extra_manifest={"job_id": ctx.id}, progress=report)
+                                           extra_manifest={"job_id": ctx.id, **owned}, progress=report)
         result = training.outcome(artifact)
     ctx.log(f"registered {result['endpoint']} v{result['version']} ({result['kind']})")
     return result

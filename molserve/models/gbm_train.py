@@ -509,7 +509,14 @@ def fit_and_evaluate(
     x, data = columns_and_dataset(recipe)
 
     # 2. The served ensemble: one member per scaffold fold of the fitted data.
-    fold_ids = scaffold_folds([curated.mols[i] for i in fit], settings.folds, seed=seed)
+    fold_ids = [f for f in scaffold_folds([curated.mols[i] for i in fit], settings.folds, seed=seed) if f]
+    fold_rule = f"scaffold_folds of the fitted molecules, seed {seed}"
+    if len(fold_ids) < 2:
+        # Too few scaffold groups to fill two folds (a set of acyclic molecules is one group):
+        # random folds, so that every member still holds molecules out.
+        order = np.random.default_rng(seed).permutation(len(fit))
+        fold_ids = [sorted(part.tolist()) for part in np.array_split(order, settings.folds) if len(part)]
+        fold_rule = f"random folds of the fitted molecules, seed {seed} (too few scaffold groups)"
     folds = [fit[np.array(f, dtype=np.int64)] for f in fold_ids]
     members = []
     out_of_fold = np.full(n, np.nan)
@@ -799,7 +806,7 @@ def fit_and_evaluate(
         "out_of_fold": {
             "file": "out_of_fold.csv",
             "folds": len(folds),
-            "fold_rule": f"scaffold_folds of the fitted molecules, seed {seed}",
+            "fold_rule": fold_rule,
             "prediction": ("the ensemble member that never saw the molecule, on the model's scale"
                            + (" (log10)" if transform.kind == "log10" else "")
                            if task == "regression" else

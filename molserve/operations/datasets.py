@@ -39,9 +39,11 @@ def ic50_nm_to_pic50(smiles: Iterable[str], ic50_nm: Iterable[float]) -> tuple[l
 def import_table(datasets: Path, path: Path, *, name: str, label_col: str, smiles_col: str = "smiles",
                  task: str = "regression", units: str = "", description: str | None = None,
                  positive_label: str | None = None, licence: str = "user-supplied",
-                 ic50_nm: bool = False, canonical_tautomer: bool = False) -> Artifact:
+                 ic50_nm: bool = False, canonical_tautomer: bool = False,
+                 public: bool = False) -> Artifact:
     """Curate a user's CSV/TSV/SDF file (standardized structures, replicates merged) into the
-    store at `datasets` as dataset `name`. With `ic50_nm` the labels are IC50 in nM and are stored
+    store at `datasets` as dataset `name` (`public`: any key may screen and train on it over
+    HTTP; otherwise admin keys only). With `ic50_nm` the labels are IC50 in nM and are stored
     as pIC50; the curation report then counts the values dropped as non-positive
     (`ic50_non_positive_dropped`)."""
     from molserve.data.curation import curate
@@ -78,7 +80,7 @@ def import_table(datasets: Path, path: Path, *, name: str, label_col: str, smile
         return DatasetStore(datasets).save(
             name, rows, task=raw.task, units=raw.units,
             description=description or f"imported from {Path(path).name}", source=raw.source,
-            licence=licence, curation=curation)
+            licence=licence, curation=curation, extra={"public": public})
     except MolserveError:
         raise
     except ValueError as error:  # nothing survived curation
@@ -87,7 +89,7 @@ def import_table(datasets: Path, path: Path, *, name: str, label_col: str, smile
 
 def fetch_chembl(datasets: Path, target: str, *, standard_type: str = "IC50",
                  base_url: str = "https://www.ebi.ac.uk", canonical_tautomer: bool = False,
-                 client=None) -> Artifact:
+                 client=None, public: bool = False) -> Artifact:
     """Fetch a target's binding activities from ChEMBL, curate them and store
     `chembl_<target>_p<type>`. `target` is a known short name (EGFR, ...) or a CHEMBL id;
     `client` is a ChemblClient (tests pass one with a recorded transport)."""
@@ -103,7 +105,8 @@ def fetch_chembl(datasets: Path, target: str, *, standard_type: str = "IC50",
     client = client or ChemblClient(base_url=base_url)
     try:
         return fetch_chembl_dataset(DatasetStore(datasets), target, standard_type=standard_type,
-                                    client=client, canonical_tautomer=canonical_tautomer)
+                                    client=client, canonical_tautomer=canonical_tautomer,
+                                    public=public)
     except MolserveError:
         raise
     except ValueError as error:  # no activities of that type for the target

@@ -125,13 +125,27 @@ class Router:
     def all_endpoints(self) -> list[str]:
         return self.default_endpoints + self.computed.endpoints()
 
-    def resolve_endpoints(self, requested: list[str] | None) -> list[str]:
+    def private_owners(self) -> dict[str, str | None]:
+        """endpoint -> owner of every private endpoint (its newest fast model was trained by a
+        key, over HTTP, as `private`: its owner decides who sees its answers)."""
+        return {name: model.manifest.get("owner") for name, model in self.fast.models.items()
+                if model.manifest.get("visibility") == "private"}
+
+    def hidden_from(self, owner: str | None, admin: bool = False) -> frozenset[str]:
+        """The endpoints a caller may not see (another key's private ones): to it they do not
+        exist. Admins and the operator (`owner` None with `admin`) see everything."""
+        if admin:
+            return frozenset()
+        return frozenset(name for name, who in self.private_owners().items() if who != owner)
+
+    def resolve_endpoints(self, requested: list[str] | None,
+                          hidden: frozenset[str] = frozenset()) -> list[str]:
         if requested is None:
-            return self.default_endpoints
-        known = set(self.all_endpoints)
+            return [name for name in self.default_endpoints if name not in hidden]
+        known = set(self.all_endpoints) - hidden
         unknown = [e for e in requested if e not in known]
         pending = self.pending()
-        training = {e: pending[e] for e in unknown if e in pending}
+        training = {e: pending[e] for e in unknown if e in pending and e not in hidden}
         if training:
             shown = ", ".join(f"{e} ({p.get('state')}, {p.get('progress', 0) * 100:.0f}%)"
                               for e, p in training.items())
@@ -173,9 +187,9 @@ class Router:
                 code="explain_batch_too_large", details={"limit": self.max_explained, "received": n},
             )
 
-    def endpoint_info(self) -> list[dict[str, Any]]:
+    def endpoint_info(self, hidden: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
         remote = self.served_remotely()
-        names = set(self.fast.endpoints()) | {e for served in remote.values() for e in served}
+        names = (set(self.fast.endpoints()) | {e for served in remote.values() for e in served}) - hidden
         infos = []
         for name in sorted(names):
             listed = [(tier, served[name]) for tier, served in remote.items() if name in served]
@@ -367,10 +381,11 @@ class Router:
             self.references.annotate_response(response, reference)
 
     def _predict_local(self, molecules: list[str], endpoints: list[str] | None,
-                       explain: bool = False, confidence: float | None = None) -> dict[str, Any]:
+                       explain: bool = False, confidence: float | None = None,
+                       hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
         started = time.perf_counter()
         self.check_size(len(molecules), explain)
-        names = self.resolve_endpoints(endpoints)
+        names = self.resolve_endpoints(endpoints, hidden)
         results, batch, owners = self._parse(molecules)
         batch.confidence = calibrated_level(confidence)
         answers = self._local_answers(batch, names) if batch.canonical_smiles else {}
@@ -380,13 +395,14 @@ class Router:
 
     def predict_local(self, molecules: list[str], endpoints: list[str] | None, *,
                       explain: bool = False, reference: str | None = None,
-                      confidence: float | None = None) -> dict[str, Any]:
+                      confidence: float | None = None,
+                      hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
         """This process's tiers only (fast and computed): the offline path of `molserve predict`
         and screening jobs, and of the gateway when no remote tier is asked. With `explain`,
         every fast-tier answer carries its explanation; `reference` names the reference set of
         the answers' percentiles (None: the default set); `confidence` the level of the
         regression intervals (0.8, 0.9 or 0.95; None: 0.9)."""
-        response = self._predict_local(molecules, endpoints, explain, confidence)
+        response = self._predict_local(molecules, endpoints, explain, confidence, hidden)
         self._annotate(response, reference)
         return response
 
@@ -395,16 +411,18 @@ class Router:
                       request_id: str | None = None, inline_limit: int = 0,
                       on_degraded: Callable[[str, str], None] | None = None,
                       explain: bool = False, reference: str | None = None,
-                      confidence: float | None = None) -> dict[str, Any]:
+                      confidence: float | None = None,
+                      hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
         """Route each endpoint to its tier; fall back to the fast tier, labelled degraded with
         the reason, whenever the remote tier cannot answer within the deadline. Batches above
         `inline_limit` molecules, and every explained batch (drawing costs milliseconds a
         molecule), compute in the executor, not on the event loop. `explain` and `reference` as
         in `predict_local`; only fast-tier answers are explained. Worker tiers calibrate their
-        intervals at 0.9 only: another `confidence` is answered by the fast tier."""
+        intervals at 0.9 only: another `confidence` is answered by the fast tier. `hidden`: the
+        endpoints the caller may not see (`hidden_from`), unknown to it."""
         started = time.perf_counter()
         self.check_size(len(molecules), explain)
-        names = self.resolve_endpoints(endpoints)
+        names = self.resolve_endpoints(endpoints, hidden)
         confidence = calibrated_level(confidence)
         plan = self.plan(names, "fast" if confidence not in (None, 0.9) and tier != "fast" else tier)
         if not any(_remote_of(first) for first in plan.values()):

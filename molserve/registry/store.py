@@ -40,6 +40,12 @@ class ArtifactError(MolserveError, RuntimeError):
     code = "artifact_error"
 
 
+class EndpointNotOwned(MolserveError, PermissionError):
+    """A key may publish versions only of its own endpoints."""
+
+    code = "endpoint_not_owned"
+
+
 def validate_endpoint_name(name: str) -> str:
     if not _ENDPOINT_NAME.match(name):
         raise InvalidInput(
@@ -142,6 +148,13 @@ class Registry:
     def all_artifacts(self) -> list[Artifact]:
         return [a for endpoint in self.endpoints() for a in self.versions(endpoint)]
 
+    def owner(self, endpoint: str) -> str | None:
+        """Who owns `endpoint`: the `owner` its oldest version records (`key:<id>` of the key
+        that trained it over HTTP); None for one written without an owner (the operator's:
+        `molserve train`, the bootstrap) or with no version at all (see `highest_allocated`)."""
+        versions = self.versions(endpoint)
+        return versions[0].manifest.get("owner") if versions else None
+
     def latest(self, endpoint: str, kind: str | None = None) -> Artifact | None:
         candidates = [a for a in self.versions(endpoint) if kind is None or a.kind == kind]
         return candidates[-1] if candidates else None
@@ -182,9 +195,22 @@ class Registry:
         finally:
             probe.unlink(missing_ok=True)
 
+    def _check_publisher(self, endpoint: str, publisher: str | None) -> None:
+        """A version written for a key that is not admin (`publish_as` in its manifest, set by
+        training jobs) may go only to an endpoint that key owns, or to a new one."""
+        if publisher is None:
+            return
+        if self.highest_allocated(endpoint) and self.owner(endpoint) != publisher:
+            raise EndpointNotOwned(f"{endpoint!r} is not {publisher}'s to publish: it is bundled, "
+                                   "another key's or the operator's; an admin key may publish it")
+
     def write(self, endpoint: str, files: dict[str, bytes | Path], manifest: dict) -> Artifact:
-        """Store a new version atomically and return it."""
+        """Store a new version atomically and return it. A manifest naming `publish_as` (a key
+        that is not admin) is refused unless that key owns the endpoint or it is new; two such
+        writers racing for a new name: the first to land owns it, the other is rolled back."""
         validate_endpoint_name(endpoint)
+        publisher = manifest.get("publish_as")
+        self._check_publisher(endpoint, publisher)
         for name in files:
             if "/" in name or name.startswith(".") or Path(name).suffix not in SAFE_SUFFIXES:
                 raise ArtifactError(f"refusing to store {name!r}: not a safe artifact format")
@@ -224,6 +250,9 @@ class Registry:
                 except OSError:
                     continue  # another writer took this number; take the next
                 _fsync_dir(self.root / endpoint)
+                if publisher is not None and self.owner(endpoint) != publisher:
+                    self.delete(endpoint, version)  # lost the race for a new name
+                    raise EndpointNotOwned(f"{endpoint!r} was taken by another key meanwhile")
                 return Artifact(endpoint, version, self.root / endpoint / f"v{version}", full)
             raise ArtifactError(f"could not allocate a version for {endpoint!r}")
         finally:

@@ -28,7 +28,15 @@ from molserve.gateway.schemas import (
     SubmittedJob,
     Upload,
 )
-from molserve.gateway.security import TOKEN_HEADER, Caller, job_reader, job_submitter, new_job_token
+from molserve.gateway.security import (
+    TOKEN_HEADER,
+    Caller,
+    hidden_from,
+    job_reader,
+    job_submitter,
+    may_publish,
+    new_job_token,
+)
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
@@ -101,6 +109,12 @@ class JobRequest(BaseModel):
         "csv", description="screen: the shard files kept beside the result CSV.")
     shard_size: int = Field(100_000, ge=100, le=10_000_000, description="screen: molecules a shard.")
     model: Literal["gbm", "transformer", "graph", "foundation"] = "gbm"
+    visibility: Literal["private", "public"] | None = Field(
+        None, description="train: who may see the endpoint's answers. `private` (the default for "
+        "a key that is not admin): its owner and admins only, to anyone else it does not exist; "
+        "`public`: everyone may ask it, but answers from a model trained on an upload never show "
+        "its training structures to others. Publishing a version of an endpoint another key owns, "
+        "or of a bundled one, needs an admin key.")
     endpoint: str | None = Field(None, description="train: the endpoint to (re)train.",
                                  json_schema_extra={"pattern": ENDPOINT_NAME})
     label_col: str | None = None
@@ -116,7 +130,7 @@ class JobRequest(BaseModel):
         "(default: all three).")
 
 
-def _check_screen_options(router, body: JobRequest) -> None:
+def _check_screen_options(router, body: JobRequest, hidden: frozenset[str]) -> None:
     """A filter, a ranking or an engine that cannot work is refused at submission (400)."""
     import importlib.util
 
@@ -124,7 +138,7 @@ def _check_screen_options(router, body: JobRequest) -> None:
     from molserve.operations.sharded import parse_rank_by
     from molserve.operations.where import compile_where
 
-    names = router.resolve_endpoints(body.endpoints)
+    names = router.resolve_endpoints(body.endpoints, hidden)
     computed = set(router.computed.endpoints())
     classification = {n for n, m in router.fast.models.items() if m.task == "classification"}
     columns = _columns(names, computed, classification, body.id_col)
@@ -160,14 +174,20 @@ def _upload_path(request: Request, upload_id: str, caller: Caller) -> str:
     return upload["path"]
 
 
-def _dataset(request: Request, name: str):
+def _dataset(request: Request, name: str, caller: Caller):
+    """A stored dataset the caller may use: the operator's datasets (`molserve data import`)
+    are for admin keys unless imported `--public`. Any other is as missing as one that never was."""
     from molserve.data.store import DatasetStore
 
+    missing = NotFound(f"no dataset named {name!r} on this server (molserve data list shows "
+                       "the stored ones)", code="dataset_not_found")
     try:
-        return DatasetStore(request.app.state.settings.datasets).get(name)
+        dataset = DatasetStore(request.app.state.settings.datasets).get(name)
     except Exception:  # the store's message names its directory: not for callers
-        raise NotFound(f"no dataset named {name!r} on this server (molserve data list shows "
-                       "the stored ones)", code="dataset_not_found") from None
+        raise missing from None
+    if not (caller.admin or dataset.manifest.get("public")):
+        raise missing
+    return dataset
 
 
 def _visible_job(request: Request, job_id: str, caller: Caller) -> dict[str, Any]:
@@ -178,7 +198,11 @@ def _visible_job(request: Request, job_id: str, caller: Caller) -> dict[str, Any
 
 
 def _public(job: dict) -> dict:
+    """A job as its callers see it: no server paths (the input's, the result's) and no process
+    details."""
     shown = {k: v for k, v in job.items() if k not in ("pid", "checkpoint", "token_hash")}
+    if isinstance(job.get("params"), dict) and "input_path" in job["params"]:
+        shown["params"] = {k: v for k, v in job["params"].items() if k != "input_path"}
     if job.get("result") and "path" in job["result"]:
         shown["result"] = {k: v for k, v in job["result"].items() if k != "path"}
         shown["result_url"] = f"/v1/jobs/{job['id']}/result"
@@ -264,14 +288,17 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
     if body.upload_id:
         params["input_path"] = _upload_path(request, body.upload_id, caller)
     router = request.app.state.router
+    hidden = hidden_from(request, caller)
     if body.kind == "screen":
         if body.dataset:
-            params["input_path"] = str(_dataset(request, body.dataset).file("data.csv"))
+            params["input_path"] = str(_dataset(request, body.dataset, caller).file("data.csv"))
             params["smiles_col"] = "canonical_smiles"
         if "input_path" not in params:
             raise InvalidInput("a screen needs upload_id or dataset", code="no_input")
-        router.resolve_endpoints(body.endpoints)  # unknown endpoints are refused now, not later
-        _check_screen_options(router, body)
+        # Unknown endpoints are refused now, not later; the job screens exactly the endpoints its
+        # submitter may see (named here, so none of another key's private ones is added later).
+        params["endpoints"] = router.resolve_endpoints(body.endpoints, hidden)
+        _check_screen_options(router, body, hidden)
     else:
         if body.model == "transformer" and body.endpoints:
             tasks = list(dict.fromkeys(body.endpoints))
@@ -300,8 +327,8 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                                    "curated data and split it reuses", code="no_fast_model")
         elif body.dataset:
             params.setdefault("endpoint", body.endpoint)
+            manifest = _dataset(request, body.dataset, caller).manifest
             if not body.endpoint:
-                manifest = _dataset(request, body.dataset).manifest
                 params["endpoint"] = manifest.get("endpoint_suggestion", body.dataset)
         elif not (body.upload_id and body.label_col and body.endpoint):
             raise InvalidInput("train needs dataset, or upload_id with label_col and endpoint",
@@ -312,6 +339,23 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             validate_endpoint_name(params["endpoint"])
         except ValueError as error:
             raise InvalidInput(str(error), code="invalid_endpoint_name") from None
+        # A multi-task transformer reads its tasks' data: another key's private ones do not
+        # exist for the caller. What a job publishes (a new version of each endpoint a graph or
+        # foundation job trains, else of `endpoint`) must be the caller's to publish.
+        if body.model == "transformer" and params.get("tasks"):
+            unseen = [e for e in params["tasks"] if e in hidden]
+            if unseen:
+                raise InvalidInput("multi-task training needs two or more `endpoints` that have "
+                                   f"fast models (missing: {', '.join(unseen)})",
+                                   code="invalid_multitask_job")
+        publishes = params["tasks"] if body.model in ("graph", "foundation") else [params["endpoint"]]
+        for endpoint in publishes:
+            may_publish(router.registry, caller, endpoint)
+        params["owner"] = caller.owner
+        if not caller.admin:  # the registry refuses the version unless the key owns the endpoint
+            params["publish_as"] = caller.owner
+        params["visibility"] = body.visibility or ("public" if caller.admin else "private")
+        params["training_data"] = "upload" if body.upload_id else "dataset" if body.dataset else "registry"
     token, token_hash = new_job_token() if caller.key is None else (None, None)
     job = runner.store.create(body.kind, params, owner=caller.owner, token_hash=token_hash)
     runner.wake()

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from molserve.errors import NotFound
 from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import ENDPOINT_NAME, DeleteResult, ModelManifest, ModelSummary, ReloadResult
-from molserve.gateway.security import require_key, require_read
+from molserve.gateway.security import Caller, ReadCaller, require_key
 from molserve.registry.store import Artifact, ArtifactError
 from molserve.responses import JSONResponse
 
@@ -50,20 +50,40 @@ def _missing_is_not_found() -> Iterator[None]:
         raise NotFound(error.message) from None
 
 
+def _visible(artifact: Artifact, caller: Caller) -> bool:
+    """Another key's private model does not exist for the caller (admins see every model)."""
+    manifest = artifact.manifest
+    return caller.admin or manifest.get("visibility") != "private" or (
+        caller.key is not None and manifest.get("owner") == caller.owner)
+
+
+def _shown(artifact: Artifact, caller: Caller) -> dict[str, Any]:
+    """A manifest as the caller may read it: a model that learned from another key's upload
+    shows neither the server's path to the upload nor the job's input."""
+    manifest = artifact.manifest
+    if caller.admin or manifest.get("training_data") != "upload" or (
+            caller.key is not None and manifest.get("owner") == caller.owner):
+        return manifest
+    dataset = {**(manifest.get("dataset") or {}), "source": "an upload of the model's owner"}
+    return {**manifest, "dataset": dataset}
+
+
 @router.get("/v1/models", response_model=list[ModelSummary], responses=documented(*AUTH),
-            dependencies=[Depends(require_read)], summary="Registered model versions")
-async def list_models(request: Request) -> JSONResponse:
+            summary="Registered model versions")
+async def list_models(request: Request, caller: ReadCaller) -> JSONResponse:
     registry = request.app.state.router.registry
-    return JSONResponse([_summary(a) for a in registry.all_artifacts()])
+    return JSONResponse([_summary(a) for a in registry.all_artifacts() if _visible(a, caller)])
 
 
 @router.get("/v1/models/{endpoint}/{version}", response_model=ModelManifest,
-            responses=documented(*AUTH, 404, 422), dependencies=[Depends(require_read)],
-            summary="One version's full manifest")
-async def get_model(request: Request, endpoint: str = EndpointName, version: int = Version) -> JSONResponse:
+            responses=documented(*AUTH, 404, 422), summary="One version's full manifest")
+async def get_model(request: Request, caller: ReadCaller, endpoint: str = EndpointName,
+                    version: int = Version) -> JSONResponse:
     with _missing_is_not_found():
         artifact = request.app.state.router.registry.get(endpoint, version)
-    return JSONResponse(artifact.manifest)
+    if not _visible(artifact, caller):
+        raise NotFound(f"no version {version} of endpoint {endpoint!r}")
+    return JSONResponse(_shown(artifact, caller))
 
 
 @router.post("/v1/models/reload", response_model=ReloadResult, responses=documented(*AUTH),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from molserve.errors import Unavailable
 from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import PredictRequest, PredictResponse
-from molserve.gateway.security import require_predict
+from molserve.gateway.security import PredictCaller, hidden_from, redacted_for
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["predict"])
@@ -19,9 +19,9 @@ router = APIRouter(tags=["predict"])
     response_model=PredictResponse,
     responses=documented(400, *AUTH, 404, 413, 415, 422, 503),
     summary="Predict endpoints for a batch of SMILES",
-    dependencies=[Depends(require_predict)],
 )
-async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+async def predict(body: PredictRequest, request: Request,
+                  caller: PredictCaller) -> JSONResponse:
     """Answers every input in order. An unreadable SMILES gets a per-molecule `error` with
     RDKit's reason and the rest are answered; duplicates (same canonical SMILES) are computed
     once. Each answer carries units, uncertainty, applicability domain and provenance; with
@@ -40,19 +40,23 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
                           code="overloaded", details={"retry_after_s": 1.0})
     state.pending_molecules += len(body.molecules)
     try:
-        return await _predict(body, state, router, metrics)
+        return await _predict(body, state, router, metrics, hidden_from(request, caller),
+                              redacted_for(request, caller))
     finally:
         state.pending_molecules -= len(body.molecules)
 
 
-async def _predict(body: PredictRequest, state, router, metrics) -> JSONResponse:
+async def _predict(body: PredictRequest, state, router, metrics, hidden: frozenset[str],
+                   redacted: frozenset[str]) -> JSONResponse:
     from molserve.logs import request_id
 
     result = await router.predict(
         body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
         request_id=request_id.get(), inline_limit=state.settings.gateway.inline_batch,
         on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc(),
-        explain=body.explain, reference=body.reference, confidence=body.confidence)
+        explain=body.explain, reference=body.reference, confidence=body.confidence, hidden=hidden)
+    if redacted & set(result["endpoints"]):
+        _redact(result, redacted)
     metrics.batch_size.observe(len(body.molecules))
     if result["n_errors"]:
         metrics.invalid_molecules.inc(result["n_errors"])
@@ -60,3 +64,16 @@ async def _predict(body: PredictRequest, state, router, metrics) -> JSONResponse
     for name, tier in result["tiers"].items():  # the router names a tier for every endpoint
         metrics.predictions.labels(name, tier).inc(result["n_unique"])
     return JSONResponse(result)
+
+
+def _redact(result: dict, endpoints: frozenset[str]) -> None:
+    """No training structure of another key's upload in an answer: the nearest training
+    molecule is left out (the similarity and the domain verdict stay)."""
+    from dataclasses import replace
+
+    for row in result["results"]:
+        for name, answer in row["predictions"].items():
+            domain = getattr(answer, "applicability_domain", None)
+            if name in endpoints and domain is not None and domain.nearest_training_smiles:
+                row["predictions"][name] = replace(
+                    answer, applicability_domain=replace(domain, nearest_training_smiles=None))

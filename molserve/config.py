@@ -92,8 +92,9 @@ class JobSettings(BaseSettings):
         default_factory=lambda: {"screen": 6 * 3600.0, "train": 24 * 3600.0},
         description='Seconds a job of each kind may run, JSON: {"screen": 21600, "train": 86400}; '
         "a kind not named has no limit.")
-    retention_days: float = Field(7.0, gt=0, description="Uploads and results are deleted this many "
-                                  "days after their last use (never those of a queued or running job).")
+    retention_days: float = Field(7.0, gt=0, description="Uploads are deleted this many days after "
+                                  "their last use, results this many days after their job finished "
+                                  "(never those of a queued or running job).")
 
 
 class WorkerSettings(BaseSettings):

@@ -331,3 +331,22 @@ def test_a_foundation_training_job_trains_each_endpoint_on_the_local_engine(trai
     store.update(job["id"], state="running")
     assert main(argv) == 0
     assert [a.kind for a in Registry(root).versions("dili")].count("foundation") == 1
+
+
+def test_a_failed_job_tells_its_caller_why_in_one_line_and_keeps_the_traceback_on_the_server(
+        trained_registry, tmp_path, capfd):
+    from molserve.jobs.execute import main
+
+    store = SQLiteJobStore(tmp_path / "jobs" / "jobs.sqlite3")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("smiles,y\nCCO,1\n")  # far too few molecules to train on
+    job = store.create("train", {"kind": "train", "input_path": str(bad), "label_col": "y",
+                                 "endpoint": "too_small", "profile": "quick"})
+    argv = ["--job", job["id"], "--jobs-dir", str(tmp_path / "jobs"), "--registry", str(tmp_path / "r"),
+            "--datasets", str(tmp_path / "datasets")]
+    assert main(argv) == 1
+    failed = store.get(job["id"])
+    assert failed["state"] == "failed" and "at least 30" in failed["error"]
+    logs = "\n".join(store.logs(job["id"], 50))
+    assert "Traceback" not in logs and str(bad) not in logs
+    assert "Traceback" in capfd.readouterr().err  # the process output: the server's job log file

@@ -109,9 +109,14 @@ def test_a_key_publishes_versions_of_its_own_endpoints_only(tenants, model):
     refused = submit("train", "logbb")
     assert refused.status_code == 403 and refused.json()["error"] == "endpoint_not_owned"
     assert submit("admin", "logbb").status_code == 202
-    # Another key's endpoint, private or public: refused; the owner's own: accepted.
-    for endpoint in ("team_a_private", "team_a_public"):
-        assert submit("train", endpoint).status_code == 403
+    # Another key's endpoint: refused. A private one is missing to a job that would read its
+    # data (a worker-tier model on it); its name is taken for a new fast model all the same.
+    assert submit("train", "team_a_public").status_code == 403
+    private = submit("train", "team_a_private")
+    if model == "gbm":
+        assert private.status_code == 403
+    else:
+        assert private.status_code == 422 and private.json()["error"] == "no_fast_model"
     if model == "gbm":
         # A new name is the submitter's.
         accepted = submit("train", "train_key_assay")
@@ -203,3 +208,33 @@ def test_a_training_job_records_its_owner_and_the_model_is_private_to_it(tenants
     assert "train_key_assay" not in names
     owners_view = client.get("/v1/endpoints", headers=_as(keys, "train")).json()
     assert "train_key_assay" in {e["name"] for e in owners_view}
+
+
+def test_a_transformer_jobs_base_reaches_the_hub_not_the_servers_files_unless_admin(tenants, tmp_path):
+    client, keys, world, registry = tenants
+    _copy_model(registry, "logbb", "train_key_endpoint", owner=world["owner"]["train"],
+                visibility="private")
+    client.app.state.load_models()
+    local = tmp_path / "models" / "base"
+    local.mkdir(parents=True)
+
+    def submit(who: str, base: str):
+        return client.post("/v1/jobs", headers=_as(keys, who), json={
+            "kind": "train", "model": "transformer", "endpoint": "train_key_endpoint", "base": base})
+
+    for base in (str(local), "../models/base", "/etc/passwd", "org/../../etc"):
+        refused = submit("train", base)
+        assert refused.status_code == 422 and refused.json()["error"] == "invalid_base", base
+    for base in ("random:tiny", "seyonec/ChemBERTa-zinc-base-v1"):
+        accepted = submit("train", base)
+        assert accepted.status_code == 202, (base, accepted.text)
+        assert accepted.json()["params"]["base_from"] == "hub"
+    admins = submit("admin", str(local))  # the operator's own files
+    assert admins.status_code == 202, admins.text
+    assert "base_from" not in admins.json()["params"]
+    # The job checks again: a hub-only job naming a path fails before torch is imported.
+    from molserve.errors import InvalidInput
+    from molserve.operations.training import TransformerParams, finetune
+
+    with pytest.raises(InvalidInput):
+        finetune(registry, ["train_key_endpoint"], TransformerParams(base=str(local), base_from="hub"))

@@ -275,9 +275,12 @@ def main(argv: list[str] | None = None) -> int:
         store.update(job["id"], state="cancelled", finished=time.time(), step="cancelled")
         ctx.log("cancelled")
         return 0
-    except Exception as error:  # the job fails with a reason; the traceback goes to its log
+    except Exception as error:  # the job fails with a reason; the traceback stays on the server
         signal.setitimer(signal.ITIMER_REAL, 0)
-        ctx.log(traceback.format_exc()[-1500:])
+        # The job's own log is shown to its caller: one line. The traceback goes to the process
+        # output (the server's jobs/logs/<id>.log), for the operator.
+        print(traceback.format_exc(), file=sys.stderr, flush=True)
+        ctx.log(f"failed: {type(error).__name__}")
         if job["kind"] == "screen":
             # A failed screen is not resumed: its partial output only takes space (which may be
             # what ran out).

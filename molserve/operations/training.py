@@ -44,6 +44,9 @@ class TransformerParams(BaseModel):
 
     base: str = Field(DEFAULT_BASE, description="Hub id, local directory, or random:tiny|small|"
                       "chemberta-zinc-base.")
+    base_from: Literal["anywhere", "hub"] = Field(
+        "anywhere", description="hub: `base` must be a Hugging Face hub id (org/name) or random:*, "
+        "never a path on this machine (what jobs of keys that are not admin may name).")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
@@ -82,6 +85,21 @@ class FoundationParams(BaseModel):
     device: str | None = Field(None, description="auto (default), cpu or cuda (the embedding's "
                                "onnxruntime provider and the network heads).")
     seed: int = 0
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+RANDOM_BASE = re.compile(r"^random:(tiny|small|chemberta-zinc-base)$")
+
+
+def check_hub_base(base: str) -> None:
+    """A base a caller without the admin scope may name: a hub id or random:<size>, and nothing
+    that is a path on this machine (transformers would load a local directory of that name)."""
+    if RANDOM_BASE.match(base):
+        return
+    if not HUB_ID.match(base) or ".." in base or Path(base).exists():
+        raise InvalidInput(f"base {base!r}: name a Hugging Face hub id (org/name) or "
+                           "random:tiny|small|chemberta-zinc-base; paths on the server are for "
+                           "admin keys", code="invalid_base")
 
 
 def endpoint_from_column(column: str) -> str:
@@ -165,6 +183,8 @@ def finetune(registry: Registry, endpoints: list[str], params: TransformerParams
     reusing each endpoint's curated data and split from its fast model. Bad input is refused
     before torch is imported."""
     endpoints = _with_fast_models(registry, endpoints, "a transformer", "(--dataset)")
+    if params.base_from == "hub":
+        check_hub_base(params.base)
     if len(endpoints) > 1 and not name:
         raise InvalidInput("several endpoints make one multi-task model: give it a registry name "
                            "(--name, e.g. --name adme)", code="multitask_needs_a_name")

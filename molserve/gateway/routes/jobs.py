@@ -302,7 +302,7 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
     else:
         if body.model == "transformer" and body.endpoints:
             tasks = list(dict.fromkeys(body.endpoints))
-            missing = [e for e in tasks if e not in router.fast.models]
+            missing = [e for e in tasks if e not in router.fast.models or e in hidden]
             if len(tasks) < 2 or missing or not body.endpoint:
                 raise InvalidInput("multi-task training needs two or more `endpoints` that have fast "
                                    "models (missing: " + (", ".join(missing) or "none") + ") and "
@@ -315,14 +315,14 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
                 raise NotFound(f"{body.model} training needs `endpoint` (or `endpoints`): the "
                                f"endpoint(s) to train a {body.model} model for", code="no_endpoint")
             tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
-            missing = [e for e in tasks if e not in router.fast.models]
+            missing = [e for e in tasks if e not in router.fast.models or e in hidden]
             if missing:
                 raise InvalidInput(f"{body.model} training needs endpoints with fast models, whose "
                                    f"curated data and split it reuses (missing: {', '.join(missing)})",
                                    code="no_fast_model")
             params["tasks"], params["endpoint"] = tasks, tasks[0]
         elif body.model == "transformer":
-            if not body.endpoint or body.endpoint not in router.fast.models:
+            if not body.endpoint or body.endpoint not in router.fast.models or body.endpoint in hidden:
                 raise InvalidInput("transformer training needs `endpoint` with a fast model, whose "
                                    "curated data and split it reuses", code="no_fast_model")
         elif body.dataset:
@@ -333,21 +333,21 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         elif not (body.upload_id and body.label_col and body.endpoint):
             raise InvalidInput("train needs dataset, or upload_id with label_col and endpoint",
                                code="incomplete_training_job")
+        if body.model == "transformer" and not caller.admin:
+            # The base reaches the hub, never this machine's files (checked again by the job).
+            from molserve.operations.training import DEFAULT_BASE, check_hub_base
+
+            check_hub_base(body.base or DEFAULT_BASE)
+            params["base_from"] = "hub"
         from molserve.registry.store import validate_endpoint_name
 
         try:
             validate_endpoint_name(params["endpoint"])
         except ValueError as error:
             raise InvalidInput(str(error), code="invalid_endpoint_name") from None
-        # A multi-task transformer reads its tasks' data: another key's private ones do not
-        # exist for the caller. What a job publishes (a new version of each endpoint a graph or
-        # foundation job trains, else of `endpoint`) must be the caller's to publish.
-        if body.model == "transformer" and params.get("tasks"):
-            unseen = [e for e in params["tasks"] if e in hidden]
-            if unseen:
-                raise InvalidInput("multi-task training needs two or more `endpoints` that have "
-                                   f"fast models (missing: {', '.join(unseen)})",
-                                   code="invalid_multitask_job")
+        # What a job publishes (a new version of each endpoint a graph or foundation job trains,
+        # else of `endpoint`) must be the caller's to publish; another key's private endpoints
+        # are missing to it (above), as they are everywhere.
         publishes = params["tasks"] if body.model in ("graph", "foundation") else [params["endpoint"]]
         for endpoint in publishes:
             may_publish(router.registry, caller, endpoint)

@@ -256,7 +256,8 @@ def test_a_transformer_training_job_runs_on_the_local_engine_and_registers_once(
     assert [a.kind for a in versions].count("transformer") == 1
     assert versions[-1].info.job_id == job["id"]
     # Run again (a job process restarted after registering): no second model.
-    store.update(job["id"], state="running")
+    store.update(job["id"], state="queued", lease_owner=None)  # its lease ran out: queued again
+    store.claim_queued()
     assert main(argv) == 0
     assert [a.kind for a in Registry(root).versions("logbb")].count("transformer") == 1
 
@@ -328,7 +329,8 @@ def test_a_foundation_training_job_trains_each_endpoint_on_the_local_engine(trai
     foundation = Registry(root).latest("dili", kind="foundation")
     assert foundation is not None and foundation.info.job_id == job["id"]
     # Resumed after registering: no second model.
-    store.update(job["id"], state="running")
+    store.update(job["id"], state="queued", lease_owner=None)  # its lease ran out: queued again
+    store.claim_queued()
     assert main(argv) == 0
     assert [a.kind for a in Registry(root).versions("dili")].count("foundation") == 1
 

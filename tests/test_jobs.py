@@ -246,7 +246,9 @@ def test_a_training_job_resumed_after_registering_does_not_register_twice(job_en
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     first = store.get(job["id"])
     assert first["state"] == "succeeded" and first["result"]["version"] == 1
-    store.update(job["id"], state="running", result=None)  # as if killed before this was recorded
+    # As if killed before this was recorded: its lease ran out, it was queued and claimed again.
+    store.update(job["id"], state="queued", result=None, lease_owner=None)
+    store.claim_queued()
     subprocess.run(command, check=True, capture_output=True, timeout=300)
     again = store.get(job["id"])
     assert again["state"] == "succeeded" and again["result"]["version"] == 1

@@ -20,11 +20,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from molserve.jobs.store import SQLiteJobStore
+from molserve.jobs.store import LEASE_S, SQLiteJobStore
 
 
 class Cancelled(Exception):
     pass
+
+
+class LeaseLost(Exception):
+    """Another process holds the job now (this one's lease ran out): change nothing, stop."""
 
 
 class TimeLimitExceeded(Exception):
@@ -32,10 +36,15 @@ class TimeLimitExceeded(Exception):
 
 
 class JobContext:
-    def __init__(self, store: SQLiteJobStore, job: dict[str, Any]) -> None:
+    """What a running job may do to its row: every write names the lease it holds."""
+
+    def __init__(self, store: SQLiteJobStore, job: dict[str, Any], lease: str,
+                 lease_s: float = LEASE_S) -> None:
         self.store = store
         self.job = job
         self.id = job["id"]
+        self.lease = lease
+        self.lease_s = lease_s
         self.started = time.time()
         self._last_write = 0.0
 
@@ -47,13 +56,24 @@ class JobContext:
         elapsed = now - self.started
         eta = elapsed * (1 - fraction) / fraction if fraction > 0.01 else None
         fields: dict[str, Any] = {"progress": round(min(1.0, fraction), 4), "step": step,
-                                  "eta_s": round(eta, 1) if eta is not None else None, "heartbeat": now}
+                                  "eta_s": round(eta, 1) if eta is not None else None}
         if metrics is not None:
             fields["metrics"] = metrics
-        self.store.update(self.id, **fields)
+        if not self.store.renew(self.id, self.lease, self.lease_s, **fields):
+            raise LeaseLost()
         current = self.store.get(self.id)
         if current and current["cancel_requested"]:
             raise Cancelled()
+
+    def update(self, **fields: Any) -> None:
+        """Fields of the job's row (a checkpoint, an ETA), written only under its lease."""
+        if not self.store.transition(self.id, ("running",), lease=self.lease, **fields):
+            raise LeaseLost()
+
+    def finish(self, state: str, **fields: Any) -> bool:
+        """The job's final state, if it still holds the lease (False: another holds it)."""
+        return self.store.transition(self.id, ("running",), lease=self.lease, state=state,
+                                     finished=time.time(), lease_owner=None, **fields)
 
     def log(self, line: str) -> None:
         self.store.log(self.id, line)
@@ -102,7 +122,7 @@ def run_screen(ctx: JobContext, params: dict[str, Any], registry: Path, datasets
 
     def chunk(checkpoint: Checkpoint, total: int | None) -> None:
         # Recorded only after the chunk is on disk, so a resume never loses or repeats a row.
-        ctx.store.update(ctx.id, checkpoint=asdict(checkpoint))
+        ctx.update(checkpoint=asdict(checkpoint))
         fraction = checkpoint.rows_done / total if total else 0.0
         seconds = time.time() - started
         rate = (checkpoint.rows_done - first_row) / seconds if seconds > 0 else None
@@ -140,7 +160,7 @@ def _run_sharded_screen(ctx: JobContext, params: dict[str, Any], registry: Path,
         ctx.progress(fraction * 0.99, f"{state.shards_done}/{state.shards_total} shards, "
                      f"{state.molecules_done} molecules screened", state.to_json(), force=True)
         if state.eta_s is not None:  # from this run's rate: a resumed screen's own ETA
-            ctx.store.update(ctx.id, eta_s=state.eta_s)
+            ctx.update(eta_s=state.eta_s)
 
     summary = screen_library(
         Path(params["input_path"]), shards, registry=registry, engine=engine,
@@ -227,6 +247,45 @@ def failure_reason(error: BaseException, writing_to: Path) -> str:
     return reason
 
 
+class Heartbeat:
+    """Renews the job's lease every third of it from a thread of its own (a training call that
+    holds the main thread for minutes still renews), and stops the job when its lease is lost
+    or its cancellation was asked (another gateway may have asked: it cannot signal this
+    process)."""
+
+    def __init__(self, ctx: JobContext) -> None:
+        import threading
+
+        self.ctx = ctx
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        store, ctx = self.ctx.store, self.ctx
+        while not self._stop.wait(ctx.lease_s / 3):
+            try:
+                held = store.renew(ctx.id, ctx.lease, ctx.lease_s)
+                cancel = held and bool((store.get(ctx.id) or {}).get("cancel_requested"))
+            except Exception:  # noqa: BLE001 - a store hiccup: the lease outlives a few of them
+                continue
+            if not held:
+                self.lost = True
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            if cancel:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--job", required=True)
@@ -234,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--registry", required=True)
     parser.add_argument("--datasets", required=True)
     parser.add_argument("--time-limit", type=float, default=None, help="seconds left to run")
+    parser.add_argument("--lease", default=None, help="the lease the runner claimed the job under "
+                        "(default, for a job run by hand: a queued job is claimed here, a running "
+                        "one continued under the lease its row records)")
+    parser.add_argument("--lease-s", type=float, default=LEASE_S)
     args = parser.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
     store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
@@ -241,6 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     if job is None:
         print(f"no job {args.job}", file=sys.stderr)
         return 2
+    lease = args.lease or job.get("lease_owner")
+    if args.lease is None and job["state"] == "queued":  # run by hand: claim it first
+        from molserve.jobs.store import new_lease
+
+        lease = new_lease()
+        if store.claim_job(job["id"], lease, args.lease_s):
+            job = store.get(args.job) or job
+    if job["state"] != "running" or not lease or job.get("lease_owner") != lease:
+        print(f"job {args.job} is not held by this lease ({job['state']}); nothing to do",
+              file=sys.stderr)
+        return 3
 
     # A signal's exception is raised wherever the job happens to be, and code there may catch and
     # swallow it (e.g. a parser that answers any failure as an invalid molecule): until the job
@@ -252,46 +326,62 @@ def main(argv: list[str] | None = None) -> int:
         signal.setitimer(signal.ITIMER_REAL, 1.0)
         raise error
 
-    def on_term(signum, frame):  # DELETE /v1/jobs/{id} on a job that cannot poll (training)
+    def on_term(signum, frame):  # a cancellation, signalled or seen by the heartbeat
         stop_with(Cancelled())
+
+    def on_lost(signum, frame):  # the heartbeat found another process holding the job
+        stop_with(LeaseLost())
 
     def on_alarm(signum, frame):
         stop_with(stopping[0] if stopping else
                   TimeLimitExceeded(f"the {job['kind']} job ran out of its time limit"))
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_lost)
     signal.signal(signal.SIGALRM, on_alarm)
     if args.time_limit:
         signal.setitimer(signal.ITIMER_REAL, max(1.0, float(args.time_limit)))
-    ctx = JobContext(store, job)
-    store.update(job["id"], pid=os.getpid(), heartbeat=time.time())
+    ctx = JobContext(store, job, lease, args.lease_s)
+    if not store.renew(job["id"], lease, args.lease_s, pid=os.getpid()):
+        return 3
+    heartbeat = Heartbeat(ctx).start()
     try:
         run = RUNNERS.get(job["kind"])
         if run is None:
             raise ValueError(f"unknown job kind {job['kind']!r}")
         result = run(ctx, job["params"], Path(args.registry), Path(args.datasets), jobs_dir / "results")
+    except LeaseLost:
+        # Another process resumed the job (this one was presumed dead): it owns every change.
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print(f"job {job['id']}: lease lost; stopping without changing it", file=sys.stderr)
+        return 3
     except Cancelled:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        store.update(job["id"], state="cancelled", finished=time.time(), step="cancelled")
-        ctx.log("cancelled")
+        heartbeat.stop()
+        if ctx.finish("cancelled", step="cancelled"):
+            ctx.log("cancelled")
         return 0
     except Exception as error:  # the job fails with a reason; the traceback stays on the server
         signal.setitimer(signal.ITIMER_REAL, 0)
+        heartbeat.stop()
         # The job's own log is shown to its caller: one line. The traceback goes to the process
         # output (the server's jobs/logs/<id>.log), for the operator.
         print(traceback.format_exc(), file=sys.stderr, flush=True)
-        ctx.log(f"failed: {type(error).__name__}")
-        if job["kind"] == "screen":
+        if job["kind"] == "screen" and store.get(job["id"]).get("lease_owner") == lease:
             # A failed screen is not resumed: its partial output only takes space (which may be
             # what ran out).
             shutil.rmtree(jobs_dir / "results" / job["id"], ignore_errors=True)
         writing_to = jobs_dir / "results" if job["kind"] == "screen" else Path(args.registry)
-        store.update(job["id"], state="failed", finished=time.time(),
-                     error=failure_reason(error, writing_to))
+        if ctx.finish("failed", error=failure_reason(error, writing_to)):
+            ctx.log(f"failed: {type(error).__name__}")
         return 1
+    finally:
+        heartbeat.stop()
     signal.setitimer(signal.ITIMER_REAL, 0)
-    store.update(job["id"], state="succeeded", finished=time.time(), progress=1.0, step="done",
-                 eta_s=0, result=result)
+    if not ctx.finish("succeeded", progress=1.0, step="done", eta_s=0, result=result):
+        print(f"job {job['id']}: lease lost before it finished; the other holder records it",
+              file=sys.stderr)
+        return 3
     ctx.log("succeeded")
     return 0
 

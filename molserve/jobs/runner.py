@@ -1,9 +1,13 @@
 """Start queued jobs as separate processes, watch them, and recover after crashes.
 
 Runs as a background task in the gateway. Each job is its own OS process (in its own session,
-so it outlives a gateway that is killed); the store is the only channel between them. A job
-whose process died while `running` is queued again (resumed from its checkpoint) until it has
-been attempted `max_attempts` times, then failed with the reason.
+so it outlives a gateway that is killed); the store is the only channel between them. A runner
+claims a job under a lease of its own (`SQLiteJobStore.claim`) and hands the lease to the job's
+process, which renews it while it works; a job whose lease runs out (its process or machine
+died) is queued again (resumed from its checkpoint) by whichever runner looks next, until it
+has been attempted `max_attempts` times, then failed with the reason. No runner ever decides
+from a process id whether a job still runs: several gateways on several machines share one
+store.
 
 It also keeps jobs bounded: the queue is fair between owners (`SQLiteJobStore.claim_queued`), a
 job of a kind with a time limit is told its remaining time (it fails itself when that runs out;
@@ -24,8 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from molserve.jobs.store import FINAL, SQLiteJobStore
-from molserve.processes import cancel_and_wait, pid_alive
+from molserve.jobs.store import FINAL, LEASE_S, SQLiteJobStore, new_lease
+from molserve.processes import cancel_and_wait
 
 log = logging.getLogger("molserve.jobs")
 
@@ -39,8 +43,10 @@ class JobRunner:
                  on_model_registered: Callable[[], None] | None = None,
                  max_running_per_owner: int | None = None, time_limits: dict[str, float] | None = None,
                  retention_s: float | None = None, clean_every_s: float = 600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lease_s: float = LEASE_S) -> None:
         self.jobs_dir = jobs_dir
+        self.lease = new_lease()  # this runner's claims
+        self.lease_s = lease_s
         self.store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
         self.registry = registry
         self.datasets = datasets
@@ -77,23 +83,15 @@ class JobRunner:
         await cancel_and_wait(self._task)
 
     def recover(self) -> None:
-        """Jobs left `running` by a process that no longer exists: resume or fail them."""
-        for job in self.store.running():
-            if job["id"] in self.children or pid_alive(job["pid"]):
-                continue
-            if job["cancel_requested"]:
-                self.store.update(job["id"], state="cancelled", finished=time.time())
-            elif job["attempts"] >= self.max_attempts:
-                self.store.update(job["id"], state="failed", finished=time.time(),
-                                  error=f"the job process died {job['attempts']} times; giving up")
-            else:
-                self.store.update(job["id"], state="queued", pid=None)
-                self.store.log(job["id"], "its process stopped unexpectedly; queued to resume")
+        """Jobs whose lease ran out (their process, or its machine, died): resume or fail them."""
+        self.store.expire_leases(self.max_attempts)
 
     def _spawn(self, job: dict) -> None:
+        """The job's process, handed this runner's lease on it (it renews it from then on)."""
         command = [sys.executable, "-m", "molserve.jobs.execute", "--job", job["id"],
                    "--jobs-dir", str(self.jobs_dir), "--registry", str(self.registry),
-                   "--datasets", str(self.datasets)]
+                   "--datasets", str(self.datasets), "--lease", job["lease_owner"],
+                   "--lease-s", str(self.lease_s)]
         limit = self.time_limits.get(job["kind"])
         if limit is not None:  # counted from the first start: a resumed job does not start over
             remaining = limit - (self.clock() - (job["started"] or self.clock()))
@@ -103,7 +101,24 @@ class JobRunner:
         with open(log_path / f"{job['id']}.log", "ab") as output:
             process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
         self.children[job["id"]] = process
-        self.store.update(job["id"], pid=process.pid)
+        self.store.transition(job["id"], ("running",), lease=job["lease_owner"], pid=process.pid)
+
+    def _kill(self, job: dict, sig: int) -> None:
+        """Signal a job's process if it runs on this machine (its session: a screen's pool
+        processes go with it). A job another machine runs stops by itself: it polls."""
+        import socket
+
+        process = self.children.get(job["id"])
+        if process is not None and process.poll() is None:
+            target = process.pid
+        elif job.get("pid") and str(job.get("lease_owner") or "").split(":", 1)[0] == socket.gethostname():
+            target = job["pid"]  # started by another gateway process on this machine
+        else:
+            return
+        try:
+            os.killpg(target, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def enforce_time_limits(self) -> None:
         """Kill jobs that outlived their kind's limit by more than the grace they get to fail
@@ -113,13 +128,11 @@ class JobRunner:
             limit = self.time_limits.get(job["kind"])
             if limit is None or job["started"] is None or now - job["started"] < limit + TIME_LIMIT_GRACE_S:
                 continue
-            if pid_alive(job["pid"]):
-                try:  # the job's session: a screen's pool processes go with it
-                    os.killpg(job["pid"], signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            self.store.update(job["id"], state="failed", finished=now,
-                              error=f"the {job['kind']} job exceeded its time limit of {limit:.0f} s")
+            self._kill(job, signal.SIGKILL)
+            if not self.store.transition(
+                    job["id"], ("running",), state="failed", finished=now, lease_owner=None,
+                    error=f"the {job['kind']} job exceeded its time limit of {limit:.0f} s"):
+                continue  # it finished (or was cancelled) meanwhile
             self.store.log(job["id"], "killed: time limit exceeded")
             if job["kind"] == "screen":
                 shutil.rmtree(self.jobs_dir / "results" / job["id"], ignore_errors=True)
@@ -163,14 +176,12 @@ class JobRunner:
             if any(removed.values()):
                 log.info("retention: removed %d uploads and %d results", removed["uploads"],
                          removed["results"])
-        live = sum(1 for job in self.store.running() if job["id"] in self.children or pid_alive(job["pid"]))
-        while live < self.max_concurrent:
-            job = self.store.claim_queued(self.max_running_per_owner)
-            if job is None:
-                break
+        # The cap counts every running job, whoever runs it: checked inside the claim.
+        while (job := self.store.claim(self.lease, lease_s=self.lease_s, max_running=self.max_concurrent,
+                                       max_running_per_owner=self.max_running_per_owner,
+                                       max_attempts=self.max_attempts)) is not None:
             self._spawn(job)
-            live += 1
-        self.busy = live > 0
+        self.busy = bool(self.children) or bool(self.store.counts().get("running"))
         if self.on_model_registered:
             fresh = [j for j in self.store.list(50) if j["kind"] == "train"
                      and j["state"] == "succeeded" and j["id"] not in self._seen_success]
@@ -179,18 +190,16 @@ class JobRunner:
                 self.on_model_registered()
 
     def cancel(self, job_id: str) -> dict | None:
+        """A queued job is cancelled at once; a running one is asked to stop (its process polls
+        the flag, and one this runner started is also sent SIGTERM). Each change names the state
+        it expects, so a job that finished meanwhile stays finished."""
         job = self.store.get(job_id)
         if job is None or job["state"] in FINAL:
             return job
-        if job["state"] == "queued":
-            self.store.update(job_id, state="cancelled", cancel_requested=1, finished=time.time())
-        else:
-            self.store.update(job_id, cancel_requested=1)
-            if pid_alive(job["pid"]):
-                try:
-                    os.kill(job["pid"], 15)
-                except ProcessLookupError:
-                    pass
+        if not self.store.transition(job_id, ("queued",), state="cancelled", cancel_requested=1,
+                                     finished=time.time()):
+            if self.store.transition(job_id, ("running",), cancel_requested=1):
+                self._kill(job, signal.SIGTERM)
         return self.store.get(job_id)
 
     async def _loop(self) -> None:

@@ -8,6 +8,15 @@ Each job and upload records its owner (the key that created it, `molserve.gatewa
 says who that is) so that listing, quotas and the queue's fairness are per owner; an anonymous
 job keeps only the SHA-256 of its token. Databases written before jobs had owners are migrated
 in place when opened (their jobs have no owner, which only admins see).
+
+A job runs exactly once at a time, by lease: a claim moves it to `running` and records who runs
+it (`lease_owner`: host, process and a random tag) and until when (`lease_until`) in the same
+transaction; the process running it renews the lease while it works and every change it makes
+names the lease it holds, so a process that lost its lease changes nothing. A lease that
+expires (its process and machine died, or stalled) is the only way a job returns to the queue,
+and every state change names the state it expects (compare-and-set): cancel, finish and
+recovery cannot undo one another. Quotas and the concurrency cap are checked inside the
+transaction that acts on them.
 """
 
 from __future__ import annotations
@@ -20,6 +29,14 @@ from pathlib import Path
 from typing import Any
 
 FINAL = ("succeeded", "failed", "cancelled")  # a job in one of these states never changes again
+
+
+def new_lease() -> str:
+    """A lease holder's name: host, process and a random tag (unique across machines)."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 _SCHEMA = """
@@ -42,7 +59,16 @@ CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner, deleted);
 """
 
 # Columns added after the first release, with their type: added to older databases on open.
-_ADDED_COLUMNS = {"owner": "TEXT", "token_hash": "TEXT"}
+_ADDED_COLUMNS = {"owner": "TEXT", "token_hash": "TEXT", "lease_owner": "TEXT", "lease_until": "REAL"}
+LEASE_S = 30.0  # a claim's lease: renewed every third of it by the process running the job
+
+
+class QuotaFull(Exception):
+    """A quota checked inside the transaction that would pass it: `which`, `used`, `limit`."""
+
+    def __init__(self, which: str, used: int, limit: int) -> None:
+        super().__init__(f"{which}: {used} of {limit}")
+        self.which, self.used, self.limit = which, used, limit
 ACTIVE = ("queued", "running")  # a job in one of these states may still read its input
 
 _JSON_FIELDS = ("params", "metrics", "result", "checkpoint")
@@ -100,12 +126,25 @@ class SQLiteJobStore:
         return job
 
     def create(self, kind: str, params: dict[str, Any], *, owner: str | None = None,
-               token_hash: str | None = None) -> dict[str, Any]:
+               token_hash: str | None = None, max_queued: int | None = None) -> dict[str, Any]:
+        """Queue a job; with `max_queued`, refused (QuotaFull) when its owner already has that
+        many queued, counted in the same transaction as the insert."""
         job_id = uuid.uuid4().hex[:16]
         with self._connect() as db:
-            db.execute("INSERT INTO jobs (id, kind, state, params, created, owner, token_hash) "
-                       "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                       (job_id, kind, json.dumps(params), time.time(), owner, token_hash))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if max_queued is not None:
+                    queued = db.execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = 'queued'",
+                                        (owner,)).fetchone()[0]
+                    if queued >= max_queued:
+                        raise QuotaFull("queued_jobs", queued, max_queued)
+                db.execute("INSERT INTO jobs (id, kind, state, params, created, owner, token_hash) "
+                           "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                           (job_id, kind, json.dumps(params), time.time(), owner, token_hash))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         job = self.get(job_id)
         assert job is not None
         return job
@@ -130,14 +169,39 @@ class SQLiteJobStore:
         return {"queued": 0, "running": 0, **{r["state"]: r["n"] for r in rows}}
 
     def update(self, job_id: str, **fields: Any) -> None:
+        """Change fields unconditionally (records no state change a lease holder could lose:
+        progress is `renew`/`transition`'s, with the lease)."""
+        self.transition(job_id, None, **fields)
+
+    def transition(self, job_id: str, expected: tuple[str, ...] | None, *, lease: str | None = None,
+                   **fields: Any) -> bool:
+        """Change `fields` only if the job is in one of the `expected` states (None: any) and,
+        with `lease`, still held by that lease: a compare-and-set. True when it changed."""
         if not fields:
-            return
+            return False
         columns, values = [], []
         for name, value in fields.items():
             columns.append(f"{name} = ?")
             values.append(json.dumps(value) if name in _JSON_FIELDS and value is not None else value)
+        where, args = ["id = ?"], [job_id]
+        if expected is not None:
+            where.append(f"state IN ({', '.join('?' for _ in expected)})")
+            args += list(expected)
+        if lease is not None:
+            where.append("lease_owner = ?")
+            args.append(lease)
         with self._connect() as db:
-            db.execute(f"UPDATE jobs SET {', '.join(columns)} WHERE id = ?", (*values, job_id))
+            changed = db.execute(f"UPDATE jobs SET {', '.join(columns)} WHERE {' AND '.join(where)}",
+                                 (*values, *args)).rowcount
+        return changed == 1
+
+    def renew(self, job_id: str, lease: str, lease_s: float = LEASE_S, **fields: Any) -> bool:
+        """Extend a running job's lease (and record `fields`, progress for instance) if `lease`
+        still holds it; False when it does not (it expired and another process claimed the job,
+        or the job was finished): its holder must stop."""
+        now = time.time()
+        return self.transition(job_id, ("running",), lease=lease, lease_until=now + lease_s,
+                               heartbeat=now, **fields)
 
     def log(self, job_id: str, line: str) -> None:
         with self._connect() as db:
@@ -150,37 +214,104 @@ class SQLiteJobStore:
                               (job_id, limit)).fetchall()
         return [f"{time.strftime('%H:%M:%S', time.gmtime(r['at']))} {r['line']}" for r in reversed(rows)]
 
-    def claim_queued(self, max_running_per_owner: int | None = None) -> dict[str, Any] | None:
-        """Atomically move the next queued job to running and return it.
+    def expire_leases(self, max_attempts: int | None = None) -> list[str]:
+        """Jobs whose lease ran out (the process running them died or stalled): back to the
+        queue, or cancelled if that was asked, or failed after `max_attempts`. Returns their ids."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                expired = self._expire(db, time.time(), max_attempts)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return expired
+
+    def _expire(self, db: sqlite3.Connection, now: float, max_attempts: int | None) -> list[str]:
+        rows = db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running' "
+                          "AND (lease_until < ? OR (lease_until IS NULL AND COALESCE(heartbeat, 0) < ?))",
+                          (now, now - LEASE_S)).fetchall()
+        for row in rows:
+            if row["cancel_requested"]:
+                db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, lease_owner = NULL "
+                           "WHERE id = ? AND state = 'running'", (now, row["id"]))
+            elif max_attempts is not None and row["attempts"] >= max_attempts:
+                db.execute("UPDATE jobs SET state = 'failed', finished = ?, lease_owner = NULL, error = ? "
+                           "WHERE id = ? AND state = 'running'",
+                           (now, f"the job's process stopped {row['attempts']} times; giving up", row["id"]))
+            else:
+                db.execute("UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_until = NULL, "
+                           "pid = NULL WHERE id = ? AND state = 'running'", (row["id"],))
+                db.execute("INSERT INTO job_logs (job_id, at, line) VALUES (?, ?, ?)",
+                           (row["id"], now, "its process stopped (its lease expired); queued to resume"))
+        return [row["id"] for row in rows]
+
+    def claim(self, lease: str, *, lease_s: float = LEASE_S, max_running: int | None = None,
+              max_running_per_owner: int | None = None,
+              max_attempts: int | None = None) -> dict[str, Any] | None:
+        """Atomically take the next queued job for `lease` (expired leases first return to the
+        queue) and return it, running, with the lease recorded; None when nothing may start.
 
         The queue is fair between owners: the next job is the oldest of the owner with the fewest
         running jobs, ties going to the owner who started a job least recently, so one key's
         hundred queued screens cannot starve another key's one job. Owners already running
-        `max_running_per_owner` jobs wait."""
+        `max_running_per_owner` jobs wait, and nothing starts while `max_running` jobs run (in
+        all, whichever process or machine runs them)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            queued = db.execute("SELECT id, owner, created FROM jobs WHERE state = 'queued' AND "
-                                "cancel_requested = 0 ORDER BY created").fetchall()
-            running: dict[str | None, int] = {}
-            for r in db.execute("SELECT owner, COUNT(*) AS n FROM jobs WHERE state = 'running' "
-                                "GROUP BY owner"):
-                running[r["owner"]] = r["n"]
-            last_start: dict[str | None, float] = {}
-            for r in db.execute("SELECT owner, MAX(started) AS at FROM jobs WHERE started IS NOT NULL "
-                                "GROUP BY owner"):
-                last_start[r["owner"]] = r["at"]
-            candidates = [r for r in queued if max_running_per_owner is None
-                          or running.get(r["owner"], 0) < max_running_per_owner]
-            if not candidates:
+            try:
+                claimed = self._claim(db, lease, lease_s, max_running, max_running_per_owner,
+                                      max_attempts)
                 db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return self.get(claimed) if claimed else None
+
+    def claim_job(self, job_id: str, lease: str, lease_s: float = LEASE_S) -> bool:
+        """Take one queued job for `lease` (a job run by hand: `python -m molserve.jobs.execute`
+        without `--lease`). True when it was queued and is now this lease's."""
+        now = time.time()
+        with self._connect() as db:
+            changed = db.execute(
+                "UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
+                "attempts = attempts + 1, lease_owner = ?, lease_until = ?, pid = NULL "
+                "WHERE id = ? AND state = 'queued'", (now, now, lease, now + lease_s, job_id)).rowcount
+        return changed == 1
+
+    def claim_queued(self, max_running_per_owner: int | None = None) -> dict[str, Any] | None:
+        """`claim` under a lease of this process's own (a job run by hand, and tests)."""
+        return self.claim(new_lease(), max_running_per_owner=max_running_per_owner)
+
+    def _claim(self, db: sqlite3.Connection, lease: str, lease_s: float, max_running: int | None,
+               max_running_per_owner: int | None, max_attempts: int | None) -> str | None:
+        now = time.time()
+        self._expire(db, now, max_attempts)
+        if max_running is not None:
+            running_now = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
+            if running_now >= max_running:
                 return None
-            row = min(candidates, key=lambda r: (running.get(r["owner"], 0),
-                                                 last_start.get(r["owner"], 0.0), r["created"]))
-            now = time.time()
-            db.execute("UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
-                       "attempts = attempts + 1 WHERE id = ?", (now, now, row["id"]))
-            db.execute("COMMIT")
-        return self.get(row["id"])
+        queued = db.execute("SELECT id, owner, created FROM jobs WHERE state = 'queued' AND "
+                            "cancel_requested = 0 ORDER BY created").fetchall()
+        running: dict[str | None, int] = {}
+        for r in db.execute("SELECT owner, COUNT(*) AS n FROM jobs WHERE state = 'running' "
+                            "GROUP BY owner"):
+            running[r["owner"]] = r["n"]
+        last_start: dict[str | None, float] = {}
+        for r in db.execute("SELECT owner, MAX(started) AS at FROM jobs WHERE started IS NOT NULL "
+                            "GROUP BY owner"):
+            last_start[r["owner"]] = r["at"]
+        candidates = [r for r in queued if max_running_per_owner is None
+                      or running.get(r["owner"], 0) < max_running_per_owner]
+        if not candidates:
+            return None
+        row = min(candidates, key=lambda r: (running.get(r["owner"], 0),
+                                             last_start.get(r["owner"], 0.0), r["created"]))
+        changed = db.execute(
+            "UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
+            "attempts = attempts + 1, lease_owner = ?, lease_until = ?, pid = NULL "
+            "WHERE id = ? AND state = 'queued'", (now, now, lease, now + lease_s, row["id"])).rowcount
+        return row["id"] if changed == 1 else None
 
     def running(self) -> list[dict[str, Any]]:
         with self._connect() as db:
@@ -208,11 +339,25 @@ class SQLiteJobStore:
                               "WHERE state IN ('queued', 'running')").fetchall()
         return {r["path"] for r in rows if r["path"]}
 
-    def add_upload(self, upload_id: str, owner: str, filename: str, path: str, size: int) -> None:
+    def add_upload(self, upload_id: str, owner: str, filename: str, path: str, size: int,
+                   quota: int | None = None) -> None:
+        """Record an upload; with `quota`, refused (QuotaFull) when the owner's stored bytes
+        with this one would pass it, counted in the same transaction as the insert."""
         now = time.time()
         with self._connect() as db:
-            db.execute("INSERT INTO uploads (id, owner, filename, path, bytes, created, last_used) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, owner, filename, path, size, now, now))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if quota is not None:
+                    used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner = ? "
+                                      "AND deleted IS NULL", (owner,)).fetchone()[0]
+                    if used + size > quota:
+                        raise QuotaFull("upload_bytes", used, quota)
+                db.execute("INSERT INTO uploads (id, owner, filename, path, bytes, created, last_used) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, owner, filename, path, size, now, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def upload(self, upload_id: str) -> dict[str, Any] | None:
         """A stored upload (None once deleted)."""

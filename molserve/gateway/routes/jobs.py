@@ -37,6 +37,7 @@ from molserve.gateway.security import (
     may_publish,
     new_job_token,
 )
+from molserve.jobs.store import QuotaFull
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["jobs"])
@@ -269,7 +270,13 @@ async def upload(request: Request) -> JSONResponse:
         raise _quota("upload_bytes", used, quota, f"{caller.owner} stores {used} bytes of uploads; "
                      f"this one would pass the quota of {quota}. Uploads are deleted after the "
                      "retention period")
-    runner.store.add_upload(upload_id, caller.owner, name, str(target), size)
+    try:  # counted again with the insert: two uploads at once cannot both pass the quota
+        runner.store.add_upload(upload_id, caller.owner, name, str(target), size, quota=quota)
+    except QuotaFull as full:
+        target.unlink(missing_ok=True)
+        raise _quota("upload_bytes", full.used, quota, f"{caller.owner} stores {full.used} bytes of "
+                     f"uploads; this one would pass the quota of {quota}. Uploads are deleted after "
+                     "the retention period") from None
     return JSONResponse({"upload_id": upload_id, "filename": name, "bytes": size}, status_code=201)
 
 
@@ -357,7 +364,12 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         params["visibility"] = body.visibility or ("public" if caller.admin else "private")
         params["training_data"] = "upload" if body.upload_id else "dataset" if body.dataset else "registry"
     token, token_hash = new_job_token() if caller.key is None else (None, None)
-    job = runner.store.create(body.kind, params, owner=caller.owner, token_hash=token_hash)
+    try:  # counted again with the insert: two submissions at once cannot both pass the quota
+        job = runner.store.create(body.kind, params, owner=caller.owner, token_hash=token_hash,
+                                  max_queued=limit)
+    except QuotaFull as full:
+        raise _quota("queued_jobs", full.used, limit, f"{caller.owner} has {full.used} queued jobs, "
+                     "its quota; wait for some to start or cancel them") from None
     runner.wake()
     request.app.state.metrics.jobs_submitted.labels(body.kind).inc()
     answer = {**_public(job), "url": f"/v1/jobs/{job['id']}"}

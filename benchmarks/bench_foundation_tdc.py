@@ -213,9 +213,18 @@ def main() -> None:
             out = RESULTS / key / f"seed{seed}.json"
             if out.exists() and not args.redo:
                 continue
-            row = run_seed(key, seed, embedder, heads, args.threads)
+            # Several runs may share the work (different seeds at once): one takes each result.
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(row, indent=1) + "\n")
+            claim = out.with_suffix(".running")
+            try:
+                claim.open("x").close()
+            except FileExistsError:
+                continue
+            try:
+                row = run_seed(key, seed, embedder, heads, args.threads)
+                out.write_text(json.dumps(row, indent=1) + "\n")
+            finally:
+                claim.unlink(missing_ok=True)
             print(json.dumps({k: row[k] for k in ("dataset", "seed", *CHOICES, "router", "chose", "head")}),
                   flush=True)
 

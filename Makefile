@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Serving needs the gateway, the trainer and the local worker (torch's CPU build, the MiniMol
-# embedding); the test suite also needs the deployment engines (Modal, Ray) and the test tools.
+# embedding); the test suite also needs the deployment engines (Modal, Ray), PostgreSQL's driver
+# (the fleet's store; the server is Debian's, started by the tests) and the test tools.
 # The gateway process itself never imports torch.
 SERVE_STAMP := $(VENV)/.serve-installed
 TEST_STAMP := $(VENV)/.test-installed
@@ -31,7 +32,7 @@ $(SERVE_STAMP): pyproject.toml requirements.lock Makefile | $(VENV)/bin/python
 	touch $@
 
 $(TEST_STAMP): $(SERVE_STAMP)
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train,worker,deploy,dev]'
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[train,worker,deploy,fleet,dev]'
 	# The client generator the OpenAPI test uses; its typer cap conflicts with transformers' typer,
 	# and its other dependencies are in the dev extra.
 	$(BIN)/python -m pip install --quiet --no-deps -c requirements.lock 'openapi-python-client==0.29.1'

@@ -79,8 +79,15 @@ class JobSettings(BaseSettings):
 
     jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
                                   "empty disables jobs.")
+    database_url: str | None = Field(
+        None, description="postgresql://... : jobs, their leases and quotas in PostgreSQL, shared "
+        "by every gateway of a fleet (`molserve db upgrade` applies its migrations); empty: SQLite "
+        "in the jobs directory (one machine).")
     max_concurrent_jobs: int = Field(1, ge=1)
     job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
+    job_lease_s: float = Field(30.0, ge=1, description="A running job's lease: its process renews it "
+                               "every third of it; a job whose lease runs out (its process or machine "
+                               "died) is resumed by any gateway sharing the store.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest file POST /v1/uploads accepts.")
     anonymous_jobs: bool = Field(False, description="Let callers without a key upload and start "
                                  "screens; each such job is then readable only with its job token.")

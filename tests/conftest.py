@@ -95,3 +95,19 @@ def transformer_registry(trained_registry, tmp_path_factory) -> Registry:
         finetune_endpoint(registry, endpoint, base="random:tiny", epochs=2, learning_rate=1e-3,
                           batch_size=64)
     return registry
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the session's own (tests/postgres.py); its `new_database()` gives
+    each test an empty database."""
+    pytest.importorskip("psycopg")
+    from tests.postgres import PostgresServer, binaries
+
+    if binaries() is None:
+        pytest.skip("PostgreSQL's server binaries are not installed")
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

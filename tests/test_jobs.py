@@ -42,11 +42,13 @@ def test_store_persists_claims_once_and_keeps_logs(tmp_path):
 class Gateway:
     """A `molserve serve` process with a jobs directory that survives restarts."""
 
-    def __init__(self, registry: Path, jobs_dir: Path, datasets: Path) -> None:
+    def __init__(self, registry: Path, jobs_dir: Path, datasets: Path, database: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # A short lease: a job whose process is killed is resumed within seconds.
         self.env = {**os.environ, "MOLSERVE_REGISTRY": str(registry), "MOLSERVE_JOBS_DIR": str(jobs_dir),
-                    "MOLSERVE_DATASETS": str(datasets), "MOLSERVE_API_KEY": "k3y"}
+                    "MOLSERVE_DATASETS": str(datasets), "MOLSERVE_API_KEY": "k3y",
+                    "MOLSERVE_JOB_LEASE_S": "3", **({"MOLSERVE_DATABASE_URL": database} if database else {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Gateway:
@@ -165,11 +167,18 @@ def test_train_and_screen_over_http_then_use_the_new_model(job_env, tmp_path):
         gateway.stop()
 
 
-def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request):
+    """The job store: SQLite in the jobs folder, or PostgreSQL (a fleet's shared store)."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres").new_database()
+
+
+def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path, database):
+    from molserve.jobs.store import open_store
+
     registry, jobs_dir, datasets = job_env
-    store_path = jobs_dir / "jobs.sqlite3"
     inputs = _smiles_file(tmp_path / "screen.smi", 20_000)
-    gateway = Gateway(registry, jobs_dir, datasets).start()
+    gateway = Gateway(registry, jobs_dir, datasets, database).start()
     try:
         with httpx.Client(base_url=gateway.url, timeout=30, headers=KEY) as client:
             files = {"file": ("screen.smi", open(tmp_path / "screen.smi", "rb"))}
@@ -183,10 +192,10 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
                 time.sleep(0.1)
         # The machine "crashes": the gateway and the job's own process are killed.
         gateway.kill()
-        pid = SQLiteJobStore(store_path).get(screen_id)["pid"]
+        pid = open_store(jobs_dir, database).get(screen_id)["pid"]
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.3)
-        gateway = Gateway(registry, jobs_dir, datasets).start()
+        gateway = Gateway(registry, jobs_dir, datasets, database).start()
         job = wait_job(gateway.url, screen_id)
         assert job["state"] == "succeeded", job
         assert job["attempts"] == 2
@@ -209,10 +218,11 @@ def test_sigkill_mid_screen_and_mid_training_loses_nothing(job_env, tmp_path):
         job = httpx.post(f"{gateway.url}/v1/jobs", headers={"x-api-key": "k3y"}, json={
             "kind": "train", "dataset": "logbb_copy", "endpoint": "solubility", "profile": "quick"}).json()
         deadline = time.monotonic() + 60
-        while SQLiteJobStore(store_path).get(job["id"])["step"] in (None, "curating"):
+        store = open_store(jobs_dir, database)
+        while store.get(job["id"])["step"] in (None, "curating"):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        os.kill(SQLiteJobStore(store_path).get(job["id"])["pid"], signal.SIGKILL)
+        os.kill(store.get(job["id"])["pid"], signal.SIGKILL)
         final = wait_job(gateway.url, job["id"], timeout=300)
         assert final["state"] in ("succeeded", "failed"), final
         after = sorted(p.name for p in (registry / "solubility").iterdir())

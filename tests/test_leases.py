@@ -13,16 +13,29 @@ import time
 import pytest
 
 from molserve.jobs.runner import JobRunner
-from molserve.jobs.store import QuotaFull, SQLiteJobStore
+from molserve.jobs.store import QuotaFull, SQLiteJobStore, open_store
 
 
-def test_a_claimed_job_returns_to_the_queue_only_when_its_lease_expires(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """Where the store lives: SQLite in the jobs folder (one machine), or an empty PostgreSQL
+    database (a fleet)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").new_database()
+
+
+def _runner(tmp_path, database):
+    return JobRunner(tmp_path, tmp_path / "registry", tmp_path / "datasets", database_url=database)
+
+
+def test_a_claimed_job_returns_to_the_queue_only_when_its_lease_expires(tmp_path, database):
     """The double run the lease replaces: a job claimed by one runner whose process has not
     started yet (no pid) was taken for dead by another runner's recovery and queued again."""
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    store = open_store(tmp_path, database)
     job = store.create("screen", {})
-    first = JobRunner(tmp_path, tmp_path / "registry", tmp_path / "datasets")
-    other = JobRunner(tmp_path, tmp_path / "registry", tmp_path / "datasets")
+    first = _runner(tmp_path, database)
+    other = _runner(tmp_path, database)
     claimed = store.claim(first.lease, lease_s=30)
     assert claimed["id"] == job["id"] and claimed["lease_owner"] == first.lease
     assert claimed["lease_until"] > time.time() + 25 and claimed["pid"] is None
@@ -37,9 +50,9 @@ def test_a_claimed_job_returns_to_the_queue_only_when_its_lease_expires(tmp_path
     assert store.claim(other.lease)["attempts"] == 2
 
 
-def test_every_state_change_names_the_state_and_lease_it_expects(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
-    runner = JobRunner(tmp_path, tmp_path / "registry", tmp_path / "datasets")
+def test_every_state_change_names_the_state_and_lease_it_expects(tmp_path, database):
+    store = open_store(tmp_path, database)
+    runner = _runner(tmp_path, database)
     job = store.create("screen", {})
     claimed = store.claim("holder-a")
     # A holder that lost its lease (expired, claimed by another) changes nothing.
@@ -58,8 +71,8 @@ def test_every_state_change_names_the_state_and_lease_it_expects(tmp_path):
     assert store.expire_leases() == [] and store.get(job["id"])["state"] == "succeeded"
 
 
-def test_the_concurrency_cap_counts_every_runner_s_jobs(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+def test_the_concurrency_cap_counts_every_runner_s_jobs(tmp_path, database):
+    store = open_store(tmp_path, database)
     for _ in range(4):
         store.create("screen", {})
     assert store.claim("gateway-1", max_running=2) is not None
@@ -69,8 +82,8 @@ def test_the_concurrency_cap_counts_every_runner_s_jobs(tmp_path):
     assert store.counts() == {"running": 2, "queued": 2}
 
 
-def test_quotas_hold_under_concurrent_submissions(tmp_path):
-    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+def test_quotas_hold_under_concurrent_submissions(tmp_path, database):
+    store = open_store(tmp_path, database)
     outcomes: list[str] = []
     barrier = threading.Barrier(12)
 
@@ -126,3 +139,59 @@ def test_a_job_process_renews_its_lease_and_stops_when_it_has_lost_it(trained_re
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_claims_from_many_processes_at_once_take_each_job_once(tmp_path, database):
+    """Twelve claimers racing over one store (threads here; gateways on several machines in a
+    fleet): every job is claimed by exactly one of them, and never more than the cap run."""
+    store = open_store(tmp_path, database)
+    ids = {store.create("screen", {}, owner=f"key:{i % 3}")["id"] for i in range(60)}
+    taken: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(12)
+
+    def claimer(n: int) -> None:
+        mine = open_store(tmp_path, database)
+        barrier.wait()
+        while True:
+            job = mine.claim(f"claimer-{n}", max_running=5)
+            if job is None:
+                if not mine.counts().get("queued"):
+                    return
+                # Finish one of ours to make room under the cap.
+                with lock:
+                    ours = [j for j, who in taken if who == f"claimer-{n}"]
+                for job_id in ours:
+                    mine.transition(job_id, ("running",), lease=f"claimer-{n}", state="succeeded")
+                time.sleep(0.01)
+                continue
+            running = mine.counts().get("running", 0)
+            assert running <= 5, running
+            with lock:
+                taken.append((job["id"], f"claimer-{n}"))
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    claimed = [job_id for job_id, _ in taken]
+    assert sorted(claimed) == sorted(ids)  # each job once, none lost
+    assert all(store.get(j)["attempts"] == 1 for j in ids)
+
+
+def test_the_postgresql_store_is_migrated_by_molserve_db_upgrade(postgres):
+    from typer.testing import CliRunner
+
+    from molserve.cli import app
+    from molserve.jobs.store import MIGRATIONS, migration_state
+
+    url = postgres.new_database()
+    check = CliRunner().invoke(app, ["db", "upgrade", "--database-url", url, "--check"])
+    assert check.exit_code == 1 and '"missing": [1]' in check.output
+    done = CliRunner().invoke(app, ["db", "upgrade", "--database-url", url])
+    assert done.exit_code == 0, done.output
+    assert migration_state(url) == {"applied": [v for v, _ in MIGRATIONS], "missing": []}
+    again = CliRunner().invoke(app, ["db", "upgrade", "--database-url", url])
+    assert '"applied_now": []' in again.output  # nothing twice
+    assert open_store("unused", url).counts() == {}

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from molserve.cli import data, deploy, jobs, keys, models, predict, reference, serve, train, transformer
+from molserve.cli import data, db, deploy, jobs, keys, models, predict, reference, serve, train, transformer
 from molserve.cli.common import MolserveGroup, group
 
 app = group(name="molserve", cls=MolserveGroup,
@@ -41,6 +41,7 @@ def root(
 for module in (serve, train, predict, transformer):
     app.add_typer(module.app)
 app.add_typer(data.app, name="data", help="curated datasets: ChEMBL targets, your files")
+app.add_typer(db.app, name="db", help="the shared PostgreSQL database of a fleet of gateways")
 app.add_typer(jobs.app, name="jobs", help="training jobs and screens through a running gateway")
 app.add_typer(deploy.app)
 app.add_typer(keys.app, name="keys", help="scoped API keys (stored hashed)")

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from molserve.jobs.store import LEASE_S, SQLiteJobStore
+from molserve.jobs.store import LEASE_S, JobStore, open_store
 
 
 class Cancelled(Exception):
@@ -38,7 +38,7 @@ class TimeLimitExceeded(Exception):
 class JobContext:
     """What a running job may do to its row: every write names the lease it holds."""
 
-    def __init__(self, store: SQLiteJobStore, job: dict[str, Any], lease: str,
+    def __init__(self, store: JobStore, job: dict[str, Any], lease: str,
                  lease_s: float = LEASE_S) -> None:
         self.store = store
         self.job = job
@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-s", type=float, default=LEASE_S)
     args = parser.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
-    store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
+    from molserve.config import JobSettings
+
+    store = open_store(jobs_dir, JobSettings().database_url)
     job = store.get(args.job)
     if job is None:
         print(f"no job {args.job}", file=sys.stderr)

@@ -2,14 +2,14 @@
 
 Runs as a background task in the gateway. Each job is its own OS process (in its own session,
 so it outlives a gateway that is killed); the store is the only channel between them. A runner
-claims a job under a lease of its own (`SQLiteJobStore.claim`) and hands the lease to the job's
+claims a job under a lease of its own (`JobStore.claim`) and hands the lease to the job's
 process, which renews it while it works; a job whose lease runs out (its process or machine
 died) is queued again (resumed from its checkpoint) by whichever runner looks next, until it
 has been attempted `max_attempts` times, then failed with the reason. No runner ever decides
 from a process id whether a job still runs: several gateways on several machines share one
 store.
 
-It also keeps jobs bounded: the queue is fair between owners (`SQLiteJobStore.claim_queued`), a
+It also keeps jobs bounded: the queue is fair between owners (`JobStore.claim`), a
 job of a kind with a time limit is told its remaining time (it fails itself when that runs out;
 one that does not is killed shortly after), and uploads and results older than the retention
 period are deleted, never those a queued or running job reads or writes.
@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from molserve.jobs.store import FINAL, LEASE_S, SQLiteJobStore, new_lease
+from molserve.config import child_environment
+from molserve.jobs.store import FINAL, LEASE_S, new_lease, open_store
 from molserve.processes import cancel_and_wait
 
 log = logging.getLogger("molserve.jobs")
@@ -43,11 +44,13 @@ class JobRunner:
                  on_model_registered: Callable[[], None] | None = None,
                  max_running_per_owner: int | None = None, time_limits: dict[str, float] | None = None,
                  retention_s: float | None = None, clean_every_s: float = 600.0,
-                 clock: Callable[[], float] = time.time, lease_s: float = LEASE_S) -> None:
+                 clock: Callable[[], float] = time.time, lease_s: float = LEASE_S,
+                 database_url: str | None = None) -> None:
         self.jobs_dir = jobs_dir
+        self.database_url = database_url
         self.lease = new_lease()  # this runner's claims
         self.lease_s = lease_s
-        self.store = SQLiteJobStore(jobs_dir / "jobs.sqlite3")
+        self.store = open_store(jobs_dir, database_url)
         self.registry = registry
         self.datasets = datasets
         self.max_concurrent = max_concurrent
@@ -98,8 +101,12 @@ class JobRunner:
             command += ["--time-limit", f"{max(1.0, remaining):.0f}"]
         log_path = self.jobs_dir / "logs"
         log_path.mkdir(parents=True, exist_ok=True)
+        # The database's address travels in the environment (it may hold a password), never on
+        # the command line other processes can read.
+        env = child_environment(**({"MOLSERVE_DATABASE_URL": self.database_url} if self.database_url else {}))
         with open(log_path / f"{job['id']}.log", "ab") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True)
+            process = subprocess.Popen(command, stdout=output, stderr=output, start_new_session=True,
+                                       env=env)
         self.children[job["id"]] = process
         self.store.transition(job["id"], ("running",), lease=job["lease_owner"], pid=process.pid)
 

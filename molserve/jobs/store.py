@@ -1,13 +1,15 @@
-"""The job store: a small interface, implemented on SQLite in WAL mode.
+"""The job store: one interface, on SQLite (WAL; the default, for one machine) or PostgreSQL (a
+fleet of gateways on several machines: `MOLSERVE_DATABASE_URL=postgresql://...`).
 
-Several processes use it at once (the gateway's runner and each job's own process), so every
-change is one short transaction. A PostgreSQL store for multi-gateway deployments would
-implement the same methods.
+Several processes use it at once (the gateways' runners and each job's own process), so every
+change is one short transaction. The SQL is the same for both databases but for a few spellings
+(`_SQLite`, `_Postgres`); PostgreSQL's schema changes ship as ordered migrations
+(`MIGRATIONS`, applied by `molserve db upgrade` and on first open).
 
 Each job and upload records its owner (the key that created it, `molserve.gateway.security`
 says who that is) so that listing, quotas and the queue's fairness are per owner; an anonymous
-job keeps only the SHA-256 of its token. Databases written before jobs had owners are migrated
-in place when opened (their jobs have no owner, which only admins see).
+job keeps only the SHA-256 of its token. SQLite databases written before jobs had owners are
+migrated in place when opened (their jobs have no owner, which only admins see).
 
 A job runs exactly once at a time, by lease: a claim moves it to `running` and records who runs
 it (`lease_owner`: host, process and a random tag) and until when (`lease_until`) in the same
@@ -16,7 +18,8 @@ names the lease it holds, so a process that lost its lease changes nothing. A le
 expires (its process and machine died, or stalled) is the only way a job returns to the queue,
 and every state change names the state it expects (compare-and-set): cancel, finish and
 recovery cannot undo one another. Quotas and the concurrency cap are checked inside the
-transaction that acts on them.
+transaction that acts on them (on PostgreSQL claims are serialized by an advisory lock, and the
+row taken is locked `FOR UPDATE SKIP LOCKED`).
 """
 
 from __future__ import annotations
@@ -25,10 +28,16 @@ import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 FINAL = ("succeeded", "failed", "cancelled")  # a job in one of these states never changes again
+ACTIVE = ("queued", "running")  # a job in one of these states may still read its input
+LEASE_S = 30.0  # a claim's lease: renewed every third of it by the process running the job
+_JSON_FIELDS = ("params", "metrics", "result", "checkpoint")
+_CLAIM_LOCK = 7_261_001  # PostgreSQL advisory lock serializing claims (any number, fixed)
 
 
 def new_lease() -> str:
@@ -39,7 +48,15 @@ def new_lease() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
-_SCHEMA = """
+class QuotaFull(Exception):
+    """A quota checked inside the transaction that would pass it: `which`, `used`, `limit`."""
+
+    def __init__(self, which: str, used: int, limit: int) -> None:
+        super().__init__(f"{which}: {used} of {limit}")
+        self.which, self.used, self.limit = which, used, limit
+
+
+_SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
   progress REAL NOT NULL DEFAULT 0, step TEXT, eta_s REAL, metrics TEXT, result TEXT,
@@ -57,29 +74,80 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner, deleted);
 """
-
-# Columns added after the first release, with their type: added to older databases on open.
+# Columns added to SQLite stores after the first release: added to older databases on open.
 _ADDED_COLUMNS = {"owner": "TEXT", "token_hash": "TEXT", "lease_owner": "TEXT", "lease_until": "REAL"}
-LEASE_S = 30.0  # a claim's lease: renewed every third of it by the process running the job
+
+# PostgreSQL: ordered migrations, each applied once (recorded in schema_migrations). Never edit
+# one that has shipped: add the next.
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE jobs (
+  id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
+  progress DOUBLE PRECISION NOT NULL DEFAULT 0, step TEXT, eta_s DOUBLE PRECISION, metrics TEXT,
+  result TEXT, error TEXT, checkpoint TEXT, attempts INTEGER NOT NULL DEFAULT 0, pid INTEGER,
+  cancel_requested INTEGER NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL,
+  started DOUBLE PRECISION, finished DOUBLE PRECISION, heartbeat DOUBLE PRECISION,
+  owner TEXT, token_hash TEXT, lease_owner TEXT, lease_until DOUBLE PRECISION
+);
+CREATE INDEX jobs_by_owner ON jobs (owner, state);
+CREATE INDEX jobs_by_state ON jobs (state, created);
+CREATE TABLE job_logs (job_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, line TEXT NOT NULL);
+CREATE INDEX job_logs_by_job ON job_logs (job_id, at);
+CREATE TABLE uploads (
+  id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, path TEXT NOT NULL,
+  bytes BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL,
+  deleted DOUBLE PRECISION
+);
+CREATE INDEX uploads_by_owner ON uploads (owner, deleted);
+"""),
+]
 
 
-class QuotaFull(Exception):
-    """A quota checked inside the transaction that would pass it: `which`, `used`, `limit`."""
+class _SQLite:
+    """One SQLite file; a write transaction is BEGIN IMMEDIATE (it serializes all writers)."""
 
-    def __init__(self, which: str, used: int, limit: int) -> None:
-        super().__init__(f"{which}: {used} of {limit}")
-        self.which, self.used, self.limit = which, used, limit
-ACTIVE = ("queued", "running")  # a job in one of these states may still read its input
+    null_safe_equal = "IS"
 
-_JSON_FIELDS = ("params", "metrics", "result", "checkpoint")
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
+    @staticmethod
+    def json_text(column: str, key: str) -> str:
+        return f"json_extract({column}, '$.{key}')"
 
-class SQLiteJobStore:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=30000")
+        return db
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def write(self, lock: str | int | None = None) -> Iterator[sqlite3.Connection]:
+        db = self._connect()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        finally:
+            db.close()
+
+    def initialize(self) -> None:
         # Several processes may open the store at the same moment (`serve --workers N`): a
         # journal-mode switch or schema upgrade racing another one's is retried, not fatal.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(100):
             try:
                 self._initialize()
@@ -90,33 +158,114 @@ class SQLiteJobStore:
                 time.sleep(0.05)
 
     def _initialize(self) -> None:
-        with self._connect() as db:
+        with self.read() as db:
             if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            # Several processes may open an old store at once (`serve --workers N`): the check
-            # and the upgrade happen in one write transaction, so only the first one alters.
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-                for column, kind in _ADDED_COLUMNS.items():
-                    if column not in present:
-                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-                db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            db.executescript(_SQLITE_SCHEMA)
+        # Several processes may open an old store at once: the check and the upgrade happen in
+        # one write transaction, so only the first one alters.
+        with self.write() as db:
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+
+class _PgConnection:
+    """A psycopg connection that takes the store's `?` placeholders."""
+
+    def __init__(self, connection) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, args: tuple | list = ()):
+        return self.connection.execute(sql.replace("?", "%s"), tuple(args))
+
+
+class _Postgres:
+    """A PostgreSQL database through a small connection pool (psycopg 3). A write transaction
+    may take an advisory lock (`lock`: a number, or a text hashed by the server) held until it
+    ends, so that checks and the changes they allow are serialized across every gateway."""
+
+    null_safe_equal = "IS NOT DISTINCT FROM"
+
+    def __init__(self, url: str) -> None:
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.pool = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=30,
+                                   kwargs={"autocommit": True, "row_factory": dict_row})
 
     @staticmethod
-    def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    def json_text(column: str, key: str) -> str:
+        return f"({column}::jsonb ->> '{key}')"
+
+    @contextmanager
+    def read(self) -> Iterator[_PgConnection]:
+        with self.pool.connection() as connection:
+            yield _PgConnection(connection)
+
+    @contextmanager
+    def write(self, lock: str | int | None = None) -> Iterator[_PgConnection]:
+        with self.pool.connection() as connection, connection.transaction():
+            if isinstance(lock, int):
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
+            elif lock is not None:
+                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
+            yield _PgConnection(connection)
+
+    def initialize(self) -> None:
+        upgrade(self.url)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def upgrade(url: str) -> list[int]:
+    """Apply the PostgreSQL migrations this database lacks, in order, each in a transaction of
+    its own (several gateways starting at once: one applies, the others wait). Returns the
+    versions applied."""
+    import psycopg
+
+    applied = []
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                           "(version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+        for version, sql in MIGRATIONS:
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK + 1,))
+                done = connection.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
+                                          (version,)).fetchone()
+                if done:
+                    continue
+                connection.execute(sql)
+                connection.execute("INSERT INTO schema_migrations (version, applied) VALUES (%s, %s)",
+                                   (version, time.time()))
+                applied.append(version)
+    return applied
+
+
+def migration_state(url: str) -> dict[str, Any]:
+    """What `molserve db upgrade --check` reports: the versions applied and those missing."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        exists = connection.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]
+        done = ({row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
+                if exists else set())
+    return {"applied": sorted(done), "missing": [v for v, _ in MIGRATIONS if v not in done]}
+
+
+class JobStore:
+    """Jobs, their logs, and uploads (see the module docstring)."""
+
+    def __init__(self, database: _SQLite | _Postgres) -> None:
+        self.db = database
+        database.initialize()
+
+    @staticmethod
+    def _row(row: Any) -> dict[str, Any] | None:
         if row is None:
             return None
         job = dict(row)
@@ -130,40 +279,34 @@ class SQLiteJobStore:
         """Queue a job; with `max_queued`, refused (QuotaFull) when its owner already has that
         many queued, counted in the same transaction as the insert."""
         job_id = uuid.uuid4().hex[:16]
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if max_queued is not None:
-                    queued = db.execute("SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state = 'queued'",
-                                        (owner,)).fetchone()[0]
-                    if queued >= max_queued:
-                        raise QuotaFull("queued_jobs", queued, max_queued)
-                db.execute("INSERT INTO jobs (id, kind, state, params, created, owner, token_hash) "
-                           "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
-                           (job_id, kind, json.dumps(params), time.time(), owner, token_hash))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.db.write(lock=f"owner:{owner}") as db:
+            if max_queued is not None:
+                queued = db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE owner {self.db.null_safe_equal} ? "
+                                    "AND state = 'queued'", (owner,)).fetchone()["n"]
+                if queued >= max_queued:
+                    raise QuotaFull("queued_jobs", queued, max_queued)
+            db.execute("INSERT INTO jobs (id, kind, state, params, created, owner, token_hash) "
+                       "VALUES (?, ?, 'queued', ?, ?, ?, ?)",
+                       (job_id, kind, json.dumps(params), time.time(), owner, token_hash))
         job = self.get(job_id)
         assert job is not None
         return job
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        with self._connect() as db:
+        with self.db.read() as db:
             return self._row(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
     def list(self, limit: int = 100, owner: str | None = None) -> list[dict[str, Any]]:
         """The newest jobs; with `owner`, only that owner's."""
         where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute(f"SELECT * FROM jobs {where} ORDER BY created DESC LIMIT ?",
                               (*args, limit)).fetchall()
         return [self._row(r) for r in rows]  # type: ignore[misc]
 
     def active_counts(self, owner: str) -> dict[str, int]:
         """The owner's queued and running jobs, for quotas."""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs WHERE owner = ? AND state IN "
                               "('queued', 'running') GROUP BY state", (owner,)).fetchall()
         return {"queued": 0, "running": 0, **{r["state"]: r["n"] for r in rows}}
@@ -190,7 +333,7 @@ class SQLiteJobStore:
         if lease is not None:
             where.append("lease_owner = ?")
             args.append(lease)
-        with self._connect() as db:
+        with self.db.read() as db:
             changed = db.execute(f"UPDATE jobs SET {', '.join(columns)} WHERE {' AND '.join(where)}",
                                  (*values, *args)).rowcount
         return changed == 1
@@ -204,30 +347,24 @@ class SQLiteJobStore:
                                heartbeat=now, **fields)
 
     def log(self, job_id: str, line: str) -> None:
-        with self._connect() as db:
+        with self.db.read() as db:
             db.execute("INSERT INTO job_logs (job_id, at, line) VALUES (?, ?, ?)",
                        (job_id, time.time(), line[:2000]))
 
     def logs(self, job_id: str, limit: int = 200) -> list[str]:
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT at, line FROM job_logs WHERE job_id = ? ORDER BY at DESC LIMIT ?",
                               (job_id, limit)).fetchall()
         return [f"{time.strftime('%H:%M:%S', time.gmtime(r['at']))} {r['line']}" for r in reversed(rows)]
 
+    # Claims and leases -----------------------------------------------------------------------
     def expire_leases(self, max_attempts: int | None = None) -> list[str]:
         """Jobs whose lease ran out (the process running them died or stalled): back to the
         queue, or cancelled if that was asked, or failed after `max_attempts`. Returns their ids."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                expired = self._expire(db, time.time(), max_attempts)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return expired
+        with self.db.write(lock=_CLAIM_LOCK) as db:
+            return self._expire(db, time.time(), max_attempts)
 
-    def _expire(self, db: sqlite3.Connection, now: float, max_attempts: int | None) -> list[str]:
+    def _expire(self, db, now: float, max_attempts: int | None) -> list[str]:
         rows = db.execute("SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running' "
                           "AND (lease_until < ? OR (lease_until IS NULL AND COALESCE(heartbeat, 0) < ?))",
                           (now, now - LEASE_S)).fetchall()
@@ -257,22 +394,15 @@ class SQLiteJobStore:
         hundred queued screens cannot starve another key's one job. Owners already running
         `max_running_per_owner` jobs wait, and nothing starts while `max_running` jobs run (in
         all, whichever process or machine runs them)."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                claimed = self._claim(db, lease, lease_s, max_running, max_running_per_owner,
-                                      max_attempts)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.db.write(lock=_CLAIM_LOCK) as db:
+            claimed = self._claim(db, lease, lease_s, max_running, max_running_per_owner, max_attempts)
         return self.get(claimed) if claimed else None
 
     def claim_job(self, job_id: str, lease: str, lease_s: float = LEASE_S) -> bool:
         """Take one queued job for `lease` (a job run by hand: `python -m molserve.jobs.execute`
         without `--lease`). True when it was queued and is now this lease's."""
         now = time.time()
-        with self._connect() as db:
+        with self.db.read() as db:
             changed = db.execute(
                 "UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
                 "attempts = attempts + 1, lease_owner = ?, lease_until = ?, pid = NULL "
@@ -283,23 +413,23 @@ class SQLiteJobStore:
         """`claim` under a lease of this process's own (a job run by hand, and tests)."""
         return self.claim(new_lease(), max_running_per_owner=max_running_per_owner)
 
-    def _claim(self, db: sqlite3.Connection, lease: str, lease_s: float, max_running: int | None,
+    def _claim(self, db, lease: str, lease_s: float, max_running: int | None,
                max_running_per_owner: int | None, max_attempts: int | None) -> str | None:
         now = time.time()
         self._expire(db, now, max_attempts)
         if max_running is not None:
-            running_now = db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'running'").fetchone()[0]
+            running_now = db.execute("SELECT COUNT(*) AS n FROM jobs WHERE state = 'running'").fetchone()["n"]
             if running_now >= max_running:
                 return None
         queued = db.execute("SELECT id, owner, created FROM jobs WHERE state = 'queued' AND "
                             "cancel_requested = 0 ORDER BY created").fetchall()
         running: dict[str | None, int] = {}
         for r in db.execute("SELECT owner, COUNT(*) AS n FROM jobs WHERE state = 'running' "
-                            "GROUP BY owner"):
+                            "GROUP BY owner").fetchall():
             running[r["owner"]] = r["n"]
         last_start: dict[str | None, float] = {}
         for r in db.execute("SELECT owner, MAX(started) AS at FROM jobs WHERE started IS NOT NULL "
-                            "GROUP BY owner"):
+                            "GROUP BY owner").fetchall():
             last_start[r["owner"]] = r["at"]
         candidates = [r for r in queued if max_running_per_owner is None
                       or running.get(r["owner"], 0) < max_running_per_owner]
@@ -307,6 +437,10 @@ class SQLiteJobStore:
             return None
         row = min(candidates, key=lambda r: (running.get(r["owner"], 0),
                                              last_start.get(r["owner"], 0.0), r["created"]))
+        if isinstance(self.db, _Postgres):  # the row, locked against any other writer meanwhile
+            if db.execute("SELECT id FROM jobs WHERE id = ? AND state = 'queued' FOR UPDATE SKIP LOCKED",
+                          (row["id"],)).fetchone() is None:
+                return None
         changed = db.execute(
             "UPDATE jobs SET state = 'running', started = COALESCE(started, ?), heartbeat = ?, "
             "attempts = attempts + 1, lease_owner = ?, lease_until = ?, pid = NULL "
@@ -314,28 +448,28 @@ class SQLiteJobStore:
         return row["id"] if changed == 1 else None
 
     def running(self) -> list[dict[str, Any]]:
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state = 'running'").fetchall()
         return [self._row(r) for r in rows]  # type: ignore[misc]
 
     def counts(self) -> dict[str, int]:
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {r["state"]: r["n"] for r in rows}
 
     # Results and uploads past their retention -------------------------------------------------
     def expired_results(self, before: float) -> list[dict[str, Any]]:
         """Finished jobs (finished before `before`) that still hold a result file."""
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') "
-                              "AND finished < ? AND json_extract(result, '$.path') IS NOT NULL",
+                              f"AND finished < ? AND {self.db.json_text('result', 'path')} IS NOT NULL",
                               (before,)).fetchall()
         return [self._row(r) for r in rows]  # type: ignore[misc]
 
     def active_inputs(self) -> set[str]:
         """The input files of queued and running jobs: never deleted."""
-        with self._connect() as db:
-            rows = db.execute("SELECT json_extract(params, '$.input_path') AS path FROM jobs "
+        with self.db.read() as db:
+            rows = db.execute(f"SELECT {self.db.json_text('params', 'input_path')} AS path FROM jobs "
                               "WHERE state IN ('queued', 'running')").fetchall()
         return {r["path"] for r in rows if r["path"]}
 
@@ -344,35 +478,29 @@ class SQLiteJobStore:
         """Record an upload; with `quota`, refused (QuotaFull) when the owner's stored bytes
         with this one would pass it, counted in the same transaction as the insert."""
         now = time.time()
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if quota is not None:
-                    used = db.execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner = ? "
-                                      "AND deleted IS NULL", (owner,)).fetchone()[0]
-                    if used + size > quota:
-                        raise QuotaFull("upload_bytes", used, quota)
-                db.execute("INSERT INTO uploads (id, owner, filename, path, bytes, created, last_used) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, owner, filename, path, size, now, now))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self.db.write(lock=f"uploads:{owner}") as db:
+            if quota is not None:
+                used = db.execute("SELECT COALESCE(SUM(bytes), 0) AS n FROM uploads WHERE owner = ? "
+                                  "AND deleted IS NULL", (owner,)).fetchone()["n"]
+                if used + size > quota:
+                    raise QuotaFull("upload_bytes", int(used), quota)
+            db.execute("INSERT INTO uploads (id, owner, filename, path, bytes, created, last_used) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (upload_id, owner, filename, path, size, now, now))
 
     def upload(self, upload_id: str) -> dict[str, Any] | None:
         """A stored upload (None once deleted)."""
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT * FROM uploads WHERE id = ? AND deleted IS NULL",
                              (upload_id,)).fetchone()
         return dict(row) if row else None
 
     def touch_upload(self, upload_id: str) -> None:
         """A job uses the upload: its retention counts from now."""
-        with self._connect() as db:
+        with self.db.read() as db:
             db.execute("UPDATE uploads SET last_used = ? WHERE id = ?", (time.time(), upload_id))
 
     def upload_bytes(self, owner: str) -> int:
-        with self._connect() as db:
+        with self.db.read() as db:
             row = db.execute("SELECT COALESCE(SUM(bytes), 0) AS n FROM uploads WHERE owner = ? AND "
                              "deleted IS NULL", (owner,)).fetchone()
         return int(row["n"])
@@ -380,7 +508,7 @@ class SQLiteJobStore:
     def expired_uploads(self, before: float) -> list[dict[str, Any]]:
         """Uploads last used before `before` that no queued or running job reads."""
         busy = self.active_inputs()
-        with self._connect() as db:
+        with self.db.read() as db:
             rows = db.execute("SELECT * FROM uploads WHERE deleted IS NULL AND last_used < ?",
                               (before,)).fetchall()
         return [dict(r) for r in rows if r["path"] not in busy]
@@ -389,12 +517,43 @@ class SQLiteJobStore:
         """Mark an upload deleted unless it was used since `unused_since` (a submission touches
         the upload before it checks that it exists, so the two cannot both succeed); True when
         the caller should remove the file."""
-        with self._connect() as db:
+        with self.db.read() as db:
             cursor = db.execute("UPDATE uploads SET deleted = ? WHERE id = ? AND deleted IS NULL AND "
                                 "last_used < ?", (at, upload_id, unused_since))
             return cursor.rowcount == 1
 
     def upload_paths(self) -> set[str]:
         """Every upload file the store knows of (deleted or not)."""
-        with self._connect() as db:
-            return {r["path"] for r in db.execute("SELECT path FROM uploads")}
+        with self.db.read() as db:
+            return {r["path"] for r in db.execute("SELECT path FROM uploads").fetchall()}
+
+
+class SQLiteJobStore(JobStore):
+    """The store in one SQLite file (WAL): one machine's gateways and jobs."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(_SQLite(self.path))
+
+
+class PostgresJobStore(JobStore):
+    """The store in PostgreSQL: every gateway of a fleet, on any machine."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(_Postgres(url))
+
+    def close(self) -> None:
+        assert isinstance(self.db, _Postgres)
+        self.db.close()
+
+
+def open_store(jobs_dir: str | Path, database_url: str | None = None) -> JobStore:
+    """The store a gateway or job uses: PostgreSQL when `database_url` names one, else the
+    SQLite file in `jobs_dir`."""
+    if database_url:
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"database_url {database_url.split('@')[-1]!r}: only postgresql:// is "
+                             "supported (leave it empty for SQLite)")
+        return PostgresJobStore(database_url)
+    return SQLiteJobStore(Path(jobs_dir) / "jobs.sqlite3")

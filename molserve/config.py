@@ -79,10 +79,6 @@ class JobSettings(BaseSettings):
 
     jobs_dir: Path | None = Field(Path("jobs"), description="Job store, uploads and results; "
                                   "empty disables jobs.")
-    database_url: str | None = Field(
-        None, description="postgresql://... : jobs, their leases and quotas in PostgreSQL, shared "
-        "by every gateway of a fleet (`molserve db upgrade` applies its migrations); empty: SQLite "
-        "in the jobs directory (one machine).")
     max_concurrent_jobs: int = Field(1, ge=1)
     job_max_attempts: int = Field(3, ge=1, description="Restarts of a crashed job before it fails.")
     job_lease_s: float = Field(30.0, ge=1, description="A running job's lease: its process renews it "
@@ -102,6 +98,25 @@ class JobSettings(BaseSettings):
     retention_days: float = Field(7.0, gt=0, description="Uploads are deleted this many days after "
                                   "their last use, results this many days after their job finished "
                                   "(never those of a queued or running job).")
+
+
+class FleetSettings(BaseSettings):
+    """Several gateways on several machines: what they share. Empty (the default): one machine,
+    SQLite in the jobs directory and files in the local directories."""
+
+    model_config = _ENV
+
+    database_url: str | None = Field(
+        None, description="postgresql://... : jobs, their leases and quotas, API keys, rate limits "
+        "and each endpoint's published versions in PostgreSQL, shared by every gateway (`molserve "
+        "db upgrade` applies its migrations); empty: SQLite in the jobs directory (one machine).")
+    storage_url: str | None = Field(
+        None, description="An object store (fsspec URL: s3://bucket/prefix, gs://..., or "
+        "file:///shared/path) for model versions, uploads and results, so that any gateway reads "
+        "what another wrote; needs database_url. S3 credentials and endpoint come from the usual "
+        "AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
+    sync_interval_s: float = Field(1.0, gt=0, description="How often a gateway looks for versions "
+                                   "published or withdrawn by another gateway.")
 
 
 class WorkerSettings(BaseSettings):
@@ -189,7 +204,7 @@ class RayDeploySettings(BaseSettings):
 
 # The sections a field may be given by name for (the worker's own settings are separate: its
 # names overlap the gateway's).
-_SECTIONS = ("gateway", "remote", "jobs", "compute", "engines")
+_SECTIONS = ("gateway", "remote", "jobs", "compute", "engines", "fleet")
 
 
 class Settings(BaseSettings):
@@ -212,6 +227,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     engines: EngineSettings = Field(default_factory=EngineSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
 
     def __init__(self, **fields: Any) -> None:
         """`Settings(max_batch=10)` sets `gateway.max_batch`: a field given by name goes to the

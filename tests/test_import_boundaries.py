@@ -47,7 +47,8 @@ LAYERS = {
     "operations": 3,
     "prediction": 2,
     "models": 1, "data": 1, "registry": 1, "answers": 1, "responses": 1,
-    "chem": 0, "config": 0, "errors": 0, "logs": 0, "processes": 0, "asgi": 0,
+    "chem": 0, "config": 0, "errors": 0, "logs": 0, "processes": 0, "asgi": 0, "database": 0,
+    "storage": 0,
 }
 # Within the faces' layer, only these reach sideways: the gateway runs the job runner, jobs hand
 # fine-tuning to the deploy engines, the deploy files host the worker.

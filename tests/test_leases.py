@@ -184,11 +184,12 @@ def test_the_postgresql_store_is_migrated_by_molserve_db_upgrade(postgres):
     from typer.testing import CliRunner
 
     from molserve.cli import app
-    from molserve.jobs.store import MIGRATIONS, migration_state
+    from molserve.database import MIGRATIONS, migration_state
 
     url = postgres.new_database()
     check = CliRunner().invoke(app, ["db", "upgrade", "--database-url", url, "--check"])
-    assert check.exit_code == 1 and '"missing": [1]' in check.output
+    missing = ", ".join(str(v) for v, _ in MIGRATIONS)
+    assert check.exit_code == 1 and f'"missing": [{missing}]' in check.output
     done = CliRunner().invoke(app, ["db", "upgrade", "--database-url", url])
     assert done.exit_code == 0, done.output
     assert migration_state(url) == {"applied": [v for v, _ in MIGRATIONS], "missing": []}

@@ -21,10 +21,10 @@ def upgrade(
         "--database-url", help="default: $MOLSERVE_DATABASE_URL", show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check", help="change nothing; exit 1 if any is missing")] = False,
 ) -> int:
-    from molserve.jobs.store import migration_state
-    from molserve.jobs.store import upgrade as apply
+    from molserve.database import migration_state
+    from molserve.database import upgrade as apply
 
-    url = database_url or settings(ctx).jobs.database_url
+    url = database_url or settings(ctx).fleet.database_url
     if not url or not url.startswith(("postgresql://", "postgres://")):
         raise InvalidInput("name a PostgreSQL database: --database-url postgresql://... or "
                            "MOLSERVE_DATABASE_URL (SQLite stores upgrade themselves when opened)")

@@ -169,7 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 on_model_registered=load_models, max_running_per_owner=settings.jobs.quota_running_jobs,
                 time_limits=settings.jobs.job_time_limits,
                 retention_s=settings.jobs.retention_days * 86400,
-                database_url=settings.jobs.database_url, lease_s=settings.jobs.job_lease_s)
+                database_url=settings.fleet.database_url, lease_s=settings.jobs.job_lease_s)
             app.state.jobs.start()
         if settings.gateway.bootstrap:
             from molserve.operations.bootstrap import BackgroundBootstrap

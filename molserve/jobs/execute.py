@@ -299,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-s", type=float, default=LEASE_S)
     args = parser.parse_args(argv)
     jobs_dir = Path(args.jobs_dir)
-    from molserve.config import JobSettings
+    from molserve.config import FleetSettings
 
-    store = open_store(jobs_dir, JobSettings().database_url)
+    store = open_store(jobs_dir, FleetSettings().database_url)
     job = store.get(args.job)
     if job is None:
         print(f"no job {args.job}", file=sys.stderr)

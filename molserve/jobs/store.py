@@ -3,8 +3,8 @@ fleet of gateways on several machines: `MOLSERVE_DATABASE_URL=postgresql://...`)
 
 Several processes use it at once (the gateways' runners and each job's own process), so every
 change is one short transaction. The SQL is the same for both databases but for a few spellings
-(`_SQLite`, `_Postgres`); PostgreSQL's schema changes ship as ordered migrations
-(`MIGRATIONS`, applied by `molserve db upgrade` and on first open).
+(`_SQLite`, `molserve.database.Postgres`); PostgreSQL's schema changes ship as ordered
+migrations (`molserve.database.MIGRATIONS`, applied by `molserve db upgrade` and on first open).
 
 Each job and upload records its owner (the key that created it, `molserve.gateway.security`
 says who that is) so that listing, quotas and the queue's fairness are per owner; an anonymous
@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from molserve.database import Postgres
 
 FINAL = ("succeeded", "failed", "cancelled")  # a job in one of these states never changes again
 ACTIVE = ("queued", "running")  # a job in one of these states may still read its input
@@ -76,32 +78,6 @@ CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner, deleted);
 """
 # Columns added to SQLite stores after the first release: added to older databases on open.
 _ADDED_COLUMNS = {"owner": "TEXT", "token_hash": "TEXT", "lease_owner": "TEXT", "lease_until": "REAL"}
-
-# PostgreSQL: ordered migrations, each applied once (recorded in schema_migrations). Never edit
-# one that has shipped: add the next.
-MIGRATIONS: list[tuple[int, str]] = [
-    (1, """
-CREATE TABLE jobs (
-  id TEXT PRIMARY KEY, kind TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
-  progress DOUBLE PRECISION NOT NULL DEFAULT 0, step TEXT, eta_s DOUBLE PRECISION, metrics TEXT,
-  result TEXT, error TEXT, checkpoint TEXT, attempts INTEGER NOT NULL DEFAULT 0, pid INTEGER,
-  cancel_requested INTEGER NOT NULL DEFAULT 0, created DOUBLE PRECISION NOT NULL,
-  started DOUBLE PRECISION, finished DOUBLE PRECISION, heartbeat DOUBLE PRECISION,
-  owner TEXT, token_hash TEXT, lease_owner TEXT, lease_until DOUBLE PRECISION
-);
-CREATE INDEX jobs_by_owner ON jobs (owner, state);
-CREATE INDEX jobs_by_state ON jobs (state, created);
-CREATE TABLE job_logs (job_id TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, line TEXT NOT NULL);
-CREATE INDEX job_logs_by_job ON job_logs (job_id, at);
-CREATE TABLE uploads (
-  id TEXT PRIMARY KEY, owner TEXT NOT NULL, filename TEXT NOT NULL, path TEXT NOT NULL,
-  bytes BIGINT NOT NULL, created DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL,
-  deleted DOUBLE PRECISION
-);
-CREATE INDEX uploads_by_owner ON uploads (owner, deleted);
-"""),
-]
-
 
 class _SQLite:
     """One SQLite file; a write transaction is BEGIN IMMEDIATE (it serializes all writers)."""
@@ -172,95 +148,10 @@ class _SQLite:
             db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, state)")
 
 
-class _PgConnection:
-    """A psycopg connection that takes the store's `?` placeholders."""
-
-    def __init__(self, connection) -> None:
-        self.connection = connection
-
-    def execute(self, sql: str, args: tuple | list = ()):
-        return self.connection.execute(sql.replace("?", "%s"), tuple(args))
-
-
-class _Postgres:
-    """A PostgreSQL database through a small connection pool (psycopg 3). A write transaction
-    may take an advisory lock (`lock`: a number, or a text hashed by the server) held until it
-    ends, so that checks and the changes they allow are serialized across every gateway."""
-
-    null_safe_equal = "IS NOT DISTINCT FROM"
-
-    def __init__(self, url: str) -> None:
-        from psycopg.rows import dict_row
-        from psycopg_pool import ConnectionPool
-
-        self.url = url
-        self.pool = ConnectionPool(url, min_size=1, max_size=4, open=True, timeout=30,
-                                   kwargs={"autocommit": True, "row_factory": dict_row})
-
-    @staticmethod
-    def json_text(column: str, key: str) -> str:
-        return f"({column}::jsonb ->> '{key}')"
-
-    @contextmanager
-    def read(self) -> Iterator[_PgConnection]:
-        with self.pool.connection() as connection:
-            yield _PgConnection(connection)
-
-    @contextmanager
-    def write(self, lock: str | int | None = None) -> Iterator[_PgConnection]:
-        with self.pool.connection() as connection, connection.transaction():
-            if isinstance(lock, int):
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (lock,))
-            elif lock is not None:
-                connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            yield _PgConnection(connection)
-
-    def initialize(self) -> None:
-        upgrade(self.url)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-def upgrade(url: str) -> list[int]:
-    """Apply the PostgreSQL migrations this database lacks, in order, each in a transaction of
-    its own (several gateways starting at once: one applies, the others wait). Returns the
-    versions applied."""
-    import psycopg
-
-    applied = []
-    with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                           "(version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
-        for version, sql in MIGRATIONS:
-            with connection.transaction():
-                connection.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK + 1,))
-                done = connection.execute("SELECT 1 FROM schema_migrations WHERE version = %s",
-                                          (version,)).fetchone()
-                if done:
-                    continue
-                connection.execute(sql)
-                connection.execute("INSERT INTO schema_migrations (version, applied) VALUES (%s, %s)",
-                                   (version, time.time()))
-                applied.append(version)
-    return applied
-
-
-def migration_state(url: str) -> dict[str, Any]:
-    """What `molserve db upgrade --check` reports: the versions applied and those missing."""
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as connection:
-        exists = connection.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]
-        done = ({row[0] for row in connection.execute("SELECT version FROM schema_migrations")}
-                if exists else set())
-    return {"applied": sorted(done), "missing": [v for v, _ in MIGRATIONS if v not in done]}
-
-
 class JobStore:
     """Jobs, their logs, and uploads (see the module docstring)."""
 
-    def __init__(self, database: _SQLite | _Postgres) -> None:
+    def __init__(self, database: _SQLite | Postgres) -> None:
         self.db = database
         database.initialize()
 
@@ -437,7 +328,7 @@ class JobStore:
             return None
         row = min(candidates, key=lambda r: (running.get(r["owner"], 0),
                                              last_start.get(r["owner"], 0.0), r["created"]))
-        if isinstance(self.db, _Postgres):  # the row, locked against any other writer meanwhile
+        if isinstance(self.db, Postgres):  # the row, locked against any other writer meanwhile
             if db.execute("SELECT id FROM jobs WHERE id = ? AND state = 'queued' FOR UPDATE SKIP LOCKED",
                           (row["id"],)).fetchone() is None:
                 return None
@@ -541,10 +432,10 @@ class PostgresJobStore(JobStore):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        super().__init__(_Postgres(url))
+        super().__init__(Postgres(url))
 
     def close(self) -> None:
-        assert isinstance(self.db, _Postgres)
+        assert isinstance(self.db, Postgres)
         self.db.close()
 
 

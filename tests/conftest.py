@@ -111,3 +111,16 @@ def postgres():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A local S3-compatible server of the session's own (tests/objectstore.py)."""
+    pytest.importorskip("s3fs")
+    from tests.objectstore import S3Server
+
+    server = S3Server().start()
+    try:
+        yield server
+    finally:
+        server.stop()

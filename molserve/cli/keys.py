@@ -1,4 +1,5 @@
-"""`molserve keys ...`: scoped API keys in the gateway's keys file (only their hashes are kept)."""
+"""`molserve keys ...`: scoped API keys in the gateway's keys file, or in a fleet's database
+(MOLSERVE_DATABASE_URL); only their hashes are kept."""
 
 from __future__ import annotations
 
@@ -27,9 +28,13 @@ def keys_file(
 def store(ctx: typer.Context):
     from molserve.gateway.keys import KeyStore
 
+    database_url = settings(ctx).fleet.database_url
+    if database_url and not ctx.meta.get(_FILE):  # a fleet's keys live in its database
+        return KeyStore(None, database_url=database_url)
     path = ctx.meta.get(_FILE) or settings(ctx).gateway.api_keys_file
     if path is None:
-        raise InvalidInput("name the keys file with --file or MOLSERVE_API_KEYS_FILE")
+        raise InvalidInput("name the keys file with --file or MOLSERVE_API_KEYS_FILE (or a fleet's "
+                           "database with MOLSERVE_DATABASE_URL)")
     if path.exists() and not path.is_file():
         raise InvalidInput(f"the keys file {path} is a directory; name a file")
     try:

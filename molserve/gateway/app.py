@@ -18,6 +18,7 @@ from molserve.gateway import errors
 from molserve.gateway.observability import GatewayMetrics
 from molserve.gateway.routes import endpoints, health, jobs, models, predict, references, status, web
 from molserve.prediction.router import Router
+from molserve.processes import cancel_and_wait
 from molserve.registry.store import Registry
 from molserve.responses import JSONResponse
 
@@ -136,9 +137,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for name, model in router.fast.models.items():
             metrics.model_load_seconds.labels(name).set(model.load_seconds)
 
+    async def sync_fleet(fleet) -> None:
+        """Versions other gateways published or withdrew: downloaded or deleted here, then
+        served (every `sync_interval_s`)."""
+        while True:
+            try:
+                if await asyncio.to_thread(fleet.sync, router.registry):
+                    await asyncio.to_thread(load_models)
+            except Exception:  # noqa: BLE001 - the database or store is away: the next round
+                log.exception("fleet sync failed; retrying")
+            await asyncio.sleep(settings.fleet.sync_interval_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         started = time.perf_counter()
+        fleet = router.registry.fleet
+        if fleet is not None:  # what the fleet published while this gateway was away, first
+            await asyncio.to_thread(fleet.sync, router.registry)
         load_models()
         log.info("loaded %d fast models in %.3f s", len(router.fast.models),
                  time.perf_counter() - started)
@@ -183,8 +198,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if app.state.bootstrap.start():
                 log.info("training the missing bundled endpoints in the background; "
                          "GET /readyz shows progress")
+        syncing = asyncio.create_task(sync_fleet(fleet)) if fleet is not None else None
         # The structural-alert catalog (about 11 MB, 20 ms) is built on first use, not here.
         yield
+        await cancel_and_wait(syncing)
         if app.state.bootstrap is not None:
             await app.state.bootstrap.stop()
         if app.state.jobs is not None:
@@ -204,7 +221,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     from molserve.gateway.keys import KeyStore
 
-    app.state.keys = KeyStore(settings.gateway.api_keys_file, settings.gateway.api_key)
+    app.state.keys = KeyStore(settings.gateway.api_keys_file, settings.gateway.api_key,
+                              database_url=settings.fleet.database_url)
     app.state.router = router
     app.state.load_models = load_models
     app.state.metrics = metrics

@@ -8,7 +8,9 @@ key is ever stored or logged. The legacy MOLSERVE_API_KEY, when set, acts as one
 
 The gateway rereads the keys file when it changes (checked at most every `recheck_s`, 0.5 s),
 so a key revoked or changed with `molserve keys` stops or changes within a second, without a
-restart.
+restart. In a fleet (`MOLSERVE_DATABASE_URL`), the keys live in PostgreSQL instead, checked as
+often by every gateway, and the rate limits are one token bucket per key in the database, so N
+gateways together grant a key its rate, not N times it.
 
 Scopes: `read` (GET routes), `predict` (predictions, uploads, screens), `train` (training
 jobs), `admin` (everything, including deleting models).
@@ -66,8 +68,13 @@ class _Bucket:
 
 class KeyStore:
     def __init__(self, path: Path | None = None, legacy_key: str | None = None, *,
-                 recheck_s: float = 0.5) -> None:
+                 recheck_s: float = 0.5, database_url: str | None = None) -> None:
         self.path = path
+        self.database = None
+        if database_url:
+            from molserve.database import shared
+
+            self.database = shared(database_url)
         self.records: dict[str, KeyRecord] = {}
         self.revoked: set[str] = set()  # ids of revoked keys, never given out again
         self._legacy_hash = digest(legacy_key) if legacy_key else None
@@ -79,7 +86,11 @@ class KeyStore:
         self._load()
 
     def _load(self) -> None:
-        """Read the keys file if it changed since the last read (a missing file: no keys)."""
+        """Read the keys file (or table) if it changed since the last read (a missing file: no
+        keys)."""
+        if self.database is not None:
+            self._load_table()
+            return
         if self.path is None:
             return
         try:
@@ -93,6 +104,20 @@ class KeyStore:
         data = json.loads(self.path.read_text())
         self.records = {item["id"]: KeyRecord(**item) for item in data.get("keys", [])}
         self.revoked = set(data.get("revoked", []))
+        self._signature = signature
+
+    def _load_table(self) -> None:
+        with self.database.read() as db:
+            marker = db.execute("SELECT COUNT(*) AS n, MAX(changed) AS at FROM api_keys").fetchone()
+            signature = (int(marker["n"]), marker["at"], 0)
+            if signature == self._signature:
+                return
+            rows = db.execute("SELECT * FROM api_keys").fetchall()
+        self.records = {r["id"]: KeyRecord(id=r["id"], name=r["name"], hash=r["hash"],
+                                           scopes=json.loads(r["scopes"]),
+                                           rate_per_minute=r["rate_per_minute"], created=r["created"])
+                        for r in rows if r["revoked"] is None}
+        self.revoked = {r["id"] for r in rows if r["revoked"] is not None}
         self._signature = signature
 
     def refresh(self) -> None:
@@ -128,11 +153,34 @@ class KeyStore:
         return None
 
     def throttle(self, record: KeyRecord) -> float:
+        """0 when the key may call now, else seconds until it may."""
+        if self.database is not None and record.id != "legacy":
+            return self._throttle_shared(record)
         with self._lock:
             bucket = self._buckets.get(record.id)
             if bucket is None or bucket.capacity != record.rate_per_minute:
                 bucket = self._buckets[record.id] = _Bucket(record.rate_per_minute)
             return bucket.take()
+
+    def _throttle_shared(self, record: KeyRecord) -> float:
+        """One token bucket per key in the database, taken from in one statement: every gateway
+        of the fleet draws on the same tokens."""
+        capacity = max(1, record.rate_per_minute)
+        rate = capacity / 60.0
+        now = time.time()
+        with self.database.read() as db:
+            row = db.execute(
+                "INSERT INTO rate_buckets AS b (key_id, tokens, updated, allowed) VALUES (?, ?, ?, TRUE) "
+                "ON CONFLICT (key_id) DO UPDATE SET "
+                "allowed = LEAST(?, b.tokens + (? - b.updated) * ?) >= 1, "
+                "tokens = LEAST(?, b.tokens + (? - b.updated) * ?) "
+                "  - CASE WHEN LEAST(?, b.tokens + (? - b.updated) * ?) >= 1 THEN 1 ELSE 0 END, "
+                "updated = ? RETURNING tokens, allowed",
+                (record.id, capacity - 1, now, capacity, now, rate, capacity, now, rate, capacity, now,
+                 rate, now)).fetchone()
+        if row["allowed"]:
+            return 0.0
+        return (1 - row["tokens"]) / rate
 
     # Administration (CLI) ------------------------------------------------------------------
     def create(self, name: str, scopes: list[str], rate_per_minute: int = 600) -> tuple[str, KeyRecord]:
@@ -147,6 +195,13 @@ class KeyStore:
         key = f"ms_{key_id}_{secrets.token_urlsafe(24).replace('_', '-')}"
         record = KeyRecord(id=key_id, name=name, hash=digest(key), scopes=scopes,
                            rate_per_minute=rate_per_minute)
+        if self.database is not None:  # the primary key refuses an id ever given out
+            with self.database.read() as db:
+                db.execute("INSERT INTO api_keys (id, name, hash, scopes, rate_per_minute, created, changed) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)", (key_id, name, record.hash, json.dumps(scopes),
+                                                            rate_per_minute, record.created, time.time()))
+            self.records[key_id] = record
+            return key, record
         self.records[key_id] = record
         self.save()
         return key, record
@@ -156,6 +211,11 @@ class KeyStore:
             raise ValueError(f"no key with id {key_id!r}")
         del self.records[key_id]
         self.revoked.add(key_id)
+        if self.database is not None:
+            with self.database.read() as db:
+                db.execute("UPDATE api_keys SET revoked = ?, changed = ? WHERE id = ?",
+                           (time.time(), time.time(), key_id))
+            return
         self.save()
 
     def save(self) -> None:

@@ -247,6 +247,33 @@ def failure_reason(error: BaseException, writing_to: Path) -> str:
     return reason
 
 
+def _local_input(job: dict[str, Any], jobs_dir: Path) -> dict[str, Any]:
+    """The job's parameters with its input on this machine: an upload a gateway of the fleet put
+    in the object store is copied here once (a resumed job reuses the copy)."""
+    from molserve.storage import fetch, is_object_url
+
+    params = dict(job["params"])
+    source = params.get("input_path")
+    if source and is_object_url(source):
+        params["input_path"] = str(fetch(source, jobs_dir / "inputs" / job["id"] / source.rsplit("/", 1)[-1]))
+    return params
+
+
+def _shared_result(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """A screen's result file, put in the fleet's object store (when there is one) so that it
+    downloads from any gateway; the job records where."""
+    from molserve.config import FleetSettings
+
+    storage_url = FleetSettings().storage_url
+    path = result.get("path") if isinstance(result, dict) else None
+    if not storage_url or not path or "://" in str(path):
+        return result
+    from molserve.storage import ObjectStore
+
+    url = ObjectStore(storage_url).put_file(Path(path), f"results/{job['id']}/{Path(path).name}")
+    return {**result, "path": url}
+
+
 class Heartbeat:
     """Renews the job's lease every third of it from a thread of its own (a training call that
     holds the main thread for minutes still renews), and stops the job when its lease is lost
@@ -351,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         run = RUNNERS.get(job["kind"])
         if run is None:
             raise ValueError(f"unknown job kind {job['kind']!r}")
-        result = run(ctx, job["params"], Path(args.registry), Path(args.datasets), jobs_dir / "results")
+        params = _local_input(job, jobs_dir)
+        result = run(ctx, params, Path(args.registry), Path(args.datasets), jobs_dir / "results")
+        result = _shared_result(job, result)
     except LeaseLost:
         # Another process resumed the job (this one was presumed dead): it owns every change.
         signal.setitimer(signal.ITIMER_REAL, 0)

@@ -38,6 +38,20 @@ log = logging.getLogger("molserve.jobs")
 TIME_LIMIT_GRACE_S = 30.0
 
 
+def _remove(path: str) -> None:
+    """A file, local or in the fleet's object store."""
+    if "://" in path:
+        import fsspec
+
+        fs, inner = fsspec.core.url_to_fs(path)
+        try:
+            fs.rm(inner)
+        except FileNotFoundError:
+            pass
+        return
+    Path(path).unlink(missing_ok=True)
+
+
 class JobRunner:
     def __init__(self, jobs_dir: Path, registry: Path, datasets: Path, *, max_concurrent: int = 1,
                  max_attempts: int = 3, poll_s: float = 0.3, idle_poll_s: float = 2.0,
@@ -154,10 +168,11 @@ class JobRunner:
         before = now - self.retention_s
         for upload in self.store.expired_uploads(before):
             if self.store.delete_upload(upload["id"], now, unused_since=before):
-                Path(upload["path"]).unlink(missing_ok=True)
+                _remove(upload["path"])
                 removed["uploads"] += 1
         for job in self.store.expired_results(before):
             shutil.rmtree(self.jobs_dir / "results" / job["id"], ignore_errors=True)
+            _remove(job["result"]["path"])
             kept = {k: v for k, v in job["result"].items() if k != "path"}
             self.store.update(job["id"], result={**kept, "expired": True})
             removed["results"] += 1

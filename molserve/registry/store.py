@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from molserve.errors import InvalidInput, MolserveError
 from molserve.registry.manifest import Manifest, evidence_mismatch, split_evidence
@@ -101,8 +102,21 @@ class Artifact:
 
 
 class Registry:
-    def __init__(self, root: str | Path) -> None:
+    """`fleet`: the fleet this registry's versions are published to and synced from
+    (`molserve.registry.fleet`): "auto" (the default) takes it from the settings when a database
+    and an object store are configured, on the first write or delete; None: this directory alone."""
+
+    def __init__(self, root: str | Path, fleet: Any = "auto") -> None:
         self.root = Path(root)
+        self._fleet = fleet
+
+    @property
+    def fleet(self):
+        if self._fleet == "auto":
+            from molserve.registry.fleet import Fleet
+
+            self._fleet = Fleet.from_settings()
+        return self._fleet
 
     def endpoints(self) -> list[str]:
         if not self.root.is_dir():
@@ -231,9 +245,12 @@ class Registry:
                     os.fsync(handle.fileno())
                 listed[name] = {"sha256": sha256_file(target), "bytes": target.stat().st_size}
             (self.root / endpoint).mkdir(parents=True, exist_ok=True)
+            fleet = self.fleet
             for _ in range(100):
-                # After every number ever given out, deleted ones included: never reused.
-                version = self.highest_allocated(endpoint) + 1
+                # After every number ever given out, deleted ones included: never reused (in a
+                # fleet, by any machine: the database gives the number out).
+                version = (fleet.reserve(endpoint, floor=self.highest_allocated(endpoint)) if fleet
+                           else self.highest_allocated(endpoint) + 1)
                 full = {
                     **manifest,
                     "endpoint": endpoint,
@@ -251,16 +268,20 @@ class Registry:
                     continue  # another writer took this number; take the next
                 _fsync_dir(self.root / endpoint)
                 if publisher is not None and self.owner(endpoint) != publisher:
-                    self.delete(endpoint, version)  # lost the race for a new name
+                    self.delete(endpoint, version, announce=False)  # lost the race for a new name
                     raise EndpointNotOwned(f"{endpoint!r} was taken by another key meanwhile")
-                return Artifact(endpoint, version, self.root / endpoint / f"v{version}", full)
+                artifact = Artifact(endpoint, version, self.root / endpoint / f"v{version}", full)
+                if fleet is not None:  # the other machines download it on their next sync
+                    fleet.publish(artifact)
+                return artifact
             raise ArtifactError(f"could not allocate a version for {endpoint!r}")
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def delete(self, endpoint: str, version: int) -> None:
-        """Remove a version's files, leaving a tombstone that keeps its number taken.
+    def delete(self, endpoint: str, version: int, announce: bool = True) -> None:
+        """Remove a version's files, leaving a tombstone that keeps its number taken (in a fleet,
+        and with `announce`, every other machine deletes its copy on its next sync).
 
         The tombstone is written first (the directory is never empty, so no writer can rename a
         new version onto it), then the manifest moves out (the version disappears atomically for
@@ -281,6 +302,8 @@ class Registry:
                     child.unlink(missing_ok=True)
         shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(artifact.path)
+        if announce and self.fleet is not None:
+            self.fleet.withdraw(endpoint, version)
 
     @staticmethod
     def _sweep_staging(staging_root: Path, older_than_s: float = 3600.0) -> None:

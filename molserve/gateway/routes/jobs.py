@@ -9,12 +9,13 @@ per key, time limits, retention).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from molserve.errors import Conflict, InvalidInput, NotFound, StorageError, Unavailable
@@ -270,8 +271,21 @@ async def upload(request: Request) -> JSONResponse:
         raise _quota("upload_bytes", used, quota, f"{caller.owner} stores {used} bytes of uploads; "
                      f"this one would pass the quota of {quota}. Uploads are deleted after the "
                      "retention period")
+    stored = str(target)
+    storage_url = request.app.state.settings.fleet.storage_url
+    if storage_url:  # a fleet: any gateway's job may read it, on any machine
+        from molserve.storage import ObjectStore
+
+        try:
+            stored = await asyncio.to_thread(ObjectStore(storage_url).put_file, target,
+                                             f"uploads/{upload_id}{suffix}")
+        except OSError as error:
+            raise StorageError(f"the upload could not be stored in the object store: {error}",
+                               code="insufficient_storage") from None
+        finally:
+            target.unlink(missing_ok=True)
     try:  # counted again with the insert: two uploads at once cannot both pass the quota
-        runner.store.add_upload(upload_id, caller.owner, name, str(target), size, quota=quota)
+        runner.store.add_upload(upload_id, caller.owner, name, stored, size, quota=quota)
     except QuotaFull as full:
         target.unlink(missing_ok=True)
         raise _quota("upload_bytes", full.used, quota, f"{caller.owner} stores {full.used} bytes of "
@@ -431,4 +445,16 @@ async def job_result(job_id: str, request: Request, job_token: str | None = JobT
                        code="result_expired")
     if job["state"] != "succeeded" or not result.get("path"):
         raise Conflict(f"job {job_id} is {job['state']} and has no result file", code="no_result")
+    headers = {"content-disposition": f'attachment; filename="molserve-{job_id}.csv"'}
+    from molserve.storage import is_object_url
+
+    if is_object_url(result["path"]):  # written by a job on any machine of the fleet
+        from molserve.storage import open_url
+
+        def chunks():
+            with open_url(result["path"]) as handle:
+                while block := handle.read(1 << 20):
+                    yield block
+
+        return StreamingResponse(chunks(), media_type="text/csv", headers=headers)
     return FileResponse(result["path"], media_type="text/csv", filename=f"molserve-{job_id}.csv")

@@ -270,7 +270,10 @@ def _shared_result(job: dict[str, Any], result: dict[str, Any]) -> dict[str, Any
         return result
     from molserve.storage import ObjectStore
 
-    url = ObjectStore(storage_url).put_file(Path(path), f"results/{job['id']}/{Path(path).name}")
+    # One key per attempt: a job that ran twice to the end would leave two results (the fleet
+    # benchmark counts them); a resumed one writes once, on the attempt that finished.
+    url = ObjectStore(storage_url).put_file(
+        Path(path), f"results/{job['id']}/attempt-{job.get('attempts') or 1}/{Path(path).name}")
     return {**result, "path": url}
 
 

@@ -170,10 +170,12 @@ def fuzz_summary(output: str) -> str:
 
 
 def test_schemathesis_with_a_key_of_each_scope_finds_no_failure_and_no_success_it_must_refuse(
-        trained_registry, tmp_path):
+        trained_registry, tmp_path, postgres, s3):
     """Every documented operation, from the gateway's own OpenAPI document: every check, every
     phase (examples, coverage, fuzzing, stateful), once without a key and once with a key of each
-    scope, against a gateway that needs keys for reads. Besides schemathesis's own checks, one of
+    scope, against a gateway that needs keys for reads and runs as a fleet member: jobs, keys,
+    rate limits and model versions in PostgreSQL, uploads, results and models in an S3 store (the
+    single-machine stores are what the rest of the suite runs on). Besides schemathesis's own checks, one of
     ours (tests/schemathesis_hooks.py) fails any 2xx to a caller tests/authorization_rules.py
     refuses. Deprecated operations (kept for older clients) are left out; tests/schemathesis.toml
     says what else is configured, and why."""
@@ -190,14 +192,15 @@ def test_schemathesis_with_a_key_of_each_scope_finds_no_failure_and_no_success_i
     here = Path(__file__).resolve().parent
     registry = tmp_path / "registry"  # the run deletes model versions: a copy of its own
     shutil.copytree(trained_registry.root, registry)
-    keys = KeyStore(tmp_path / "keys.json")
+    database = postgres.new_database()
+    keys = KeyStore(None, database_url=database)
     # A high rate: the run is about scopes, not about the rate limit (tested above).
     made = {name: keys.create(f"fuzz-{name}", scopes, rate_per_minute=100_000)
             for name, scopes in FUZZ_CALLERS.items() if scopes}
     port = free_port()
-    env = {**os.environ, "MOLSERVE_REGISTRY": str(registry), "HF_HUB_OFFLINE": "1",
-           "MOLSERVE_JOBS_DIR": str(tmp_path / "jobs"), "MOLSERVE_API_KEYS_FILE": str(tmp_path / "keys.json"),
-           "MOLSERVE_REQUIRE_KEY_FOR_READS": "true",
+    env = {**os.environ, **s3.env, "MOLSERVE_REGISTRY": str(registry), "HF_HUB_OFFLINE": "1",
+           "MOLSERVE_JOBS_DIR": str(tmp_path / "jobs"), "MOLSERVE_DATABASE_URL": database,
+           "MOLSERVE_STORAGE_URL": s3.bucket("fuzz") + "/molserve", "MOLSERVE_REQUIRE_KEY_FOR_READS": "true",
            "SCHEMATHESIS_HOOKS": str(here / "schemathesis_hooks.py"),
            "MOLSERVE_FUZZ_ENDPOINTS": ",".join(trained_registry.endpoints())}
     server = subprocess.Popen([sys.executable, "-m", "molserve", "serve", "--port", str(port),

@@ -119,8 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     compute = ThreadPoolExecutor(max_workers=settings.gateway.compute_threads, thread_name_prefix="predict")
     router = Router(Registry(settings.registry), max_batch=settings.gateway.max_batch, compute=compute)
     metrics = GatewayMetrics()
+    metrics.private = router.private_owners
     router.observe_tier = lambda endpoint, tier, seconds: metrics.tier_latency.labels(
-        endpoint, tier).observe(seconds)
+        metrics.endpoint(endpoint), tier).observe(seconds)
     from molserve.prediction.reference import ReferenceSets
 
     # Percentiles within a reference set: values a request finds missing are computed in a thread
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router.references.warm()
         metrics.models_loaded.set(len(router.fast.models))
         for name, model in router.fast.models.items():
-            metrics.model_load_seconds.labels(name).set(model.load_seconds)
+            metrics.model_load_seconds.labels(metrics.endpoint(name)).set(model.load_seconds)
 
     async def sync_fleet(fleet) -> None:
         """Versions other gateways published or withdrew: downloaded or deleted here, then

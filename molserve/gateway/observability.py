@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -10,6 +12,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # The endpoints private to a key (set by the app): their series are labelled `private`,
+        # since the metrics are open to any caller that reaches them and a private endpoint's
+        # name is its owner's.
+        self.private: Callable[[], Collection[str]] = frozenset
         self.requests = Counter(
             "molserve_requests_total", "HTTP requests by route and status.",
             ["route", "method", "status"], registry=self.registry)
@@ -47,3 +53,7 @@ class GatewayMetrics:
         self.batch_size = Histogram(
             "molserve_batch_molecules", "Molecules per predict request.",
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000), registry=self.registry)
+
+    def endpoint(self, name: str) -> str:
+        """The label an endpoint's series carry: its name, or `private`."""
+        return "private" if name in self.private() else name

@@ -22,10 +22,11 @@ async def healthz() -> JSONResponse:
 async def readyz(request: Request) -> JSONResponse:
     router = request.app.state.router
     ready = router.loaded_at is not None and bool(router.fast.models)
+    private = router.hidden_from(None)  # an open route: endpoints private to a key are left out
     body = {
         "ready": ready,
-        "fast_models": router.fast.endpoints(),
-        "load_errors": router.fast.load_errors,
+        "fast_models": [e for e in router.fast.endpoints() if e not in private],
+        "load_errors": {e: why for e, why in router.fast.load_errors.items() if e not in private},
     }
     bootstrap = request.app.state.bootstrap.summary() if request.app.state.bootstrap else None
     if bootstrap:
@@ -52,7 +53,8 @@ async def metrics(request: Request) -> Response:
             if name == "transformer":
                 metrics_.breaker_state.labels(worker.url).set(states[worker.breaker.state])
         for endpoint, batcher in remote.batchers.items():
-            label = endpoint if name == "transformer" else f"{name}:{endpoint}"
+            label = metrics_.endpoint(endpoint)
+            label = label if name == "transformer" else f"{name}:{label}"
             metrics_.remote_queue.labels(label).set(batcher.waiting)
     jobs = request.app.state.jobs
     if jobs is not None:
@@ -67,7 +69,8 @@ async def metrics(request: Request) -> Response:
             summary="Health in the shape clients of the older API expect")
 async def legacy_health(request: Request) -> JSONResponse:
     router = request.app.state.router
-    loaded = router.fast.endpoints()
+    private = router.hidden_from(None)  # an open route: endpoints private to a key are left out
+    loaded = [e for e in router.fast.endpoints() if e not in private]
     return JSONResponse({
         "status": "healthy" if loaded else "degraded",
         "models_loaded": len(loaded),

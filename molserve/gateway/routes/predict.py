@@ -53,7 +53,7 @@ async def _predict(body: PredictRequest, state, router, metrics, hidden: frozens
     result = await router.predict(
         body.molecules, body.endpoints, tier=body.tier, deadline_ms=body.deadline_ms,
         request_id=request_id.get(), inline_limit=state.settings.gateway.inline_batch,
-        on_degraded=lambda name, reason: metrics.degraded.labels(name, reason).inc(),
+        on_degraded=lambda name, reason: metrics.degraded.labels(metrics.endpoint(name), reason).inc(),
         explain=body.explain, reference=body.reference, confidence=body.confidence, hidden=hidden)
     if redacted & set(result["endpoints"]):
         _redact(result, redacted)
@@ -62,7 +62,7 @@ async def _predict(body: PredictRequest, state, router, metrics, hidden: frozens
         metrics.invalid_molecules.inc(result["n_errors"])
     result["request_id"] = request_id.get()
     for name, tier in result["tiers"].items():  # the router names a tier for every endpoint
-        metrics.predictions.labels(name, tier).inc(result["n_unique"])
+        metrics.predictions.labels(metrics.endpoint(name), tier).inc(result["n_unique"])
     return JSONResponse(result)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from molserve.gateway.errors import AUTH, documented
-from molserve.gateway.security import require_read
+from molserve.gateway.security import ReadCaller, hidden_from
 from molserve.responses import JSONResponse
 
 router = APIRouter(tags=["references"])
@@ -55,11 +55,12 @@ def reference_sets(request: Request) -> Any:
 
 
 @router.get("/v1/references", response_model=list[ReferenceSetSummary], responses=documented(*AUTH),
-            dependencies=[Depends(require_read)],
             summary="Reference sets for percentiles, with sizes and the model versions of their values")
-async def list_references(request: Request) -> JSONResponse:
+async def list_references(request: Request, caller: ReadCaller) -> JSONResponse:
     import asyncio
 
     # The first listing writes the bundled set (about a second of parsing): off the event loop.
     sets = await asyncio.get_running_loop().run_in_executor(None, reference_sets(request).list_sets)
-    return JSONResponse(sets)
+    hidden = hidden_from(request, caller)  # values of endpoints private to other keys
+    return JSONResponse([{**s, "values": [v for v in s["values"] if v["endpoint"] not in hidden]}
+                         for s in sets])

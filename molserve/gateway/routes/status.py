@@ -3,11 +3,11 @@ latency, errors and models."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from molserve.gateway.errors import AUTH, documented
 from molserve.gateway.schemas import ServiceStatus
-from molserve.gateway.security import require_read
+from molserve.gateway.security import ReadCaller, hidden_from
 from molserve.prediction.router import REMOTE_TIERS
 from molserve.registry.manifest import unequal_evidence
 from molserve.responses import JSONResponse
@@ -16,19 +16,29 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/v1/status", response_model=ServiceStatus, responses=documented(*AUTH),
-            dependencies=[Depends(require_read)],
             summary="Tiers and workers: breaker state, recent latency and error rate, models")
-async def status(request: Request) -> JSONResponse:
+async def status(request: Request, caller: ReadCaller) -> JSONResponse:
     router = request.app.state.router
     metrics = request.app.state.metrics
-    body: dict = {"fast": {"models": router.fast.endpoints(), "load_errors": router.fast.load_errors}}
+    hidden = hidden_from(request, caller)  # other keys' private endpoints do not exist here
+
+    def seen(names):
+        if isinstance(names, dict):
+            return {k: v for k, v in names.items() if k not in hidden}
+        return [n for n in names if n not in hidden]
+
+    body: dict = {"fast": {"models": seen(router.fast.endpoints()),
+                           "load_errors": seen(router.fast.load_errors)}}
     for name in REMOTE_TIERS:
         remote = router.remotes.get(name)
-        workers = remote.status() if remote else []
+        workers = [{**w, "models": seen(w["models"]), "queue": seen(w["queue"]),
+                    "last_error": w["last_error"] if not any(h in str(w["last_error"]) for h in hidden)
+                    else "(an error on an endpoint not shown)"}
+                   for w in (remote.status() if remote else [])]
         for worker in workers if name == "transformer" else []:  # the gauge's series, as before
             metrics.breaker_state.labels(worker["url"]).set(
                 {"closed": 0, "half_open": 1, "open": 2}[worker["breaker"]])
-        endpoints = remote.endpoints() if remote else []
+        endpoints = seen(remote.endpoints() if remote else [])
         served = remote.served_endpoints() if remote else {}
         # Why a worker model is not compared with the fast model (tested on another split).
         not_preferred = {}

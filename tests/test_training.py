@@ -11,7 +11,7 @@ def test_every_bundled_endpoint_is_registered_with_a_complete_manifest(trained_r
         assert manifest["dataset"]["sha256"] and manifest["dataset"]["licence"]
         assert manifest["split"]["method"] == "scaffold"
         assert set(manifest["files"]) == {"trees.safetensors", "ad_index.safetensors", "data.csv",
-                                          "train_smiles.txt", "lightgbm_members.txt"}
+                                          "train_smiles.txt", "lightgbm_members.txt", "out_of_fold.csv"}
         assert manifest["metrics"]["test"]["n"] == manifest["split"]["sizes"]["test"]
         assert "baseline_test" in manifest["metrics"]
         artifact.verify()

@@ -42,13 +42,22 @@ def train(
     split: Annotated[Split, typer.Option()] = "scaffold",
     profile: Annotated[Profile, typer.Option()] = "standard",
     seed: Annotated[int, typer.Option()] = 0,
+    base: Annotated[list[str] | None, typer.Option(
+        "--base", metavar="ENDPOINTS", help="learn on top of these endpoints' fast models (repeat or "
+        "comma-separate; `auto`: every bundled endpoint of the same task type, kept where it helps): "
+        "local only, the bases recalibrated, and their stack compete out of fold")] = None,
+    learning_curve: Annotated[bool, typer.Option(
+        "--learning-curve", help="also report the three out-of-fold scores at 50, 100, 300 and "
+        "1,000 rows (where the data has them): would more measurements help?")] = False,
 ) -> int:
     from molserve.operations.training import FastParams, table_jobs, train_fast, train_stored
     from molserve.registry import Registry
 
     config = settings(ctx)
-    params = build(FastParams, {}, split=split, profile=profile, seed=seed)
+    params = build(FastParams, {}, split=split, profile=profile, seed=seed, base=items(base))
     registry = Registry(config.registry)
+    if learning_curve and (dataset or len(items(label_col)) != 1):
+        raise InvalidInput("--learning-curve works on one label column of a file")
     if dataset:
         bar, update = progress_bar(desc=endpoint or dataset)
         artifacts = [train_stored(registry, config.datasets, dataset, params, endpoint=endpoint,
@@ -68,10 +77,37 @@ def train(
             artifacts.append(train_fast(registry, loaded, name, params, progress=update))
             bar.close()
             report(artifacts[-1])
+            if learning_curve:
+                from molserve.operations.training import learning_curve as curve
+
+                bar, update = progress_bar(desc=f"{name}: learning curve")
+                rows = curve(registry, loaded, name, params, progress=update)
+                bar.close()
+                print_learning_curve(rows)
     if len(artifacts) > 1:
         names = ",".join(a.endpoint for a in artifacts)
         print(f"one multi-task transformer over these: molserve finetune --dataset {names} --name NAME")
     return 0
+
+
+def _figure(metrics: dict | None) -> str:
+    """An out-of-fold figure as a team reads it: RMSE and Spearman, or ROC AUC."""
+    if not metrics:
+        return "-"
+    if "roc_auc" in metrics:
+        return f"AUC {metrics['roc_auc']:.3f}"
+    return f"RMSE {metrics['rmse']:.3f} rho {metrics['spearman']:.2f}"
+
+
+def print_learning_curve(rows: list[dict]) -> None:
+    print("learning curve (out of fold over scaffold folds of each subset):")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['rows']:>6} rows: {row['error']}")
+            continue
+        cells = "; ".join(f"{k} {_figure(row['out_of_fold'].get(k))}" for k in ("local", "base", "stack"))
+        print(f"{row['rows']:>6} rows: {cells}; answers: {row['chosen']} "
+              f"(bases: {', '.join(row['bases']) or 'none'})")
 
 
 def report(artifact) -> None:
@@ -80,6 +116,12 @@ def report(artifact) -> None:
 
     info = artifact.info
     print(summarize(artifact))
+    section = artifact.manifest.get("on_base")
+    if section:
+        cells = "; ".join(f"{name} {_figure(metrics)}" for name, metrics in section["out_of_fold"].items())
+        bases = ", ".join(f"{b['endpoint']} v{b['version']}" for b in section["bases"]) or "none kept"
+        print(f"on bases ({bases}), out of fold: {cells}; answers: {section['chosen']} "
+              f"(chosen by {section['metric']})")
     print(json.dumps({"curation": getattr(info, "curation", None),
                       "out_of_fold": info.metrics.out_of_fold}, indent=2))
     print(f"registered {artifact.endpoint} v{artifact.version} at {artifact.path}")

@@ -208,7 +208,8 @@ def run_train(ctx: JobContext, params: dict[str, Any], registry_root: Path, data
     else:
         registry.check_writable()  # fail now, not after the training compute is spent
         fast = training.FastParams(split=params.get("split", "scaffold"),
-                                   profile=params.get("profile", "standard"))
+                                   profile=params.get("profile", "standard"),
+                                   base=params.get("bases") or [])
 
         def report(step: str, fraction: float) -> None:
             ctx.progress(fraction * 0.98, step)

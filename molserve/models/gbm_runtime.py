@@ -19,6 +19,7 @@ from molserve.answers import Answer, Domain, Provenance, Uncertainty
 from molserve.chem.features import FeatureSpec
 from molserve.chem.similarity import SimilarityIndex
 from molserve.errors import InvalidInput
+from molserve.models.on_base import Combination
 from molserve.models.trees import Forest, TreeEnsemble
 from molserve.registry.manifest import Manifest
 from molserve.registry.store import Artifact, ArtifactError
@@ -110,6 +111,8 @@ class FastModel:
     transform: TargetTransform = TargetTransform()
     _reference: Reference | None = field(default=None, repr=False)
     _provenance: Provenance | None = field(default=None, repr=False)
+    # A local model learned on top of bases (molserve.models.on_base): how it combines them.
+    combination: Combination | None = None
 
     @property
     def endpoint(self) -> str:
@@ -143,7 +146,8 @@ class FastModel:
             trees = TreeEnsemble.from_arrays(load_arrays(_verified(artifact, "trees.safetensors")))
             forest = Forest.from_ensemble(artifact.endpoint, trees)
         model = cls(artifact, spec, forest, spec, 0.0,
-                    TargetTransform(**artifact.manifest.get("target_transform", {})))
+                    TargetTransform(**artifact.manifest.get("target_transform", {})),
+                    combination=Combination.from_manifest(artifact.manifest))
         if arrays:
             model._reference = model.reference()
         model.load_seconds = time.perf_counter() - started
@@ -186,7 +190,7 @@ class FastModel:
         return TreeEnsemble.from_arrays(arrays).raw_scores(features)
 
     def provenance(self) -> dict[str, Any]:
-        return {
+        out = {
             "model_id": self.info.model_id,
             "version": self.artifact.version,
             "tier": "fast",
@@ -194,6 +198,10 @@ class FastModel:
             "trained": self.info.created,
             "dataset": self.info.dataset.label() if self.info.dataset else None,
         }
+        if self.combination is not None:  # what it learned on top of
+            out["on_base"] = {"combination": self.combination.chosen,
+                              "bases": [f"{b.endpoint} v{b.version}" for b in self.combination.bases]}
+        return out
 
     def confidence_levels(self) -> list[float]:
         """The interval confidences this model has calibrated thresholds for (regression)."""
@@ -202,9 +210,10 @@ class FastModel:
             return sorted(float(level) for level in calibration["quantiles"])
         return [float(calibration["confidence"])] if calibration.get("confidence") else []
 
-    def _quantile(self, confidence: float | None) -> tuple[float, float | None]:
+    def _quantile(self, confidence: float | None,
+                  calibration: dict[str, Any] | None = None) -> tuple[float, float | None]:
         """The stored conformal quantile for `confidence` (None: the model's default level)."""
-        calibration = self.manifest["uncertainty"]
+        calibration = calibration or self.manifest["uncertainty"]
         if confidence is None:
             return calibration["quantile"], calibration.get("confidence")
         for level, quantile in calibration.get("quantiles", {}).items():
@@ -217,7 +226,8 @@ class FastModel:
                            f"confidence {levels}, not {confidence:g}")
 
     def answers(self, raw: np.ndarray, similarity: np.ndarray,
-                nearest: list[str | None], confidence: float | None = None) -> list[Answer]:
+                nearest: list[str | None], confidence: float | None = None,
+                calibration: dict[str, Any] | None = None) -> list[Answer]:
         """One answer per row of `raw` (rows, members): value, uncertainty, applicability domain
         (max Tanimoto `similarity` to the training molecules, the `nearest` one's SMILES) and
         provenance. `confidence` picks the regression interval's level among the calibrated
@@ -228,7 +238,9 @@ class FastModel:
         provenance = self._provenance
         threshold = float(self.manifest["applicability_domain"]["threshold"])
         shown_threshold = round(threshold, 4)
-        calibration = self.manifest["uncertainty"]
+        # `calibration`: another uncertainty section (a combined model answering from its
+        # local part alone uses the local model's own).
+        calibration = calibration or self.manifest["uncertainty"]
         units = self.manifest["units"]
         method = calibration["method"]
         domains = [Domain(round(s, 4), s >= threshold, shown_threshold, n)
@@ -251,7 +263,7 @@ class FastModel:
                     for (p, sd, lo, hi), domain in zip(stats, domains, strict=True)]
         mean = np.array([m for m, _, _, _ in stats])
         std = np.array([sd for _, sd, _, _ in stats])
-        quantile, confidence = self._quantile(confidence)
+        quantile, confidence = self._quantile(confidence, calibration)
         if calibration.get("scale") == "none":
             half = quantile
         elif calibration.get("scale") == "distance":  # models trained with distance scaling

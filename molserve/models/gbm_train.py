@@ -29,6 +29,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -375,6 +376,7 @@ def train_endpoint(
     threads: int | None = None,
     progress: Progress | None = None,
     hold_out: bool = True,
+    on_fitted: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> Artifact:
     """Train, evaluate and register a fast-tier model for `endpoint`; return the artifact.
 
@@ -385,12 +387,13 @@ def train_endpoint(
     profile's candidates; `metric` (a TDC metric name) is what selection maximizes. With
     `hold_out=False` (production models) nothing is held out: every labelled row is fitted, the
     split only chooses (train / valid), and the quality figures are the out-of-fold ones.
+    `on_fitted` (molserve.models.on_base) combines the model with bases before it is written.
     """
     artifact, _ = fit_and_evaluate(
         dataset, endpoint, test=test, split=split, profile=profile, seed=seed,
         split_labels=split_labels, recipes=recipes, target_transform=target_transform,
         metric=metric, feature_cache=feature_cache, threads=threads, progress=progress,
-        registry=registry, extra_manifest=extra_manifest, hold_out=hold_out)
+        registry=registry, extra_manifest=extra_manifest, hold_out=hold_out, on_fitted=on_fitted)
     assert artifact is not None
     return artifact
 
@@ -413,6 +416,7 @@ def fit_and_evaluate(
     registry: Registry | None = None,
     extra_manifest: dict | None = None,
     hold_out: bool = True,
+    on_fitted: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
 ) -> tuple[Artifact | None, dict]:
     """The training pipeline; registers the model when `registry` is given.
 
@@ -697,6 +701,31 @@ def fit_and_evaluate(
     for k, held_out in enumerate(folds):
         fold_of[held_out] = k
     oof_model = out_of_fold if task == "regression" else 1.0 / (1.0 + np.exp(-out_of_fold))
+    on_base = None
+    if on_fitted is not None:
+        # Bases (molserve.models.on_base): the local model's out-of-fold evidence, to score a
+        # recalibrated base and a stack of the two beside it. When one of those wins, the served
+        # answers, the out-of-fold figures and the calibration are the combination's.
+        test_smiles = ([test_keys[i] for i in good] if test is not None
+                       else [curated.canonical_smiles[i] for i in sides.test])
+        on_base = on_fitted({
+            "task": task, "metric": metric or ("roc-auc" if task == "classification" else "rmse"),
+            "y": y[fit], "target": z[fit], "folds": fold_of[fit], "local": out_of_fold[fit],
+            "to_label": transform.inverse, "fitted_smiles": [curated.canonical_smiles[i] for i in fit],
+            "calibration": calibration, "test_smiles": test_smiles if len(yg) else [],
+            "test_local": test_raw.mean(axis=1) if len(yg) else np.zeros(0), "test_y": yg})
+        if on_base is not None and on_base["raw"] is not None:
+            chosen = on_base["section"]["chosen"]
+            calibration = on_base["uncertainty"]
+            metrics["out_of_fold"] = on_base["section"]["out_of_fold"][chosen]
+            oof_model = oof_model.copy()
+            oof_model[fit] = (on_base["raw"] if task == "regression"
+                              else 1.0 / (1.0 + np.exp(-on_base["raw"])))
+            if "test_served" in on_base["section"]:  # the held-out figures of what answers
+                unreadable = {k: v for k, v in metrics["test"].items() if k == "unreadable_rows"}
+                metrics["test"] = {**on_base["section"].pop("test_served"), **unreadable}
+        if on_base is not None:
+            metrics["on_base"] = {k: on_base["section"][k] for k in ("chosen", "metric", "scores")}
     result = {"test_predictions": test_pred, "test_errors": test_errors, "metrics": metrics,
               "coverage_previous_rule": previous, "coverage_variants": variants,
               "platt_applied": bool(calibration.get("probability_calibration", {}).get("applied")),
@@ -709,6 +738,7 @@ def fit_and_evaluate(
               "fitted_labels": y[fit], "fitted_folds": fold_of[fit],
               "fitted_out_of_fold": oof_model[fit],
               "test_keys": test_keys if test is not None else None,
+              "on_base": on_base["section"] if on_base is not None else None,
               "seconds": time.perf_counter() - started}
     if registry is None:
         return None, result
@@ -818,6 +848,7 @@ def fit_and_evaluate(
             "rows": "the validation rows of data.csv, in order",
             "predicted": [round(float(v), 6) for v in np.asarray(best["valid"])[np.argsort(va)]]},
         "training_seconds": round(time.perf_counter() - started, 2),
+        **({"on_base": on_base["section"]} if on_base is not None else {}),
         **(extra_manifest or {}),
     }
     artifact = registry.write(

@@ -35,6 +35,12 @@ class FastParams(BaseModel):
     profile: Literal["standard", "quick"] = Field(
         "standard", description="`quick` trains fewer rounds and recipes (tests, demos).")
     seed: int = 0
+    base: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="Endpoints (their fast models) to learn on top of: the local model competes "
+        "with the bases recalibrated to its labels and with the stack of the two, out of fold, "
+        "and the best answers. `[\"auto\"]` tries every bundled endpoint of the same task type "
+        "and keeps those that help.")
 
 
 class TransformerParams(BaseModel):
@@ -115,9 +121,94 @@ def train_fast(registry: Registry, dataset, endpoint: str, params: FastParams, *
     from molserve.models.gbm_train import train_endpoint
 
     validate_endpoint_name(endpoint)
+    hook = base_hook(registry, endpoint, dataset.task, params.base) if params.base else None
     return train_endpoint(dataset, registry, endpoint, split=params.split, profile=params.profile,
                           seed=params.seed, split_labels=split_labels,
-                          extra_manifest=extra_manifest, progress=progress)
+                          extra_manifest=extra_manifest, progress=progress, on_fitted=hook)
+
+
+def base_artifacts(registry: Registry, endpoint: str, task: str, names: list[str]) -> tuple[list, bool]:
+    """The fast models of the bases named (or every bundled endpoint of `task`'s type for
+    `auto`), and whether the choice among them is automatic."""
+    from molserve.models.on_base import candidate_bases
+
+    if names == ["auto"]:
+        found = candidate_bases(registry, task, endpoint)
+        if not found:
+            raise InvalidInput(f"--base auto: the registry has no bundled {task} endpoint to learn on top of",
+                               code="no_base")
+        return found, True
+    if "auto" in names:
+        raise InvalidInput("--base auto tries every bundled endpoint; name it alone", code="invalid_base")
+    artifacts = []
+    for name in dict.fromkeys(names):
+        if name == endpoint:
+            raise InvalidInput(f"{endpoint} cannot be its own base", code="invalid_base")
+        artifact = registry.latest(name, kind="gbm")
+        if artifact is None:
+            raise InvalidInput(f"base {name!r} has no fast model in the registry (molserve models list)",
+                               code="no_base")
+        artifacts.append(artifact)
+    return artifacts, False
+
+
+def base_hook(registry: Registry, endpoint: str, task: str, names: list[str]):
+    """What `fit_and_evaluate` calls once the local model is fitted: the bases' outputs on the
+    team's molecules, the three candidates scored out of fold, the best kept."""
+    from molserve.models import on_base
+
+    artifacts, auto = base_artifacts(registry, endpoint, task, names)
+
+    def on_fitted(ctx: dict[str, Any]) -> dict[str, Any]:
+        outputs = on_base.base_outputs(artifacts, ctx["fitted_smiles"])
+        test = None
+        if len(ctx["test_y"]):
+            test = {"local": ctx["test_local"], "y": ctx["test_y"],
+                    "bases": on_base.base_outputs(artifacts, ctx["test_smiles"])}
+        evidence = on_base.Evidence(ctx["task"], ctx["metric"], ctx["y"], ctx["target"], ctx["folds"],
+                                    ctx["local"], ctx["to_label"])
+        return on_base.combine(evidence, artifacts, outputs, local_calibration=ctx["calibration"],
+                               auto=auto, test=test)
+
+    return on_fitted
+
+
+LEARNING_CURVE_SIZES = (50, 100, 300, 1000)
+
+
+def learning_curve(registry: Registry, dataset, endpoint: str, params: FastParams,
+                   sizes: tuple[int, ...] = LEARNING_CURVE_SIZES, repeats: int = 1,
+                   progress: FastProgress | None = None) -> list[dict[str, Any]]:
+    """Out-of-fold scores of local, base and stack at growing random subsets of the rows (each
+    size `repeats` times), and at every row: does the assay need more measurements? Nothing is
+    registered."""
+    import numpy as np
+
+    from molserve.data.dataset import Dataset
+    from molserve.models.gbm_train import fit_and_evaluate
+
+    n = len(dataset)
+    steps = [s for s in sizes if 30 <= s < n] + [n]
+    rows = []
+    for position, size in enumerate(steps):
+        for repeat in range(repeats if size < n else 1):
+            if progress:
+                progress(f"learning curve: {size} rows", position / len(steps))
+            order = np.random.default_rng(params.seed + 7919 * repeat + size).permutation(n)[:size]
+            part = Dataset(**{**dataset.__dict__, "smiles": [dataset.smiles[i] for i in sorted(order)],
+                              "labels": [dataset.labels[i] for i in sorted(order)]})
+            hook = base_hook(registry, endpoint, dataset.task, params.base or ["auto"])
+            try:
+                _, result = fit_and_evaluate(part, endpoint, split=params.split, profile=params.profile,
+                                             seed=params.seed + repeat, hold_out=False, on_fitted=hook)
+            except ValueError as error:  # too few usable molecules or one class only
+                rows.append({"rows": size, "repeat": repeat, "error": str(error)})
+                continue
+            section = result["on_base"]
+            rows.append({"rows": size, "repeat": repeat, "metric": section["metric"],
+                         "scores": section["scores"], "out_of_fold": section["out_of_fold"],
+                         "chosen": section["chosen"], "bases": [b["endpoint"] for b in section["bases"]]})
+    return rows
 
 
 def table_jobs(path: Path, *, label_cols: list[str], endpoint: str | None, split: str,

@@ -369,7 +369,15 @@ class Router:
                         and abs(float(served[slot].mean()) - explanation["raw"]) > 1e-6:
                     explanation = {"error": "the explained trees disagree with the served model; "
                                             "no explanation can be given"}
-                elif "atoms" in explanation:
+                elif model.combination is not None and "raw" in explanation:
+                    # The trees explained are the local part; the answer also adds the bases.
+                    c = model.combination
+                    explanation["scope"] = (
+                        f"the local model's raw output; the answer is {c.intercept:.4g} + "
+                        f"{c.local_weight:.4g} x that + " + " + ".join(
+                            f"{w:.4g} x {b.endpoint} v{b.version}" for w, b in zip(c.base_weights, c.bases,
+                                                                                   strict=True)))
+                if "atoms" in explanation and "error" not in explanation:
                     try:
                         explanation["svg"] = contribution_svg(key, explanation["atoms"])
                     except ValueError as error:  # the numbers stand without their picture

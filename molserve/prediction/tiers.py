@@ -248,6 +248,47 @@ class FastTier:
     def answer(self, batch: MoleculeBatch, endpoint: str) -> list[Answer]:
         served = self._served
         model = served.models[endpoint]
+        combination = model.combination
+        if combination is None:
+            self._score(served, batch, endpoint)
+            return model.answers(batch.scores[endpoint], *batch.domains[endpoint],
+                                 confidence=batch.confidence)
+        # A local model on bases: the bases are evaluated first (once per request: their scores
+        # stay in the batch for any endpoint asked), at the versions it was fitted with.
+        stale = [f"{b.endpoint} v{b.version}" + (f" (v{served.models[b.endpoint].artifact.version} "
+                                                 "is served)" if b.endpoint in served.models else
+                                                 " (not served)")
+                 for b in combination.bases
+                 if b.endpoint not in served.models
+                 or served.models[b.endpoint].artifact.version != b.version]
+        if stale:
+            self._score(served, batch, endpoint)
+            reason = (f"base {', '.join(stale)} changed since {endpoint} v{model.artifact.version} was "
+                      f"trained on it: answered by {endpoint}'s local part alone (retrain {endpoint} "
+                      "to learn on the new base)")
+            return [a.degrade(reason) for a in model.answers(
+                batch.scores[endpoint], *batch.domains[endpoint], confidence=batch.confidence,
+                calibration=combination.local_calibration)]
+        names = [b.endpoint for b in combination.bases]
+        batch.wanted = batch.wanted | frozenset(names)
+        for name in (endpoint, *names):
+            self._score(served, batch, name)
+        outputs = np.column_stack([batch.scores[name].mean(axis=1) for name in names])
+        raw = combination.apply(batch.scores[endpoint], outputs)
+        # In domain for the local model's molecules or for a base's: the nearest of either.
+        similarity, nearest = batch.domains[endpoint]
+        similarity, nearest = np.array(similarity, dtype=np.float64), list(nearest)
+        for name in names:
+            other, other_nearest = batch.domains[name]
+            closer = np.asarray(other) > similarity
+            similarity = np.where(closer, other, similarity)
+            nearest = [o if c else s for o, s, c in zip(other_nearest, nearest, closer.tolist(), strict=True)]
+        return model.answers(raw, similarity, nearest, confidence=batch.confidence)
+
+    def _score(self, served: _Served, batch: MoleculeBatch, endpoint: str) -> None:
+        """The endpoint's raw member scores and domain in the batch (with those of the other
+        wanted endpoints of its group, when that costs less)."""
+        model = served.models[endpoint]
         group = served.group_of[endpoint]
         features = batch.features(group.spec)
         # The router asks endpoint by endpoint, having said which it will ask (`wanted`). When a
@@ -277,4 +318,3 @@ class FastTier:
                                                           batch.similarities[key]))
             else:
                 batch.domains.update(group.domain.nearest(features.on_bits, names))
-        return model.answers(batch.scores[endpoint], *batch.domains[endpoint], confidence=batch.confidence)

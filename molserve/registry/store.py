@@ -279,14 +279,36 @@ class Registry:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def delete(self, endpoint: str, version: int, announce: bool = True) -> None:
+    def dependents(self, endpoint: str, version: int) -> list[str]:
+        """Served local models (each endpoint's newest fast model) that learned on top of this
+        version (molserve.models.on_base) and answer with it."""
+        found = []
+        for name in self.endpoints():
+            latest = self.latest(name, kind="gbm")
+            section = (latest.manifest.get("on_base") or {}) if latest is not None else {}
+            if section.get("chosen") in ("base", "stack") and any(
+                    b.get("endpoint") == endpoint and b.get("version") == version
+                    for b in section.get("bases", [])):
+                found.append(f"{name} v{latest.version}")
+        return found
+
+    def delete(self, endpoint: str, version: int, announce: bool = True, force: bool = False) -> None:
         """Remove a version's files, leaving a tombstone that keeps its number taken (in a fleet,
-        and with `announce`, every other machine deletes its copy on its next sync).
+        and with `announce`, every other machine deletes its copy on its next sync). A version
+        that a served local model learned on top of is kept unless `force` (that model then
+        answers from its local part alone, saying why).
 
         The tombstone is written first (the directory is never empty, so no writer can rename a
         new version onto it), then the manifest moves out (the version disappears atomically for
         readers), then the remaining files go."""
         artifact = self.get(endpoint, version)
+        readers = self.dependents(endpoint, version) if announce and not force else []
+        if readers:
+            from molserve.errors import Conflict
+
+            raise Conflict(f"{endpoint} v{version} is the base of {', '.join(readers)}, which answer "
+                           "with it; retrain those, or delete with force (they then answer from their "
+                           "local part alone)", code="base_in_use", details={"dependents": readers})
         trash = self.root / ".staging" / f"deleted-{uuid.uuid4().hex}"
         trash.mkdir(parents=True)
         tombstone = {"endpoint": endpoint, "version": version,

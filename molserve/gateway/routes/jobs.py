@@ -125,6 +125,11 @@ class JobRequest(BaseModel):
     split: Literal["scaffold", "random", "time"] = "scaffold"
     profile: Literal["standard", "quick"] = "standard"
     base: str | None = Field(None, description="transformer: hub id or local directory.")
+    bases: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, min_length=1, max_length=10,
+        description="train (gbm): endpoints to learn on top of (their fast models): the local model "
+        "competes with them recalibrated to its labels and with the stack of the two, out of fold; "
+        "[\"auto\"] tries every bundled endpoint of the same task type and keeps those that help.")
     epochs: int = Field(30, ge=1, le=1000)
     ensemble: int = Field(5, ge=1, le=20, description="graph: networks per endpoint.")
     heads: list[Literal["trees", "trees+fast", "mlp"]] | None = Field(
@@ -354,6 +359,17 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
         elif not (body.upload_id and body.label_col and body.endpoint):
             raise InvalidInput("train needs dataset, or upload_id with label_col and endpoint",
                                code="incomplete_training_job")
+        if body.bases:
+            if body.model != "gbm":
+                raise InvalidInput("bases are for fast models (model gbm)", code="invalid_base")
+            names = list(dict.fromkeys(body.bases))
+            if names != ["auto"]:
+                # Another key's private endpoint is as missing here as everywhere.
+                missing = [n for n in names if n not in router.fast.models or n in hidden or n == "auto"]
+                if missing:
+                    raise InvalidInput(f"bases must be endpoints with fast models, or auto alone "
+                                       f"(not: {', '.join(missing)})", code="no_base")
+            params["bases"] = names
         if body.model == "transformer" and not caller.admin:
             # The base reaches the hub, never this machine's files (checked again by the job).
             from molserve.operations.training import DEFAULT_BASE, check_hub_base

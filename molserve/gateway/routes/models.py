@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from molserve.errors import NotFound
 from molserve.gateway.errors import AUTH, documented
@@ -96,12 +96,15 @@ async def reload_models(request: Request) -> JSONResponse:
 
 
 @router.delete("/v1/models/{endpoint}/{version}", response_model=DeleteResult,
-               responses=documented(*AUTH, 404, 422), dependencies=[Depends(require_key)],
+               responses=documented(*AUTH, 404, 409, 422), dependencies=[Depends(require_key)],
                summary="Delete one model version and reload")
 async def delete_model(request: Request, endpoint: str = EndpointName,
-                       version: int = Version) -> JSONResponse:
+                       version: int = Version,
+                       force: bool = Query(False, description="Delete a version that a local model "
+                                           "learned on top of (409 `base_in_use` otherwise)."),
+                       ) -> JSONResponse:
     router = request.app.state.router
     with _missing_is_not_found():
-        router.registry.delete(endpoint, version)
+        router.registry.delete(endpoint, version, force=force)
     request.app.state.load_models()
     return JSONResponse({"deleted": {"endpoint": endpoint, "version": version}})

@@ -12,7 +12,7 @@ PORT ?= 8000
 SERVE_STAMP := $(VENV)/.serve-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: install serve test lint bench clean browser lock audit
+.PHONY: install serve test lint bench clean browser lock audit docs
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ audit: $(TEST_STAMP)
 test: $(TEST_STAMP) browser
 	$(BIN)/ruff check molserve tests benchmarks scripts
 	$(BIN)/python -m pytest
+
+# The documentation site, into site/, with every warning an error (broken links and anchors,
+# missing references); the reference pages are generated from the code (docs/hooks/reference.py).
+# The test suite runs the same build (tests/test_docs.py). `.venv/bin/mkdocs serve` previews it.
+docs: $(TEST_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -188,8 +188,11 @@ def catalogue_page() -> str:
             entry = tdc.CATALOG[e.name]
             licence, metric = tdc.LICENCE, entry.metric
             citation = f"{entry.citation}; and TDC: {tdc.TDC_CITATION}"
+        task = e.task
+        if e.tdc_name is not None and tdc.CATALOG[e.name].log_target:
+            task += " (modelled on log10, answered in its units)"
         out.extend([f"### `{e.name}` {{#{e.name}}}", "", e.description, "",
-                    f"- **Task**: {e.task}; **units**: {e.units}",
+                    f"- **Task**: {task}; **units**: {e.units}",
                     f"- **Data**: {e.source} ({e.rows:,} rows)",
                     f"- **Licence**: {licence}"])
         if citation:
@@ -197,8 +200,10 @@ def catalogue_page() -> str:
         if metric:
             out.append(f"- **TDC leaderboard metric**: {metric}")
         key = tdc.CATALOG[e.name].key if e.tdc_name else None
-        for line in figures.of(e.name, key):
-            out.append(f"- {line}")
+        lines = figures.of(e.name, key)
+        if lines:
+            out.append("- **Held-out figures** ([Benchmarks](../benchmarks.md)):")
+            out.extend(f"    - {line}" for line in lines)
         out.append("")
     out.extend(["## Computed", "",
                 "Exact values from RDKit, labelled `computed`, never `predicted`.", "",
@@ -215,10 +220,18 @@ class Figures:
     random-split figures)."""
 
     def __init__(self, path: Path) -> None:
-        self.tables: list[tuple[list[str], list[list[str]]]] = []
+        from markdown.extensions.toc import slugify, unique
+
+        # (section title, its anchor on the benchmarks page, header, rows) per table
+        self.tables: list[tuple[str, str, list[str], list[list[str]]]] = []
+        section, anchor, used = "", "", set()
         header: list[str] | None = None
         rows: list[list[str]] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines() + [""]:
+            heading = re.match(r"^#{1,6}\s+(.*)$", line)
+            if heading:
+                section = heading[1].strip()
+                anchor = unique(slugify(section.replace("`", ""), "-"), used)
             if line.startswith("|"):
                 cells = [c.strip() for c in line.strip().strip("|").split("|")]
                 if header is None:
@@ -226,17 +239,18 @@ class Figures:
                 elif not set("".join(cells)) <= set("-: "):
                     rows.append(cells)
             elif header is not None:
-                self.tables.append((header, rows))
+                self.tables.append((section, anchor, header, rows))
                 header, rows = None, []
 
     def of(self, endpoint: str, tdc_key: str | None) -> list[str]:
         found = []
-        for header, rows in self.tables:
+        for section, anchor, header, rows in self.tables:
             for row in rows:
                 first = row[0]
                 if first.split(" (")[0] in {endpoint, tdc_key} and len(header) == len(row):
                     pairs = "; ".join(f"{h}: {v}" for h, v in zip(header[1:], row[1:], strict=True))
-                    found.append(f"**{cell(header[0])}** {cell(first)}: {cell(pairs)}")
+                    found.append(f"[{cell(section.replace('`', ''))}](../benchmarks.md#{anchor}): "
+                                 f"{cell(first)}: {cell(pairs)}")
         return found
 
 

@@ -103,29 +103,46 @@ def settings_page() -> str:
            "from its environment variable or from a `.env` file in the working directory; values "
            "of lists and mappings are JSON. An invalid value stops the start with the setting's "
            "name. [Configuration](../guides/configuration.md) says which to change for what.", ""]
+    guide = guide_meanings(ROOT / "docs" / "guides" / "configuration.md")
     top = config.Settings
     sections = {name for name in config._SECTIONS}
     plain = {name: field for name, field in top.model_fields.items()
              if name not in sections and name != "worker"}
-    out.extend(settings_table("Paths and logs", "molserve.config.Settings", top, plain))
+    out.extend(settings_table("Paths and logs", "molserve.config.Settings", top, plain, guide))
     for section in (*config._SECTIONS, "worker"):
         model = top.model_fields[section].annotation
         out.extend(settings_table(f"`{section}`", f"molserve.config.{model.__name__}", model,
-                                  model.model_fields))
+                                  model.model_fields, guide))
     for model in (config.ModalDeploySettings, config.RayDeploySettings):
         out.extend(settings_table(model.__name__, f"molserve.config.{model.__name__}", model,
-                                  model.model_fields))
+                                  model.model_fields, guide))
+    out.extend(["A meaning in *italics* is the [Configuration](../guides/configuration.md) "
+                "guide's, for a setting whose class gives none.", ""])
     return "\n".join(out)
 
 
-def settings_table(title: str, qualified: str, model: Any, fields: dict[str, Any]) -> list[str]:
+def guide_meanings(path: Path) -> dict[str, str]:
+    """Variable -> meaning, from the configuration guide's table (a row may name several)."""
+    meanings: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `MOLSERVE_") and len(cells) == 3:
+            for name in re.findall(r"`(MOLSERVE_[A-Z0-9_]+)`", cells[0]):
+                meanings[name] = cells[2]
+    return meanings
+
+
+def settings_table(title: str, qualified: str, model: Any, fields: dict[str, Any],
+                   guide: dict[str, str]) -> list[str]:
     prefix = model.model_config.get("env_prefix", "")
     doc = " ".join((model.__doc__ or "").split())
     out = [f"## {title}", "", f"`{qualified}`. {doc}".strip(), "",
            "| variable | type | default | meaning |", "|---|---|---|---|"]
     for name, field in fields.items():
-        out.append(f"| `{prefix}{name.upper()}` | `{cell(type_name(field.annotation))}` | "
-                   f"{default_of(field)} | {cell(field.description)} |")
+        variable = f"{prefix}{name.upper()}"
+        meaning = cell(field.description) or (f"*{cell(guide[variable])}*" if variable in guide else "")
+        out.append(f"| `{variable}` | `{cell(type_name(field.annotation))}` | "
+                   f"{default_of(field)} | {meaning} |")
     out.append("")
     return out
 

@@ -148,19 +148,16 @@ def check_molserve(words: list[str]) -> None:
     import typer
 
     from molserve.cli import app
-    try:
-        from typer._click import Group
-    except ImportError:  # pragma: no cover
-        from click import Group  # type: ignore[no-redef]
 
     command = typer.main.get_command(app)
-    args = words[1:]
-    parent = None
+    args, parent = words[1:], None
     while True:
         context = command.make_context("molserve", list(args), parent=parent, resilient_parsing=False)
-        if not isinstance(command, Group):
+        if not hasattr(command, "commands"):  # a command, not a group: parsed
             return
-        rest = context.protected_args + context.args
+        # The subcommand's name and its arguments (Click keeps the name apart from the rest).
+        rest = [*(getattr(context, "protected_args", None) or getattr(context, "_protected_args", [])),
+                *context.args]
         if not rest:
             return
         sub = command.get_command(context, rest[0])

@@ -52,6 +52,9 @@ class GatewaySettings(BaseSettings):
     reference_warm: bool = Field(
         True, description="At start-up, compute the default reference set's missing values in the "
         "background (else on the first request that needs them).")
+    guide_dir: Path | None = Field(
+        None, description="The built documentation site, served at /guide/ (default: `site/` of "
+        "the checkout, which `make docs` builds); /guide answers 404 `guide_not_built` without it.")
 
 
 class RemoteSettings(BaseSettings):

@@ -20,6 +20,7 @@ from __future__ import annotations
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/"): "open",
     ("GET", "/static"): "open",
+    ("GET", "/guide"): "open",
     ("GET", "/healthz"): "open",
     ("GET", "/readyz"): "open",
     ("GET", "/metrics"): "open",

@@ -78,6 +78,9 @@ def call(client: TestClient, method: str, path: str, caller: str, keys: dict, wo
     upload = world["uploads"].get(caller, world["uploads"]["predict"])
     concrete = {
         "/static": ("/static/app.js", {}, 200),
+        # The documentation site where it was built (`make docs`), else a JSON 404 saying so.
+        "/guide": ("/guide/", {}, 200 if client.app.state.settings.gateway.guide_dir is not None
+                   or (Path(__file__).resolve().parents[1] / "site" / "index.html").is_file() else 404),
         "/v1/models/{endpoint}/{version}": ("/v1/models/logbb/1", {}, 200) if method == "GET"
         else ("/v1/models/logbb/999", {}, 404),  # deleting nothing: past the key check is 404
         "/v1/depict": ("/v1/depict?smiles=CCO", {}, 200),

@@ -330,6 +330,21 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     # Nothing is fetched from outside: the site works offline and under any path.
     index = (site / "index.html").read_text()
     assert "fonts.googleapis" not in index and 'href="/' not in index
+    # The gateway serves the built site at /guide/, linked from its page; unbuilt, a JSON 404.
+    from fastapi.testclient import TestClient
+
+    from molserve.config import Settings
+    from molserve.gateway.app import create_app
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    with TestClient(create_app(Settings(registry=registry, guide_dir=site))) as client:
+        assert client.get("/guide/").text == index
+        assert client.get("/guide/reference/cli/").status_code == 200
+        assert 'href="/guide/"' in client.get("/").text
+    with TestClient(create_app(Settings(registry=registry, guide_dir=tmp_path / "nothing"))) as client:
+        missing = client.get("/guide/")
+        assert missing.status_code == 404 and missing.json()["error"] == "guide_not_built"
 
 
 def test_readme_links_point_at_files_that_exist():

@@ -113,7 +113,7 @@ def _cases(world: dict, who: str) -> list[tuple[str, str, str, dict, dict | None
                (job, missing_job)) for method in plain]
     cases.append(("GET", "/v1/jobs/{job_id}/result", f"/v1/jobs/{job}/result", {},
                   (f"/v1/jobs/{missing_job}/result", {}), (job, missing_job)))
-    listings = {"/static": "/static/app.js", "/v1/depict": "/v1/depict?smiles=CCO"}
+    listings = {"/static": "/static/app.js", "/v1/depict": "/v1/depict?smiles=CCO", "/guide": "/guide/"}
     for (method, route), _ in sorted(RULES.items()):
         if any(c[0] == method and c[1] == route for c in cases):
             continue

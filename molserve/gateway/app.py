@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import orjson
 from fastapi import FastAPI
@@ -107,6 +108,14 @@ class Observe:
                             extra={"method": scope["method"], "path": path, "status": status,
                                    "ms": round(elapsed * 1000, 2), "request_id": rid})
             logs.request_id.reset(token)
+
+
+async def _guide_not_built(scope, receive, send) -> None:
+    """/guide where the documentation site was not built: a JSON 404 that says how to build it."""
+    response = JSONResponse({"error": "guide_not_built", "message": "the documentation site is not "
+                             "built on this server: run `make docs` (or read docs/ in the repository)"},
+                            status_code=404)
+    await response(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -211,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await tier.stop()
         if app.state.local_worker is not None:
             await asyncio.to_thread(app.state.local_worker.stop)
+        await asyncio.to_thread(router.references.close)
 
     app = FastAPI(
         title="molserve",
@@ -238,6 +248,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/static", StaticFiles(directory=web.STATIC), name="static")
+    # The documentation site (`make docs`), linked from the page; /docs is the OpenAPI UI.
+    guide = settings.gateway.guide_dir or Path(__file__).resolve().parents[2] / "site"
+    if (guide / "index.html").is_file():
+        app.mount("/guide", StaticFiles(directory=guide, html=True), name="guide")
+    else:
+        app.mount("/guide", _guide_not_built, name="guide")
 
     if settings.gateway.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -192,6 +193,8 @@ class ReferenceSets:
         self.background = background
         self._pending: set[tuple[str, str, str]] = set()  # (set, endpoint, tier) being computed
         self._pending_lock = threading.Lock()  # not the compute lock: held for microseconds
+        self._threads: list[threading.Thread] = []  # background computations, joined by `close`
+        self._stopping = threading.Event()  # set by `close`: computations end at the next chunk
         self.store = ReferenceStore(registry.root)
         self._compute_lock = threading.Lock()
         self._materialize_lock = threading.Lock()
@@ -366,6 +369,8 @@ class ReferenceSets:
             values = {pair: np.full(len(smiles), np.nan) for pair in wanted}
             answered_by: dict[tuple[str, str], ModelKey] = {}
             for start in range(0, len(smiles), _CHUNK):
+                if self._stopping.is_set():  # the server is stopping: nothing is stored
+                    return
                 # A stored canonical SMILES reads back (RDKit writes what it can read); one that
                 # did not would keep NaN, not stop the set.
                 read = [(row, smiles[row], Chem.MolFromSmiles(smiles[row]))
@@ -494,7 +499,7 @@ class ReferenceSets:
                 with self._pending_lock:
                     self._pending.difference_update((name, *pair) for pair in todo)
 
-        threading.Thread(target=run, name=f"reference-{name}", daemon=True).start()
+        self._start(run, f"reference-{name}")
 
     def warm(self, name: str | None = None) -> None:
         """Compute the missing or stale values of a set (default: the default set) for every
@@ -509,7 +514,21 @@ class ReferenceSets:
             except Exception:
                 log.exception("reference set %s could not be warmed", name)
 
-        threading.Thread(target=run, name=f"reference-warm-{name}", daemon=True).start()
+        self._start(run, f"reference-warm-{name}")
+
+    def _start(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the background computations at their next chunk and wait for them (a server
+        stopping): a process that exits with one inside RDKit's C++ code is aborted (exit 134)
+        instead of ending cleanly."""
+        self._stopping.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _served(self, endpoint: str, tier: str) -> str:
         current = self._current_key(endpoint, tier)

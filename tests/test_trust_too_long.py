@@ -91,7 +91,7 @@ def test_the_gateway_answers_a_refused_molecule_from_the_fast_tier_with_the_work
                                                        {"error_code": TOO_LONG}), error="too long"),
                 Answer(Provenance("logbb/transformer", 1, "transformer"), error="other failure")]
 
-    router.resolve_endpoints = lambda endpoints: ["logbb"]
+    router.resolve_endpoints = lambda endpoints, hidden=frozenset(): ["logbb"]
     router.plan = lambda names, tier: {"logbb": "transformer"}
     router.remotes = {"transformer": SimpleNamespace(settings=SimpleNamespace(timeout_s=1.0))}
     router._remote_timed = remote_timed

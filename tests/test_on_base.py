@@ -223,9 +223,11 @@ def test_a_training_job_names_its_bases_and_other_keys_private_endpoints_are_mis
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["params"]["bases"] == ["logbb"]
     assert submit(["auto"]).status_code == 202
-    for bases in (["someone_elses"], ["no_such_endpoint"], ["auto", "logbb"]):
+    for bases in (["someone_elses"], ["no_such_endpoint"]):
         refused = submit(bases)
-        assert refused.status_code == 422 and refused.json()["error"] == "no_base", (bases, refused.text)
+        assert refused.status_code == 404 and refused.json()["error"] == "no_base", (bases, refused.text)
+    refused = submit(["auto", "logbb"])
+    assert refused.status_code == 422 and refused.json()["error"] == "invalid_base", refused.text
     # The job runs it: the model names its base.
     from molserve.jobs.execute import main
 

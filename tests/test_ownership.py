@@ -116,7 +116,7 @@ def test_a_key_publishes_versions_of_its_own_endpoints_only(tenants, model):
     if model == "gbm":
         assert private.status_code == 403
     else:
-        assert private.status_code == 422 and private.json()["error"] == "no_fast_model"
+        assert private.status_code == 404 and private.json()["error"] == "no_fast_model"
     if model == "gbm":
         # A new name is the submitter's.
         accepted = submit("train", "train_key_assay")

@@ -343,14 +343,15 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             tasks = list(dict.fromkeys(body.endpoints or [body.endpoint]))
             missing = [e for e in tasks if e not in router.fast.models or e in hidden]
             if missing:
-                raise InvalidInput(f"{body.model} training needs endpoints with fast models, whose "
-                                   f"curated data and split it reuses (missing: {', '.join(missing)})",
-                                   code="no_fast_model")
+                # A name without a fast model is as missing as an unknown one: 404.
+                raise NotFound(f"{body.model} training needs endpoints with fast models, whose "
+                               f"curated data and split it reuses (missing: {', '.join(missing)})",
+                               code="no_fast_model")
             params["tasks"], params["endpoint"] = tasks, tasks[0]
         elif body.model == "transformer":
             if not body.endpoint or body.endpoint not in router.fast.models or body.endpoint in hidden:
-                raise InvalidInput("transformer training needs `endpoint` with a fast model, whose "
-                                   "curated data and split it reuses", code="no_fast_model")
+                raise NotFound("transformer training needs `endpoint` with a fast model, whose "
+                               "curated data and split it reuses", code="no_fast_model")
         elif body.dataset:
             params.setdefault("endpoint", body.endpoint)
             manifest = _dataset(request, body.dataset, caller).manifest
@@ -363,12 +364,15 @@ async def submit(body: JobRequest, request: Request) -> JSONResponse:
             if body.model != "gbm":
                 raise InvalidInput("bases are for fast models (model gbm)", code="invalid_base")
             names = list(dict.fromkeys(body.bases))
+            if "auto" in names and names != ["auto"]:
+                raise InvalidInput("bases: auto chooses among every bundled endpoint; name it alone",
+                                   code="invalid_base")
             if names != ["auto"]:
                 # Another key's private endpoint is as missing here as everywhere.
-                missing = [n for n in names if n not in router.fast.models or n in hidden or n == "auto"]
+                missing = [n for n in names if n not in router.fast.models or n in hidden]
                 if missing:
-                    raise InvalidInput(f"bases must be endpoints with fast models, or auto alone "
-                                       f"(not: {', '.join(missing)})", code="no_base")
+                    raise NotFound(f"bases must be endpoints with fast models, or auto alone "
+                                   f"(not: {', '.join(missing)})", code="no_base")
             params["bases"] = names
         if body.model == "transformer" and not caller.admin:
             # The base reaches the hub, never this machine's files (checked again by the job).

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from molserve.errors import InvalidInput, Unavailable
+from molserve.errors import NotFound, Unavailable
 from molserve.operations.bootstrap import (
     StatusWriter,
     bundled_endpoints,
@@ -119,7 +119,7 @@ def test_predictor_raises_503_for_a_pending_endpoint(trained_registry):
     with pytest.raises(Unavailable) as raised:
         predictor.predict_local(["CCO"], ["ld50"])
     assert raised.value.code == "endpoint_training"
-    with pytest.raises(InvalidInput) as raised:
+    with pytest.raises(NotFound) as raised:
         predictor.predict_local(["CCO"], ["no_such_endpoint"])
     assert raised.value.code == "unknown_endpoint"
 

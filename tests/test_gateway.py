@@ -101,7 +101,7 @@ def test_a_thousand_molecules_with_one_invalid_give_999_answers(app_client):
 @pytest.mark.parametrize(
     ("payload", "status", "code"),
     [
-        ({"molecules": ["CCO"], "endpoints": ["toxicity_magic"]}, 422, "unknown_endpoint"),
+        ({"molecules": ["CCO"], "endpoints": ["toxicity_magic"]}, 404, "unknown_endpoint"),
         ({"molecules": ["CCO"], "endpoints": []}, 422, "no_endpoints"),
         ({"molecules": []}, 422, "invalid_request"),
         ({"molecules": "CCO"}, 422, "invalid_request"),

@@ -61,7 +61,7 @@ def test_a_private_endpoint_does_not_exist_for_other_keys(tenants):
                           headers=_as(keys, "predict2")).json()
     for who in ("predict2", "read", "anonymous"):
         answer = client.post("/v1/predict", json=body, headers=_as(keys, who))  # reads are open
-        assert answer.status_code == 422 and answer.json()["error"] == "unknown_endpoint", who
+        assert answer.status_code == 404 and answer.json()["error"] == "unknown_endpoint", who
         # As missing as a name that never was: the same answer, and the name nowhere in it but
         # where the caller wrote it.
         assert answer.json()["details"]["available"] == missing["details"]["available"]

@@ -327,8 +327,8 @@ class ReferenceSets:
             tier = "fast" if endpoint in self.router.fast.models else "computed"
             key = self._current_key(endpoint, tier)
             if key is None:
-                raise InvalidInput(f"this process serves no endpoint {endpoint!r}",
-                                   code="unknown_endpoint")
+                raise NotFound(f"this process serves no endpoint {endpoint!r}",
+                               code="unknown_endpoint")
             if self._distribution(name, info, endpoint, key) is None:
                 wanted[(endpoint, tier)] = key
         self._compute(name, info, wanted)

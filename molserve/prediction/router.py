@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from molserve.answers import Answer, Provenance
 from molserve.chem.molecules import InvalidSmiles, try_parse
-from molserve.errors import InvalidInput, TooLarge, Unavailable
+from molserve.errors import InvalidInput, NotFound, TooLarge, Unavailable
 from molserve.prediction import choice
 from molserve.prediction.blend import BLEND_TIER, COMBINED_TIERS, MEAN_TIER, combine, usable, usable_blend
 from molserve.prediction.tiers import ComputedTier, FastTier, MoleculeBatch
@@ -162,7 +162,8 @@ class Router:
             hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
             shown = ", ".join(repr(name[:MAX_NAME]) for name in unknown[:SUGGESTED])
             more = f" and {len(unknown) - SUGGESTED} more" if len(unknown) > SUGGESTED else ""
-            raise InvalidInput(
+            # A name that names nothing is not found (404), like a missing model or job.
+            raise NotFound(
                 f"unknown endpoint(s): {shown}{more}; {hint}{len(known)} are available "
                 "(GET /v1/endpoints, molserve models list)",
                 code="unknown_endpoint",

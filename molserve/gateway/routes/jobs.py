@@ -52,21 +52,26 @@ EXAMPLE_UPLOAD = "0123456789abcdef0123456789abcdef"
 # a dataset or on an upload's labelled column; a transformer starts from an endpoint's fast model.
 _TEXT = {"type": "string", "minLength": 1}
 _NAMED_FAST_ENDPOINT = {"type": "string", "format": "endpoint"}
+# Bases are for fast models: named endpoints, or "auto" alone.
+_BASES = {"anyOf": [{"type": "null"}, {"type": "array", "minItems": 1, "items": {"const": "auto"}},
+                    {"type": "array", "minItems": 1,
+                     "items": {**_NAMED_FAST_ENDPOINT, "not": {"const": "auto"}}}]}
+_NO_BASES = {"type": "null"}
 JOB_RULES = [
     {"properties": {"kind": {"const": "screen"}},
      "anyOf": [{"required": ["upload_id"], "properties": {"upload_id": _TEXT}},
                {"required": ["dataset"], "properties": {"dataset": _TEXT}}]},
-    {"properties": {"kind": {"const": "train"}, "model": {"const": "gbm"}},
+    {"properties": {"kind": {"const": "train"}, "model": {"const": "gbm"}, "bases": _BASES},
      "anyOf": [{"required": ["dataset"], "properties": {"dataset": _TEXT}},
                {"required": ["upload_id", "label_col", "endpoint"],
                 "properties": {"upload_id": _TEXT, "label_col": _TEXT, "endpoint": _TEXT}}]},
     {"properties": {"kind": {"const": "train"}, "model": {"const": "transformer"},
-                    "endpoint": _NAMED_FAST_ENDPOINT,
+                    "endpoint": _NAMED_FAST_ENDPOINT, "bases": _NO_BASES,
                     "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 2},
                                             {"type": "null"}]}},
      "required": ["model", "endpoint"]},
     {"properties": {"kind": {"const": "train"}, "model": {"enum": ["graph", "foundation"]},
-                    "endpoint": _NAMED_FAST_ENDPOINT,
+                    "endpoint": _NAMED_FAST_ENDPOINT, "bases": _NO_BASES,
                     "endpoints": {"anyOf": [{"type": "array", "items": _NAMED_FAST_ENDPOINT, "minItems": 1},
                                             {"type": "null"}]}},
      "anyOf": [{"required": ["model", "endpoint"]}, {"required": ["model", "endpoints"]}]},

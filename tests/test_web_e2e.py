@@ -3,10 +3,13 @@ gateway on loopback. Screenshots are written to test-artifacts/."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -313,6 +316,14 @@ def test_jobs_tab_trains_a_model_with_live_progress(page, served, tmp_path):
     page.fill("#train-label", "y")
     page.fill("#train-key", "k3y")
     page.select_option("#train-profile", "quick")
+    # "Learn on top of" offers the bundled endpoints of the form's task.
+    regression = {o.get_attribute("value") for o in page.locator("#train-base option").all()}
+    assert {"", "auto", "solubility", "logbb"} <= regression and "bbb_penetration" not in regression
+    page.select_option("#train-task", "classification")
+    classification = {o.get_attribute("value") for o in page.locator("#train-base option").all()}
+    assert "bbb_penetration" in classification and "solubility" not in classification
+    page.select_option("#train-task", "regression")
+    page.select_option("#train-base", "solubility")
     page.click("#train-form button[type=submit]")
     page.wait_for_selector("#job-table tbody tr")
     page.wait_for_function(
@@ -321,3 +332,16 @@ def test_jobs_tab_trains_a_model_with_live_progress(page, served, tmp_path):
         timeout=120_000)
     assert "web_logbb v1" in page.locator("#job-table").inner_text()
     page.screenshot(path=str(ARTIFACTS / "jobs.png"), full_page=True)
+    # Once the gateway serves it, its card says what it learned on top of and what each
+    # candidate scored out of fold.
+    deadline = time.monotonic() + 60
+    while "web_logbb" not in {e["name"] for e in json.load(urllib.request.urlopen(f"{served}/v1/endpoints"))}:
+        assert time.monotonic() < deadline, "the trained endpoint was never served"
+        time.sleep(0.5)
+    page.reload()
+    page.click("button[data-tab=models]")
+    on_base = page.locator(".model-card[data-endpoint=web_logbb] .on-base")
+    on_base.wait_for(timeout=30_000)
+    text = on_base.inner_text()
+    assert "solubility v1" in text and "(answers)" in text
+    assert all(name in text for name in ("local", "base", "stack")), text

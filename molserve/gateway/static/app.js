@@ -52,6 +52,7 @@ async function loadEndpoints() {
   };
   const predicted = state.endpoints.filter((e) => e.kind === "predicted");
   const computed = state.endpoints.filter((e) => e.kind === "computed");
+  fillBases();
   $("#endpoint-list").innerHTML =
     `<div class="group">Predicted (${predicted.length}) <button type="button" class="link" data-select="predicted">all</button>
        <button type="button" class="link" data-select="none">none</button></div>` +
@@ -65,6 +66,20 @@ async function loadEndpoints() {
     });
   });
 }
+
+// The Jobs tab's "learn on top of" choices: endpoints with a fast model of the form's task.
+function fillBases() {
+  const select = $("#train-base");
+  const task = $("#train-task").value;
+  const chosen = select.value;
+  const bases = (state.endpoints || []).filter((e) => e.kind === "predicted" && e.task === task
+    && (!e.status || e.status === "available") && (e.tiers || []).includes("fast"));
+  select.innerHTML = `<option value="">nothing (your data alone)</option>
+    <option value="auto">auto (the bundled endpoints that help)</option>` +
+    bases.map((e) => `<option value="${escapeHtml(e.name)}">${escapeHtml(e.name)}${e.units ? ` (${escapeHtml(e.units)})` : ""}</option>`).join("");
+  if ([...select.options].some((o) => o.value === chosen)) select.value = chosen;
+}
+$("#train-task").addEventListener("change", fillBases);
 
 // While the start-up bootstrap trains the bundled endpoints, show its progress and add each
 // endpoint as it becomes available.
@@ -697,6 +712,18 @@ function trustBlock(manifest) {
   return `<dl class="trust">${items.join("")}</dl>` + (curve && curve.predicted.length ? reliabilitySvg(curve) : "");
 }
 
+// A model trained on top of bundled endpoints: what each candidate scored out of fold (the
+// team's data alone, the bases recalibrated, their stack) and which one answers.
+function onBase(section) {
+  if (!section) return "";
+  const bases = (section.bases || []).map((b) => `${b.endpoint} v${b.version}`).join(", ") || "none kept";
+  const scores = Object.entries(section.scores || {})
+    .map(([name, score]) => `${name} ${Number(score).toFixed(3)}${name === section.chosen ? " (answers)" : ""}`)
+    .join(" · ");
+  return `<dt>learned on top of</dt><dd class="on-base">${escapeHtml(bases)}; out of fold
+    (${escapeHtml(section.metric || "")}): ${escapeHtml(scores)}${section.reason ? `; ${escapeHtml(section.reason)}` : ""}</dd>`;
+}
+
 async function renderModels() {
   const predicted = state.endpoints.filter((e) => e.kind === "predicted" && (!e.status || e.status === "available"));
   const cards = await Promise.all(predicted.map(async (e) => {
@@ -720,6 +747,7 @@ async function renderModels() {
         <dt>split</dt><dd>${escapeHtml(manifest.split.method)}: ${manifest.split.sizes.train}/${manifest.split.sizes.valid}/${manifest.split.sizes.test}</dd>
         ${manifest.trained_on ? `<dt>trained on</dt><dd class="trained-on">${escapeHtml(manifest.trained_on.rows)}; figures ${escapeHtml(manifest.trained_on.figures)}</dd>` : ""}
         <dt>model</dt><dd>${escapeHtml(manifest.model_id)} v${manifest.version}</dd>
+        ${onBase(manifest.on_base)}
         ${held ? metricList(manifest.metrics.test) : metricList(manifest.metrics.out_of_fold)}</dl>
       ${trustBlock(manifest)}
       ${baseline ? `<div class="units">baseline (${escapeHtml(baseline.model)}): ${
@@ -805,6 +833,7 @@ $("#train-form").addEventListener("submit", async (event) => {
         kind: "train", upload_id: upload.upload_id, endpoint: $("#train-endpoint").value,
         label_col: $("#train-label").value, smiles_col: $("#train-smiles").value,
         task: $("#train-task").value, profile: $("#train-profile").value,
+        ...($("#train-base").value ? { bases: [$("#train-base").value] } : {}),
       }),
     });
     status.textContent = `Submitted job ${job.id}.`;

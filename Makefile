@@ -53,7 +53,7 @@ browser:
 	  || echo "chromium not installed: the browser tests will be skipped"; }
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check molserve tests benchmarks scripts
+	$(BIN)/ruff check molserve tests benchmarks scripts docs
 
 # Pins every installed version (run after a deliberate upgrade in the venv); `make audit` checks the pins.
 lock: $(TEST_STAMP)
@@ -65,7 +65,7 @@ audit: $(TEST_STAMP)
 	$(BIN)/python scripts/audit.py --lock requirements.lock
 
 test: $(TEST_STAMP) browser
-	$(BIN)/ruff check molserve tests benchmarks scripts
+	$(BIN)/ruff check molserve tests benchmarks scripts docs
 	$(BIN)/python -m pytest
 
 # The documentation site, into site/, with every warning an error (broken links and anchors,

@@ -212,8 +212,9 @@ _SECTIONS = ("gateway", "remote", "jobs", "compute", "engines", "fleet")
 
 class Settings(BaseSettings):
     """Every setting, in sections, validated once. Each section reads its own variables (the
-    names in README's configuration table, prefix MOLSERVE_), so a section can also be built
-    alone (`RemoteSettings()`); nothing outside this module reads the environment.
+    names in the configuration guide, docs/guides/configuration.md, prefix MOLSERVE_), so a
+    section can also be built alone (`RemoteSettings()`); nothing outside this module reads the
+    environment.
 
     Overrides in code name the section: `Settings(registry=path, gateway=GatewaySettings(...))`,
     or `Settings(...).with_overrides(...)` for a few fields by name.

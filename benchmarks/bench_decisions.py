@@ -24,7 +24,11 @@ Not re-decided here (the graph tier trains for hours on this machine): the CDF s
 graph tier's descriptors, and the rule choosing among the fast tier, the graph tier and their
 mean; BENCHMARKS.md marks the figures that depend on them.
 
+Rows are written one file a dataset and seed under `benchmarks/results/decisions/` as they are
+computed (several runs can share the datasets); the decisions are made over every row present.
+
 Run: .venv/bin/python -m benchmarks.bench_decisions [--datasets herg,dili] [--seeds 1]
+     [--threads 1] [--decide]
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from molserve.data import tdc
 from molserve.models import metrics as M
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decisions.json"
+ROWS = RESULTS.parent / "decisions"  # one file a dataset and seed
 
 
 def _oof(key: str, seed: int, threads: int, **overrides) -> dict:
@@ -151,16 +156,24 @@ def decide_interval(served: dict, seed: int) -> dict | None:
     return {"coverage_rarest_scaffolds": out["rarest_scaffolds"], "coverage_random": out["random"]}
 
 
-def run(keys: list[str], seeds: list[int], threads: int) -> list[dict]:
+def run(keys: list[str], seeds: list[int], threads: int, redo: bool = False) -> list[dict]:
+    """Each dataset and seed's row, written to `ROWS/<dataset>-seed<N>.json` as it is computed
+    (rows already there are kept unless `redo`), so several runs can share the datasets."""
     rows = []
     for seed in seeds:
         for key in keys:
+            path = ROWS / f"{key}-seed{seed}.json"
+            if path.exists() and not redo:
+                rows.append(json.loads(path.read_text()))
+                continue
             recipes = decide_recipes(key, seed, threads)
             served = recipes.pop("served")
             row = {"dataset": key, "seed": seed, "metric": served["entry"].metric, "avalon": recipes,
                    "classifier_rate": decide_rate(key, seed, threads, served),
                    "platt": decide_platt(served, seed), "interval_set": decide_interval(served, seed)}
             rows.append(row)
+            ROWS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(row, indent=1) + "\n")
             print(json.dumps(row), flush=True)
     return rows
 
@@ -202,8 +215,13 @@ def main() -> None:
     parser.add_argument("--datasets", default=",".join(PUBLISHED))
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--redo", action="store_true", help="recompute rows that have a file")
+    parser.add_argument("--decide", action="store_true",
+                        help="only decide, over every row file present")
     args = parser.parse_args()
-    rows = run(args.datasets.split(","), [int(s) for s in args.seeds.split(",")], args.threads)
+    if not args.decide:
+        run(args.datasets.split(","), [int(s) for s in args.seeds.split(",")], args.threads, args.redo)
+    rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("*-seed*.json"))]
     outcome = {"rows": rows, "decisions": decide(rows)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(outcome, indent=1) + "\n")

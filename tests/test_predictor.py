@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rdkit import Chem
 
-from molserve.errors import InvalidInput
+from molserve.errors import InvalidInput, NotFound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_identifiers_and_rdkit_molecules(predictor):
 
 
 def test_bad_requests_raise_the_projects_errors(predictor):
-    with pytest.raises(InvalidInput, match="unknown endpoint"):
+    with pytest.raises(NotFound, match="unknown endpoint"):
         predictor.predict(["CCO"], endpoints=["nosuch"])
     with pytest.raises(InvalidInput, match="2 ids for 1 molecules"):
         predictor.predict(["CCO"], endpoints=["tpsa"], ids=[1, 2])

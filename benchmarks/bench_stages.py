@@ -3,7 +3,12 @@ path (stacked forest, shared similarity index) next to the per-endpoint path it 
 endpoint's stored trees level by level, each endpoint's own similarity index), same molecules,
 same run, interleaved.
 
-Run: .venv/bin/python -m benchmarks.bench_stages [--registry registry] [--rounds 200]
+`--profile` adds each served stage's share of the served path (parse, features, stacked trees,
+shared domain, answers: medians, so the shares are of a typical molecule) and the functions
+that take most of the time of whole in-process predictions under cProfile (own time), so the
+next bottleneck is named by measurement.
+
+Run: .venv/bin/python -m benchmarks.bench_stages [--registry registry] [--rounds 200] [--profile]
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--registry", default="registry")
     parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--profile", action="store_true",
+                        help="print each served stage's share and the top functions under cProfile")
     args = parser.parse_args()
     router = Router(Registry(Path(args.registry)))
     router.load()
@@ -86,6 +93,38 @@ def main() -> None:
         "median_ms": {stage: round(statistics.median(v), 3) for stage, v in times.items()},
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }, indent=2))
+    if args.profile:
+        profile(router, times, args.rounds)
+
+
+SERVED_STAGES = ("parse and canonical SMILES", "features (union of the specs)",
+                 "trees, stacked forest (now)", "domain, shared index (now)", "answers (now)")
+
+
+def profile(router: Router, times: dict[str, list[float]], rounds: int) -> None:
+    """Each served stage's share of their sum (medians), then cProfile's top functions by own
+    time over `rounds` whole in-process predictions."""
+    import cProfile
+    import io
+    import pstats
+
+    medians = {stage: statistics.median(times[stage]) for stage in SERVED_STAGES}
+    total = sum(medians.values())
+    print(f"\nserved path, one molecule, every endpoint: {total:.3f} ms (sum of stage medians)")
+    for stage, ms in sorted(medians.items(), key=lambda item: -item[1]):
+        print(f"  {100 * ms / total:5.1f}%  {ms:7.3f} ms  {stage}")
+    whole = statistics.median(times["whole in-process prediction (now)"])
+    print(f"  whole in-process prediction: {whole:.3f} ms; outside the stages above: "
+          f"{max(whole - total, 0.0):.3f} ms")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(rounds):
+        router.predict_local([MOLECULES[i % len(MOLECULES)]], None)
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
+    print("\ntop functions by own time (cProfile, whole in-process predictions):")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ def reference_answers(model: FastModel, features: np.ndarray, on_bits: list[np.n
                         train_smiles[nearest] if nearest >= 0 else None)
         members = raw[row]
         if model.task == "classification":
+            platt = calibration.get("probability_calibration") or {}
+            if platt.get("applied"):  # each member's margin, Platt-scaled
+                members = platt["a"] * members + platt["b"]
             probabilities = 1.0 / (1.0 + np.exp(-members))
             p = float(probabilities.mean())
             names = model.manifest.get("label_names") or ["negative", "positive"]

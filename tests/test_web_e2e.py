@@ -339,9 +339,12 @@ def test_jobs_tab_trains_a_model_with_live_progress(page, served, tmp_path):
         assert time.monotonic() < deadline, "the trained endpoint was never served"
         time.sleep(0.5)
     page.reload()
+    # The Models tab draws from the endpoint list: wait until the page has loaded it.
+    page.wait_for_function("() => [...document.querySelectorAll('#endpoint-list input')]"
+                           ".some(box => box.value === 'web_logbb')", timeout=60_000)
     page.click("button[data-tab=models]")
     on_base = page.locator(".model-card[data-endpoint=web_logbb] .on-base")
-    on_base.wait_for(timeout=30_000)
+    on_base.wait_for(timeout=120_000)  # every card fetches its manifest: slow on a busy machine
     text = on_base.inner_text()
     assert "solubility v1" in text and "(answers)" in text
     assert all(name in text for name in ("local", "base", "stack")), text

@@ -725,6 +725,7 @@ function onBase(section) {
 }
 
 async function renderModels() {
+  if (!state.endpoints) await loadEndpoints();  // the tab was opened before the list arrived
   const predicted = state.endpoints.filter((e) => e.kind === "predicted" && (!e.status || e.status === "available"));
   const cards = await Promise.all(predicted.map(async (e) => {
     const fast = e.models.find((m) => m.tier === "fast");

@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 
 from benchmarks.common import ensure_registry
+from tests.processes import stop
 
 
 def _free_port() -> int:
@@ -85,12 +86,8 @@ class Gateway:
         self.kills += 1
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop(self.process)
 
 
 def _screen_input(i: int) -> list[str]:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.processes import wait_for
+from tests.processes import stop, wait_for
 
 
 class FleetGateway:
@@ -48,12 +48,8 @@ class FleetGateway:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop(self.process)
 
 
 @pytest.fixture()

@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -38,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.processes import wait_for
+from tests.processes import stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -241,11 +240,7 @@ def checkout(trained_registry, tmp_path_factory):
         wait_for(f"http://127.0.0.1:{port}/readyz", timeout_s=120)
         yield folder, f"127.0.0.1:{port}", env
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
 
 
